@@ -1,0 +1,662 @@
+// Kitchen display: subscribes to the display-bridge's MQTT topics (see docs/mqtt.md)
+// and draws the board. Plain browser JavaScript; the only dependency is mqtt.js,
+// loaded before this file as the global `mqtt`.
+'use strict';
+(() => {
+  const TYPES = [
+    { id: 'dine_in', label: 'Dine-in' },
+    { id: 'takeout', label: 'Takeout' },
+    { id: 'delivery', label: 'Delivery' },
+  ];
+  const TYPE_LABEL = Object.fromEntries(TYPES.map((t) => [t.id, t.label]));
+  const OPEN = new Set(['received', 'cooking', 'ready']);
+  const STATUS_LABEL = { received: 'New', cooking: 'Cooking', ready: 'Ready', completed: 'Completed', cancelled: 'Cancelled' };
+  const RECALL_MAX = 10;
+  // After a (re)subscribe the broker sends every retained message at once; a ticket that
+  // none of them confirmed within this window is no longer on the broker's board.
+  const RESYNC_MS = 1200;
+  // A ticket that arrives live counts as new (sound, highlight) only if created this recently:
+  // a bridge republishing its snapshot after a broker restart must not make every ticket beep.
+  const NEW_TICKET_MS = 120000;
+  const CONFIG_REFRESH_MS = 10 * 60 * 1000;
+
+  const params = new URLSearchParams(location.search);
+  const station = TYPE_LABEL[params.get('station')] ? params.get('station') : null;
+
+  const state = {
+    cfg: null,
+    prefix: '',
+    offsetMs: 0, // server clock minus this device's clock
+    orders: new Map(), // order_number -> latest accepted payload (any status)
+    versions: new Map(), // order_number -> version of that payload (kept after clearing)
+    recall: [], // completed orders seen in this session, newest first
+    workers: new Map(), // worker_name -> payload
+    bridge: null, // 'online' | 'offline' | null (unknown)
+    connected: false,
+    everConnected: false,
+    sync: null, // { orders: Set, workers: Set } awaiting confirmation after a subscribe
+    synced: false,
+    known: new Set(), // order numbers this screen has shown or announced (one beep per order)
+    fresh: new Map(), // order_number -> local time until which the ticket is highlighted
+    pending: new Set(), // order numbers with a bump or recall in flight
+    seq: 0,
+    beeps: 0,
+  };
+  window.kitchenDisplay = state; // for debugging from the console
+
+  const $ = (id) => document.getElementById(id);
+  const board = $('board');
+  const elements = new Map(); // order_number -> { el, key }
+
+  // ---- time ---------------------------------------------------------------------------
+  const serverNow = () => Date.now() + state.offsetMs;
+
+  function fmtElapsed(ms) {
+    const s = Math.max(0, Math.floor(ms / 1000));
+    const h = Math.floor(s / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    const pad = (n) => String(n).padStart(2, '0');
+    return h > 0 ? `${h}:${pad(m)}:${pad(s % 60)}` : `${pad(m)}:${pad(s % 60)}`;
+  }
+
+  function fmtClock(ms) {
+    const d = new Date(ms);
+    return `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
+  }
+
+  // ---- small DOM helper (textContent only: payload text never becomes markup) ----------
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === 'class') el.className = v;
+      else if (k === 'text') el.textContent = v;
+      else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? '' : String(v));
+    }
+    for (const c of children) if (c) el.append(c);
+    return el;
+  }
+
+  function toast(message, kind) {
+    const t = h('div', { class: `toast ${kind || ''}`, text: message });
+    $('toasts').append(t);
+    setTimeout(() => t.remove(), 6000);
+  }
+
+  // ---- sound --------------------------------------------------------------------------
+  // Browsers start audio only after a user gesture; until then beep() stays silent and
+  // never throws. Any click on the page (a bump, say) unlocks it.
+  let soundWanted = true;
+  try { soundWanted = localStorage.getItem('kds-sound') !== 'off'; } catch (_) { /* storage blocked */ }
+  let audioCtx = null;
+
+  function audioContext() {
+    if (!audioCtx) {
+      const AC = window.AudioContext || window.webkitAudioContext;
+      if (!AC) return null;
+      audioCtx = new AC();
+      audioCtx.onstatechange = renderSoundButton;
+    }
+    return audioCtx;
+  }
+
+  function unlockAudio() {
+    if (!soundWanted) return;
+    try {
+      const ctx = audioContext();
+      if (ctx && ctx.state !== 'running') ctx.resume().then(renderSoundButton, () => {});
+    } catch (_) { /* no audio on this device */ }
+  }
+
+  function beep() {
+    state.beeps += 1;
+    document.body.dataset.beeps = String(state.beeps);
+    if (!soundWanted) return;
+    try {
+      const ctx = audioContext();
+      if (!ctx || ctx.state !== 'running') return;
+      const t0 = ctx.currentTime;
+      [[880, 0], [1320, 0.16]].forEach(([freq, at]) => {
+        const osc = ctx.createOscillator();
+        const gain = ctx.createGain();
+        osc.type = 'sine';
+        osc.frequency.value = freq;
+        gain.gain.setValueAtTime(0.0001, t0 + at);
+        gain.gain.exponentialRampToValueAtTime(0.4, t0 + at + 0.02);
+        gain.gain.exponentialRampToValueAtTime(0.0001, t0 + at + 0.15);
+        osc.connect(gain).connect(ctx.destination);
+        osc.start(t0 + at);
+        osc.stop(t0 + at + 0.16);
+      });
+    } catch (_) { /* audio blocked or unavailable: the ticket still shows */ }
+  }
+
+  function renderSoundButton() {
+    const b = $('sound');
+    const running = audioCtx && audioCtx.state === 'running';
+    b.textContent = !soundWanted ? 'Sound off' : running ? 'Sound on' : 'Tap for sound';
+    b.classList.toggle('pill-ok', soundWanted && !!running);
+    b.classList.toggle('pill-bad', !soundWanted);
+  }
+
+  $('sound').addEventListener('click', () => {
+    const running = audioCtx && audioCtx.state === 'running';
+    if (soundWanted && running) {
+      soundWanted = false;
+    } else {
+      soundWanted = true;
+      unlockAudio();
+      setTimeout(beep, 100);
+    }
+    try { localStorage.setItem('kds-sound', soundWanted ? 'on' : 'off'); } catch (_) { /* ignore */ }
+    renderSoundButton();
+  });
+  document.addEventListener('pointerdown', unlockAudio, { capture: true });
+
+  // ---- state changes ------------------------------------------------------------------
+  const visible = (o) => !station || o.order_type === station;
+
+  function isNewTicket(o) {
+    const created = Date.parse(o.created_at);
+    return o.status === 'received' && Number.isFinite(created) && serverNow() - created < NEW_TICKET_MS;
+  }
+
+  function announce(o) {
+    if (state.known.has(o.order_number) || !visible(o)) return;
+    state.known.add(o.order_number);
+    state.fresh.set(o.order_number, Date.now() + 4000);
+    beep();
+  }
+
+  function addRecall(o) {
+    removeRecall(o.order_number);
+    state.recall.push(o);
+    const at = (x) => Date.parse(x.status_changed_at) || 0;
+    state.recall.sort((a, b) => at(b) - at(a));
+    state.recall.length = Math.min(state.recall.length, RECALL_MAX);
+  }
+
+  function removeRecall(num) {
+    state.recall = state.recall.filter((x) => x.order_number !== num);
+  }
+
+  function handleOrder(num, payload, retained) {
+    if (state.sync) state.sync.orders.delete(num);
+    if (payload.length === 0) {
+      // Cleared by the bridge: the order is gone from the board. Its version is kept so
+      // that a late duplicate of an old payload cannot bring it back.
+      state.orders.delete(num);
+      return;
+    }
+    let o;
+    try {
+      o = JSON.parse(new TextDecoder().decode(payload));
+    } catch (e) {
+      console.warn('ignoring malformed payload on orders/%s: %s', num, e);
+      return;
+    }
+    if (!o || typeof o !== 'object' || typeof o.status !== 'string') return;
+    o.order_number = num;
+    const shown = state.versions.get(num);
+    const version = Number(o.version);
+    if (Number.isFinite(version) && shown !== undefined && version <= shown) return; // stale or duplicate
+    if (Number.isFinite(version)) state.versions.set(num, version);
+
+    const prev = state.orders.get(num);
+    o._seq = ++state.seq;
+    state.orders.set(num, o);
+    if (o.status === 'completed') addRecall(o);
+    else removeRecall(num);
+    if (OPEN.has(o.status)) {
+      if (!retained && (!prev || !OPEN.has(prev.status)) && isNewTicket(o)) announce(o);
+      state.known.add(num);
+    } else {
+      state.pending.delete(num);
+    }
+  }
+
+  function handleEvent(payload) {
+    let ev;
+    try {
+      ev = JSON.parse(new TextDecoder().decode(payload));
+    } catch (_) {
+      return;
+    }
+    if (!ev || typeof ev.order_number !== 'string') return;
+    if (ev.kind === 'order_created') {
+      announce({ order_number: ev.order_number, order_type: ev.order_type });
+    } else if (ev.new_status === 'completed' && !state.orders.has(ev.order_number)) {
+      // A completion of an order we never saw in full: still offer it for recall.
+      addRecall({
+        order_number: ev.order_number,
+        order_type: ev.order_type,
+        status: 'completed',
+        status_changed_at: ev.timestamp,
+        items: [],
+      });
+    }
+  }
+
+  function handleWorker(name, payload) {
+    if (state.sync) state.sync.workers.delete(name);
+    if (payload.length === 0) {
+      state.workers.delete(name);
+      return;
+    }
+    try {
+      const w = JSON.parse(new TextDecoder().decode(payload));
+      if (w && typeof w === 'object') state.workers.set(name, w);
+    } catch (_) { /* ignore malformed */ }
+  }
+
+  function onMessage(topic, payload, packet) {
+    if (!topic.startsWith(state.prefix + '/')) return;
+    const rest = topic.slice(state.prefix.length + 1);
+    if (rest.startsWith('orders/')) handleOrder(rest.slice(7), payload, !!packet.retain);
+    else if (rest === 'events') handleEvent(payload);
+    else if (rest.startsWith('workers/')) handleWorker(rest.slice(8), payload);
+    else if (rest === 'bridge/status') {
+      const s = new TextDecoder().decode(payload).trim();
+      state.bridge = s || null;
+      if (s === 'online' && state.sync && state.sync.waitingForBridge) {
+        // The bridge (re)connected and is republishing its snapshot: sweep after that.
+        state.sync.waitingForBridge = false;
+        setTimeout(() => finishSync(state.sync), RESYNC_MS);
+      }
+    }
+    scheduleRender();
+  }
+
+  // Called when the subscriptions are granted. Everything shown before is marked
+  // unconfirmed; the retained messages that follow confirm or replace it; whatever is
+  // still unconfirmed after RESYNC_MS is no longer on the broker and leaves the board.
+  // One exception: with no retained bridge status "online", the broker may have lost its
+  // retained store (restart without persistence) and the bridge has not republished its
+  // snapshot yet. Unconfirmed tickets then stay, dimmed, until the bridge says "online"
+  // and has had RESYNC_MS to republish.
+  function startSync() {
+    const sync = { orders: new Set(state.orders.keys()), workers: new Set(state.workers.keys()), waitingForBridge: false };
+    state.sync = sync;
+    setTimeout(() => {
+      if (state.sync !== sync) return; // superseded by a newer connection
+      state.synced = true;
+      board.dataset.synced = 'true';
+      if (state.bridge === 'online' || sync.orders.size === 0) finishSync(sync);
+      else {
+        sync.waitingForBridge = true;
+        scheduleRender();
+      }
+    }, RESYNC_MS);
+  }
+
+  function finishSync(sync) {
+    if (!sync || state.sync !== sync) return;
+    for (const num of sync.orders) {
+      state.orders.delete(num);
+      // The broker no longer has it: forget its version too, so that a bridge
+      // republishing its snapshot later (same versions) is shown again.
+      state.versions.delete(num);
+    }
+    for (const name of sync.workers) state.workers.delete(name);
+    state.sync = null;
+    scheduleRender();
+  }
+
+  const isStale = (num) => !!(state.sync && state.sync.waitingForBridge && state.sync.orders.has(num));
+
+  // ---- actions ------------------------------------------------------------------------
+  async function post(num, action) {
+    if (state.pending.has(num)) return;
+    state.pending.add(num);
+    scheduleRender();
+    const url = `${orderServiceUrl()}/orders/${encodeURIComponent(num)}/${action}`;
+    try {
+      const r = await fetch(url, { method: 'POST', mode: 'cors', cache: 'no-store' });
+      if (!r.ok) {
+        let detail = '';
+        try {
+          const body = await r.json();
+          detail = body.message || body.error || '';
+        } catch (_) { /* not JSON */ }
+        toast(`${action === 'complete' ? 'Bump' : 'Recall'} of ${num} failed: HTTP ${r.status} ${detail}`.trim(), 'bad');
+        state.pending.delete(num);
+      } else {
+        // The board changes when the bridge publishes the new state; stop waiting after a while.
+        setTimeout(() => { state.pending.delete(num); scheduleRender(); }, 5000);
+      }
+    } catch (e) {
+      toast(`${action === 'complete' ? 'Bump' : 'Recall'} of ${num} failed: order service unreachable`, 'bad');
+      state.pending.delete(num);
+    }
+    scheduleRender();
+  }
+
+  // ---- rendering ----------------------------------------------------------------------
+  let renderQueued = false;
+  function scheduleRender() {
+    if (renderQueued) return;
+    renderQueued = true;
+    setTimeout(() => { renderQueued = false; render(); }, 0);
+  }
+
+  const shortNumber = (num) => {
+    const i = num.lastIndexOf('_');
+    return i >= 0 ? num.slice(i + 1) : num;
+  };
+
+  function whereText(o) {
+    if (o.order_type === 'dine_in' && o.table_number != null) return `Table ${o.table_number}`;
+    if (o.order_type === 'delivery' && o.delivery_address) return o.delivery_address;
+    return '';
+  }
+
+  function buildTicket(o) {
+    const pending = state.pending.has(o.order_number);
+    const prio = Number(o.priority) || 1;
+    const classes = ['ticket', `status-${o.status}`];
+    if (prio >= 10) classes.push('rush');
+    else if (prio >= 5) classes.push('prio');
+    if ((state.fresh.get(o.order_number) || 0) > Date.now()) classes.push('fresh');
+    if (isStale(o.order_number)) classes.push('stale');
+
+    const items = h('ul', { class: 'items' });
+    for (const it of Array.isArray(o.items) ? o.items : []) {
+      items.append(h('li', {},
+        h('span', { class: 'qty', text: String(it.quantity ?? 1) }),
+        h('span', { class: 'name', text: String(it.name ?? '?') })));
+    }
+    const where = whereText(o);
+    const foot = h('footer', { class: 't-foot' },
+      h('span', { class: 't-status', text: STATUS_LABEL[o.status] || o.status }),
+      o.processed_by ? h('span', { class: 't-by', text: o.processed_by }) : null);
+    if (o.status === 'ready') {
+      foot.append(h('button', {
+        type: 'button',
+        class: 'bump',
+        disabled: pending,
+        text: pending ? 'Bumping…' : 'Bump',
+        onclick: () => post(o.order_number, 'complete'),
+      }));
+    }
+    const el = h('article', {
+      class: classes.join(' '),
+      'data-order': o.order_number,
+      'data-status': o.status,
+      'data-type': o.order_type,
+      'data-priority': prio,
+    },
+    h('header', { class: 't-head' },
+      h('span', { class: 't-num', text: `#${shortNumber(o.order_number)}` }),
+      prio >= 10 ? h('span', { class: 'badge badge-rush', text: 'RUSH' }) : prio >= 5 ? h('span', { class: 'badge badge-prio', text: 'PRIO' }) : null,
+      h('span', { class: 'timer', 'data-created': o.created_at })),
+    h('div', { class: 't-meta' },
+      h('span', { class: 't-type', text: TYPE_LABEL[o.order_type] || o.order_type }),
+      where ? h('span', { class: 't-where', text: where }) : null,
+      o.customer_name ? h('span', { class: 't-cust', text: o.customer_name }) : null),
+    items,
+    foot,
+    h('div', { class: 't-full', text: o.order_number }));
+    updateTimer(el);
+    return el;
+  }
+
+  function ticketKey(o) {
+    const fresh = (state.fresh.get(o.order_number) || 0) > Date.now();
+    return `${o._seq}|${state.pending.has(o.order_number)}|${fresh}|${isStale(o.order_number)}`;
+  }
+
+  function updateTimer(el) {
+    const timer = el.querySelector('.timer');
+    const created = Date.parse(timer.dataset.created);
+    if (!Number.isFinite(created)) {
+      timer.textContent = '--:--';
+      return;
+    }
+    const elapsed = serverNow() - created;
+    const cfg = state.cfg || {};
+    const yellow = (Number(cfg.yellow_after_seconds) || 300) * 1000;
+    const red = (Number(cfg.red_after_seconds) || 480) * 1000;
+    const level = elapsed >= red ? 'late' : elapsed >= yellow ? 'warn' : 'normal';
+    timer.textContent = fmtElapsed(elapsed);
+    for (const c of ['normal', 'warn', 'late']) {
+      el.classList.toggle(c, c === level);
+      timer.classList.toggle(c, c === level);
+    }
+  }
+
+  function compareTickets(a, b) {
+    const pa = Number(a.priority) || 1;
+    const pb = Number(b.priority) || 1;
+    if (pa !== pb) return pb - pa;
+    const ca = Date.parse(a.created_at) || 0;
+    const cb = Date.parse(b.created_at) || 0;
+    if (ca !== cb) return ca - cb;
+    return a.order_number < b.order_number ? -1 : 1;
+  }
+
+  function buildBoard() {
+    board.replaceChildren();
+    board.dataset.view = station || 'expo';
+    for (const t of TYPES) {
+      if (station && t.id !== station) continue;
+      board.append(h('section', { class: 'column', 'data-type': t.id },
+        h('h2', {}, h('span', { text: t.label }), h('span', { class: 'count', text: '0' })),
+        h('div', { class: 'tickets' })));
+    }
+  }
+
+  function render() {
+    const open = [...state.orders.values()].filter((o) => OPEN.has(o.status) && visible(o));
+    const keep = new Set();
+    for (const col of board.querySelectorAll('.column')) {
+      const list = open.filter((o) => o.order_type === col.dataset.type).sort(compareTickets);
+      const box = col.querySelector('.tickets');
+      list.forEach((o, i) => {
+        keep.add(o.order_number);
+        let entry = elements.get(o.order_number);
+        const key = ticketKey(o);
+        if (!entry || entry.key !== key) {
+          const el = buildTicket(o);
+          if (entry) entry.el.replaceWith(el);
+          entry = { el, key };
+          elements.set(o.order_number, entry);
+        }
+        if (box.children[i] !== entry.el) box.insertBefore(entry.el, box.children[i] || null);
+      });
+      while (box.children.length > list.length) box.lastElementChild.remove();
+      col.querySelector('.count').textContent = String(list.length);
+      col.classList.toggle('empty', list.length === 0);
+    }
+    for (const [num, entry] of elements) {
+      if (!keep.has(num)) {
+        entry.el.remove();
+        elements.delete(num);
+      }
+    }
+    renderAllDay(open);
+    renderRecall();
+    renderStatus();
+  }
+
+  function renderAllDay(open) {
+    const counts = new Map();
+    for (const o of open) {
+      if (o.status === 'ready') continue;
+      for (const it of Array.isArray(o.items) ? o.items : []) {
+        const name = String(it.name ?? '?');
+        counts.set(name, (counts.get(name) || 0) + (Number(it.quantity) || 0));
+      }
+    }
+    const box = $('allday-items');
+    box.replaceChildren();
+    const sorted = [...counts].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+    if (sorted.length === 0) box.append(h('span', { class: 'muted', text: 'nothing waiting' }));
+    for (const [name, qty] of sorted) {
+      box.append(h('span', { class: 'ad', 'data-item': name }, h('b', { text: String(qty) }), h('span', { text: name })));
+    }
+  }
+
+  function renderRecall() {
+    const box = $('recall-list');
+    box.replaceChildren();
+    const list = state.recall.filter(visible);
+    if (list.length === 0) box.append(h('span', { class: 'muted', text: 'No completed orders yet' }));
+    for (const o of list) {
+      const at = Date.parse(o.status_changed_at);
+      box.append(h('button', {
+        type: 'button',
+        class: 'recall',
+        'data-order': o.order_number,
+        disabled: state.pending.has(o.order_number),
+        title: `Bring ${o.order_number} back to the board`,
+        onclick: () => post(o.order_number, 'recall'),
+      },
+      h('b', { text: `#${shortNumber(o.order_number)}` }),
+      h('span', { text: ` ${TYPE_LABEL[o.order_type] || o.order_type || ''}` }),
+      Number.isFinite(at) ? h('span', { class: 'muted', text: ` ${fmtClock(at)}` }) : null));
+    }
+  }
+
+  function renderStatus() {
+    const banner = $('conn-banner');
+    banner.hidden = state.connected;
+    document.body.dataset.conn = state.connected ? 'connected' : state.everConnected ? 'lost' : 'connecting';
+    if (!state.connected) {
+      banner.textContent = state.everConnected
+        ? 'Connection to kitchen broker lost — reconnecting…'
+        : state.cfg ? 'Connecting to kitchen broker…' : 'Loading display settings…';
+    }
+    const conn = $('conn-state');
+    conn.textContent = state.connected ? 'broker connected' : 'broker offline';
+    conn.className = `pill ${state.connected ? 'pill-ok' : 'pill-bad'}`;
+    $('bridge-banner').hidden = !state.connected || state.bridge !== 'offline';
+
+    const online = [...state.workers.values()].filter((w) => w.status === 'online');
+    const wEl = $('workers');
+    wEl.textContent = `${online.length} worker${online.length === 1 ? '' : 's'} online`;
+    wEl.className = `pill ${online.length ? 'pill-ok' : 'pill-warn'}`;
+    wEl.title = [...state.workers.values()]
+      .map((w) => `${w.worker_name}: ${w.status}, ${w.orders_processed ?? 0} orders`)
+      .join('\n') || 'No kitchen workers seen';
+  }
+
+  function tick() {
+    for (const { el } of elements.values()) updateTimer(el);
+    $('clock').textContent = fmtClock(serverNow());
+    // Drop highlights that have run out (rebuilds the few tickets concerned).
+    let expired = false;
+    for (const [num, until] of state.fresh) {
+      if (until <= Date.now()) {
+        state.fresh.delete(num);
+        expired = true;
+      }
+    }
+    if (expired) scheduleRender();
+  }
+
+  function buildNav() {
+    const nav = $('views');
+    const base = location.pathname;
+    const links = [{ id: null, label: 'All' }, ...TYPES];
+    for (const l of links) {
+      nav.append(h('a', {
+        href: l.id ? `${base}?station=${l.id}` : `${base}?view=expo`,
+        class: (l.id || null) === station ? 'active' : null,
+        text: l.label,
+      }));
+    }
+    document.title = `Kitchen — ${station ? TYPE_LABEL[station] : 'Expo'}`;
+  }
+
+  // ---- configuration and connection ---------------------------------------------------
+  function orderServiceUrl() {
+    const u = state.cfg && state.cfg.order_service_url;
+    if (u) return u.replace(/\/+$/, '');
+    return `${location.protocol}//${location.hostname}:3000`;
+  }
+
+  function mqttUrl() {
+    const u = state.cfg && state.cfg.mqtt_ws_url;
+    if (u) return u;
+    return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hostname}:9001`;
+  }
+
+  async function loadConfig() {
+    const t0 = Date.now();
+    const r = await fetch('config.json', { cache: 'no-store' });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    const cfg = await r.json();
+    const t1 = Date.now();
+    const server = Date.parse(cfg.server_time);
+    // The server's clock is the reference for every timer: kitchen screens' clocks drift.
+    if (Number.isFinite(server)) state.offsetMs = server - (t0 + t1) / 2;
+    return cfg;
+  }
+
+  function connect() {
+    const cfg = state.cfg;
+    state.prefix = `${cfg.topic_prefix || 'restaurant'}/${cfg.site || 'main'}`;
+    const topics = ['orders/+', 'events', 'workers/+', 'bridge/status'].map((t) => `${state.prefix}/${t}`);
+    const client = mqtt.connect(mqttUrl(), {
+      clientId: `kds-${station || 'expo'}-${Math.random().toString(16).slice(2, 10)}`,
+      clean: true, // the retained messages are the state; no session to keep
+      keepalive: 10,
+      reconnectPeriod: 1000,
+      connectTimeout: 5000,
+      resubscribe: false, // we subscribe on every connect ourselves (and resync)
+    });
+    client.on('connect', () => {
+      state.connected = true;
+      state.everConnected = true;
+      state.bridge = null;
+      scheduleRender();
+      client.subscribe(topics, { qos: 1 }, (err) => {
+        if (err) {
+          console.error('subscribe failed', err);
+          toast('Subscribing to the kitchen topics failed', 'bad');
+          return;
+        }
+        startSync();
+      });
+    });
+    client.on('message', onMessage);
+    client.on('close', () => {
+      if (state.connected) console.warn('MQTT connection lost');
+      state.connected = false;
+      state.sync = null;
+      scheduleRender();
+    });
+    client.on('error', (e) => console.warn('MQTT error:', e && e.message));
+    window.kitchenDisplayClient = client;
+  }
+
+  async function start() {
+    buildNav();
+    buildBoard();
+    renderSoundButton();
+    render();
+    let delay = 1000;
+    for (;;) {
+      try {
+        state.cfg = await loadConfig();
+        break;
+      } catch (e) {
+        $('conn-banner').textContent = `Cannot load display settings (${e.message}) — retrying…`;
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 15000);
+      }
+    }
+    render();
+    connect();
+    setInterval(tick, 1000);
+    setInterval(async () => {
+      try {
+        const cfg = await loadConfig();
+        state.cfg = { ...state.cfg, yellow_after_seconds: cfg.yellow_after_seconds, red_after_seconds: cfg.red_after_seconds };
+      } catch (_) { /* keep the old offset */ }
+    }, CONFIG_REFRESH_MS);
+  }
+
+  start();
+})();
