@@ -340,6 +340,19 @@ ensure_cargo() {
     fi
 }
 
+# ensure_rust_components: rustfmt and clippy (added through rustup when missing).
+ensure_rust_components() {
+    ensure_cargo
+    local comp
+    for comp in fmt clippy; do
+        if ! cargo "$comp" --version >/dev/null 2>&1; then
+            command -v rustup >/dev/null 2>&1 || die "cargo $comp is missing and rustup is not installed"
+            log "rustup component add ${comp/fmt/rustfmt}"
+            rustup component add "${comp/fmt/rustfmt}" </dev/null || die "rustup component add ${comp/fmt/rustfmt} failed"
+        fi
+    done
+}
+
 # ensure_build_deps: what building the crate needs besides Rust (C compiler for bundled SQLite).
 ensure_build_deps() {
     need_apt build-essential pkg-config
