@@ -21,6 +21,12 @@ if [[ -n "${_RS_LIB_SOURCED:-}" ]]; then
 fi
 _RS_LIB_SOURCED=1
 
+# Server binaries (mosquitto, rabbitmq-server) live in /usr/sbin, which a non-root PATH may lack.
+case ":$PATH:" in
+*:/usr/sbin:*) ;;
+*) PATH="$PATH:/usr/sbin:/sbin" ;;
+esac
+
 RS_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RS_WAIT_SECONDS="${RS_WAIT_SECONDS:-60}"
 
