@@ -1,0 +1,505 @@
+//! Configuration: built-in defaults < config file < environment < command-line flags.
+//!
+//! The file is TOML (`config.toml`); a path ending in `.yaml`/`.yml` is read as the
+//! spec's `config.yaml`, with the same keys. Environment variables are the spec's
+//! `DB_*` and `RABBITMQ_*` names plus `RESTAURANT_<SECTION>__<KEY>` for everything.
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+
+use figment::providers::{Env, Format, Serialized, Toml, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the packaged daemon reads its config.
+pub const SYSTEM_CONFIG: &str = "/etc/restaurant-system/config.toml";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub rabbitmq: RabbitConfig,
+    pub mqtt: MqttConfig,
+    pub display: DisplayConfig,
+    pub kitchen: KitchenConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+/// A password: never printed by `Debug` or `Display`, so it cannot reach a log line.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The only way to read the value: call it where the password is handed to a client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        lenient_string(d).map(Secret)
+    }
+}
+
+/// Accepts a string, or a number/bool written without quotes (an env var such as
+/// `DB_PASSWORD=1234` arrives as a number).
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::S(s) => s,
+        Raw::I(i) => i.to_string(),
+        Raw::F(f) => f.to_string(),
+        Raw::B(b) => b.to_string(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Auto,
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// auto: PostgreSQL when `host` is set, else SQLite.
+    pub backend: StorageBackend,
+    pub host: Option<String>,
+    pub port: u16,
+    #[serde(deserialize_with = "lenient_string")]
+    pub user: String,
+    pub password: Option<Secret>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub database: String,
+    pub sqlite_path: PathBuf,
+    pub pool_size: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            backend: StorageBackend::Auto,
+            host: None,
+            port: 5432,
+            user: "restaurant_user".into(),
+            password: None,
+            database: "restaurant_db".into(),
+            sqlite_path: "/var/lib/restaurant-system/restaurant.db".into(),
+            pool_size: 16,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The backend actually used: `auto` resolved.
+    pub fn resolved_backend(&self) -> StorageBackend {
+        match self.backend {
+            StorageBackend::Auto if self.host.as_deref().is_some_and(|h| !h.is_empty()) => {
+                StorageBackend::Postgres
+            }
+            StorageBackend::Auto => StorageBackend::Sqlite,
+            other => other,
+        }
+    }
+
+    /// Why that backend was chosen, for the start-up log line.
+    pub fn backend_reason(&self) -> &'static str {
+        match (self.backend, self.resolved_backend()) {
+            (StorageBackend::Auto, StorageBackend::Postgres) => {
+                "backend = auto and a PostgreSQL host is configured"
+            }
+            (StorageBackend::Auto, _) => "backend = auto and no PostgreSQL host is configured",
+            _ => "backend set explicitly in config",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitConfig {
+    pub host: String,
+    pub port: u16,
+    #[serde(deserialize_with = "lenient_string")]
+    pub user: String,
+    pub password: Secret,
+    #[serde(deserialize_with = "lenient_string")]
+    pub vhost: String,
+}
+
+impl Default for RabbitConfig {
+    fn default() -> Self {
+        RabbitConfig {
+            host: "localhost".into(),
+            port: 5672,
+            user: "guest".into(),
+            password: Secret::new("guest"),
+            vhost: "/".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `--mode=all` runs the display bridge only when this is true.
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    #[serde(deserialize_with = "lenient_string")]
+    pub site: String,
+    pub topic_prefix: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub client_id: String,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// How long a completed or cancelled order stays on the board.
+    pub clear_after_seconds: f64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            enabled: true,
+            host: "localhost".into(),
+            port: 1883,
+            site: "main".into(),
+            topic_prefix: "restaurant".into(),
+            client_id: "restaurant-display-bridge".into(),
+            user: None,
+            password: None,
+            clear_after_seconds: 30.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisplayConfig {
+    /// The WebSocket URL screens use for Mosquitto; empty: same host as the page, port 9001.
+    pub mqtt_ws_url: String,
+    /// Where the page sends bump and recall; empty: same host as the page, port 3000.
+    pub order_service_url: String,
+    pub yellow_after_seconds: u64,
+    pub red_after_seconds: u64,
+}
+
+impl Default for DisplayConfig {
+    fn default() -> Self {
+        DisplayConfig {
+            mqtt_ws_url: String::new(),
+            order_service_url: String::new(),
+            yellow_after_seconds: 300,
+            red_after_seconds: 480,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct KitchenConfig {
+    pub cooking_seconds: CookingSeconds,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CookingSeconds {
+    pub dine_in: f64,
+    pub takeout: f64,
+    pub delivery: f64,
+}
+
+impl Default for CookingSeconds {
+    fn default() -> Self {
+        CookingSeconds {
+            dine_in: 8.0,
+            takeout: 10.0,
+            delivery: 12.0,
+        }
+    }
+}
+
+impl CookingSeconds {
+    pub fn for_type(&self, t: crate::domain::OrderType) -> Duration {
+        use crate::domain::OrderType::*;
+        let secs = match t {
+            DineIn => self.dine_in,
+            Takeout => self.takeout,
+            Delivery => self.delivery,
+        };
+        Duration::from_secs_f64(secs.max(0.0))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub bind: String,
+    pub order_port: u16,
+    pub tracking_port: u16,
+    pub bridge_port: u16,
+    pub max_concurrent: usize,
+    pub body_limit_bytes: usize,
+    /// Slow or idle clients are dropped after this long.
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: "0.0.0.0".into(),
+            order_port: 3000,
+            tracking_port: 3002,
+            bridge_port: 3003,
+            max_concurrent: 50,
+            body_limit_bytes: 64 * 1024,
+            request_timeout_seconds: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// journald when started by systemd (JOURNAL_STREAM set), JSON otherwise.
+    Auto,
+    Json,
+    Journald,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+/// A config problem, reported with the file and key; exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Which file to read: the one given, else the system file when present, else
+/// `./config.toml` when present, else none (defaults and environment only).
+pub fn config_path(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(Some(p.to_path_buf()))
+        } else {
+            Err(ConfigError::Missing(p.to_path_buf()))
+        };
+    }
+    Ok([Path::new(SYSTEM_CONFIG), Path::new("config.toml")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .map(Path::to_path_buf))
+}
+
+/// The spec's plain environment variable names and the keys they set.
+const SPEC_ENV: [(&str, &str); 9] = [
+    ("DB_HOST", "database.host"),
+    ("DB_PORT", "database.port"),
+    ("DB_USER", "database.user"),
+    ("DB_PASSWORD", "database.password"),
+    ("DB_NAME", "database.database"),
+    ("RABBITMQ_HOST", "rabbitmq.host"),
+    ("RABBITMQ_PORT", "rabbitmq.port"),
+    ("RABBITMQ_USER", "rabbitmq.user"),
+    ("RABBITMQ_PASSWORD", "rabbitmq.password"),
+];
+
+impl Config {
+    /// Loads defaults < file < environment. Flags are applied by the caller.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            let yaml = matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            );
+            fig = if yaml {
+                fig.merge(Yaml::file_exact(path))
+            } else {
+                fig.merge(Toml::file_exact(path))
+            };
+        }
+        let spec_env = Env::raw().filter_map(|k| {
+            SPEC_ENV
+                .iter()
+                .find(|(name, _)| k == *name)
+                .map(|(_, key)| (*key).into())
+        });
+        fig = fig
+            .merge(spec_env)
+            .merge(Env::prefixed("RESTAURANT_").split("__"));
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Rules that parse fine but make no sense.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.database.resolved_backend() == StorageBackend::Postgres
+            && self.database.host.as_deref().unwrap_or("").is_empty()
+        {
+            return bad("database.backend = \"postgres\" needs database.host".into());
+        }
+        if self.database.resolved_backend() == StorageBackend::Sqlite
+            && self.database.sqlite_path.as_os_str().is_empty()
+        {
+            return bad("database.sqlite_path must not be empty".into());
+        }
+        if self.database.pool_size == 0 {
+            return bad("database.pool_size must be at least 1".into());
+        }
+        if self.http.max_concurrent == 0 {
+            return bad("http.max_concurrent must be at least 1".into());
+        }
+        let c = self.kitchen.cooking_seconds;
+        for (k, v) in [
+            ("dine_in", c.dine_in),
+            ("takeout", c.takeout),
+            ("delivery", c.delivery),
+        ] {
+            if !(0.0..=3600.0).contains(&v) {
+                return bad(format!(
+                    "kitchen.cooking_seconds.{k} must be between 0 and 3600, got {v}"
+                ));
+            }
+        }
+        if !(0.0..=86_400.0).contains(&self.mqtt.clear_after_seconds) {
+            return bad("mqtt.clear_after_seconds must be between 0 and 86400".into());
+        }
+        if self.display.yellow_after_seconds > self.display.red_after_seconds {
+            return bad("display.yellow_after_seconds must not exceed red_after_seconds".into());
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return bad(format!(
+                "log.level '{}' is not a valid level",
+                self.log.level
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Turns figment's error into one readable line per problem: key, source, reason.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() {
+                String::new()
+            } else {
+                format!("key `{}`: ", e.path.join("."))
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref().map(|s| format!(" (from {s})")))
+                .unwrap_or_default();
+            format!("{key}{}{source}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Config::load(Some(&p))
+    }
+
+    #[test]
+    fn defaults_run_on_sqlite() {
+        let c = Config::default();
+        assert_eq!(c.database.resolved_backend(), StorageBackend::Sqlite);
+        assert!(c.check().is_ok());
+    }
+
+    #[test]
+    fn auto_picks_postgres_when_a_host_is_set() {
+        let c = load_str("[database]\nhost = \"db\"\n").unwrap();
+        assert_eq!(c.database.resolved_backend(), StorageBackend::Postgres);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_name_the_key_and_file() {
+        let e = load_str("[database]\nprot = 5432\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prot"), "{e}");
+        assert!(e.contains("c.toml"), "{e}");
+        let e = load_str("[rabbitmq]\nport = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rabbitmq.port"), "{e}");
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let c = load_str("[rabbitmq]\npassword = \"hunter2\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.rabbitmq.password.expose(), "hunter2");
+    }
+
+    #[test]
+    fn check_rejects_nonsense() {
+        let e = load_str("[kitchen.cooking_seconds]\ntakeout = -1\n").unwrap_err();
+        assert!(e.to_string().contains("takeout"));
+        assert!(load_str("[log]\nlevel = \"loud!!\"\n").is_err());
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        assert!(matches!(
+            config_path(Some(Path::new("/nonexistent/x.toml"))),
+            Err(ConfigError::Missing(_))
+        ));
+    }
+}

@@ -1,0 +1,144 @@
+//! The messages an order produces, as they travel over RabbitMQ: the origin
+//! spec's Order Message and Status Update Message. Extra fields (`version`,
+//! `order_type`) are additive, so consumers written against the spec still work.
+
+use super::money::Cents;
+use super::order::{Item, OrderType, ValidOrder};
+use super::status::OrderStatus;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Published to `orders_topic` with routing key `kitchen.{order_type}.{priority}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderMessage {
+    pub order_number: String,
+    pub customer_name: String,
+    pub order_type: OrderType,
+    pub table_number: Option<i64>,
+    pub delivery_address: Option<String>,
+    pub items: Vec<Item>,
+    pub total_amount: Cents,
+    pub priority: i32,
+}
+
+impl OrderMessage {
+    pub fn new(order_number: String, order: &ValidOrder) -> Self {
+        OrderMessage {
+            order_number,
+            customer_name: order.customer_name.clone(),
+            order_type: order.order_type,
+            table_number: order.table_number,
+            delivery_address: order.delivery_address.clone(),
+            items: order.items.clone(),
+            total_amount: order.total,
+            priority: order.priority,
+        }
+    }
+
+    pub fn routing_key(&self) -> String {
+        routing_key(self.order_type, self.priority)
+    }
+
+    /// Decodes a message body; never panics on garbage.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let msg: OrderMessage =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid order message: {e}"))?;
+        if !super::order::is_order_number(&msg.order_number) {
+            return Err(format!(
+                "invalid order message: bad order_number '{}'",
+                msg.order_number
+            ));
+        }
+        Ok(msg)
+    }
+}
+
+pub fn routing_key(order_type: OrderType, priority: i32) -> String {
+    format!("kitchen.{order_type}.{priority}")
+}
+
+/// Published to `notifications_fanout` on every status change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    pub order_number: String,
+    pub old_status: OrderStatus,
+    pub new_status: OrderStatus,
+    pub changed_by: String,
+    pub timestamp: DateTime<Utc>,
+    pub estimated_completion: Option<DateTime<Utc>>,
+    /// Grows by one with every change of the order: lets a reader drop stale or
+    /// duplicate updates.
+    #[serde(default)]
+    pub version: i64,
+    #[serde(default)]
+    pub order_type: Option<OrderType>,
+}
+
+impl StatusUpdate {
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid status update: {e}"))
+    }
+
+    /// The console line the notification subscriber prints.
+    pub fn human_line(&self) -> String {
+        format!(
+            "Notification for order {}: Status changed from '{}' to '{}' by {}.",
+            self.order_number, self.old_status, self.new_status, self.changed_by
+        )
+    }
+
+    /// A stable id for this transition: the same change always has the same id,
+    /// so a duplicate publish is recognisable downstream.
+    pub fn event_id(&self) -> String {
+        format!("{}:{}:{}", self.order_number, self.new_status, self.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn order_message_round_trips_in_spec_shape() {
+        let v = json!({
+            "order_number": "ORD_20241216_001", "customer_name": "John Doe",
+            "order_type": "delivery", "table_number": null,
+            "delivery_address": "123 Main St, City",
+            "items": [{"name": "Margherita Pizza", "quantity": 7, "price": 15.99}],
+            "total_amount": 111.93, "priority": 10
+        });
+        let msg = OrderMessage::decode(v.to_string().as_bytes()).unwrap();
+        assert_eq!(msg.total_amount, Cents(11193));
+        assert_eq!(msg.routing_key(), "kitchen.delivery.10");
+        assert_eq!(serde_json::to_value(&msg).unwrap(), v);
+    }
+
+    #[test]
+    fn decoders_reject_garbage() {
+        assert!(OrderMessage::decode(b"not json").is_err());
+        assert!(OrderMessage::decode(b"{}").is_err());
+        assert!(OrderMessage::decode(br#"{"order_number":"x"}"#).is_err());
+        assert!(StatusUpdate::decode(b"[]").is_err());
+    }
+
+    #[test]
+    fn status_line_matches_spec() {
+        let u = StatusUpdate {
+            order_number: "ORD_20241216_001".into(),
+            old_status: OrderStatus::Received,
+            new_status: OrderStatus::Cooking,
+            changed_by: "chef_mario".into(),
+            timestamp: Utc::now(),
+            estimated_completion: None,
+            version: 2,
+            order_type: None,
+        };
+        assert_eq!(
+            u.human_line(),
+            "Notification for order ORD_20241216_001: Status changed from 'received' to 'cooking' by chef_mario."
+        );
+        assert_eq!(u.event_id(), "ORD_20241216_001:cooking:2");
+    }
+}

@@ -1,0 +1,13 @@
+//! Domain rules: pure functions and types with no I/O.
+//!
+//! Everything here is deterministic and unit-tested next to the code. Storage,
+//! messaging and HTTP call into this module; it calls into none of them.
+
+pub mod events;
+pub mod money;
+pub mod order;
+pub mod status;
+
+pub use money::Cents;
+pub use order::{FieldError, Item, OrderType, ValidOrder};
+pub use status::{OrderStatus, TransitionError};

@@ -1,0 +1,353 @@
+//! The HTTP side: one small server loop shared by the order service, the
+//! tracking service and the display bridge's health port.
+//!
+//! hyper 1 leaves the accept loop to us. Each connection is served by hyper's
+//! HTTP/1 machinery with a header-read timeout (slow or idle clients are dropped);
+//! requests beyond `max_concurrent` get a quick 503 instead of queueing; bodies
+//! are limited in size and in time. Every response carries the request id, and
+//! every 4xx/5xx is JSON `{"error": ..., "details": [...]}`.
+
+pub mod orders;
+pub mod tracking;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// What a route gets besides the request.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_concurrent: usize,
+    pub body_limit: usize,
+    pub timeout: Duration,
+}
+
+/// A service: the order API, the tracking API or a health endpoint.
+#[async_trait::async_trait]
+pub trait Routes: Send + Sync + 'static {
+    async fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> Result<Resp, ApiError>;
+}
+
+/// An error answer. One place turns each kind into a status code and JSON.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: String,
+    pub details: Vec<Value>,
+    pub retry_after: Option<u64>,
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error: error.into(),
+            details: Vec::new(),
+            retry_after: None,
+            allow: None,
+        }
+    }
+    pub fn with_details(mut self, details: Vec<Value>) -> Self {
+        self.details = details;
+        self
+    }
+    pub fn not_found(what: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, what)
+    }
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut e = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        e.allow = Some(allow);
+        e
+    }
+    /// A server we depend on is down: try again shortly.
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, what);
+        e.retry_after = Some(2);
+        e
+    }
+    /// A real fault on our side. The client gets an opaque message; the cause is logged.
+    pub fn internal() -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+
+    fn into_response(self) -> Resp {
+        let mut r = json_response(
+            self.status,
+            &json!({"error": self.error, "details": self.details}),
+        );
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert("retry-after", HeaderValue::from(s));
+        }
+        if let Some(a) = self.allow {
+            r.headers_mut().insert("allow", HeaderValue::from_static(a));
+        }
+        r
+    }
+}
+
+pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Resp {
+    // Serialising our own types cannot fail; fall back to an empty object regardless.
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn static_response(content_type: &'static str, body: &'static [u8]) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// The path split into segments: `/orders/X/status` -> ["orders", "X", "status"].
+pub fn segments(req: &Request<Incoming>) -> Vec<String> {
+    req.uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Reads a JSON body: 415 unless it is JSON, 413 over the limit, 408 when the
+/// client is too slow, 400 when it does not parse.
+pub async fn read_json(req: Request<Incoming>, ctx: &RequestCtx) -> Result<Value, ApiError> {
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+        .unwrap_or(false);
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
+    }
+    let limited = Limited::new(req.into_body(), ctx.limits.body_limit);
+    let collected = tokio::time::timeout(ctx.limits.timeout, limited.collect())
+        .await
+        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "request body too slow"))?;
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds {} bytes", ctx.limits.body_limit),
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "could not read request body",
+            ))
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed JSON").with_details(vec![json!({
+            "field": "body", "message": e.to_string()
+        })])
+    })
+}
+
+/// Accepts `X-Request-ID` when it is short and printable; otherwise makes one.
+fn request_id(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(String::from)
+        .unwrap_or_else(new_request_id)
+}
+
+pub fn new_request_id() -> String {
+    format!("req-{:08x}", rand::random::<u32>())
+}
+
+/// A bound HTTP server; `addr` is the real port (tests bind port 0).
+pub struct Server {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds `addr` and serves `routes` until `shutdown`, then lets requests in
+/// flight finish (for at most five seconds).
+pub async fn serve(
+    addr: SocketAddr,
+    routes: Arc<dyn Routes>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> std::io::Result<Server> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let permits = Arc::new(Semaphore::new(limits.max_concurrent));
+    let span = tracing::Span::current();
+    let task = tokio::spawn(
+        async move {
+            let graceful = GracefulShutdown::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.timeout)
+                .keep_alive(true);
+            loop {
+                let stream = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait, do not spin.
+                            tracing::error!(action = "accept_failed", error = %e, "Accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = stream.set_nodelay(true);
+                let routes = routes.clone();
+                let permits = permits.clone();
+                let span = tracing::Span::current();
+                let svc = hyper::service::service_fn(move |req| {
+                    let routes = routes.clone();
+                    let permits = permits.clone();
+                    let span = span.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            handle(req, routes, permits, limits).instrument(span).await,
+                        )
+                    }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            drop(listener);
+            let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+        }
+        .instrument(span),
+    );
+    Ok(Server { addr, task })
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    routes: Arc<dyn Routes>,
+    permits: Arc<Semaphore>,
+    limits: Limits,
+) -> Resp {
+    let rid = request_id(&req);
+    let span = tracing::info_span!("request", request_id = %rid);
+    let mut resp = async {
+        tracing::debug!(
+            action = "request_received",
+            method = %req.method(),
+            path = %req.uri().path(),
+            "Request received"
+        );
+        if req.method() == Method::OPTIONS {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            return r;
+        }
+        // Over the limit: answer at once rather than queue behind slow requests.
+        let Ok(_permit) = permits.try_acquire() else {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in flight",
+            );
+            e.retry_after = Some(1);
+            return e.into_response();
+        };
+        let ctx = RequestCtx {
+            request_id: rid.clone(),
+            limits,
+        };
+        match routes.handle(req, ctx).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
+    }
+    .instrument(span)
+    .await;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        h.insert("x-request-id", v);
+    }
+    // The kitchen display page (served by the tracking service) calls the order
+    // service from another origin: bump and recall.
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("content-type, x-request-id"),
+    );
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("x-request-id, location"),
+    );
+    resp
+}
+
+/// The spec's health document; 503 when any check fails.
+pub fn health_response(service: &str, checks: &[(&str, Result<(), String>)]) -> Resp {
+    let healthy = checks.iter().all(|(_, r)| r.is_ok());
+    let checks: serde_json::Map<String, Value> = checks
+        .iter()
+        .map(|(name, r)| {
+            let v = match r {
+                Ok(()) => "healthy".to_string(),
+                Err(e) => format!("unhealthy: {e}"),
+            };
+            (name.to_string(), Value::String(v))
+        })
+        .collect();
+    let body = json!({
+        "status": if healthy { "healthy" } else { "unhealthy" },
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "service": service,
+        "checks": checks,
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, &body)
+}
+
+/// The OpenAPI document describing both HTTP services.
+pub const OPENAPI: &[u8] = include_bytes!("../../docs/openapi.yaml");

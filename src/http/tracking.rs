@@ -1,0 +1,172 @@
+//! The tracking service's API: read-only views of orders and workers, plus the
+//! kitchen display page (static files embedded in the binary).
+
+use super::orders::{bad_order_number, store_error};
+use super::{
+    health_response, json_response, segments, static_response, ApiError, RequestCtx, Resp, Routes,
+};
+use crate::config::DisplayConfig;
+use crate::domain::order::is_order_number;
+use crate::storage::SharedStore;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use serde_json::json;
+
+pub const SERVICE: &str = "tracking-service";
+
+pub struct TrackingApi {
+    pub store: SharedStore,
+    pub display: DisplayConfig,
+    pub mqtt_prefix: String,
+    pub mqtt_site: String,
+}
+
+/// The display page, built by `web/build.sh` into `web/dist/`.
+const PAGE: &[(&str, &str, &[u8])] = &[
+    (
+        "",
+        "text/html; charset=utf-8",
+        include_bytes!("../../web/dist/index.html"),
+    ),
+    (
+        "display.js",
+        "text/javascript",
+        include_bytes!("../../web/dist/display.js"),
+    ),
+    (
+        "display.css",
+        "text/css",
+        include_bytes!("../../web/dist/display.css"),
+    ),
+    (
+        "mqtt.min.js",
+        "text/javascript",
+        include_bytes!("../../web/dist/mqtt.min.js"),
+    ),
+];
+
+#[async_trait::async_trait]
+impl Routes for TrackingApi {
+    async fn handle(&self, req: Request<Incoming>, _ctx: RequestCtx) -> Result<Resp, ApiError> {
+        let seg = segments(&req);
+        let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+        if req.method() != Method::GET {
+            let known = matches!(
+                seg.as_slice(),
+                ["orders", _, "status" | "history"]
+                    | ["workers", "status"]
+                    | ["health"]
+                    | ["openapi.yaml"]
+                    | ["display", ..]
+            );
+            return Err(if known {
+                ApiError::method_not_allowed("GET")
+            } else {
+                ApiError::not_found("no such route")
+            });
+        }
+        match seg.as_slice() {
+            ["orders", n, "status"] => self.status(n).await,
+            ["orders", n, "history"] => self.history(n).await,
+            ["workers", "status"] => self.workers().await,
+            ["health"] => Ok(self.health().await),
+            ["openapi.yaml"] => Ok(static_response("application/yaml", super::OPENAPI)),
+            ["display", "config.json"] => Ok(self.display_config()),
+            ["display"] => Ok(page("")),
+            ["display", file] => PAGE
+                .iter()
+                .find(|(name, _, _)| name == file)
+                .map(|(name, _, _)| page(name))
+                .ok_or_else(|| ApiError::not_found("no such file")),
+            _ => Err(ApiError::not_found("no such route")),
+        }
+    }
+}
+
+fn page(name: &str) -> Resp {
+    let (_, ct, body) = PAGE
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .copied()
+        .unwrap_or(PAGE[0]);
+    static_response(ct, body)
+}
+
+impl TrackingApi {
+    async fn status(&self, number: &str) -> Result<Resp, ApiError> {
+        if !is_order_number(number) {
+            return Err(bad_order_number(number));
+        }
+        let order = self
+            .store
+            .order(number)
+            .await
+            .map_err(|e| store_error(e, "db_query_failed", "Order status query failed"))?
+            .ok_or_else(|| ApiError::not_found(format!("order {number} not found")))?;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "order_number": order.order_number,
+                "current_status": order.status,
+                "updated_at": order.updated_at,
+                "estimated_completion": order.estimated_completion,
+                "processed_by": order.processed_by,
+            }),
+        ))
+    }
+
+    async fn history(&self, number: &str) -> Result<Resp, ApiError> {
+        if !is_order_number(number) {
+            return Err(bad_order_number(number));
+        }
+        let history = self
+            .store
+            .history(number)
+            .await
+            .map_err(|e| store_error(e, "db_query_failed", "Order history query failed"))?
+            .ok_or_else(|| ApiError::not_found(format!("order {number} not found")))?;
+        Ok(json_response(StatusCode::OK, &history))
+    }
+
+    async fn workers(&self) -> Result<Resp, ApiError> {
+        let now = chrono::Utc::now();
+        let workers = self
+            .store
+            .workers()
+            .await
+            .map_err(|e| store_error(e, "db_query_failed", "Workers query failed"))?;
+        let body: Vec<_> = workers
+            .iter()
+            .map(|w| {
+                json!({
+                    "worker_name": w.name,
+                    // A crashed worker's row still says online; its heartbeat says otherwise.
+                    "status": if w.is_online(now) { "online" } else { "offline" },
+                    "orders_processed": w.orders_processed,
+                    "last_seen": w.last_seen,
+                })
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, &body))
+    }
+
+    async fn health(&self) -> Resp {
+        let db = self.store.ping().await.map_err(|e| e.to_string());
+        health_response(SERVICE, &[("database", db)])
+    }
+
+    fn display_config(&self) -> Resp {
+        json_response(
+            StatusCode::OK,
+            &json!({
+                "mqtt_ws_url": self.display.mqtt_ws_url,
+                "order_service_url": self.display.order_service_url,
+                "topic_prefix": self.mqtt_prefix,
+                "site": self.mqtt_site,
+                "yellow_after_seconds": self.display.yellow_after_seconds,
+                "red_after_seconds": self.display.red_after_seconds,
+                "server_time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            }),
+        )
+    }
+}

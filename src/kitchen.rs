@@ -1,0 +1,431 @@
+//! The kitchen worker: takes orders from its per-type queues, cooks them and
+//! moves them received -> cooking -> ready.
+//!
+//! Redelivery is harmless by construction: each step is a compare-and-set
+//! transition in the database (`storage::Store::transition`), and what to do with
+//! a message is decided from the order's current status (`domain::status::kitchen_step`),
+//! not from the message. A message that can never succeed goes to the dead-letter
+//! queue with its reason; a transient failure is requeued after a pause.
+
+use crate::backoff::Backoff;
+use crate::config::{CookingSeconds, RabbitConfig};
+use crate::domain::events::OrderMessage;
+use crate::domain::status::{kitchen_step, KitchenStep};
+use crate::domain::{OrderStatus, OrderType};
+use crate::messaging::relay::Relay;
+use crate::messaging::topology::{self, kitchen_queue, REASON_HEADER};
+use crate::messaging::{connect, LinkState, OutageLog};
+use crate::storage::{
+    Registered, SharedStore, StoreError, Transition, TransitionOutcome, WorkerRegistration,
+};
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub const SERVICE: &str = "kitchen-worker";
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub name: String,
+    /// Empty: all types.
+    pub order_types: Vec<OrderType>,
+    pub prefetch: u16,
+    pub heartbeat: Duration,
+    pub cooking: CookingSeconds,
+}
+
+impl WorkerConfig {
+    pub fn handled_types(&self) -> Vec<OrderType> {
+        if self.order_types.is_empty() {
+            OrderType::ALL.to_vec()
+        } else {
+            self.order_types.clone()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker '{name}' is already online (last heartbeat {last_seen}); stop that worker or choose another --worker-name")]
+    AlreadyOnline {
+        name: String,
+        last_seen: chrono::DateTime<Utc>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Registers the worker row. Refuses a name whose worker is alive; takes over
+/// one whose heartbeat is stale (a crash or a power cut left it "online").
+pub async fn register(store: &SharedStore, cfg: &WorkerConfig) -> Result<(), WorkerError> {
+    let types: Vec<&str> = cfg.handled_types().iter().map(|t| t.as_str()).collect();
+    let reg = WorkerRegistration {
+        name: cfg.name.clone(),
+        order_types: types.join(","),
+        heartbeat_interval_secs: cfg.heartbeat.as_secs().max(1) as i64,
+        now: Utc::now(),
+    };
+    match store.register_worker(&reg).await? {
+        Registered::AlreadyOnline { last_seen } => {
+            let e = WorkerError::AlreadyOnline {
+                name: cfg.name.clone(),
+                last_seen,
+            };
+            tracing::error!(action = "worker_registration_failed", error = %e, "Worker registration refused");
+            Err(e)
+        }
+        Registered::TakenOver { last_seen } => {
+            tracing::info!(
+                action = "worker_registered",
+                worker = %cfg.name,
+                stale_since = %last_seen,
+                "Took over a stale 'online' registration (its heartbeat had stopped)"
+            );
+            Ok(())
+        }
+        Registered::New | Registered::Returned => {
+            tracing::info!(action = "worker_registered", worker = %cfg.name, types = %reg.order_types, "Worker registered");
+            Ok(())
+        }
+    }
+}
+
+/// What to do with a delivery once processing ended.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Ack,
+    /// Can never succeed: dead-letter it with this reason.
+    Poison(String),
+    /// Failed for a reason that may pass (database down): requeue.
+    Retry(String),
+}
+
+#[derive(Clone)]
+pub struct Kitchen {
+    pub cfg: WorkerConfig,
+    pub store: SharedStore,
+    pub rabbit: RabbitConfig,
+    pub relay: Relay,
+    pub link: LinkState,
+}
+
+impl Kitchen {
+    /// Heartbeats and consumption until `shutdown`; then finishes the orders in
+    /// hand, returns unstarted ones to the queue and marks the worker offline.
+    pub async fn run(self, shutdown: CancellationToken, ready: tokio::sync::oneshot::Sender<()>) {
+        let hb = tokio::spawn(
+            heartbeat(self.store.clone(), self.cfg.clone(), shutdown.clone())
+                .instrument(tracing::Span::current()),
+        );
+        let mut ready = Some(ready);
+        let mut backoff = Backoff::default();
+        let mut outage = OutageLog::default();
+        while !shutdown.is_cancelled() {
+            match self
+                .session(&shutdown, &mut outage, &mut backoff, &mut ready)
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    self.link.set(false);
+                    outage.failed("kitchen consumer", &e, backoff.attempts());
+                    if !backoff.wait(&shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.link.set(false);
+        let _ = hb.await;
+        match self.store.worker_offline(&self.cfg.name, Utc::now()).await {
+            Ok(()) => {
+                tracing::info!(action = "worker_offline", worker = %self.cfg.name, "Worker marked offline")
+            }
+            Err(e) => {
+                tracing::error!(action = "db_connection_failed", error = %e, "Could not mark the worker offline")
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        outage: &mut OutageLog,
+        backoff: &mut Backoff,
+        ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<(), lapin::Error> {
+        let conn = connect(&self.rabbit, &format!("kitchen-worker {}", self.cfg.name)).await?;
+        let ch = conn.create_channel().await?;
+        topology::declare(&ch).await?;
+        // global: the limit covers all of this channel's consumers together, so
+        // `--prefetch=1` means one order in hand, whatever the number of queues.
+        ch.basic_qos(self.cfg.prefetch.max(1), BasicQosOptions { global: true })
+            .await?;
+        let dlq = conn.create_channel().await?;
+        dlq.confirm_select(ConfirmSelectOptions::default()).await?;
+        let mut consumers = Vec::new();
+        for t in self.cfg.handled_types() {
+            let q = kitchen_queue(t);
+            let tag = format!("{}-{}", self.cfg.name, t);
+            consumers.push(
+                ch.basic_consume(
+                    q.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?,
+            );
+        }
+        let tags: Vec<_> = consumers.iter().map(|c| c.tag()).collect();
+        let mut deliveries = futures_util::stream::select_all(consumers);
+        self.link.set(true);
+        outage.connected("kitchen consumer", topology::ORDERS_EXCHANGE);
+        backoff.reset();
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(());
+        }
+
+        let mut in_hand = JoinSet::new();
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                Some(_) = in_hand.join_next(), if !in_hand.is_empty() => {}
+                next = deliveries.next() => match next {
+                    Some(Ok(d)) => {
+                        let me = self.clone();
+                        let dlq = dlq.clone();
+                        in_hand.spawn(async move { me.handle(d, &dlq).await }.instrument(tracing::Span::current()));
+                    }
+                    Some(Err(e)) => break Err(e),
+                    None => break Err(crate::messaging::connection_lost()),
+                },
+            }
+        };
+        // Stop new deliveries, finish what is cooking, hand back the rest.
+        for tag in tags {
+            let _ = ch.basic_cancel(tag, BasicCancelOptions::default()).await;
+        }
+        while in_hand.join_next().await.is_some() {}
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
+        {
+            let _ = d
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+        }
+        let _ = conn.close(200, "shutdown".into()).await;
+        result
+    }
+
+    async fn handle(&self, d: Delivery, dlq: &Channel) {
+        let outcome = self.process(&d.data).await;
+        let res = match outcome {
+            Outcome::Ack => d.ack(BasicAckOptions::default()).await,
+            Outcome::Poison(reason) => {
+                tracing::error!(action = "message_processing_failed", error = %reason, "Message sent to the dead-letter queue");
+                match dead_letter(dlq, &d, &reason).await {
+                    // Acked only once the dead-letter copy is confirmed: never lost.
+                    Ok(()) => d.ack(BasicAckOptions::default()).await,
+                    Err(_) => {
+                        d.nack(BasicNackOptions {
+                            requeue: true,
+                            multiple: false,
+                        })
+                        .await
+                    }
+                }
+            }
+            Outcome::Retry(reason) => {
+                tracing::error!(action = "message_processing_failed", error = %reason, "Processing failed; the order is requeued");
+                // Pause so a down database is not hammered by the same message.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                d.nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+            }
+        };
+        if let Err(e) = res {
+            // The channel is gone; the broker redelivers the message, harmlessly.
+            tracing::debug!(action = "ack_failed", error = %e, "Could not settle a delivery");
+        }
+    }
+
+    async fn process(&self, body: &[u8]) -> Outcome {
+        let msg = match OrderMessage::decode(body) {
+            Ok(m) => m,
+            Err(e) => return Outcome::Poison(e),
+        };
+        if !self.cfg.handled_types().contains(&msg.order_type) {
+            return Outcome::Poison(format!(
+                "order type {} arrived on a queue of another type",
+                msg.order_type
+            ));
+        }
+        let cook_time = self.cfg.cooking.for_type(msg.order_type);
+        let n = &msg.order_number;
+        // Loops only when another process changed the order between our read and
+        // our write (the compare-and-set said no): read again and decide again.
+        for _ in 0..5 {
+            let order = match self.store.order(n).await {
+                Ok(Some(o)) => o,
+                Ok(None) => return Outcome::Poison(format!("unknown order {n}")),
+                Err(e) => return Outcome::Retry(e.to_string()),
+            };
+            let until = match kitchen_step(order.status) {
+                KitchenStep::AlreadyDone => return Outcome::Ack,
+                KitchenStep::ResumeCooking => order.estimated_completion.unwrap_or_else(Utc::now),
+                KitchenStep::StartCooking => {
+                    let now = Utc::now();
+                    let eta = now + chrono::Duration::from_std(cook_time).unwrap_or_default();
+                    match self.change(n, OrderStatus::Cooking, Some(eta)).await {
+                        Ok(TransitionOutcome::Applied { .. }) => {
+                            tracing::debug!(action = "order_processing_started", order_number = %n, "Cooking started");
+                            eta
+                        }
+                        Ok(TransitionOutcome::Rejected(_)) => continue,
+                        Ok(TransitionOutcome::NotFound) => {
+                            return Outcome::Poison(format!("unknown order {n}"))
+                        }
+                        Err(e) => return Outcome::Retry(e.to_string()),
+                    }
+                }
+            };
+            if self.cook_until(n, until).await == Cooked::Cancelled {
+                tracing::info!(action = "order_cancelled", order_number = %n, "Order cancelled while cooking; stopped");
+                return Outcome::Ack;
+            }
+            return match self.change(n, OrderStatus::Ready, None).await {
+                Ok(TransitionOutcome::Applied { .. }) => {
+                    tracing::debug!(action = "order_completed", order_number = %n, "Order ready");
+                    Outcome::Ack
+                }
+                // Cancelled at the last moment, or finished by another worker.
+                Ok(TransitionOutcome::Rejected(_)) => Outcome::Ack,
+                Ok(TransitionOutcome::NotFound) => Outcome::Poison(format!("unknown order {n}")),
+                Err(e) => Outcome::Retry(e.to_string()),
+            };
+        }
+        Outcome::Retry(format!("order {n} kept changing under us"))
+    }
+
+    async fn change(
+        &self,
+        n: &str,
+        to: OrderStatus,
+        eta: Option<chrono::DateTime<Utc>>,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let t = Transition {
+            order_number: n.to_string(),
+            to,
+            changed_by: self.cfg.name.clone(),
+            request_id: crate::http::new_request_id(),
+            now: Utc::now(),
+            estimated_completion: eta,
+            notes: None,
+        };
+        let out = self.store.transition(&t).await?;
+        if matches!(out, TransitionOutcome::Applied { .. }) {
+            self.relay.wake();
+        }
+        Ok(out)
+    }
+
+    /// "Cooks" until `until`, looking every quarter second whether the order was
+    /// cancelled meanwhile. Shutdown does not interrupt: the order in hand is finished.
+    async fn cook_until(&self, n: &str, until: chrono::DateTime<Utc>) -> Cooked {
+        loop {
+            let left = (until - Utc::now()).to_std().unwrap_or_default();
+            if left.is_zero() {
+                return Cooked::Done;
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(250))).await;
+            if let Ok(Some(o)) = self.store.order(n).await {
+                if o.status == OrderStatus::Cancelled {
+                    return Cooked::Cancelled;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Cooked {
+    Done,
+    Cancelled,
+}
+
+/// Copies the message to the dead-letter exchange with the reason in a header.
+async fn dead_letter(ch: &Channel, d: &Delivery, reason: &str) -> Result<(), String> {
+    let mut headers = d.properties.headers().clone().unwrap_or_default();
+    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+    headers.insert(
+        "x-original-routing-key".into(),
+        AMQPValue::LongString(d.routing_key.as_str().into()),
+    );
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    let confirm = ch
+        .basic_publish(
+            topology::DEAD_LETTER_EXCHANGE.into(),
+            d.routing_key.clone(),
+            BasicPublishOptions::default(),
+            &d.data,
+            props,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    match confirm.await.map_err(|e| e.to_string())? {
+        lapin::Confirmation::Nack(_) => Err("dead-letter publish refused by the broker".into()),
+        _ => Ok(()),
+    }
+}
+
+async fn heartbeat(store: SharedStore, cfg: WorkerConfig, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(cfg.heartbeat.max(Duration::from_millis(100)));
+    tick.tick().await; // registration just set last_seen
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => match store.heartbeat(&cfg.name, Utc::now()).await {
+                Ok(()) => tracing::debug!(action = "heartbeat_sent", worker = %cfg.name, "Heartbeat sent"),
+                Err(e) => tracing::error!(action = "db_connection_failed", error = %e, "Heartbeat failed"),
+            }
+        }
+    }
+}
+
+/// Used by `--mode=all`: one worker named after the host.
+pub fn default_worker_name() -> String {
+    let h = crate::telemetry::hostname();
+    let clean: String = h
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("chef_{clean}")
+}
+
+pub type SharedKitchen = Arc<Kitchen>;

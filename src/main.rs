@@ -1,0 +1,246 @@
+//! The `restaurant-system` binary: parse flags, load config, start a mode, wait
+//! for a signal, shut down cleanly. Everything else lives in the library.
+
+use clap::{Parser, Subcommand};
+use restaurant_system::config::{config_path, Config};
+use restaurant_system::domain::OrderType;
+use restaurant_system::kitchen::{WorkerConfig, WorkerError};
+use restaurant_system::modes::{self, Mode, Options, StartError};
+use restaurant_system::{daemon, storage, telemetry};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for bad flags or config (clap uses 2 as well).
+const EXIT_USAGE: u8 = 2;
+const EXIT_FAILURE: u8 = 1;
+
+/// Restaurant order system for a kitchen edge box.
+///
+/// Run one mode per process (each a systemd unit), or --mode=all for everything
+/// in one process. Config: --config FILE, else /etc/restaurant-system/config.toml,
+/// else ./config.toml; environment variables DB_*, RABBITMQ_* and
+/// RESTAURANT_<SECTION>__<KEY> override the file; flags override both.
+#[derive(Parser, Debug)]
+#[command(name = "restaurant-system", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// The mode to run.
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+
+    /// Config file (TOML; a .yaml file is read as the spec's config.yaml).
+    #[arg(long, short = 'c', global = true, env = "RESTAURANT_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// HTTP port (order-service: 3000, tracking-service: 3002, display-bridge health: 3003).
+    #[arg(long)]
+    port: Option<u16>,
+
+    /// Order service: requests handled at once; more get 503 at once.
+    #[arg(long)]
+    max_concurrent: Option<usize>,
+
+    /// Kitchen worker: unique name, e.g. chef_mario.
+    #[arg(long, env = "RESTAURANT_WORKER_NAME")]
+    worker_name: Option<String>,
+
+    /// Kitchen worker: comma-separated order types it cooks (dine_in,takeout,delivery); all when omitted.
+    #[arg(long, env = "RESTAURANT_WORKER_ORDER_TYPES")]
+    order_types: Option<String>,
+
+    /// Kitchen worker: orders held at once (RabbitMQ prefetch).
+    #[arg(long, default_value_t = 1, env = "RESTAURANT_WORKER_PREFETCH",
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    prefetch: u16,
+
+    /// Kitchen worker: seconds between heartbeats.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    heartbeat_interval: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply the database schema and exit.
+    Migrate,
+    /// Check the configuration and exit (0 when valid, 2 when not).
+    Validate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match load_config(&cli) {
+        Ok(c) => c,
+        Err(msg) => return usage_error(&msg),
+    };
+    match cli.command {
+        Some(Command::Validate) => {
+            println!(
+                "configuration OK: database backend {:?} ({}), RabbitMQ {}:{}, MQTT {}:{}",
+                cfg.database.resolved_backend(),
+                cfg.database.backend_reason(),
+                cfg.rabbitmq.host,
+                cfg.rabbitmq.port,
+                cfg.mqtt.host,
+                cfg.mqtt.port
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Migrate) => return migrate(&cfg),
+        None => {}
+    }
+    let Some(mode) = cli.mode else {
+        return usage_error(
+            "--mode is required: order-service, kitchen-worker, tracking-service, notification-subscriber, display-bridge or all (see --help)",
+        );
+    };
+    let worker = match worker_config(&cli, mode, &cfg) {
+        Ok(w) => w,
+        Err(msg) => return usage_error(&msg),
+    };
+    let log = telemetry::init(&cfg.log, mode.service_name());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("restaurant-system: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let config_file = config_path(cli.config.as_deref()).ok().flatten();
+    runtime.block_on(run(mode, cfg, Options { worker }, log, config_file))
+}
+
+async fn run(
+    mode: Mode,
+    cfg: Config,
+    opts: Options,
+    log: telemetry::LogHandle,
+    config_file: Option<PathBuf>,
+) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    if let Err(e) = daemon::spawn_signal_handler(shutdown.clone(), log, config_file) {
+        eprintln!("restaurant-system: cannot install signal handlers: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let running = match modes::start(mode, &cfg, opts, shutdown.clone()).await {
+        Ok(r) => r,
+        Err(StartError::Cancelled) => return ExitCode::SUCCESS,
+        Err(e) => {
+            let hint = match &e {
+                StartError::Worker(WorkerError::AlreadyOnline { .. }) => "",
+                StartError::Bind { .. } => " (is another process using the port?)",
+                _ => "",
+            };
+            eprintln!("restaurant-system: {e}{hint}");
+            shutdown.cancel();
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    daemon::ready();
+    daemon::spawn_watchdog(shutdown.clone());
+    shutdown.cancelled().await;
+    // Give in-flight work its chance to finish (an order being cooked, a relay
+    // flush); systemd's TimeoutStopSec is the outer bound.
+    running.wait().await;
+    tracing::info!(action = "service_stopped", "Stopped cleanly");
+    ExitCode::SUCCESS
+}
+
+fn load_config(cli: &Cli) -> Result<Config, String> {
+    let path = config_path(cli.config.as_deref()).map_err(|e| e.to_string())?;
+    let mut cfg = Config::load(path.as_deref()).map_err(|e| match &path {
+        Some(p) => format!("{} ({})", e, p.display()),
+        None => e.to_string(),
+    })?;
+    if let Some(port) = cli.port {
+        match cli.mode {
+            Some(Mode::TrackingService) => cfg.http.tracking_port = port,
+            Some(Mode::DisplayBridge) => cfg.http.bridge_port = port,
+            _ => cfg.http.order_port = port,
+        }
+    }
+    if let Some(n) = cli.max_concurrent {
+        if n == 0 {
+            return Err("--max-concurrent must be at least 1".into());
+        }
+        cfg.http.max_concurrent = n;
+    }
+    Ok(cfg)
+}
+
+fn worker_config(cli: &Cli, mode: Mode, cfg: &Config) -> Result<Option<WorkerConfig>, String> {
+    let order_types = match cli.order_types.as_deref().map(str::trim) {
+        None | Some("") => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|t| {
+                t.trim()
+                    .parse::<OrderType>()
+                    .map_err(|e| format!("--order-types: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let name = match (mode, cli.worker_name.as_deref().map(str::trim)) {
+        (Mode::KitchenWorker, None | Some("")) => return Err(
+            "--worker-name is required for --mode=kitchen-worker (e.g. --worker-name=chef_mario)"
+                .into(),
+        ),
+        (_, Some(n)) if !n.is_empty() => {
+            if n.len() > 64
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            {
+                return Err(format!(
+                    "--worker-name '{n}': use 1-64 letters, digits, '_', '-' or '.'"
+                ));
+            }
+            n.to_string()
+        }
+        _ => restaurant_system::kitchen::default_worker_name(),
+    };
+    if !matches!(mode, Mode::KitchenWorker | Mode::All) {
+        return Ok(None);
+    }
+    Ok(Some(WorkerConfig {
+        name,
+        order_types,
+        prefetch: cli.prefetch,
+        heartbeat: Duration::from_secs(cli.heartbeat_interval),
+        cooking: cfg.kitchen.cooking_seconds,
+    }))
+}
+
+fn migrate(cfg: &Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("restaurant-system: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(storage::open(&cfg.database)) {
+        Ok(store) => {
+            println!("schema is up to date ({} backend)", store.backend());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("restaurant-system: migration failed: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("restaurant-system: {msg}");
+    ExitCode::from(EXIT_USAGE)
+}

@@ -1,0 +1,213 @@
+//! The outbox relay: moves committed messages from the `outbox` table to RabbitMQ.
+//!
+//! Every state change writes its message into the outbox in the same transaction
+//! (see `storage`), so a message exists if and only if its change committed. The
+//! relay leases a batch of rows, publishes them all (persistent, pipelined), waits
+//! for the broker's confirms, and deletes the confirmed rows. A crash anywhere
+//! leaves rows that are published again later: delivery is at-least-once, and
+//! consumers are idempotent (status changes are compare-and-set, updates carry a
+//! version). It wakes on every commit and also polls, so nothing waits long.
+
+use super::topology::{self, REQUEST_ID_HEADER};
+use super::{connect, LinkState, OutageLog};
+use crate::backoff::Backoff;
+use crate::config::RabbitConfig;
+use crate::storage::{OutboxMessage, SharedStore};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Rows published per round trip of confirms.
+const BATCH: usize = 500;
+/// A leased row is taken over by another relay when we have not confirmed it by then.
+const LEASE: Duration = Duration::from_secs(30);
+/// Wake-ups can be missed by another process's commits; poll as well.
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub struct Relay {
+    store: SharedStore,
+    rabbit: RabbitConfig,
+    wake: Arc<Notify>,
+    link: LinkState,
+    name: String,
+}
+
+impl Relay {
+    pub fn new(store: SharedStore, rabbit: RabbitConfig, name: &str) -> Self {
+        Relay {
+            store,
+            rabbit,
+            wake: Arc::new(Notify::new()),
+            link: LinkState::default(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Call after committing an outbox row: the relay publishes it at once.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn link(&self) -> LinkState {
+        self.link.clone()
+    }
+
+    /// Runs until `shutdown`, reconnecting with backoff. On shutdown it makes one
+    /// last, bounded attempt to publish what is waiting; what it cannot publish
+    /// stays in the outbox for the next start (or another process's relay).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
+        let mut outage = OutageLog::default();
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown, &mut outage, &mut backoff).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.link.set(false);
+                    outage.failed("outbox relay", &e, backoff.attempts());
+                    if !backoff.wait(&shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.link.set(false);
+    }
+
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        outage: &mut OutageLog,
+        backoff: &mut Backoff,
+    ) -> Result<(), lapin::Error> {
+        let conn = connect(&self.rabbit, &self.name).await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        topology::declare(&ch).await?;
+        self.link.set(true);
+        outage.connected(&self.name, topology::ORDERS_EXCHANGE);
+        backoff.reset();
+        loop {
+            self.drain(&ch).await?;
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(3), self.drain(&ch)).await;
+                    let _ = conn.close(200, "shutdown".into()).await;
+                    return Ok(());
+                }
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            if !conn.status().connected() {
+                return Err(crate::messaging::connection_lost());
+            }
+        }
+    }
+
+    /// Publishes everything waiting in the outbox. Database errors are logged
+    /// and left for the next round; broker errors end the session.
+    async fn drain(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        loop {
+            let batch = match self
+                .store
+                .claim_outbox(BATCH, LEASE, chrono::Utc::now())
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(action = "outbox_claim_failed", error = %e, "Outbox not readable; retrying");
+                    return Ok(());
+                }
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let full = batch.len() == BATCH;
+            match publish_batch(ch, &batch).await {
+                Ok((sent, refused)) => {
+                    if !refused.is_empty() {
+                        tracing::error!(
+                            action = "rabbitmq_publish_failed",
+                            count = refused.len(),
+                            "Broker refused messages; they stay in the outbox"
+                        );
+                        let _ = self.store.release_outbox(&refused).await;
+                    }
+                    for m in batch.iter().filter(|m| sent.contains(&m.id)) {
+                        tracing::debug!(
+                            action = if m.exchange == topology::ORDERS_EXCHANGE { "order_published" } else { "notification_published" },
+                            request_id = %m.request_id,
+                            message_id = %m.message_id,
+                            routing_key = %m.routing_key,
+                            "Message published to '{}'", m.exchange
+                        );
+                    }
+                    // Rows we fail to delete are published again later: harmless.
+                    if let Err(e) = self.store.delete_outbox(&sent).await {
+                        tracing::error!(action = "outbox_delete_failed", error = %e, "Could not prune published outbox rows");
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
+                    let _ = self.store.release_outbox(&ids).await;
+                    tracing::error!(action = "rabbitmq_publish_failed", error = %e, "Publishing from the outbox failed");
+                    return Err(e);
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Publishes a batch with pipelined confirms: send all, then await all. Returns
+/// the ids the broker confirmed and the ids it refused.
+async fn publish_batch(
+    ch: &Channel,
+    batch: &[OutboxMessage],
+) -> Result<(Vec<i64>, Vec<i64>), lapin::Error> {
+    let mut pending = Vec::with_capacity(batch.len());
+    for m in batch {
+        let confirm = ch
+            .basic_publish(
+                m.exchange.as_str().into(),
+                m.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                m.payload.as_bytes(),
+                properties(m),
+            )
+            .await?;
+        pending.push((m.id, confirm));
+    }
+    let (mut sent, mut refused) = (Vec::new(), Vec::new());
+    for (id, confirm) in pending {
+        match confirm.await? {
+            Confirmation::Ack(_) | Confirmation::NotRequested => sent.push(id),
+            Confirmation::Nack(_) => refused.push(id),
+        }
+    }
+    Ok((sent, refused))
+}
+
+/// Persistent, with the priority (for the kitchen queues' x-max-priority), a
+/// message id that names the change, and the request id for tracing.
+pub fn properties(m: &OutboxMessage) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        REQUEST_ID_HEADER.into(),
+        AMQPValue::LongString(m.request_id.as_str().into()),
+    );
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_priority(m.priority)
+        .with_content_type("application/json".into())
+        .with_message_id(m.message_id.as_str().into())
+        .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
+        .with_headers(headers)
+}

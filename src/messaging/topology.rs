@@ -1,0 +1,128 @@
+//! The RabbitMQ topology. Every mode declares what it uses at start and after
+//! every reconnect; declarations are idempotent.
+//!
+//! ```text
+//! orders_topic (topic) --kitchen.dine_in.*--> kitchen_dine_in_queue  --+
+//!                      --kitchen.takeout.*--> kitchen_takeout_queue  --+-- dead letters --> orders_dlx (fanout) --> orders_dlq
+//!                      --kitchen.delivery.*-> kitchen_delivery_queue --+
+//!                      --kitchen.#----------> display_bridge_queue (single active consumer)
+//! notifications_fanout (fanout) ------------> display_bridge_queue, one exclusive queue per notification subscriber
+//! ```
+
+use crate::domain::OrderType;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+pub const ORDERS_EXCHANGE: &str = "orders_topic";
+pub const NOTIFICATIONS_EXCHANGE: &str = "notifications_fanout";
+pub const DEAD_LETTER_EXCHANGE: &str = "orders_dlx";
+pub const DEAD_LETTER_QUEUE: &str = "orders_dlq";
+pub const DISPLAY_QUEUE: &str = "display_bridge_queue";
+/// Header naming why a message was dead-lettered by us.
+pub const REASON_HEADER: &str = "x-rejection-reason";
+/// Header carrying the request id across services.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+pub fn kitchen_queue(t: OrderType) -> String {
+    format!("kitchen_{t}_queue")
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Exchanges, the dead-letter queue and the three kitchen queues.
+pub async fn declare(ch: &Channel) -> Result<(), lapin::Error> {
+    ch.exchange_declare(
+        ORDERS_EXCHANGE.into(),
+        ExchangeKind::Topic,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        NOTIFICATIONS_EXCHANGE.into(),
+        ExchangeKind::Fanout,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        DEAD_LETTER_EXCHANGE.into(),
+        ExchangeKind::Fanout,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        DEAD_LETTER_QUEUE.into(),
+        durable_queue(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        DEAD_LETTER_QUEUE.into(),
+        DEAD_LETTER_EXCHANGE.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    for t in OrderType::ALL {
+        let mut args = FieldTable::default();
+        args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(10));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+        );
+        let q = kitchen_queue(t);
+        ch.queue_declare(q.as_str().into(), durable_queue(), args)
+            .await?;
+        ch.queue_bind(
+            q.as_str().into(),
+            ORDERS_EXCHANGE.into(),
+            format!("kitchen.{t}.*").into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The display bridge's queue: every order and every status change, in the order
+/// they were published. Single active consumer: a second bridge is a hot
+/// standby, never a second reader that could reorder events.
+pub async fn declare_display_queue(ch: &Channel) -> Result<(), lapin::Error> {
+    let mut args = FieldTable::default();
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    ch.queue_declare(DISPLAY_QUEUE.into(), durable_queue(), args)
+        .await?;
+    ch.queue_bind(
+        DISPLAY_QUEUE.into(),
+        ORDERS_EXCHANGE.into(),
+        "kitchen.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        DISPLAY_QUEUE.into(),
+        NOTIFICATIONS_EXCHANGE.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}

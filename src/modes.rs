@@ -1,0 +1,281 @@
+//! The modes the binary runs in, and `start`, which brings one up.
+//!
+//! `start` returns once the mode really serves (database migrated, listener
+//! bound, consumers started): that is when `main` tells systemd READY=1, and
+//! when tests start sending requests. Everything it spawns stops when the
+//! shutdown token is cancelled; `Running::wait` waits until it all has.
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::http::{self, orders::OrderApi, tracking::TrackingApi, Limits};
+use crate::kitchen::{self, Kitchen, WorkerConfig, WorkerError};
+use crate::messaging::relay::Relay;
+use crate::messaging::LinkState;
+use crate::notify::Subscriber;
+use crate::storage::{self, SharedStore, StoreError};
+use crate::telemetry::service_span;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    OrderService,
+    KitchenWorker,
+    TrackingService,
+    NotificationSubscriber,
+    DisplayBridge,
+    /// Every mode in one process: for tiny boxes and the README's demo.
+    All,
+}
+
+impl Mode {
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Mode::OrderService => http::orders::SERVICE,
+            Mode::KitchenWorker => kitchen::SERVICE,
+            Mode::TrackingService => http::tracking::SERVICE,
+            Mode::NotificationSubscriber => crate::notify::SERVICE,
+            Mode::DisplayBridge => crate::display::SERVICE,
+            Mode::All => "restaurant-system",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("shutdown requested during start-up")]
+    Cancelled,
+}
+
+/// A started mode: the real addresses of its HTTP listeners, and its tasks.
+pub struct Running {
+    pub order_addr: Option<SocketAddr>,
+    pub tracking_addr: Option<SocketAddr>,
+    pub bridge_addr: Option<SocketAddr>,
+    pub store: SharedStore,
+    tasks: TaskTracker,
+}
+
+impl Running {
+    /// Waits until every task has stopped (after the shutdown token is cancelled).
+    pub async fn wait(self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// What a kitchen worker is told on the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub worker: Option<WorkerConfig>,
+}
+
+/// Opens the database, retrying with backoff while it is unreachable.
+pub async fn open_store(
+    cfg: &Config,
+    shutdown: &CancellationToken,
+) -> Result<SharedStore, StartError> {
+    let mut backoff = Backoff::default();
+    let started = Instant::now();
+    loop {
+        match storage::open(&cfg.database).await {
+            Ok(store) => {
+                tracing::info!(
+                    action = "db_connected",
+                    backend = %store.backend(),
+                    reason = cfg.database.backend_reason(),
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "Connected to {} database", match store.backend() {
+                        storage::Backend::Postgres => "PostgreSQL",
+                        storage::Backend::Sqlite => "SQLite",
+                    }
+                );
+                return Ok(store);
+            }
+            Err(e) if e.is_unavailable() => {
+                if backoff.attempts() == 0 {
+                    tracing::error!(action = "db_connection_failed", error = %e, "Database unreachable; retrying with backoff");
+                }
+                crate::daemon::status("waiting for the database");
+                if !backoff.wait(shutdown).await {
+                    return Err(StartError::Cancelled);
+                }
+            }
+            Err(e) => {
+                tracing::error!(action = "db_connection_failed", error = %e, "Database not usable");
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// Starts `mode`. For `All`, everything shares one store and one relay.
+pub async fn start(
+    mode: Mode,
+    cfg: &Config,
+    opts: Options,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    let store = open_store(cfg, &shutdown).await?;
+    let tasks = TaskTracker::new();
+    let mut running = Running {
+        order_addr: None,
+        tracking_addr: None,
+        bridge_addr: None,
+        store: store.clone(),
+        tasks: tasks.clone(),
+    };
+    let limits = Limits {
+        max_concurrent: cfg.http.max_concurrent,
+        body_limit: cfg.http.body_limit_bytes,
+        timeout: Duration::from_secs(cfg.http.request_timeout_seconds.max(1)),
+    };
+    let bind = |port: u16| -> SocketAddr {
+        let ip = cfg
+            .http
+            .bind
+            .parse()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        SocketAddr::new(ip, port)
+    };
+    let writes = matches!(mode, Mode::OrderService | Mode::KitchenWorker | Mode::All);
+    let relay = writes.then(|| {
+        Relay::new(
+            store.clone(),
+            cfg.rabbitmq.clone(),
+            &format!("{} relay", mode.service_name()),
+        )
+    });
+    if let Some(relay) = &relay {
+        let r = relay.clone();
+        let s = shutdown.clone();
+        tasks.spawn(r.run(s).instrument(service_span(mode.service_name())));
+    }
+
+    // Workers first: a duplicate name must fail before anything else listens.
+    if matches!(mode, Mode::KitchenWorker | Mode::All) {
+        let span = service_span(kitchen::SERVICE);
+        let wcfg = opts.worker.clone().unwrap_or_else(|| WorkerConfig {
+            name: kitchen::default_worker_name(),
+            order_types: Vec::new(),
+            prefetch: 1,
+            heartbeat: Duration::from_secs(30),
+            cooking: cfg.kitchen.cooking_seconds,
+        });
+        kitchen::register(&store, &wcfg)
+            .instrument(span.clone())
+            .await?;
+        let k = Kitchen {
+            cfg: wcfg,
+            store: store.clone(),
+            rabbit: cfg.rabbitmq.clone(),
+            relay: relay.clone().expect("writing modes have a relay"),
+            link: LinkState::default(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tasks.spawn(k.run(shutdown.clone(), tx).instrument(span));
+        wait_ready(rx, &shutdown, "waiting for RabbitMQ (kitchen queues)").await?;
+    }
+    if matches!(mode, Mode::OrderService | Mode::All) {
+        let api = OrderApi {
+            store: store.clone(),
+            relay: relay.clone().expect("writing modes have a relay"),
+        };
+        let span = service_span(http::orders::SERVICE);
+        let addr = bind(cfg.http.order_port);
+        let server = http::serve(addr, Arc::new(api), limits, shutdown.clone())
+            .instrument(span.clone())
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        running.order_addr = Some(server.addr);
+        span.in_scope(|| {
+            tracing::info!(
+                action = "service_started",
+                port = server.addr.port(),
+                max_concurrent = limits.max_concurrent,
+                "Order Service started on port {}",
+                server.addr.port()
+            )
+        });
+        tasks.spawn(async move {
+            let _ = server.task.await;
+        });
+    }
+    if matches!(mode, Mode::TrackingService | Mode::All) {
+        let api = TrackingApi {
+            store: store.clone(),
+            display: cfg.display.clone(),
+            mqtt_prefix: cfg.mqtt.topic_prefix.clone(),
+            mqtt_site: cfg.mqtt.site.clone(),
+        };
+        let span = service_span(http::tracking::SERVICE);
+        let addr = bind(cfg.http.tracking_port);
+        let server = http::serve(addr, Arc::new(api), limits, shutdown.clone())
+            .instrument(span.clone())
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        running.tracking_addr = Some(server.addr);
+        span.in_scope(|| {
+            tracing::info!(
+                action = "service_started",
+                port = server.addr.port(),
+                "Tracking Service started on port {}",
+                server.addr.port()
+            )
+        });
+        tasks.spawn(async move {
+            let _ = server.task.await;
+        });
+    }
+    if matches!(mode, Mode::NotificationSubscriber | Mode::All) {
+        let span = service_span(crate::notify::SERVICE);
+        let sub = Subscriber {
+            rabbit: cfg.rabbitmq.clone(),
+            link: LinkState::default(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tasks.spawn(sub.run(shutdown.clone(), tx).instrument(span.clone()));
+        wait_ready(rx, &shutdown, "waiting for RabbitMQ (notifications)").await?;
+        span.in_scope(|| {
+            tracing::info!(
+                action = "service_started",
+                "Notification subscriber started"
+            )
+        });
+    }
+    if mode == Mode::DisplayBridge || (mode == Mode::All && cfg.mqtt.enabled) {
+        let span = service_span(crate::display::SERVICE);
+        let addr = bind(cfg.http.bridge_port);
+        let bridge =
+            crate::display::start(cfg, store.clone(), addr, limits, shutdown.clone(), &tasks)
+                .instrument(span)
+                .await?;
+        running.bridge_addr = Some(bridge);
+    }
+    Ok(running)
+}
+
+async fn wait_ready(
+    rx: tokio::sync::oneshot::Receiver<()>,
+    shutdown: &CancellationToken,
+    waiting: &str,
+) -> Result<(), StartError> {
+    crate::daemon::status(waiting);
+    tokio::select! {
+        r = rx => r.map_err(|_| StartError::Cancelled),
+        _ = shutdown.cancelled() => Err(StartError::Cancelled),
+    }
+}

@@ -1,0 +1,21 @@
+//! Schema migrations, embedded in the binary. One folder per backend because the
+//! SQL dialects differ; both define the same tables. Applied at start by every
+//! mode, idempotently, and recorded in `schema_migrations`.
+
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "001_init",
+    sql: include_str!("../../migrations/postgres/001_init.sql"),
+}];
+
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "001_init",
+    sql: include_str!("../../migrations/sqlite/001_init.sql"),
+}];

@@ -1,0 +1,252 @@
+//! Storage: one trait, two real implementations (PostgreSQL and SQLite).
+//!
+//! Every write that changes an order also writes the message announcing it into
+//! the `outbox` table, in the same transaction (see `messaging::relay`). Status
+//! changes are compare-and-set: the transition is checked against the order's
+//! current status inside the transaction, so a redelivered message can never
+//! apply the same change twice.
+
+mod migrations;
+pub mod postgres;
+pub mod sqlite;
+
+use crate::config::{DatabaseConfig, StorageBackend};
+use crate::domain::events::{OrderMessage, StatusUpdate};
+use crate::domain::{Cents, Item, OrderStatus, OrderType, TransitionError, ValidOrder};
+use crate::messaging::topology;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type SharedStore = Arc<dyn Store>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        })
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached right now; retrying later may work.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A query failed for another reason.
+    #[error("database error: {0}")]
+    Query(String),
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// The answer to `create_order`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedOrder {
+    pub order_number: String,
+    pub total: Cents,
+    pub priority: i32,
+}
+
+/// A requested status change.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub order_number: String,
+    pub to: OrderStatus,
+    pub changed_by: String,
+    pub request_id: String,
+    pub now: DateTime<Utc>,
+    /// For `-> cooking`: when the order will be ready.
+    pub estimated_completion: Option<DateTime<Utc>>,
+    pub notes: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TransitionOutcome {
+    Applied {
+        old: OrderStatus,
+        order: OrderView,
+    },
+    /// The order's current status does not allow the change; nothing was written.
+    Rejected(TransitionError),
+    NotFound,
+}
+
+/// An order as the tracking API and the displays see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrderView {
+    pub order_number: String,
+    pub customer_name: String,
+    pub order_type: OrderType,
+    pub table_number: Option<i64>,
+    pub delivery_address: Option<String>,
+    pub items: Vec<Item>,
+    pub total_amount: Cents,
+    pub priority: i32,
+    pub status: OrderStatus,
+    pub processed_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub estimated_completion: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    pub status: OrderStatus,
+    pub timestamp: DateTime<Utc>,
+    pub changed_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRow {
+    pub name: String,
+    pub order_types: String,
+    pub status: String,
+    pub orders_processed: i64,
+    pub last_seen: DateTime<Utc>,
+    pub heartbeat_interval_secs: i64,
+}
+
+impl WorkerRow {
+    /// A worker counts as online only while its heartbeats are fresh: a crashed
+    /// worker's row still says "online", but its last_seen ages past 2 intervals.
+    pub fn is_online(&self, now: DateTime<Utc>) -> bool {
+        self.status == "online" && !self.is_stale(now)
+    }
+
+    pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
+        let limit = chrono::Duration::seconds(2 * self.heartbeat_interval_secs.max(1));
+        now - self.last_seen > limit
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerRegistration {
+    pub name: String,
+    pub order_types: String,
+    pub heartbeat_interval_secs: i64,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Registered {
+    New,
+    /// The row existed and was offline.
+    Returned,
+    /// The row said online, but its heartbeat was stale (a crash or power cut).
+    TakenOver {
+        last_seen: DateTime<Utc>,
+    },
+    /// Refused: a live worker with this name is online.
+    AlreadyOnline {
+        last_seen: DateTime<Utc>,
+    },
+}
+
+/// A message waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    pub id: i64,
+    pub exchange: String,
+    pub routing_key: String,
+    pub payload: String,
+    pub priority: u8,
+    pub message_id: String,
+    pub request_id: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+    /// A cheap round trip, for health checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores the order, its items, its first status-log row and its outbox
+    /// message in one transaction, and assigns the order number.
+    async fn create_order(
+        &self,
+        order: &ValidOrder,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<CreatedOrder, StoreError>;
+
+    /// Applies a status change if the state machine allows it from the order's
+    /// current status, with its log row and outbox message, atomically.
+    async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError>;
+
+    async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError>;
+    async fn history(&self, order_number: &str) -> Result<Option<Vec<HistoryEntry>>, StoreError>;
+    /// Orders on the kitchen board (received, cooking, ready), oldest first.
+    async fn open_orders(&self) -> Result<Vec<OrderView>, StoreError>;
+
+    async fn workers(&self) -> Result<Vec<WorkerRow>, StoreError>;
+    async fn register_worker(&self, reg: &WorkerRegistration) -> Result<Registered, StoreError>;
+    async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Leases up to `limit` unsent outbox rows, oldest first, for `lease`: another
+    /// relay will not take them meanwhile, and takes them over if we die.
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Removes rows whose publish the broker confirmed.
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
+    /// Gives leased rows back after a failed publish, for an immediate retry.
+    async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
+    /// How many messages wait in the outbox (for health and tests).
+    async fn outbox_len(&self) -> Result<i64, StoreError>;
+}
+
+/// Opens the configured backend and applies migrations.
+pub async fn open(cfg: &DatabaseConfig) -> Result<SharedStore, StoreError> {
+    match cfg.resolved_backend() {
+        StorageBackend::Postgres => Ok(Arc::new(postgres::PgStore::connect(cfg).await?)),
+        _ => Ok(Arc::new(sqlite::SqliteStore::open(&cfg.sqlite_path).await?)),
+    }
+}
+
+/// The outbox row for a new order.
+fn order_outbox(msg: &OrderMessage) -> (String, String, u8) {
+    (
+        topology::ORDERS_EXCHANGE.to_string(),
+        msg.routing_key(),
+        msg.priority.clamp(0, 10) as u8,
+    )
+}
+
+/// The status update announcing an applied transition.
+fn status_update(t: &Transition, old: OrderStatus, order: &OrderView) -> StatusUpdate {
+    StatusUpdate {
+        order_number: order.order_number.clone(),
+        old_status: old,
+        new_status: t.to,
+        changed_by: t.changed_by.clone(),
+        timestamp: t.now,
+        estimated_completion: order.estimated_completion,
+        version: order.version,
+        order_type: Some(order.order_type),
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Query(format!("encoding message: {e}")))
+}

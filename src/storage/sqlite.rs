@@ -1,0 +1,706 @@
+//! SQLite backend: the embedded default, so a box with nothing installed works.
+//!
+//! Writes never run on the async runtime's threads. One writer thread owns the
+//! write connection and applies jobs in batches: every job that arrived while the
+//! previous batch was committing runs in the next transaction, each inside its
+//! own SAVEPOINT (a failing job rolls back alone), and the whole batch shares one
+//! COMMIT, so one fsync. That is group commit; callers are answered only after
+//! the COMMIT returned, so an acknowledged write is durable (synchronous=FULL).
+//! Reads use a small pool of connections on the blocking thread pool (WAL lets
+//! them run beside the writer).
+
+use super::migrations::{Migration, SQLITE};
+use super::*;
+use crate::domain::order::order_number;
+use crate::messaging::topology::NOTIFICATIONS_EXCHANGE;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+const MAX_BATCH: usize = 256;
+const MAX_IDLE_READERS: usize = 8;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<Box<dyn WriteJob>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file, applies migrations and
+    /// starts the writer thread.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        let p = path.clone();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("creating {}: {e}", dir.display()))
+                })?;
+            }
+            let conn = open_conn(&p)?;
+            migrate(&conn, SQLITE)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Query(format!("sqlite open task: {e}")))??;
+
+        let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Query(format!("starting sqlite writer: {e}")))?;
+        Ok(SqliteStore {
+            path,
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = Box::new(Job {
+            f: Some(f),
+            result: None,
+            reply: Some(reply),
+        });
+        let stopped = || StoreError::Unavailable("sqlite writer thread stopped".into());
+        self.writer.send(job).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_conn(&path)?,
+            };
+            let result = f(&conn);
+            let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Query(format!("sqlite read task: {e}")))?
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("opening {}: {e}", path.display())))?;
+    // WAL: readers do not block the writer. synchronous=FULL: a committed order
+    // survives a power cut. busy_timeout: other processes on the same file wait
+    // instead of failing.
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+    )
+    .map_err(sql_err)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_err)?;
+    let result = (|| {
+        conn.execute_batch(
+            "create table if not exists schema_migrations (version integer primary key, name text not null, applied_at text not null)",
+        )?;
+        for m in migrations {
+            let done: Option<i64> = conn
+                .query_row(
+                    "select version from schema_migrations where version = ?1",
+                    [m.version],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if done.is_none() {
+                conn.execute_batch(m.sql)?;
+                conn.execute(
+                    "insert into schema_migrations (version, name, applied_at) values (?1, ?2, ?3)",
+                    params![m.version, m.name, ts(Utc::now())],
+                )?;
+            }
+        }
+        Ok::<(), rusqlite::Error>(())
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(sql_err),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(StoreError::Query(format!(
+                "applying sqlite migrations: {e}"
+            )))
+        }
+    }
+}
+
+// ---- the writer thread -------------------------------------------------------
+
+trait WriteJob: Send {
+    /// Runs the job inside the open transaction; returns whether it succeeded.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Marks the job failed without running it.
+    fn fail(&mut self, err: StoreError);
+    /// Answers the caller once the batch's COMMIT is known.
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+struct Job<T, F> {
+    f: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: Option<tokio::sync::oneshot::Sender<Result<T, StoreError>>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else { return false };
+        let r = f(conn);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn fail(&mut self, err: StoreError) {
+        self.result = Some(Err(err));
+    }
+
+    fn finish(mut self: Box<Self>, commit: Result<(), StoreError>) {
+        let answer = match (commit, self.result.take()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(r)) => r,
+            (Ok(()), None) => Err(StoreError::Query("write job was not run".into())),
+        };
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = sql_err(e);
+            batch.into_iter().for_each(|j| j.finish(Err(e.clone())));
+            continue;
+        }
+        for job in batch.iter_mut() {
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                job.fail(sql_err(e));
+                continue;
+            }
+            let undo = if job.run(&conn) {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            if let Err(e) = conn.execute_batch(undo) {
+                job.fail(sql_err(e));
+            }
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(sql_err);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        batch.into_iter().for_each(|j| j.finish(commit.clone()));
+    }
+}
+
+// ---- helpers -----------------------------------------------------------------
+
+fn sql_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(
+            DatabaseBusy | DatabaseLocked | CannotOpen | ReadOnly | DiskFull | SystemIoFailure,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Query(e.to_string()),
+    }
+}
+
+/// Fixed-width UTC timestamps: lexicographic order is time order.
+fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn parse_ts(s: &str) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+}
+
+fn opt_ts(s: Option<String>) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    s.as_deref().map(parse_ts).transpose()
+}
+
+fn parse_col<T: std::str::FromStr<Err = String>>(s: String) -> rusqlite::Result<T> {
+    s.parse::<T>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+const ORDER_COLUMNS: &str = "id, number, customer_name, type, table_number, delivery_address, total_cents, priority, status, processed_by, created_at, updated_at, estimated_completion, completed_at, version";
+
+fn order_row(r: &Row) -> rusqlite::Result<(i64, OrderView)> {
+    Ok((
+        r.get(0)?,
+        OrderView {
+            order_number: r.get(1)?,
+            customer_name: r.get(2)?,
+            order_type: parse_col(r.get(3)?)?,
+            table_number: r.get(4)?,
+            delivery_address: r.get(5)?,
+            items: Vec::new(),
+            total_amount: Cents(r.get(6)?),
+            priority: r.get(7)?,
+            status: parse_col(r.get(8)?)?,
+            processed_by: r.get(9)?,
+            created_at: parse_ts(&r.get::<_, String>(10)?)?,
+            updated_at: parse_ts(&r.get::<_, String>(11)?)?,
+            estimated_completion: opt_ts(r.get(12)?)?,
+            completed_at: opt_ts(r.get(13)?)?,
+            version: r.get(14)?,
+        },
+    ))
+}
+
+fn load_items(conn: &Connection, order_id: i64) -> rusqlite::Result<Vec<Item>> {
+    let mut st = conn.prepare_cached(
+        "select name, quantity, price_cents from order_items where order_id = ?1 order by id",
+    )?;
+    let rows = st.query_map([order_id], |r| {
+        Ok(Item {
+            name: r.get(0)?,
+            quantity: r.get(1)?,
+            price: Cents(r.get(2)?),
+        })
+    })?;
+    rows.collect()
+}
+
+fn load_order(conn: &Connection, number: &str) -> rusqlite::Result<Option<(i64, OrderView)>> {
+    let sql = format!("select {ORDER_COLUMNS} from orders where number = ?1");
+    let found = conn
+        .prepare_cached(&sql)?
+        .query_row([number], order_row)
+        .optional()?;
+    match found {
+        Some((id, mut view)) => {
+            view.items = load_items(conn, id)?;
+            Ok(Some((id, view)))
+        }
+        None => Ok(None),
+    }
+}
+
+fn insert_outbox(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    (exchange, routing_key, priority): (&str, &str, u8),
+    payload: &str,
+    message_id: &str,
+    request_id: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id) values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![ts(now), exchange, routing_key, payload, priority, message_id, request_id])?;
+    Ok(())
+}
+
+fn create_order_tx(
+    conn: &Connection,
+    order: &ValidOrder,
+    request_id: &str,
+    now: DateTime<Utc>,
+) -> Result<CreatedOrder, StoreError> {
+    let day = now.date_naive();
+    let seq: i64 = conn
+        .prepare_cached(
+            "insert into daily_order_counters (date, last) values (?1, 1) on conflict(date) do update set last = last + 1 returning last",
+        )
+        .and_then(|mut st| st.query_row([day.to_string()], |r| r.get(0)))
+        .map_err(sql_err)?;
+    let number = order_number(day, seq);
+    let now_s = ts(now);
+    conn.prepare_cached(
+        "insert into orders (created_at, updated_at, number, customer_name, type, table_number, delivery_address, total_cents, priority, status, version) values (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'received', 1)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            now_s,
+            number,
+            order.customer_name,
+            order.order_type.as_str(),
+            order.table_number,
+            order.delivery_address,
+            order.total.0,
+            order.priority
+        ])
+    })
+    .map_err(sql_err)?;
+    let order_id = conn.last_insert_rowid();
+    {
+        let mut st = conn
+            .prepare_cached(
+                "insert into order_items (created_at, order_id, name, quantity, price_cents) values (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(sql_err)?;
+        for item in &order.items {
+            st.execute(params![
+                now_s,
+                order_id,
+                item.name,
+                item.quantity,
+                item.price.0
+            ])
+            .map_err(sql_err)?;
+        }
+    }
+    conn.prepare_cached(
+        "insert into order_status_log (created_at, order_id, status, changed_by, changed_at) values (?1, ?2, 'received', 'order-service', ?1)",
+    )
+    .and_then(|mut st| st.execute(params![now_s, order_id]))
+    .map_err(sql_err)?;
+
+    let msg = OrderMessage::new(number.clone(), order);
+    let (exchange, key, prio) = order_outbox(&msg);
+    insert_outbox(
+        conn,
+        now,
+        (&exchange, &key, prio),
+        &to_json(&msg)?,
+        &number,
+        request_id,
+    )
+    .map_err(sql_err)?;
+    Ok(CreatedOrder {
+        order_number: number,
+        total: order.total,
+        priority: order.priority,
+    })
+}
+
+fn transition_tx(conn: &Connection, t: &Transition) -> Result<TransitionOutcome, StoreError> {
+    let Some((id, current)) = load_order(conn, &t.order_number).map_err(sql_err)? else {
+        return Ok(TransitionOutcome::NotFound);
+    };
+    let old = current.status;
+    if let Err(e) = old.check(t.to) {
+        return Ok(TransitionOutcome::Rejected(e));
+    }
+    let now = ts(t.now);
+    let cooking = t.to == OrderStatus::Cooking;
+    let cooked = t.to == OrderStatus::Ready && old == OrderStatus::Cooking;
+    conn.prepare_cached(
+        "update orders set status = ?1, updated_at = ?2, version = version + 1,
+            processed_by = case when ?3 then ?4 else processed_by end,
+            estimated_completion = case when ?3 then ?5 else estimated_completion end,
+            completed_at = case when ?6 then ?2 else completed_at end
+         where id = ?7 and status = ?8",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            t.to.as_str(),
+            now,
+            cooking,
+            t.changed_by,
+            t.estimated_completion.map(ts),
+            cooked,
+            id,
+            old.as_str()
+        ])
+    })
+    .map_err(sql_err)?;
+    if cooked {
+        conn.prepare_cached(
+            "update workers set orders_processed = orders_processed + 1 where name = ?1",
+        )
+        .and_then(|mut st| st.execute([&t.changed_by]))
+        .map_err(sql_err)?;
+    }
+    conn.prepare_cached(
+        "insert into order_status_log (created_at, order_id, status, changed_by, changed_at, notes) values (?1, ?2, ?3, ?4, ?1, ?5)",
+    )
+    .and_then(|mut st| st.execute(params![now, id, t.to.as_str(), t.changed_by, t.notes]))
+    .map_err(sql_err)?;
+
+    let (_, order) = load_order(conn, &t.order_number)
+        .map_err(sql_err)?
+        .ok_or_else(|| StoreError::Query("order vanished inside its transaction".into()))?;
+    let update = status_update(t, old, &order);
+    insert_outbox(
+        conn,
+        t.now,
+        (NOTIFICATIONS_EXCHANGE, "", 0),
+        &to_json(&update)?,
+        &update.event_id(),
+        &t.request_id,
+    )
+    .map_err(sql_err)?;
+    Ok(TransitionOutcome::Applied { old, order })
+}
+
+fn worker_row(r: &Row) -> rusqlite::Result<WorkerRow> {
+    Ok(WorkerRow {
+        name: r.get(0)?,
+        order_types: r.get(1)?,
+        status: r.get(2)?,
+        orders_processed: r.get(3)?,
+        last_seen: parse_ts(&r.get::<_, String>(4)?)?,
+        heartbeat_interval_secs: r.get(5)?,
+    })
+}
+
+const WORKER_COLUMNS: &str = "name, type, status, orders_processed, last_seen, heartbeat_interval";
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| {
+            c.query_row("select 1", [], |_| Ok(()))
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        })
+        .await
+    }
+
+    async fn create_order(
+        &self,
+        order: &ValidOrder,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<CreatedOrder, StoreError> {
+        let order = order.clone();
+        let request_id = request_id.to_string();
+        self.write(move |c| create_order_tx(c, &order, &request_id, now))
+            .await
+    }
+
+    async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError> {
+        let t = t.clone();
+        self.write(move |c| transition_tx(c, &t)).await
+    }
+
+    async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError> {
+        let n = order_number.to_string();
+        self.read(move |c| Ok(load_order(c, &n).map_err(sql_err)?.map(|(_, v)| v)))
+            .await
+    }
+
+    async fn history(&self, order_number: &str) -> Result<Option<Vec<HistoryEntry>>, StoreError> {
+        let n = order_number.to_string();
+        self.read(move |c| {
+            let id: Option<i64> = c
+                .query_row("select id from orders where number = ?1", [&n], |r| r.get(0))
+                .optional()
+                .map_err(sql_err)?;
+            let Some(id) = id else { return Ok(None) };
+            let mut st = c
+                .prepare_cached(
+                    "select status, changed_at, changed_by from order_status_log where order_id = ?1 order by id",
+                )
+                .map_err(sql_err)?;
+            let rows = st
+                .query_map([id], |r| {
+                    Ok(HistoryEntry {
+                        status: parse_col(r.get(0)?)?,
+                        timestamp: parse_ts(&r.get::<_, String>(1)?)?,
+                        changed_by: r.get(2)?,
+                    })
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sql_err)?;
+            Ok(Some(rows))
+        })
+        .await
+    }
+
+    async fn open_orders(&self) -> Result<Vec<OrderView>, StoreError> {
+        self.read(|c| {
+            let sql = format!(
+                "select {ORDER_COLUMNS} from orders where status in ('received', 'cooking', 'ready') order by id"
+            );
+            let mut st = c.prepare_cached(&sql).map_err(sql_err)?;
+            let rows = st
+                .query_map([], order_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sql_err)?;
+            rows.into_iter()
+                .map(|(id, mut v)| {
+                    v.items = load_items(c, id).map_err(sql_err)?;
+                    Ok(v)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
+        self.read(|c| {
+            let sql = format!("select {WORKER_COLUMNS} from workers order by name");
+            let mut st = c.prepare_cached(&sql).map_err(sql_err)?;
+            st.query_map([], worker_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn register_worker(&self, reg: &WorkerRegistration) -> Result<Registered, StoreError> {
+        let reg = reg.clone();
+        self.write(move |c| {
+            let sql = format!("select {WORKER_COLUMNS} from workers where name = ?1");
+            let existing = c
+                .query_row(&sql, [&reg.name], worker_row)
+                .optional()
+                .map_err(sql_err)?;
+            let outcome = match &existing {
+                None => Registered::New,
+                Some(w) if w.is_online(reg.now) => {
+                    return Ok(Registered::AlreadyOnline {
+                        last_seen: w.last_seen,
+                    })
+                }
+                Some(w) if w.status == "online" => Registered::TakenOver {
+                    last_seen: w.last_seen,
+                },
+                Some(_) => Registered::Returned,
+            };
+            c.execute(
+                "insert into workers (created_at, name, type, status, last_seen, heartbeat_interval) values (?1, ?2, ?3, 'online', ?1, ?4)
+                 on conflict(name) do update set type = excluded.type, status = 'online', last_seen = excluded.last_seen, heartbeat_interval = excluded.heartbeat_interval",
+                params![ts(reg.now), reg.name, reg.order_types, reg.heartbeat_interval_secs],
+            )
+            .map_err(sql_err)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.write(move |c| {
+            c.execute(
+                "update workers set last_seen = ?1, status = 'online' where name = ?2",
+                params![ts(now), name],
+            )
+            .map(|_| ())
+            .map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.write(move |c| {
+            c.execute(
+                "update workers set last_seen = ?1, status = 'offline' where name = ?2",
+                params![ts(now), name],
+            )
+            .map(|_| ())
+            .map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let until =
+            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        self.write(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "update outbox set lease_until = ?1 where id in
+                        (select id from outbox where lease_until is null or lease_until < ?2 order by id limit ?3)
+                     returning id, exchange, routing_key, payload, priority, message_id, request_id",
+                )
+                .map_err(sql_err)?;
+            let mut rows = st
+                .query_map(params![ts(until), ts(now), limit as i64], |r| {
+                    Ok(OutboxMessage {
+                        id: r.get(0)?,
+                        exchange: r.get(1)?,
+                        routing_key: r.get(2)?,
+                        payload: r.get(3)?,
+                        priority: r.get(4)?,
+                        message_id: r.get(5)?,
+                        request_id: r.get(6)?,
+                    })
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sql_err)?;
+            rows.sort_by_key(|m| m.id);
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let ids = ids.to_vec();
+        self.write(move |c| {
+            let mut st = c
+                .prepare_cached("delete from outbox where id = ?1")
+                .map_err(sql_err)?;
+            for id in ids {
+                st.execute([id]).map_err(sql_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let ids = ids.to_vec();
+        self.write(move |c| {
+            let mut st = c
+                .prepare_cached("update outbox set lease_until = null where id = ?1")
+                .map_err(sql_err)?;
+            for id in ids {
+                st.execute([id]).map_err(sql_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_len(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            c.query_row("select count(*) from outbox", [], |r| r.get(0))
+                .map_err(sql_err)
+        })
+        .await
+    }
+}
