@@ -13,7 +13,7 @@ use crate::domain::events::OrderMessage;
 use crate::domain::status::{kitchen_step, KitchenStep};
 use crate::domain::{OrderStatus, OrderType};
 use crate::messaging::relay::Relay;
-use crate::messaging::topology::{self, kitchen_queue, REASON_HEADER};
+use crate::messaging::topology::{self, kitchen_queue, REASON_HEADER, REQUEST_ID_HEADER};
 use crate::messaging::{connect, LinkState, OutageLog};
 use crate::storage::{
     Registered, SharedStore, StoreError, Transition, TransitionOutcome, WorkerRegistration,
@@ -233,7 +233,24 @@ impl Kitchen {
     }
 
     async fn handle(&self, d: Delivery, dlq: &Channel) {
-        let outcome = self.process(&d.data).await;
+        // Carry the request id of the POST that created the order into every
+        // log line and status change this delivery causes.
+        let rid = d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| match h.inner().get(REQUEST_ID_HEADER) {
+                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(crate::http::new_request_id);
+        let span = tracing::info_span!("delivery", request_id = %rid);
+        self.handle_in_span(d, dlq, rid).instrument(span).await
+    }
+
+    async fn handle_in_span(&self, d: Delivery, dlq: &Channel, rid: String) {
+        let outcome = self.process(&d.data, &rid).await;
         let res = match outcome {
             Outcome::Ack => d.ack(BasicAckOptions::default()).await,
             Outcome::Poison(reason) => {
@@ -267,7 +284,7 @@ impl Kitchen {
         }
     }
 
-    async fn process(&self, body: &[u8]) -> Outcome {
+    async fn process(&self, body: &[u8], rid: &str) -> Outcome {
         let msg = match OrderMessage::decode(body) {
             Ok(m) => m,
             Err(e) => return Outcome::Poison(e),
@@ -294,7 +311,7 @@ impl Kitchen {
                 KitchenStep::StartCooking => {
                     let now = Utc::now();
                     let eta = now + chrono::Duration::from_std(cook_time).unwrap_or_default();
-                    match self.change(n, OrderStatus::Cooking, Some(eta)).await {
+                    match self.change(n, OrderStatus::Cooking, Some(eta), rid).await {
                         Ok(TransitionOutcome::Applied { .. }) => {
                             tracing::debug!(action = "order_processing_started", order_number = %n, "Cooking started");
                             eta
@@ -311,7 +328,7 @@ impl Kitchen {
                 tracing::info!(action = "order_cancelled", order_number = %n, "Order cancelled while cooking; stopped");
                 return Outcome::Ack;
             }
-            return match self.change(n, OrderStatus::Ready, None).await {
+            return match self.change(n, OrderStatus::Ready, None, rid).await {
                 Ok(TransitionOutcome::Applied { .. }) => {
                     tracing::debug!(action = "order_completed", order_number = %n, "Order ready");
                     Outcome::Ack
@@ -330,12 +347,13 @@ impl Kitchen {
         n: &str,
         to: OrderStatus,
         eta: Option<chrono::DateTime<Utc>>,
+        rid: &str,
     ) -> Result<TransitionOutcome, StoreError> {
         let t = Transition {
             order_number: n.to_string(),
             to,
             changed_by: self.cfg.name.clone(),
-            request_id: crate::http::new_request_id(),
+            request_id: rid.to_string(),
             now: Utc::now(),
             estimated_completion: eta,
             notes: None,

@@ -40,16 +40,29 @@ pub struct LogHandle {
 
 impl LogHandle {
     pub fn set_level(&self, level: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        self.reload.reload(filter).map_err(|e| e.to_string())
+        EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        self.reload
+            .reload(filter_for(level))
+            .map_err(|e| e.to_string())
     }
+}
+
+/// Our level for our code; the libraries' chatter (a line per AMQP channel
+/// opened) only from warnings up, unless the level names targets itself.
+fn filter_for(level: &str) -> EnvFilter {
+    let spec = if level.contains('=') {
+        level.to_string()
+    } else {
+        format!("{level},lapin=warn,amq_protocol=warn,hyper=warn,rumqttc=warn,tokio_postgres=warn")
+    };
+    EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Installs the global subscriber. Journald when configured, or in `auto` when
 /// systemd connected our stdout to the journal; JSON lines on stdout otherwise
 /// (and when the journal socket is missing, as in containers and CI).
 pub fn init(cfg: &LogConfig, default_service: &'static str) -> LogHandle {
-    let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter_for(&cfg.level);
     let (filter, reload) = reload::Layer::new(filter);
     let want_journal = match cfg.format {
         LogFormat::Journald => true,

@@ -110,12 +110,19 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
         }
         return StoreError::Query(format!("{} ({code})", db.message()));
     }
-    // No server error: the connection itself failed or closed.
     let mut msg = e.to_string();
-    if let Some(src) = std::error::Error::source(&e) {
+    let source = std::error::Error::source(&e);
+    if let Some(src) = source {
         msg = format!("{msg}: {src}");
     }
-    StoreError::Unavailable(msg)
+    // No server error: either the connection failed or closed (I/O), which
+    // passes when the server is back, or we sent something wrong, which does not.
+    let io = source.is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io || msg.contains("timed out") {
+        StoreError::Unavailable(msg)
+    } else {
+        StoreError::Query(msg)
+    }
 }
 
 const ORDER_COLUMNS: &str = "o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address, (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by, o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version";
@@ -236,7 +243,7 @@ with c as (
     select $2, o.id, 'received', 'order-service', $2 from o
 ), x as (
     insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id)
-    select $2, $12, $13, jsonb_set($14::jsonb, '{order_number}', to_jsonb(o.number))::text, $15, o.number, $16
+    select $2, $12, $13, jsonb_set($14::text::jsonb, '{order_number}', to_jsonb(o.number))::text, $15, o.number, $16
     from o
 )
 select number from o
