@@ -13,49 +13,19 @@
 //   KEEP_TMP=1   keep the temp dir (logs, database) for a look afterwards
 //   SCREENSHOT   where to save the busy board (default docs/display-board.png)
 
-import { chromium } from 'playwright-core';
 import mqtt from 'mqtt';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import {
+  ROOT, PREFIX, Runner, Fatal, assert, freePorts, launchBrowser, log, pageRecorder, portOpen,
+  sleep, startMosquitto, startProcess, stopProcess, tail, waitFor,
+} from './lib.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = path.resolve(ROOT, process.env.SCREENSHOT || 'docs/display-board.png');
-const PREFIX = 'restaurant/main';
 const APPEAR_LIMIT_MS = 1000;
-
-const log = (...a) => console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...a);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// ---- results --------------------------------------------------------------------------------
-const results = { passed: 0, failed: 0, skipped: 0 };
-let broken = null; // name of the first failed step that later steps depend on
-
-async function test(name, fn, { dependsOnBoard = true } = {}) {
-  if (dependsOnBoard && broken) {
-    results.skipped += 1;
-    console.log(`SKIP ${name} (after failure of: ${broken})`);
-    return;
-  }
-  const t0 = Date.now();
-  try {
-    await fn();
-    results.passed += 1;
-    console.log(`PASS ${name} (${Date.now() - t0} ms)`);
-  } catch (e) {
-    results.failed += 1;
-    console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
-    if (dependsOnBoard && !broken) broken = name;
-  }
-}
-
-function assert(cond, message) {
-  if (!cond) throw new Error(message);
-}
+const runner = new Runner();
 
 // ---- helpers --------------------------------------------------------------------------------
 function findBinary() {
@@ -74,79 +44,8 @@ function findBinary() {
   return candidates[0];
 }
 
-async function freePorts(n) {
-  // Hold all listeners open at once so the ports are distinct, then release them.
-  const servers = await Promise.all(Array.from({ length: n }, () => new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => resolve(s));
-  })));
-  const ports = servers.map((s) => s.address().port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
-
-function portOpen(port) {
-  return new Promise((resolve) => {
-    const sock = net.connect({ host: '127.0.0.1', port });
-    const done = (ok) => { sock.destroy(); resolve(ok); };
-    sock.once('connect', () => done(true));
-    sock.once('error', () => done(false));
-    sock.setTimeout(1000, () => done(false));
-  });
-}
-
-// Thrown inside a waitFor condition to stop waiting at once (a process died, say).
-class Fatal extends Error {}
-
-async function waitFor(what, fn, timeoutMs, intervalMs = 100) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      if (e instanceof Fatal) throw e;
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${last.message})` : ''}`);
-    await sleep(intervalMs);
-  }
-}
-
-function tail(file, lines = 40) {
-  try {
-    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
-  } catch (_) {
-    return '(no log)';
-  }
-}
-
 function rabbitmqctl(...args) {
   return execFileSync('rabbitmqctl', ['-q', ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60000 }).toString();
-}
-
-// Starts a child process with its output in a log file; `exited` resolves with its exit status.
-function startProcess(name, cmd, args, opts, logFile) {
-  const out = fs.openSync(logFile, 'a');
-  const child = spawn(cmd, args, { ...opts, stdio: ['ignore', out, out] });
-  fs.closeSync(out);
-  child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  child.once('error', (e) => log(`${name}: ${e.message}`));
-  child.label = name;
-  return child;
-}
-
-async function stopProcess(child, graceMs = 5000) {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  child.kill('SIGTERM');
-  const r = await Promise.race([child.exited, sleep(graceMs).then(() => null)]);
-  if (r === null) {
-    log(`${child.label} ignored SIGTERM for ${graceMs} ms: SIGKILL`);
-    child.kill('SIGKILL');
-    await child.exited;
-  }
 }
 
 function findOrderNumber(body) {
@@ -170,31 +69,6 @@ const env = {
   mqttClient: null,
 };
 
-function mosquittoConfig() {
-  const { mqtt: port, ws } = env.ports;
-  return [
-    '# Private broker for tests/browser/display.test.mjs',
-    'persistence false',
-    'log_dest stdout',
-    'allow_anonymous true',
-    'max_queued_messages 10000',
-    `listener ${port} 127.0.0.1`,
-    `listener ${ws} 127.0.0.1`,
-    'protocol websockets',
-    '',
-  ].join('\n');
-}
-
-async function startMosquitto() {
-  const conf = path.join(env.tmp, 'mosquitto.conf');
-  fs.writeFileSync(conf, mosquittoConfig());
-  env.mosquitto = startProcess('mosquitto', 'mosquitto', ['-c', conf], {}, path.join(env.tmp, 'mosquitto.log'));
-  await waitFor('Mosquitto listeners', async () => {
-    if (env.mosquitto.exitCode !== null) throw new Fatal(`mosquitto exited with ${env.mosquitto.exitCode}`);
-    return (await portOpen(env.ports.mqtt)) && (await portOpen(env.ports.ws));
-  }, 10000);
-}
-
 async function setUp() {
   env.tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rs-display-test-'));
   fs.chmodSync(env.tmp, 0o755); // mosquitto drops to its own user after reading the config
@@ -205,7 +79,7 @@ async function setUp() {
   const bin = findBinary();
   log(`binary ${bin}`);
 
-  await startMosquitto();
+  env.mosquitto = await startMosquitto(env.tmp, mqttPort, ws);
 
   if (!(await portOpen(5672))) throw new Error('RabbitMQ is not listening on 127.0.0.1:5672 (start it: rabbitmq-server -detached)');
   env.vhost = `rs_display_test_${process.pid}_${Date.now().toString(36)}`;
@@ -319,41 +193,15 @@ function mixedOrder(i) {
 }
 
 // ---- the tests -------------------------------------------------------------------------------
-// Runs in the page before its own scripts: records, by the page's clock (the same machine's
-// clock as ours), when each ticket first appeared and every status it was shown with.
-function pageRecorder() {
-  window.__seen = {};
-  window.__statuses = {};
-  const note = (el) => {
-    if (!(el instanceof Element)) return;
-    for (const t of el.matches('article.ticket') ? [el] : el.querySelectorAll('article.ticket')) {
-      const n = t.dataset.order;
-      if (!(n in window.__seen)) window.__seen[n] = Date.now();
-      const list = (window.__statuses[n] ||= []);
-      if (list[list.length - 1] !== t.dataset.status) list.push(t.dataset.status);
-    }
-  };
-  new MutationObserver((records) => {
-    for (const r of records) {
-      if (r.type === 'childList') r.addedNodes.forEach(note);
-      else note(r.target);
-    }
-  }).observe(document, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'] });
-}
-
 async function main() {
   let page;
   const pageErrors = [];
   let first = null;
 
-  await test('system starts (mosquitto, vhost, restaurant-system --mode=all)', setUp);
+  await runner.test('system starts (mosquitto, vhost, restaurant-system --mode=all)', setUp);
 
-  await test('display page loads and connects to the broker', async () => {
-    env.browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
+  await runner.test('display page loads and connects to the broker', async () => {
+    env.browser = await launchBrowser();
     page = await env.browser.newPage({ viewport: { width: 1920, height: 1080 } });
     page.on('pageerror', (e) => pageErrors.push(e.message));
     page.on('console', (m) => {
@@ -368,7 +216,7 @@ async function main() {
     await page.evaluate(() => { window.__noReload = true; });
   });
 
-  await test(`a posted order shows as a ticket within ${APPEAR_LIMIT_MS} ms`, async () => {
+  await runner.test(`a posted order shows as a ticket within ${APPEAR_LIMIT_MS} ms`, async () => {
     const t0 = Date.now();
     const num = await postOrder({
       customer_name: 'Jane Smith', order_type: 'dine_in', table_number: 12,
@@ -387,7 +235,7 @@ async function main() {
     assert(/Table 12/.test(text) && /Steak/.test(text) && /Fries/.test(text), `ticket text lacks table or items: ${text}`);
   });
 
-  await test('the ticket moves to cooking, then ready', async () => {
+  await runner.test('the ticket moves to cooking, then ready', async () => {
     const sel = `article.ticket[data-order="${first}"]`;
     await page.waitForSelector(`${sel}[data-status="ready"]`, { timeout: 20000 });
     const statuses = await page.evaluate((n) => window.__statuses[n], first);
@@ -398,7 +246,7 @@ async function main() {
     assert(by && by.trim(), 'ready ticket shows no processed_by');
   });
 
-  await test('bump completes the order and the ticket leaves the board', async () => {
+  await runner.test('bump completes the order and the ticket leaves the board', async () => {
     const sel = `article.ticket[data-order="${first}"]`;
     const t0 = Date.now();
     await page.click(`${sel} button.bump`);
@@ -409,7 +257,7 @@ async function main() {
     assert(r.ok && /"completed"/.test(body), `tracking says ${r.status}: ${body}`);
   });
 
-  await test('recall brings the bumped order back as ready', async () => {
+  await runner.test('recall brings the bumped order back as ready', async () => {
     const btn = `button.recall[data-order="${first}"]`;
     await page.waitForSelector(btn, { timeout: 5000 });
     await page.click(btn);
@@ -418,7 +266,7 @@ async function main() {
     await page.waitForSelector(`article.ticket[data-order="${first}"]`, { state: 'detached', timeout: 5000 });
   });
 
-  await test(`a busy board (12 orders) is saved as ${path.relative(ROOT, SCREENSHOT)}`, async () => {
+  await runner.test(`a busy board (12 orders) is saved as ${path.relative(ROOT, SCREENSHOT)}`, async () => {
     const nums = [];
     for (let i = 0; i < 12; i++) nums.push(await postOrder(mixedOrder(i)));
     await waitFor('12 tickets on the board', async () => (await page.locator('article.ticket').count()) >= 12, 10000);
@@ -435,14 +283,14 @@ async function main() {
     log(`saved ${SCREENSHOT}`);
   });
 
-  await test('broker restart: banner while down, board rebuilt without a reload', async () => {
+  await runner.test('broker restart: banner while down, board rebuilt without a reload', async () => {
     const before = await page.locator('article.ticket').count();
     await stopProcess(env.mosquitto);
     await page.waitForSelector('#conn-banner:not([hidden])', { timeout: 20000 });
     const text = await page.locator('#conn-banner').textContent();
     assert(/lost/i.test(text), `banner says: ${text}`);
     await sleep(1000);
-    await startMosquitto(); // persistence false: the broker comes back empty; the bridge's snapshot refills it
+    env.mosquitto = await startMosquitto(env.tmp, env.ports.mqtt, env.ports.ws); // persistence false: the broker comes back empty; the bridge's snapshot refills it
     await page.waitForSelector('#conn-banner', { state: 'hidden', timeout: 20000 });
     await waitFor(`${before} fresh tickets again`, async () => {
       const n = await page.locator('article.ticket').count();
@@ -453,12 +301,11 @@ async function main() {
   });
 
   if (page) {
-    await test('no JavaScript errors on the page', async () => {
+    await runner.test('no JavaScript errors on the page', async () => {
       assert(pageErrors.length === 0, `page errors: ${pageErrors.join(' | ')}`);
-    }, { dependsOnBoard: false });
+    }, { independent: true });
   } else {
-    results.skipped += 1;
-    console.log('SKIP no JavaScript errors on the page (the page never loaded)');
+    runner.skip('no JavaScript errors on the page', 'the page never loaded');
   }
 }
 
@@ -475,14 +322,14 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
 try {
   await main();
 } catch (e) {
-  results.failed += 1;
+  runner.failed += 1;
   console.log(`FAIL harness: ${e && e.stack ? e.stack : e}`);
 } finally {
-  if (results.failed && env.tmp) {
+  if (runner.failed && env.tmp) {
     console.log(`--- restaurant-system log (tail) ---\n${tail(path.join(env.tmp, 'restaurant-system.log'))}`);
     console.log(`--- mosquitto log (tail) ---\n${tail(path.join(env.tmp, 'mosquitto.log'), 15)}`);
   }
   if (!interrupted) await tearDown();
 }
-console.log(`${results.passed} passed, ${results.failed} failed${results.skipped ? `, ${results.skipped} skipped` : ''}`);
-process.exit(results.failed || results.skipped ? 1 : 0);
+console.log(runner.summary());
+process.exit(runner.ok ? 0 : 1);

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Browser test of the kitchen display page (issue 4): headless Debian Chromium, driven by
-# playwright-core, against the whole system started by display.test.mjs itself (private
-# Mosquitto with a WebSockets listener, a fresh RabbitMQ vhost, restaurant-system --mode=all on
-# SQLite). Installs what is missing: chromium, mosquitto, node/npm (apt), the pinned npm packages.
+# Browser tests of the kitchen display page (issue 4), in headless Debian Chromium driven by
+# playwright-core:
+#   page.test.mjs     the page's own logic: web/dist served like /display, a private Mosquitto,
+#                     retained payloads published by the test (no Rust services needed)
+#   display.test.mjs  the whole system, started by the test itself (private Mosquitto with a
+#                     WebSockets listener, a fresh RabbitMQ vhost, restaurant-system --mode=all
+#                     on SQLite); saves docs/display-board.png
+# Installs what is missing: chromium, mosquitto, node/npm (apt), the pinned npm packages.
 #
-#   tests/browser/run.sh            (RS_BIN=path/to/restaurant-system to pick the binary)
+#   tests/browser/run.sh                 both (RS_BIN=path/to/restaurant-system picks the binary)
+#   tests/browser/run.sh page|display    one of them
 #
-# Needs a built binary (cargo build [--release]); it saves docs/display-board.png.
+# The whole-system test needs a built binary (cargo build [--release]).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,14 +22,51 @@ source "$root/scripts/lib.sh"
 ensure_chromium
 need_apt mosquitto
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt nodejs npm
-ensure_rabbitmq # the test creates (and deletes) its own vhost there
-command -v rabbitmqctl >/dev/null 2>&1 || die "rabbitmqctl not found (apt-get install rabbitmq-server)"
 
-if [[ -z "${RS_BIN:-}" && ! -x "$root/target/release/restaurant-system" && ! -x "$root/target/debug/restaurant-system" ]]; then
-    die "no restaurant-system binary: run 'cargo build' (or set RS_BIN)"
+which=${1:-all}
+case "$which" in
+    all) suites=(page display) ;;
+    page | display) suites=("$which") ;;
+    *) die "usage: tests/browser/run.sh [all|page|display]" ;;
+esac
+
+if [[ " ${suites[*]} " == *" display "* ]]; then
+    ensure_rabbitmq # the whole-system test creates (and deletes) its own vhost there
+    command -v rabbitmqctl >/dev/null 2>&1 || die "rabbitmqctl not found (apt-get install rabbitmq-server)"
+    if [[ -n "${RS_BIN:-}" ]]; then
+        [[ -x "$RS_BIN" ]] || die "RS_BIN=$RS_BIN is not an executable file"
+    elif [[ ! -x "$root/target/release/restaurant-system" && ! -x "$root/target/debug/restaurant-system" ]]; then
+        die "no restaurant-system binary: run 'cargo build' (or set RS_BIN)"
+    fi
 fi
 
 cd "$here"
 log "npm ci (tests/browser)"
 npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
-exec node display.test.mjs
+
+# Run each suite, keep its output, and add up the "N passed, N failed[, N skipped]" lines.
+passed=0 failed=0 skipped=0 rc=0
+for suite in "${suites[@]}"; do
+    out="$(mktemp)"
+    log "node $suite.test.mjs"
+    set +e
+    node "$suite.test.mjs" 2>&1 | tee "$out"
+    status=${PIPESTATUS[0]}
+    set -e
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -n 1 || true)
+    rm -f "$out"
+    if [[ -z "$line" ]]; then
+        log "$suite.test.mjs printed no summary (exit $status)"
+        failed=$((failed + 1))
+    else
+        read -r p f s <<<"$(sed -E 's/^([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?.*/\1 \2 \4/' <<<"$line")"
+        passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + ${s:-0}))
+    fi
+    [[ $status -eq 0 ]] || rc=1
+done
+if [[ $skipped -gt 0 ]]; then
+    echo "$passed passed, $failed failed, $skipped skipped"
+else
+    echo "$passed passed, $failed failed"
+fi
+exit "$rc"

@@ -1,0 +1,192 @@
+// Helpers shared by the browser tests: a tiny test runner, processes, ports, a private
+// Mosquitto and headless Chromium.
+
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+export const PREFIX = 'restaurant/main';
+
+export const log = (...a) => console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...a);
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export function assert(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+// ---- a tiny runner: steps run in order; once a step that later ones need has failed, those
+// are skipped. The closing line is "N passed, N failed[, N skipped]".
+export class Runner {
+  constructor() {
+    this.passed = 0;
+    this.failed = 0;
+    this.skipped = 0;
+    this.broken = null;
+  }
+
+  async test(name, fn, { independent = false } = {}) {
+    if (!independent && this.broken) {
+      this.skip(name, `after failure of: ${this.broken}`);
+      return;
+    }
+    const t0 = Date.now();
+    try {
+      await fn();
+      this.passed += 1;
+      console.log(`PASS ${name} (${Date.now() - t0} ms)`);
+    } catch (e) {
+      this.failed += 1;
+      console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
+      if (!independent && !this.broken) this.broken = name;
+    }
+  }
+
+  skip(name, why) {
+    this.skipped += 1;
+    console.log(`SKIP ${name} (${why})`);
+  }
+
+  summary() {
+    return `${this.passed} passed, ${this.failed} failed${this.skipped ? `, ${this.skipped} skipped` : ''}`;
+  }
+
+  get ok() {
+    return this.failed === 0 && this.skipped === 0;
+  }
+}
+
+// ---- ports and waiting ------------------------------------------------------------------------
+export async function freePorts(n) {
+  // Hold all listeners open at once so the ports are distinct, then release them.
+  const servers = await Promise.all(Array.from({ length: n }, () => new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => resolve(s));
+  })));
+  const ports = servers.map((s) => s.address().port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+export function portOpen(port) {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: '127.0.0.1', port });
+    const done = (ok) => { sock.destroy(); resolve(ok); };
+    sock.once('connect', () => done(true));
+    sock.once('error', () => done(false));
+    sock.setTimeout(1000, () => done(false));
+  });
+}
+
+// Thrown inside a waitFor condition to stop waiting at once (a process died, say).
+export class Fatal extends Error {}
+
+export async function waitFor(what, fn, timeoutMs, intervalMs = 100) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      if (e instanceof Fatal) throw e;
+      last = e;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${last.message})` : ''}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+export function tail(file, lines = 40) {
+  try {
+    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch (_) {
+    return '(no log)';
+  }
+}
+
+// ---- processes --------------------------------------------------------------------------------
+// Starts a child process with its output in a log file; `exited` resolves with its exit status.
+export function startProcess(name, cmd, args, opts, logFile) {
+  const out = fs.openSync(logFile, 'a');
+  const child = spawn(cmd, args, { ...opts, stdio: ['ignore', out, out] });
+  fs.closeSync(out);
+  child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  child.once('error', (e) => log(`${name}: ${e.message}`));
+  child.label = name;
+  return child;
+}
+
+export async function stopProcess(child, graceMs = 5000) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  const r = await Promise.race([child.exited, sleep(graceMs).then(() => null)]);
+  if (r === null) {
+    log(`${child.label} ignored SIGTERM for ${graceMs} ms: SIGKILL`);
+    child.kill('SIGKILL');
+    await child.exited;
+  }
+}
+
+// A private Mosquitto in DIR: plain MQTT on 127.0.0.1:mqttPort and WebSockets on wsPort (Mosquitto
+// 2.0.11 binds a websockets listener on every interface whatever address is given). No
+// persistence: a restart comes back with an empty retained store.
+export async function startMosquitto(dir, mqttPort, wsPort) {
+  const conf = path.join(dir, 'mosquitto.conf');
+  fs.writeFileSync(conf, [
+    '# Private broker for the browser tests (tests/browser)',
+    'persistence false',
+    'log_dest stdout',
+    'allow_anonymous true',
+    'max_queued_messages 10000',
+    `listener ${mqttPort} 127.0.0.1`,
+    `listener ${wsPort} 127.0.0.1`,
+    'protocol websockets',
+    '',
+  ].join('\n'));
+  const child = startProcess('mosquitto', 'mosquitto', ['-c', conf], {}, path.join(dir, 'mosquitto.log'));
+  await waitFor('Mosquitto listeners', async () => {
+    if (child.exitCode !== null) throw new Fatal(`mosquitto exited with ${child.exitCode}:\n${tail(path.join(dir, 'mosquitto.log'))}`);
+    return (await portOpen(mqttPort)) && (await portOpen(wsPort));
+  }, 10000);
+  return child;
+}
+
+// ---- browser ----------------------------------------------------------------------------------
+export function launchBrowser() {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+// Runs in the page before its own scripts (page.addInitScript): records, by the page's clock
+// (the same machine's clock as the test's), when each ticket first appeared and every status
+// it was shown with.
+export function pageRecorder() {
+  window.__seen = {};
+  window.__statuses = {};
+  const note = (el) => {
+    if (!(el instanceof Element)) return;
+    for (const t of el.matches('article.ticket') ? [el] : el.querySelectorAll('article.ticket')) {
+      const n = t.dataset.order;
+      if (!(n in window.__seen)) window.__seen[n] = Date.now();
+      const list = (window.__statuses[n] ||= []);
+      if (list[list.length - 1] !== t.dataset.status) list.push(t.dataset.status);
+    }
+  };
+  new MutationObserver((records) => {
+    for (const r of records) {
+      if (r.type === 'childList') r.addedNodes.forEach(note);
+      else note(r.target);
+    }
+  }).observe(document, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'] });
+}
