@@ -8,14 +8,28 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "001_init",
-    sql: include_str!("../../migrations/postgres/001_init.sql"),
-}];
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "001_init",
+        sql: include_str!("../../migrations/postgres/001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "002_outbox_owner",
+        sql: include_str!("../../migrations/postgres/002_outbox_owner.sql"),
+    },
+];
 
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "001_init",
-    sql: include_str!("../../migrations/sqlite/001_init.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "001_init",
+        sql: include_str!("../../migrations/sqlite/001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "002_outbox_owner",
+        sql: include_str!("../../migrations/sqlite/002_outbox_owner.sql"),
+    },
+];

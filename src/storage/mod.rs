@@ -201,7 +201,8 @@ pub trait Store: Send + Sync + 'static {
     async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Leases up to `limit` unsent outbox rows, oldest first, for `lease`: another
-    /// relay will not take them meanwhile, and takes them over if we die.
+    /// relay will not take them meanwhile, and takes them over if we die. Takes
+    /// this process's own rows, and other processes' rows older than `ORPHAN_AFTER`.
     async fn claim_outbox(
         &self,
         limit: usize,
@@ -218,11 +219,31 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the configured backend and applies migrations.
 pub async fn open(cfg: &DatabaseConfig) -> Result<SharedStore, StoreError> {
+    let owner = outbox_owner();
     match cfg.resolved_backend() {
-        StorageBackend::Postgres => Ok(Arc::new(postgres::PgStore::connect(cfg).await?)),
-        _ => Ok(Arc::new(sqlite::SqliteStore::open(&cfg.sqlite_path).await?)),
+        StorageBackend::Postgres => Ok(Arc::new(postgres::PgStore::connect(cfg, owner).await?)),
+        _ => Ok(Arc::new(
+            sqlite::SqliteStore::open(&cfg.sqlite_path, owner).await?,
+        )),
     }
 }
+
+/// Names this process in the outbox: its relay publishes the rows it wrote, in
+/// order. Unique per start, so a restarted process does not mistake its
+/// predecessor's rows (taken over as orphans) for its own.
+fn outbox_owner() -> String {
+    format!(
+        "{}-{}-{:08x}",
+        crate::telemetry::hostname(),
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Rows of another process are taken over once they are this old: a live relay
+/// publishes its own within milliseconds, so older rows belong to a process
+/// that died or cannot reach the broker.
+pub const ORPHAN_AFTER: chrono::Duration = chrono::Duration::seconds(5);
 
 /// The outbox row for a new order.
 fn order_outbox(msg: &OrderMessage) -> (String, String, u8) {

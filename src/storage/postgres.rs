@@ -17,10 +17,11 @@ const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
 
 pub struct PgStore {
     pool: Pool,
+    owner: String,
 }
 
 impl PgStore {
-    pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
+    pub async fn connect(cfg: &DatabaseConfig, owner: String) -> Result<Self, StoreError> {
         let mut pg = tokio_postgres::Config::new();
         pg.host(cfg.host.as_deref().unwrap_or("localhost"))
             .port(cfg.port)
@@ -49,7 +50,7 @@ impl PgStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Query(format!("building the connection pool: {e}")))?;
-        let store = PgStore { pool };
+        let store = PgStore { pool, owner };
         store.migrate().await?;
         Ok(store)
     }
@@ -242,8 +243,8 @@ with c as (
     insert into order_status_log (created_at, order_id, status, changed_by, changed_at)
     select $2, o.id, 'received', 'order-service', $2 from o
 ), x as (
-    insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id)
-    select $2, $12, $13, jsonb_set($14::text::jsonb, '{order_number}', to_jsonb(o.number))::text, $15, o.number, $16
+    insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner)
+    select $2, $12, $13, jsonb_set($14::text::jsonb, '{order_number}', to_jsonb(o.number))::text, $15, o.number, $16, $17
     from o
 )
 select number from o
@@ -297,6 +298,7 @@ impl Store for PgStore {
                     &to_json(&msg)?,
                     &prio,
                     &request_id,
+                    &self.owner,
                 ],
             )
             .await
@@ -357,8 +359,8 @@ impl Store for PgStore {
             .ok_or_else(|| StoreError::Query("order vanished inside its transaction".into()))?;
         let update = status_update(t, old, &order);
         tx.execute(
-            "insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id) values ($1, $2, '', $3, 0, $4, $5)",
-            &[&t.now, &NOTIFICATIONS_EXCHANGE, &to_json(&update)?, &update.event_id(), &t.request_id],
+            "insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner) values ($1, $2, '', $3, 0, $4, $5, $6)",
+            &[&t.now, &NOTIFICATIONS_EXCHANGE, &to_json(&update)?, &update.event_id(), &t.request_id, &self.owner],
         )
         .await
         .map_err(pg_err)?;
@@ -492,14 +494,24 @@ impl Store for PgStore {
         let st = c
             .prepare_cached(
                 "update outbox set lease_until = $1 where id in
-                    (select id from outbox where lease_until is null or lease_until < $2
+                    (select id from outbox
+                     where (owner = $4 or created_at < $5) and (lease_until is null or lease_until < $2)
                      order by id limit $3 for update skip locked)
                  returning id, exchange, routing_key, payload, priority, message_id, request_id",
             )
             .await
             .map_err(pg_err)?;
         let rows = c
-            .query(&st, &[&until, &now, &(limit as i64)])
+            .query(
+                &st,
+                &[
+                    &until,
+                    &now,
+                    &(limit as i64),
+                    &self.owner,
+                    &(now - ORPHAN_AFTER),
+                ],
+            )
             .await
             .map_err(pg_err)?;
         let mut out = rows

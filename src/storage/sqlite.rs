@@ -23,6 +23,7 @@ const MAX_IDLE_READERS: usize = 8;
 
 pub struct SqliteStore {
     path: PathBuf,
+    owner: String,
     writer: mpsc::Sender<Box<dyn WriteJob>>,
     readers: Arc<Mutex<Vec<Connection>>>,
 }
@@ -30,7 +31,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating when missing) the database file, applies migrations and
     /// starts the writer thread.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+    pub async fn open(path: &Path, owner: String) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let p = path.clone();
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
@@ -53,6 +54,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Query(format!("starting sqlite writer: {e}")))?;
         Ok(SqliteStore {
             path,
+            owner,
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
         })
@@ -320,6 +322,7 @@ fn load_order(conn: &Connection, number: &str) -> rusqlite::Result<Option<(i64, 
 
 fn insert_outbox(
     conn: &Connection,
+    owner: &str,
     now: DateTime<Utc>,
     (exchange, routing_key, priority): (&str, &str, u8),
     payload: &str,
@@ -327,14 +330,15 @@ fn insert_outbox(
     request_id: &str,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id) values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![ts(now), exchange, routing_key, payload, priority, message_id, request_id])?;
+    .execute(params![ts(now), exchange, routing_key, payload, priority, message_id, request_id, owner])?;
     Ok(())
 }
 
 fn create_order_tx(
     conn: &Connection,
+    owner: &str,
     order: &ValidOrder,
     request_id: &str,
     now: DateTime<Utc>,
@@ -392,6 +396,7 @@ fn create_order_tx(
     let (exchange, key, prio) = order_outbox(&msg);
     insert_outbox(
         conn,
+        owner,
         now,
         (&exchange, &key, prio),
         &to_json(&msg)?,
@@ -406,7 +411,11 @@ fn create_order_tx(
     })
 }
 
-fn transition_tx(conn: &Connection, t: &Transition) -> Result<TransitionOutcome, StoreError> {
+fn transition_tx(
+    conn: &Connection,
+    owner: &str,
+    t: &Transition,
+) -> Result<TransitionOutcome, StoreError> {
     let Some((id, current)) = load_order(conn, &t.order_number).map_err(sql_err)? else {
         return Ok(TransitionOutcome::NotFound);
     };
@@ -456,6 +465,7 @@ fn transition_tx(conn: &Connection, t: &Transition) -> Result<TransitionOutcome,
     let update = status_update(t, old, &order);
     insert_outbox(
         conn,
+        owner,
         t.now,
         (NOTIFICATIONS_EXCHANGE, "", 0),
         &to_json(&update)?,
@@ -501,13 +511,15 @@ impl Store for SqliteStore {
     ) -> Result<CreatedOrder, StoreError> {
         let order = order.clone();
         let request_id = request_id.to_string();
-        self.write(move |c| create_order_tx(c, &order, &request_id, now))
+        let owner = self.owner.clone();
+        self.write(move |c| create_order_tx(c, &owner, &order, &request_id, now))
             .await
     }
 
     async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError> {
         let t = t.clone();
-        self.write(move |c| transition_tx(c, &t)).await
+        let owner = self.owner.clone();
+        self.write(move |c| transition_tx(c, &owner, &t)).await
     }
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError> {
@@ -640,16 +652,19 @@ impl Store for SqliteStore {
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let until =
             now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        let owner = self.owner.clone();
         self.write(move |c| {
             let mut st = c
                 .prepare_cached(
                     "update outbox set lease_until = ?1 where id in
-                        (select id from outbox where lease_until is null or lease_until < ?2 order by id limit ?3)
+                        (select id from outbox
+                         where (owner = ?4 or created_at < ?5) and (lease_until is null or lease_until < ?2)
+                         order by id limit ?3)
                      returning id, exchange, routing_key, payload, priority, message_id, request_id",
                 )
                 .map_err(sql_err)?;
             let mut rows = st
-                .query_map(params![ts(until), ts(now), limit as i64], |r| {
+                .query_map(params![ts(until), ts(now), limit as i64, owner, ts(now - ORPHAN_AFTER)], |r| {
                     Ok(OutboxMessage {
                         id: r.get(0)?,
                         exchange: r.get(1)?,
