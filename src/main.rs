@@ -154,10 +154,7 @@ async fn run(
 
 fn load_config(cli: &Cli) -> Result<Config, String> {
     let path = config_path(cli.config.as_deref()).map_err(|e| e.to_string())?;
-    let mut cfg = Config::load(path.as_deref()).map_err(|e| match &path {
-        Some(p) => format!("{} ({})", e, p.display()),
-        None => e.to_string(),
-    })?;
+    let mut cfg = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
     if let Some(port) = cli.port {
         match cli.mode {
             Some(Mode::TrackingService) => cfg.http.tracking_port = port,
