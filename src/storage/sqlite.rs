@@ -652,6 +652,21 @@ impl Store for SqliteStore {
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let until =
             now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        // Look before leasing: the relay polls twice a second, and an idle poll
+        // should be a read, not a write transaction with its fsync.
+        let (owner, orphans, now_s) = (self.owner.clone(), ts(now - ORPHAN_AFTER), ts(now));
+        let waiting = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "select exists(select 1 from outbox where (owner = ?1 or created_at < ?2) and (lease_until is null or lease_until < ?3))",
+                )
+                .and_then(|mut st| st.query_row(params![owner, orphans, now_s], |r| r.get::<_, bool>(0)))
+                .map_err(sql_err)
+            })
+            .await?;
+        if !waiting {
+            return Ok(Vec::new());
+        }
         let owner = self.owner.clone();
         self.write(move |c| {
             let mut st = c
