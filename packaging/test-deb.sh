@@ -20,6 +20,7 @@
 #
 # Knobs: RS_MAX_EXPOSURE (2.0): highest acceptable "systemd-analyze security" exposure per unit.
 #        RS_DEB_KEEP=1: keep the temporary directory (logs of every run) for inspection.
+#        RS_DEB=FILE: test this already built package instead of running cargo deb.
 
 set -euo pipefail
 
@@ -46,7 +47,7 @@ EXPECTED_FILES=(
     "$UNIT_DIR/restaurant-order.service" "$UNIT_DIR/restaurant-tracking.service"
     "$UNIT_DIR/restaurant-notifier.service" "$UNIT_DIR/restaurant-display-bridge.service"
     "$UNIT_DIR/restaurant-kitchen@.service" "$UNIT_DIR/restaurant-system.target"
-    /usr/share/man/man1/restaurant-system.1
+    /usr/share/man/man1/restaurant-system.1.gz
     /usr/share/doc/restaurant-system/README.md /usr/share/doc/restaurant-system/install.md
     /usr/share/doc/restaurant-system/copyright
     /usr/share/doc/restaurant-system/examples/kitchen-worker.env
@@ -157,15 +158,20 @@ esac
 # ---------------------------------------------------------------------------------------------
 # Build and install
 
-log "building the package (cargo deb)"
-if ! cargo deb >"$work/cargo-deb.out" 2>"$work/cargo-deb.err"; then
-    tail -n 30 "$work/cargo-deb.err" | sed 's/^/    /'
-    fatal "cargo deb builds the package"
+if [[ -n "${RS_DEB:-}" ]]; then
+    deb=$(realpath "$RS_DEB") || die "RS_DEB=$RS_DEB: no such file"
+    log "testing the given package $deb (RS_DEB), not building one"
+else
+    log "building the package (cargo deb)"
+    if ! cargo deb >"$work/cargo-deb.out" 2>"$work/cargo-deb.err"; then
+        tail -n 30 "$work/cargo-deb.err" | sed 's/^/    /'
+        fatal "cargo deb builds the package"
+    fi
+    deb=$(tail -n 1 "$work/cargo-deb.out")
+    [[ "$deb" = /* && -f "$deb" ]] || deb="$REPO/$deb"
+    [[ -f "$deb" ]] || fatal "cargo deb printed the package path (got '$(tail -n 1 "$work/cargo-deb.out")')"
+    pass "cargo deb built $(basename "$deb")"
 fi
-deb=$(tail -n 1 "$work/cargo-deb.out")
-[[ "$deb" = /* && -f "$deb" ]] || deb="$REPO/$deb"
-[[ -f "$deb" ]] || fatal "cargo deb printed the package path (got '$(tail -n 1 "$work/cargo-deb.out")')"
-pass "cargo deb built $(basename "$deb")"
 deb_name_ok() { [[ "$(basename "$deb")" =~ ^restaurant-system_[0-9][^_]*_[a-z0-9]+\.deb$ ]]; }
 no_server_depends() { ! dpkg-deb -f "$deb" Depends | grep -Eq 'postgresql|rabbitmq|mosquitto'; }
 check "package name is ${PKG}_<version>_<arch>.deb" deb_name_ok
@@ -242,13 +248,22 @@ check "a bad config exits with status 2 (units do not restart on it)" exit_statu
 check "an unknown mode exits with status 2" exit_status_is 2 \
     as_service_user env -i PATH=/usr/bin:/bin "$BIN" --config "$CONF" --mode=no-such-mode
 
+# The per-worker variables of the kitchen units (EnvironmentFile=, Environment=) are not config
+# keys: set or empty, they must not break loading the config. Systemd passes "KEY=" as empty.
+check "RESTAURANT_WORKER_ORDER_TYPES=takeout RESTAURANT_WORKER_PREFETCH=2 are accepted" \
+    as_service_user env -i PATH=/usr/bin:/bin RESTAURANT_WORKER_ORDER_TYPES=takeout \
+    RESTAURANT_WORKER_PREFETCH=2 "$BIN" validate --config "$CONF"
+check "empty RESTAURANT_WORKER_ORDER_TYPES= RESTAURANT_WORKER_PREFETCH= mean the defaults" \
+    as_service_user env -i PATH=/usr/bin:/bin RESTAURANT_WORKER_ORDER_TYPES= \
+    RESTAURANT_WORKER_PREFETCH= "$BIN" validate --config "$CONF"
+
 "$BIN" --help >"$work/help.txt" 2>&1 || true
 help_and_man_mention() {
     grep -qF -e "$1" "$work/help.txt" || { echo "not in --help"; return 1; }
     grep -qF -e "$1" "$work/man.txt" || { echo "not in the man page"; return 1; }
 }
 # The man page's text without roff escapes (works without man-db).
-sed -e 's/\\-/-/g' -e 's/\\f[BIRP]//g' /usr/share/man/man1/restaurant-system.1 >"$work/man.txt"
+zcat -f /usr/share/man/man1/restaurant-system.1.gz | sed -e 's/\\-/-/g' -e 's/\\f[BIRP]//g' >"$work/man.txt"
 for word in order-service kitchen-worker tracking-service notification-subscriber display-bridge \
     --config --mode --port --max-concurrent --worker-name --order-types --prefetch \
     --heartbeat-interval migrate validate; do
@@ -340,8 +355,8 @@ rabbitmqctl -q set_permissions -p "$vhost" "${rabbit_user:-guest}" '.*' '.*' '.*
     fatal "rabbitmqctl set_permissions -p $vhost ${rabbit_user:-guest}"
 
 install -d -m 0750 -o "$SVC_USER" -g "$SVC_USER" "$work/state"
-# A per-worker file as an admin would write it; the empty value must mean "default".
-printf 'RESTAURANT_WORKER_ORDER_TYPES=takeout,delivery\nRESTAURANT_WORKER_PREFETCH=\n' \
+# A per-worker file as an admin would write it (step 5 of docs/install.md).
+printf 'RESTAURANT_WORKER_ORDER_TYPES=takeout,delivery\nRESTAURANT_WORKER_PREFETCH=2\n' \
     >"/etc/restaurant-system/kitchen/$WORKER.env"
 
 IFS=: read -r _ _ _ _ _ svc_home svc_shell < <(getent passwd "$SVC_USER")
