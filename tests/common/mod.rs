@@ -398,3 +398,497 @@ pub fn spec_orders() -> Vec<serde_json::Value> {
                "items": [{"name": "Burger Combo", "quantity": 2, "price": 18.99}]}),
     ]
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for the order-intake, lifecycle, worker and CLI suites.
+// ---------------------------------------------------------------------------
+
+/// Runs SQL in the test's PostgreSQL database (not `postgres`) and returns
+/// psql's unaligned, tuples-only output (`-At`), trimmed.
+pub fn pg_query(db: &str, sql: &str) -> Result<String, String> {
+    let mut cmd = Command::new("psql");
+    cmd.args([
+        "-X",
+        "-q",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        &pg_host(),
+        "-p",
+        &pg_port().to_string(),
+        "-U",
+        &pg_user(),
+        "-d",
+        db,
+        "-c",
+        sql,
+    ]);
+    if let Ok(pw) = std::env::var("TEST_PG_PASSWORD") {
+        cmd.env("PGPASSWORD", pw);
+    }
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs SQL in the PostgreSQL maintenance database (ALTER/DROP DATABASE ...).
+pub fn pg_admin(sql: &str) -> Result<(), String> {
+    psql(sql)
+}
+
+impl TestEnv {
+    /// A store of its own on this test's database (migrations applied), for
+    /// arranging and inspecting state without going through a running mode.
+    pub async fn open_store(&self) -> restaurant_system::storage::SharedStore {
+        restaurant_system::storage::open(&self.cfg.database)
+            .await
+            .expect("opening the test database")
+    }
+
+    /// A channel on this test's vhost with the topology declared, so queues can
+    /// be inspected before any mode declared them.
+    pub async fn amqp_with_topology(&self) -> lapin::Channel {
+        let ch = self.amqp().await;
+        restaurant_system::messaging::topology::declare(&ch)
+            .await
+            .expect("declaring the topology");
+        ch
+    }
+}
+
+/// Ready messages and consumers of a queue (passive declare: the queue must exist).
+pub async fn queue_counts(ch: &lapin::Channel, queue: &str) -> (u32, u32) {
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("passive declare of {queue}: {e}"));
+    (q.message_count(), q.consumer_count())
+}
+
+/// Takes (and acks) every message waiting in `queue`.
+pub async fn get_all(ch: &lapin::Channel, queue: &str) -> Vec<lapin::message::Delivery> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("basic_get {queue}: {e}"))
+    {
+        out.push(m.delivery);
+    }
+    out
+}
+
+/// A private queue bound to `notifications_fanout`: sees every status update
+/// published after this call. Read it with `get_all`.
+pub async fn notification_tap(ch: &lapin::Channel) -> String {
+    use restaurant_system::messaging::topology::NOTIFICATIONS_EXCHANGE;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("declaring the notification tap");
+    ch.queue_bind(
+        q.name().clone(),
+        NOTIFICATIONS_EXCHANGE.into(),
+        "".into(),
+        lapin::options::QueueBindOptions::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("binding the notification tap");
+    q.name().as_str().to_string()
+}
+
+/// A string header of a message (`x-request-id`, `x-rejection-reason`, ...).
+pub fn header(d: &lapin::message::Delivery, name: &str) -> Option<String> {
+    use lapin::types::AMQPValue;
+    match d.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// Publishes raw bytes (persistent, confirmed) to an exchange.
+pub async fn publish_raw(
+    ch: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    priority: Option<u8>,
+) {
+    let mut props = lapin::BasicProperties::default().with_delivery_mode(2);
+    if let Some(p) = priority {
+        props = props.with_priority(p);
+    }
+    ch.basic_publish(
+        exchange.into(),
+        routing_key.into(),
+        lapin::options::BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("publish confirm");
+}
+
+/// POSTs JSON and returns the status, headers and the body parsed as JSON
+/// (`Value::Null` when the body is not JSON).
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let resp = http
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    split(resp).await
+}
+
+pub async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    split(resp).await
+}
+
+pub async fn split(
+    resp: reqwest::Response,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.expect("response body");
+    let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, headers, v)
+}
+
+/// Places an order and returns its number (panics unless 200).
+pub async fn place_order(
+    http: &reqwest::Client,
+    order_url: &str,
+    body: &serde_json::Value,
+) -> String {
+    let (status, _, v) = post_json(http, &format!("{order_url}/orders"), body).await;
+    assert_eq!(status, 200, "POST /orders {body}: {v}");
+    v["order_number"]
+        .as_str()
+        .expect("order_number in the response")
+        .to_string()
+}
+
+/// A takeout order for `customer` with one item: `quantity` x `price`.
+pub fn takeout(customer: &str, quantity: i64, price: f64) -> serde_json::Value {
+    serde_json::json!({"customer_name": customer, "order_type": "takeout",
+        "items": [{"name": "Pizza", "quantity": quantity, "price": price}]})
+}
+
+/// Waits until the order has `status` in the store; returns its view.
+pub async fn wait_status(
+    store: &restaurant_system::storage::SharedStore,
+    n: &str,
+    status: restaurant_system::domain::OrderStatus,
+    timeout: Duration,
+) -> restaurant_system::storage::OrderView {
+    eventually(timeout, &format!("{n} to be {status}"), || async {
+        store
+            .order(n)
+            .await
+            .ok()
+            .flatten()
+            .filter(|o| o.status == status)
+    })
+    .await
+}
+
+/// A running copy of the real binary. Its stdout and stderr are collected line
+/// by line; it is killed (SIGKILL) on drop if still running.
+pub struct Proc {
+    pub child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    err: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        cmd.env_remove("JOURNAL_STREAM")
+            .env("RESTAURANT_LOG__FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let collect = |r: Box<dyn std::io::Read + Send>| {
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let l = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(r).lines() {
+                    match line {
+                        Ok(line) => l.lock().unwrap().push(line),
+                        Err(_) => break,
+                    }
+                }
+            });
+            lines
+        };
+        let out = collect(Box::new(child.stdout.take().expect("stdout")));
+        let err = collect(Box::new(child.stderr.take().expect("stderr")));
+        Proc {
+            child,
+            out,
+            err,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn stdout(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+    pub fn stderr(&self) -> Vec<String> {
+        self.err.lock().unwrap().clone()
+    }
+
+    /// stdout lines that are JSON log lines.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.stdout()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("action").is_some())
+            .collect()
+    }
+
+    /// Waits for a log line with this `action` (and the predicate); returns it.
+    pub async fn wait_log(
+        &self,
+        action: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let what = format!("{}: log action {action}", self.name);
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(v) = self
+                    .logs()
+                    .into_iter()
+                    .find(|v| v["action"] == action && pred(v))
+                {
+                    return v;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout().join("\n"),
+                self.stderr().join("\n")
+            )
+        })
+    }
+
+    /// Waits for a stdout line equal to `line`.
+    pub async fn wait_stdout_line(&self, line: &str, timeout: Duration) {
+        let ok = tokio::time::timeout(timeout, async {
+            while !self.stdout().iter().any(|l| l == line) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            ok.is_ok(),
+            "{}: timed out after {timeout:?} waiting for stdout line {line:?}\nstdout:\n{}",
+            self.name,
+            self.stdout().join("\n")
+        );
+    }
+
+    /// The port of the HTTP listener, from the `service_started` log line.
+    pub async fn port(&self) -> u16 {
+        let v = self
+            .wait_log("service_started", Duration::from_secs(30), |v| {
+                v["details"]["port"].is_u64()
+            })
+            .await;
+        v["details"]["port"].as_u64().expect("port") as u16
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .unwrap_or_else(|e| panic!("signalling {}: {e}", self.name));
+    }
+
+    /// Waits (without blocking the runtime) for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                // Let the reader threads take the last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return st;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not exit within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                self.name,
+                self.stdout().join("\n"),
+                self.stderr().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        if self.child.try_wait().expect("try_wait").is_none() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        self.wait_exit(Duration::from_secs(30)).await
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends raw bytes over one TCP connection and returns the status code and
+/// the body of the response (parsed as JSON when it is). The request should
+/// say `Connection: close`.
+pub async fn raw_http(addr: &str, request: &[u8]) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = addr.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    // The server may answer (413, 415) and close before reading everything.
+    let _ = s.write_all(request).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let v = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (status, v)
+}
+
+/// A TCP forwarder in front of a real server (PostgreSQL, RabbitMQ), so a test
+/// can cut the server off (`down`: stop listening, reset every connection) and
+/// bring it back (`up`, same port): a crash seen from the client, without
+/// touching the shared server.
+pub struct TcpProxy {
+    pub port: u16,
+    target: String,
+    stop: std::sync::Mutex<CancellationToken>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: &str) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy bind");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let p = TcpProxy {
+            port,
+            target: target.to_string(),
+            stop: std::sync::Mutex::new(CancellationToken::new()),
+        };
+        p.serve(listener);
+        p
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let stop = self.stop.lock().unwrap().clone();
+        let target = self.target.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                let target = target.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            // Reset, as a crashed server's kernel would.
+                            let _ = inbound.set_zero_linger();
+                        }
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+    }
+
+    /// Stops listening and resets every forwarded connection.
+    pub fn down(&self) {
+        self.stop.lock().unwrap().cancel();
+    }
+
+    /// Listens again on the same port.
+    pub async fn up(&self) {
+        *self.stop.lock().unwrap() = CancellationToken::new();
+        let listener = eventually(Duration::from_secs(10), "proxy port to rebind", || async {
+            tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+                .await
+                .ok()
+        })
+        .await;
+        self.serve(listener);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.stop.lock().unwrap().cancel();
+    }
+}
