@@ -1,25 +1,160 @@
-//! The display bridge: RabbitMQ -> MQTT for kitchen display screens.
-//! (Being written; see issue 4.)
+//! The display bridge: RabbitMQ -> MQTT for kitchen display screens (issue 4,
+//! contract in docs/mqtt.md).
+//!
+//! Four tasks:
+//! - [`consumer`]: consumes `display_bridge_queue` in order, reads each order's
+//!   current state from the database, and acks a delivery only after the MQTT
+//!   broker acknowledged what it caused. Reconnects to RabbitMQ like every other
+//!   consumer here (supervising loop, `Backoff`).
+//! - [`mqtt`]: owns the MQTT client; decides and tracks every publish (never an
+//!   older state than already sent, the PUBACK bookkeeping, clears after the
+//!   grace period), plus a small task that keeps polling rumqttc's event loop
+//!   and backs off between reconnects.
+//! - [`snapshot`]: republishes the board on every (re)connect, reconciles what
+//!   the broker retains, refreshes worker presence.
+//! - a health endpoint on the bridge's own small HTTP port.
+//!
+//! Shutdown: the consumer stops taking deliveries and settles those in hand;
+//! then the MQTT task publishes `offline` and disconnects.
+
+pub mod consumer;
+pub mod mqtt;
+pub mod payload;
+pub mod snapshot;
 
 use crate::config::Config;
-use crate::http::Limits;
+use crate::http::{self, ApiError, Limits, RequestCtx, Resp, Routes};
+use crate::messaging::LinkState;
 use crate::modes::StartError;
 use crate::storage::SharedStore;
+use hyper::body::Incoming;
+use hyper::{Method, Request};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub const SERVICE: &str = "display-bridge";
 
+/// How often worker presence is read from the database (published only on change).
+const PRESENCE_REFRESH: Duration = Duration::from_secs(5);
+
+/// Starts the bridge. Returns the health port's address once the bridge
+/// consumes its queue (so nothing published after this is missed); the MQTT
+/// broker may still be unreachable, in which case it keeps retrying.
 pub async fn start(
-    _cfg: &Config,
-    _store: SharedStore,
-    _addr: SocketAddr,
-    _limits: Limits,
-    _shutdown: CancellationToken,
-    _tasks: &TaskTracker,
+    cfg: &Config,
+    store: SharedStore,
+    addr: SocketAddr,
+    limits: Limits,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<SocketAddr, StartError> {
-    Err(StartError::Store(crate::storage::StoreError::Query(
-        "display bridge not built yet".into(),
-    )))
+    let rabbit_link = LinkState::default();
+    let mqtt_link = LinkState::default();
+    let health = Health {
+        store: store.clone(),
+        rabbit: rabbit_link.clone(),
+        mqtt: mqtt_link.clone(),
+        broker: format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port),
+    };
+    let server = http::serve(addr, Arc::new(health), limits, shutdown.clone())
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = server.addr;
+
+    let topics = payload::Topics::new(&cfg.mqtt);
+    let (mqtt, publisher, inbound) = mqtt::new(&cfg.mqtt, topics, mqtt_link);
+    let span = tracing::Span::current();
+    // The MQTT task outlives the consumer: it must see the PUBACKs of what the
+    // consumer settles while stopping.
+    let consumer_done = CancellationToken::new();
+    tasks.spawn(mqtt.run(consumer_done.clone()).instrument(span.clone()));
+    let snapshots = snapshot::Snapshots {
+        store: store.clone(),
+        publisher: publisher.clone(),
+        inbound,
+        refresh: PRESENCE_REFRESH,
+    };
+    tasks.spawn(snapshots.run(shutdown.clone()).instrument(span.clone()));
+    let consumer = consumer::Consumer {
+        store,
+        rabbit: cfg.rabbitmq.clone(),
+        publisher,
+        link: rabbit_link,
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let s = shutdown.clone();
+    tasks.spawn(
+        async move {
+            consumer.run(s, ready_tx).await;
+            consumer_done.cancel();
+        }
+        .instrument(span),
+    );
+    tasks.spawn(async move {
+        let _ = server.task.await;
+    });
+
+    crate::daemon::status("waiting for RabbitMQ (display queue)");
+    tokio::select! {
+        r = ready_rx => r.map_err(|_| StartError::Cancelled)?,
+        _ = shutdown.cancelled() => return Err(StartError::Cancelled),
+    }
+    tracing::info!(
+        action = "service_started",
+        port = bound.port(),
+        broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port),
+        clear_after_seconds = cfg.mqtt.clear_after_seconds,
+        "Display bridge started (health on port {}), publishing to MQTT broker {}:{}",
+        bound.port(),
+        cfg.mqtt.host,
+        cfg.mqtt.port
+    );
+    Ok(bound)
+}
+
+/// `GET /health`: database, RabbitMQ and MQTT, 503 when any is down.
+struct Health {
+    store: SharedStore,
+    rabbit: LinkState,
+    mqtt: LinkState,
+    broker: String,
+}
+
+#[async_trait::async_trait]
+impl Routes for Health {
+    async fn handle(&self, req: Request<Incoming>, _ctx: RequestCtx) -> Result<Resp, ApiError> {
+        let seg = http::segments(&req);
+        if seg.len() != 1 || seg[0] != "health" {
+            return Err(ApiError::not_found("no such route"));
+        }
+        if req.method() != Method::GET {
+            return Err(ApiError::method_not_allowed("GET"));
+        }
+        let db = match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("database ping timed out".to_string()),
+        };
+        let rabbit = if self.rabbit.is_up() {
+            Ok(())
+        } else {
+            Err("not connected to RabbitMQ".to_string())
+        };
+        let mqtt = if self.mqtt.is_up() {
+            Ok(())
+        } else {
+            Err(format!(
+                "not connected to the MQTT broker at {}",
+                self.broker
+            ))
+        };
+        Ok(http::health_response(
+            SERVICE,
+            &[("database", db), ("rabbitmq", rabbit), ("mqtt", mqtt)],
+        ))
+    }
 }

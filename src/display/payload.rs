@@ -1,0 +1,342 @@
+//! The MQTT contract (docs/mqtt.md): topic names and JSON payloads. Pure
+//! functions, no I/O, so the shapes are unit-tested here.
+
+use crate::config::MqttConfig;
+use crate::domain::events::{OrderMessage, StatusUpdate};
+use crate::domain::{Cents, Item, OrderStatus, OrderType};
+use crate::storage::{OrderView, WorkerRow};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Topic names under `P = {topic_prefix}/{site}`.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    pub fn new(cfg: &MqttConfig) -> Self {
+        let parts: Vec<&str> = [cfg.topic_prefix.as_str(), cfg.site.as_str()]
+            .into_iter()
+            .map(|s| s.trim_matches('/'))
+            .filter(|s| !s.is_empty())
+            .collect();
+        Topics {
+            prefix: parts.join("/"),
+        }
+    }
+
+    pub fn order(&self, order_number: &str) -> String {
+        format!("{}/orders/{order_number}", self.prefix)
+    }
+    /// The filter matching every order topic (used to read back what the broker retains).
+    pub fn all_orders(&self) -> String {
+        format!("{}/orders/+", self.prefix)
+    }
+    /// The order number in an order topic, or None for any other topic.
+    pub fn order_number_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("/orders/")
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+    }
+    pub fn events(&self) -> String {
+        format!("{}/events", self.prefix)
+    }
+    pub fn worker(&self, name: &str) -> String {
+        format!("{}/workers/{name}", self.prefix)
+    }
+    pub fn bridge_status(&self) -> String {
+        format!("{}/bridge/status", self.prefix)
+    }
+}
+
+/// UTC, ISO 8601 with milliseconds: `2026-11-25T10:30:00.000Z`.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn opt_timestamp(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(timestamp)
+}
+
+/// `P/orders/{n}`: the order's current state.
+#[derive(Debug, Serialize)]
+struct OrderState<'a> {
+    order_number: &'a str,
+    order_type: OrderType,
+    customer_name: &'a str,
+    table_number: Option<i64>,
+    delivery_address: Option<&'a str>,
+    items: &'a [Item],
+    total_amount: Cents,
+    priority: i32,
+    status: OrderStatus,
+    processed_by: Option<&'a str>,
+    created_at: String,
+    status_changed_at: String,
+    estimated_completion: Option<String>,
+    version: i64,
+    server_time: String,
+}
+
+pub fn order_state(o: &OrderView, now: DateTime<Utc>) -> Vec<u8> {
+    let s = OrderState {
+        order_number: &o.order_number,
+        order_type: o.order_type,
+        customer_name: &o.customer_name,
+        table_number: o.table_number,
+        delivery_address: o.delivery_address.as_deref(),
+        items: &o.items,
+        total_amount: o.total_amount,
+        priority: o.priority,
+        status: o.status,
+        processed_by: o.processed_by.as_deref(),
+        created_at: timestamp(o.created_at),
+        status_changed_at: timestamp(o.updated_at),
+        estimated_completion: opt_timestamp(o.estimated_completion),
+        version: o.version,
+        server_time: timestamp(now),
+    };
+    // Serialising plain data cannot fail.
+    serde_json::to_vec(&s).unwrap_or_default()
+}
+
+/// The part of a retained order payload the bridge reads back from the broker.
+#[derive(Debug, Deserialize)]
+pub struct RetainedOrder {
+    pub status: OrderStatus,
+    #[serde(default)]
+    pub version: i64,
+}
+
+impl RetainedOrder {
+    pub fn parse(payload: &[u8]) -> Option<RetainedOrder> {
+        serde_json::from_slice(payload).ok()
+    }
+}
+
+/// `P/events`: one change, built from the RabbitMQ message that announced it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub kind: &'static str,
+    pub order_number: String,
+    pub order_type: Option<OrderType>,
+    pub old_status: Option<OrderStatus>,
+    pub new_status: OrderStatus,
+    pub changed_by: String,
+    pub timestamp: String,
+    pub version: i64,
+}
+
+/// Who creates orders, as `changed_by` of an `order_created` event.
+pub const CREATED_BY: &str = "order-service";
+
+impl Event {
+    /// A new order. The order message carries no time or version: the time is
+    /// the order's `created_at` (from the database when known) and a new order
+    /// is always version 1.
+    pub fn created(msg: &OrderMessage, view: Option<&OrderView>, now: DateTime<Utc>) -> Event {
+        Event {
+            kind: "order_created",
+            order_number: msg.order_number.clone(),
+            order_type: Some(msg.order_type),
+            old_status: None,
+            new_status: OrderStatus::Received,
+            changed_by: CREATED_BY.to_string(),
+            timestamp: timestamp(view.map(|v| v.created_at).unwrap_or(now)),
+            version: 1,
+        }
+    }
+
+    pub fn status_changed(u: &StatusUpdate, view: Option<&OrderView>) -> Event {
+        Event {
+            kind: "status_changed",
+            order_number: u.order_number.clone(),
+            order_type: u.order_type.or(view.map(|v| v.order_type)),
+            old_status: Some(u.old_status),
+            new_status: u.new_status,
+            changed_by: u.changed_by.clone(),
+            timestamp: timestamp(u.timestamp),
+            version: u.version,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// `P/workers/{name}`: worker presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Presence {
+    pub worker_name: String,
+    pub status: &'static str,
+    pub orders_processed: i64,
+    pub last_seen: String,
+}
+
+impl Presence {
+    pub fn of(w: &WorkerRow, now: DateTime<Utc>) -> Presence {
+        Presence {
+            worker_name: w.name.clone(),
+            status: if w.is_online(now) {
+                "online"
+            } else {
+                "offline"
+            },
+            orders_processed: w.orders_processed,
+            last_seen: timestamp(w.last_seen),
+        }
+    }
+
+    /// What "changed" means for the periodic refresh: not every heartbeat
+    /// (last_seen moves all the time), only status and count.
+    pub fn key(&self) -> (&'static str, i64) {
+        (self.status, self.orders_processed)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::{json, Value};
+
+    fn at(s: u32, ms: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, 10, 30, s).unwrap()
+            + chrono::Duration::milliseconds(ms as i64)
+    }
+
+    fn view() -> OrderView {
+        OrderView {
+            order_number: "ORD_20261125_001".into(),
+            customer_name: "Jane Smith".into(),
+            order_type: OrderType::DineIn,
+            table_number: Some(12),
+            delivery_address: None,
+            items: vec![Item {
+                name: "Steak".into(),
+                quantity: 1,
+                price: Cents(2999),
+            }],
+            total_amount: Cents(2999),
+            priority: 1,
+            status: OrderStatus::Cooking,
+            processed_by: Some("chef_mario".into()),
+            created_at: at(0, 0),
+            updated_at: at(20, 5),
+            estimated_completion: Some(at(30, 0)),
+            completed_at: None,
+            version: 2,
+        }
+    }
+
+    #[test]
+    fn topics_follow_prefix_and_site() {
+        let mut cfg = MqttConfig::default();
+        let t = Topics::new(&cfg);
+        assert_eq!(t.order("ORD_1"), "restaurant/main/orders/ORD_1");
+        assert_eq!(t.events(), "restaurant/main/events");
+        assert_eq!(t.worker("chef"), "restaurant/main/workers/chef");
+        assert_eq!(t.bridge_status(), "restaurant/main/bridge/status");
+        assert_eq!(t.all_orders(), "restaurant/main/orders/+");
+        assert_eq!(
+            t.order_number_of("restaurant/main/orders/ORD_1"),
+            Some("ORD_1")
+        );
+        assert_eq!(t.order_number_of("restaurant/main/events"), None);
+        assert_eq!(t.order_number_of("restaurant/main/orders/a/b"), None);
+        cfg.topic_prefix = "/kds/".into();
+        cfg.site = "east".into();
+        assert_eq!(Topics::new(&cfg).events(), "kds/east/events");
+    }
+
+    #[test]
+    fn order_state_matches_the_contract() {
+        let v: Value = serde_json::from_slice(&order_state(&view(), at(20, 15))).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "order_number": "ORD_20261125_001", "order_type": "dine_in",
+                "customer_name": "Jane Smith", "table_number": 12, "delivery_address": null,
+                "items": [{"name": "Steak", "quantity": 1, "price": 29.99}],
+                "total_amount": 29.99, "priority": 1, "status": "cooking",
+                "processed_by": "chef_mario", "created_at": "2026-11-25T10:30:00.000Z",
+                "status_changed_at": "2026-11-25T10:30:20.005Z",
+                "estimated_completion": "2026-11-25T10:30:30.000Z", "version": 2,
+                "server_time": "2026-11-25T10:30:20.015Z"
+            })
+        );
+        let back = RetainedOrder::parse(&order_state(&view(), at(0, 0))).unwrap();
+        assert_eq!((back.status, back.version), (OrderStatus::Cooking, 2));
+        assert!(RetainedOrder::parse(b"").is_none());
+    }
+
+    #[test]
+    fn events_match_the_contract() {
+        let msg = OrderMessage {
+            order_number: "ORD_20261125_001".into(),
+            customer_name: "Jane Smith".into(),
+            order_type: OrderType::DineIn,
+            table_number: Some(12),
+            delivery_address: None,
+            items: view().items,
+            total_amount: Cents(2999),
+            priority: 1,
+        };
+        let e = serde_json::to_value(Event::created(&msg, Some(&view()), at(59, 0))).unwrap();
+        assert_eq!(
+            e,
+            json!({"kind": "order_created", "order_number": "ORD_20261125_001",
+                   "order_type": "dine_in", "old_status": null, "new_status": "received",
+                   "changed_by": "order-service", "timestamp": "2026-11-25T10:30:00.000Z",
+                   "version": 1})
+        );
+        let u = StatusUpdate {
+            order_number: "ORD_20261125_001".into(),
+            old_status: OrderStatus::Received,
+            new_status: OrderStatus::Cooking,
+            changed_by: "chef_mario".into(),
+            timestamp: at(20, 5),
+            estimated_completion: None,
+            version: 2,
+            order_type: None,
+        };
+        let e = serde_json::to_value(Event::status_changed(&u, Some(&view()))).unwrap();
+        assert_eq!(
+            e,
+            json!({"kind": "status_changed", "order_number": "ORD_20261125_001",
+                   "order_type": "dine_in", "old_status": "received", "new_status": "cooking",
+                   "changed_by": "chef_mario", "timestamp": "2026-11-25T10:30:20.005Z",
+                   "version": 2})
+        );
+    }
+
+    #[test]
+    fn presence_changes_only_with_status_or_count() {
+        let now = at(30, 0);
+        let mut w = WorkerRow {
+            name: "chef_mario".into(),
+            order_types: "dine_in".into(),
+            status: "online".into(),
+            orders_processed: 5,
+            last_seen: at(29, 0),
+            heartbeat_interval_secs: 30,
+        };
+        let p = Presence::of(&w, now);
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            json!({"worker_name": "chef_mario", "status": "online", "orders_processed": 5,
+                   "last_seen": "2026-11-25T10:30:29.000Z"})
+        );
+        w.last_seen = at(29, 500);
+        assert_eq!(Presence::of(&w, now).key(), p.key());
+        w.status = "offline".into();
+        assert_eq!(Presence::of(&w, now).key(), ("offline", 5));
+    }
+}

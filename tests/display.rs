@@ -1,0 +1,656 @@
+//! The display bridge against a real Mosquitto (a private one per test, on a
+//! free port, no persistence), on both database backends:
+//!
+//! 1. an order placed over HTTP appears retained at its topic (seen by a real
+//!    `mosquitto_sub` started after the fact), moves to cooking and ready, and
+//!    its retained topic is cleared after completion + `clear_after_seconds`;
+//! 2. with the bridge stopped while orders flow, restarting it delivers every
+//!    change, in order per order, none missing, none twice;
+//! 3. killing the broker and starting it again (empty) restores the whole board
+//!    from the bridge's snapshot.
+mod common;
+
+use common::{eventually, spec_orders, Backend, TestEnv};
+use restaurant_system::config::Config;
+use restaurant_system::kitchen::WorkerConfig;
+use restaurant_system::modes::Mode;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const PREFIX: &str = "restaurant/main";
+
+// ---------------------------------------------------------------------------
+// A private Mosquitto
+// ---------------------------------------------------------------------------
+
+fn mosquitto_binary() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.is_file())
+        .expect(
+            "the mosquitto binary is missing (looked in PATH and /usr/sbin): install it with \
+             `apt-get install mosquitto mosquitto-clients`, or run `bash scripts/test.sh`",
+        )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A Mosquitto of the test's own, killed on drop.
+struct Mosquitto {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Mosquitto started as root drops to its own user after reading the config.
+        let _ = std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        );
+        let (port, ws_port) = (free_port(), free_port());
+        std::fs::write(
+            dir.path().join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\n\
+                 listener {ws_port} 127.0.0.1\nprotocol websockets\n\
+                 allow_anonymous true\npersistence false\n\
+                 max_queued_messages 10000\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            ),
+        )
+        .expect("writing mosquitto.conf");
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .expect("mosquitto log file");
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "mosquitto exited ({status}): {}",
+                    std::fs::read_to_string(self.dir.path().join("mosquitto.log"))
+                        .unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on port {} within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the broker (SIGKILL: no goodbye to anyone).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty (no persistence).
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `mosquitto_sub` (a real client, not ours), started now, for `secs` seconds:
+/// every message it printed, as topic -> last payload.
+async fn mosquitto_sub(port: u16, secs: u32) -> BTreeMap<String, String> {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-t", &format!("{PREFIX}/#"), "-v", "-W", &secs.to_string()])
+            .output()
+            .expect("mosquitto_sub (apt-get install mosquitto-clients)")
+    })
+    .await
+    .expect("mosquitto_sub task");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (t, p) = l.split_once(' ').unwrap_or((l, ""));
+            (t.to_string(), p.to_string())
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Our own subscriber, recording everything in arrival order
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Msg {
+    topic: String,
+    payload: Vec<u8>,
+}
+
+struct Watcher {
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    stop: CancellationToken,
+}
+
+impl Watcher {
+    /// Connects (clean session), subscribes to `P/#` and returns after the SUBACK.
+    async fn start(port: u16) -> Watcher {
+        let id = format!("test-watcher-{:08x}", rand::random::<u32>());
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut el) = AsyncClient::new(opts, 100);
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let (m, s) = (msgs.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut subscribed_tx = Some(subscribed_tx);
+            loop {
+                let ev = tokio::select! {
+                    _ = s.cancelled() => return,
+                    ev = el.poll() => ev,
+                };
+                match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client
+                            .subscribe(format!("{PREFIX}/#"), QoS::AtLeastOnce)
+                            .await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => m.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                    }),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subscribed)
+            .await
+            .expect("test subscriber did not get its SUBACK within 10 s")
+            .expect("test subscriber stopped");
+        Watcher { msgs, stop }
+    }
+
+    fn all(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    /// Every event, in arrival order.
+    fn events(&self) -> Vec<Value> {
+        self.all()
+            .into_iter()
+            .filter(|m| m.topic == format!("{PREFIX}/events"))
+            .map(|m| serde_json::from_slice(&m.payload).expect("event JSON"))
+            .collect()
+    }
+
+    /// Every payload seen on an order's topic, in arrival order (empty = cleared).
+    fn states(&self, n: &str) -> Vec<Vec<u8>> {
+        let topic = format!("{PREFIX}/orders/{n}");
+        self.all()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| m.payload)
+            .collect()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn bridge_cfg(env: &TestEnv, mqtt: &Mosquitto) -> Config {
+    let mut cfg = env.cfg.clone();
+    cfg.mqtt.enabled = true;
+    cfg.mqtt.host = "127.0.0.1".into();
+    cfg.mqtt.port = mqtt.port;
+    cfg.mqtt.clear_after_seconds = 0.5;
+    cfg
+}
+
+fn fast_worker(env: &TestEnv, name: &str) -> WorkerConfig {
+    let mut w = env.worker(name, &[]);
+    w.prefetch = 20;
+    w.cooking.dine_in = 0.05;
+    w.cooking.takeout = 0.05;
+    w.cooking.delivery = 0.05;
+    w
+}
+
+async fn place(http: &reqwest::Client, order_url: &str, body: &Value) -> String {
+    let resp = http
+        .post(format!("{order_url}/orders"))
+        .json(body)
+        .send()
+        .await
+        .expect("POST /orders");
+    assert_eq!(resp.status(), 200, "POST /orders");
+    let v: Value = resp.json().await.expect("order JSON");
+    v["order_number"]
+        .as_str()
+        .expect("order_number")
+        .to_string()
+}
+
+async fn post_ok(http: &reqwest::Client, url: String) {
+    let resp = http.post(&url).send().await.expect("POST");
+    assert_eq!(resp.status(), 200, "POST {url}");
+}
+
+async fn health(http: &reqwest::Client, bridge_url: &str) -> (u16, Value) {
+    let r = http
+        .get(format!("{bridge_url}/health"))
+        .send()
+        .await
+        .expect("GET /health");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("health JSON"))
+}
+
+fn json_of(payload: &str) -> Value {
+    serde_json::from_str(payload).unwrap_or_else(|e| panic!("not JSON ({e}): {payload}"))
+}
+
+// ---------------------------------------------------------------------------
+// 1. retained state, status changes, clearing
+// ---------------------------------------------------------------------------
+
+async fn order_is_retained_then_cleared(b: Backend) {
+    let mqtt = Mosquitto::start();
+    let env = TestEnv::new(b);
+    let cfg = bridge_cfg(&env, &mqtt);
+    let watcher = Watcher::start(mqtt.port).await;
+    let app = env.start_with(Mode::All, None, &cfg).await;
+    let http = reqwest::Client::new();
+
+    let n = place(&http, &app.order_url(), &spec_orders()[1]).await;
+    let topic = format!("{PREFIX}/orders/{n}");
+
+    // The kitchen cooks it (0.2 s); wait for the bridge to have published `ready`.
+    eventually(Duration::from_secs(20), "the ready state on MQTT", || {
+        let states = watcher.states(&n);
+        async move {
+            let last = states.last()?;
+            let v: Value = serde_json::from_slice(last).ok()?;
+            (v["status"] == "ready").then_some(())
+        }
+    })
+    .await;
+
+    // A real client, connected only now, gets the board from retained messages.
+    let board = mosquitto_sub(mqtt.port, 2).await;
+    let state = json_of(board.get(&topic).expect("order retained at its topic"));
+    let order = app.store().order(&n).await.unwrap().unwrap();
+    assert_eq!(state["order_number"], json!(n));
+    assert_eq!(state["status"], "ready");
+    assert_eq!(state["version"], json!(order.version));
+    assert_eq!(state["order_type"], "dine_in");
+    assert_eq!(state["customer_name"], "Jane Smith");
+    assert_eq!(state["table_number"], 12);
+    assert_eq!(
+        state["items"],
+        json!([{"name": "Steak", "quantity": 1, "price": 29.99}])
+    );
+    assert_eq!(state["total_amount"], 29.99);
+    assert!(state["processed_by"].is_string());
+    for f in ["created_at", "status_changed_at", "server_time"] {
+        let s = state[f].as_str().unwrap_or_else(|| panic!("{f} missing"));
+        assert!(s.ends_with('Z') && s.len() == 24, "{f} = {s}");
+    }
+    assert_eq!(
+        board
+            .get(&format!("{PREFIX}/bridge/status"))
+            .map(String::as_str),
+        Some("online")
+    );
+    let worker_topic = board
+        .keys()
+        .find(|t| t.starts_with(&format!("{PREFIX}/workers/")))
+        .expect("worker presence retained");
+    let w = json_of(&board[worker_topic]);
+    assert_eq!(w["status"], "online");
+    assert!(
+        !board.contains_key(&format!("{PREFIX}/events")),
+        "events are not retained"
+    );
+
+    // Every change went out on P/events, in order.
+    let events: Vec<Value> = watcher
+        .events()
+        .into_iter()
+        .filter(|e| e["order_number"] == json!(n))
+        .collect();
+    let seen: Vec<(String, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["new_status"].as_str().unwrap().to_string(),
+                e["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("received".to_string(), 1),
+            ("cooking".to_string(), 2),
+            ("ready".to_string(), 3)
+        ]
+    );
+    assert_eq!(events[0]["kind"], "order_created");
+    assert_eq!(events[0]["changed_by"], "order-service");
+    assert_eq!(events[1]["kind"], "status_changed");
+    assert_eq!(events[1]["old_status"], "received");
+
+    // Retained states never go backwards.
+    let versions: Vec<i64> = watcher
+        .states(&n)
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            serde_json::from_slice::<Value>(p).unwrap()["version"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "state versions {versions:?}"
+    );
+
+    let (status, h) = health(&http, &app.bridge_url()).await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["service"], "display-bridge");
+    assert_eq!(h["checks"]["mqtt"], "healthy");
+    assert_eq!(h["checks"]["rabbitmq"], "healthy");
+    assert_eq!(h["checks"]["database"], "healthy");
+
+    // Bump: completed is published, then cleared 0.5 s later.
+    post_ok(&http, format!("{}/orders/{n}/complete", app.order_url())).await;
+    let completed_at = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the empty retained payload",
+        || {
+            let states = watcher.states(&n);
+            async move { states.last().filter(|p| p.is_empty()).map(|_| ()) }
+        },
+    )
+    .await;
+    assert!(
+        completed_at.elapsed() >= Duration::from_millis(400),
+        "cleared before the grace period"
+    );
+    let states = watcher.states(&n);
+    let completed: Value = serde_json::from_slice(&states[states.len() - 2]).unwrap();
+    assert_eq!(completed["status"], "completed");
+    assert_eq!(completed["version"], 4);
+    let board = mosquitto_sub(mqtt.port, 1).await;
+    assert!(
+        !board.contains_key(&topic),
+        "the retained state is gone: {board:?}"
+    );
+
+    // A clean stop says offline.
+    app.stop().await;
+    let board = mosquitto_sub(mqtt.port, 1).await;
+    assert_eq!(
+        board
+            .get(&format!("{PREFIX}/bridge/status"))
+            .map(String::as_str),
+        Some("offline")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. bridge stopped while orders flow
+// ---------------------------------------------------------------------------
+
+async fn restart_delivers_every_change_in_order(b: Backend) {
+    let mqtt = Mosquitto::start();
+    let env = TestEnv::new(b);
+    let bridge_cfg = bridge_cfg(&env, &mqtt);
+    let watcher = Watcher::start(mqtt.port).await;
+
+    // The bridge declares its queue when it first starts.
+    let bridge = env.start_with(Mode::DisplayBridge, None, &bridge_cfg).await;
+    let main = env
+        .start(Mode::All, Some(fast_worker(&env, "chef_flow")))
+        .await;
+    let http = reqwest::Client::new();
+    let order_url = main.order_url();
+
+    // Orders keep coming while the bridge stops and starts again.
+    let poster = {
+        let http = http.clone();
+        let order_url = order_url.clone();
+        tokio::spawn(async move {
+            let mut numbers = Vec::new();
+            for i in 0..60 {
+                let body = &spec_orders()[i % 3];
+                numbers.push(place(&http, &order_url, body).await);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            numbers
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bridge.stop().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let bridge = env.start_with(Mode::DisplayBridge, None, &bridge_cfg).await;
+    let numbers = poster.await.expect("poster");
+
+    // Close some orders too: completed and cancelled changes must arrive as well.
+    let store = main.store();
+    eventually(Duration::from_secs(60), "every order to be ready", || {
+        let store = store.clone();
+        let numbers = numbers.clone();
+        async move {
+            for n in &numbers {
+                if store.order(n).await.ok()??.status.as_str() != "ready" {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+    for n in numbers.iter().step_by(7) {
+        post_ok(&http, format!("{order_url}/orders/{n}/complete")).await;
+    }
+
+    let mut expected = HashMap::new();
+    for n in &numbers {
+        expected.insert(n.clone(), store.order(n).await.unwrap().unwrap().version);
+    }
+    let per_order = || {
+        let mut seen: HashMap<String, Vec<i64>> = HashMap::new();
+        for e in watcher.events() {
+            seen.entry(e["order_number"].as_str().unwrap().to_string())
+                .or_default()
+                .push(e["version"].as_i64().unwrap());
+        }
+        seen
+    };
+    eventually(Duration::from_secs(30), "every change on P/events", || {
+        let seen = per_order();
+        let done = expected
+            .iter()
+            .all(|(n, v)| seen.get(n).and_then(|s| s.last()) == Some(v));
+        async move { done.then_some(()) }
+    })
+    .await;
+    // Give duplicates, if any, a moment to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = per_order();
+    for (n, last) in &expected {
+        let want: Vec<i64> = (1..=*last).collect();
+        assert_eq!(
+            seen.get(n),
+            Some(&want),
+            "events of {n}: every version once, in order"
+        );
+    }
+    bridge.stop().await;
+    main.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 3. the broker dies and comes back empty
+// ---------------------------------------------------------------------------
+
+async fn broker_restart_restores_the_board(b: Backend) {
+    let mut mqtt = Mosquitto::start();
+    let env = TestEnv::new(b);
+    let cfg = bridge_cfg(&env, &mqtt);
+    let app = env.start_with(Mode::All, None, &cfg).await;
+    let http = reqwest::Client::new();
+    let store = app.store();
+
+    let mut numbers = Vec::new();
+    for body in spec_orders() {
+        numbers.push(place(&http, &app.order_url(), &body).await);
+    }
+    // Board = exactly the open orders, with the versions in the database.
+    let board_matches = |store: restaurant_system::storage::SharedStore, port: u16| async move {
+        let open = store.open_orders().await.ok()?;
+        let board = mosquitto_sub(port, 1).await;
+        let retained: BTreeMap<&str, Value> = board
+            .iter()
+            .filter_map(|(t, p)| {
+                let n = t.strip_prefix(&format!("{PREFIX}/orders/"))?;
+                Some((n, serde_json::from_str(p).ok()?))
+            })
+            .collect();
+        let want: BTreeMap<&str, (i64, &str)> = open
+            .iter()
+            .map(|o| (o.order_number.as_str(), (o.version, o.status.as_str())))
+            .collect();
+        let got: BTreeMap<&str, (i64, &str)> = retained
+            .iter()
+            .map(|(n, v)| {
+                (
+                    *n,
+                    (
+                        v["version"].as_i64().unwrap_or(-1),
+                        v["status"].as_str().unwrap_or(""),
+                    ),
+                )
+            })
+            .collect();
+        let online = board
+            .get(&format!("{PREFIX}/bridge/status"))
+            .map(String::as_str)
+            == Some("online");
+        (want == got && online && !want.is_empty()).then_some(want.len())
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the board before the restart",
+        || board_matches(store.clone(), mqtt.port),
+    )
+    .await;
+
+    mqtt.kill();
+    let bridge_url = app.bridge_url();
+    eventually(
+        Duration::from_secs(10),
+        "health to report MQTT down",
+        || {
+            let http = http.clone();
+            let url = bridge_url.clone();
+            async move {
+                let (status, h) = health(&http, &url).await;
+                (status == 503 && h["checks"]["mqtt"].as_str()?.starts_with("unhealthy"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // Changes while the broker is away: a new order, a completed one.
+    numbers.push(place(&http, &app.order_url(), &spec_orders()[0]).await);
+    eventually(Duration::from_secs(20), "the first order ready", || {
+        let store = store.clone();
+        let n = numbers[0].clone();
+        async move { (store.order(&n).await.ok()??.status.as_str() == "ready").then_some(()) }
+    })
+    .await;
+    post_ok(
+        &http,
+        format!("{}/orders/{}/complete", app.order_url(), numbers[0]),
+    )
+    .await;
+
+    mqtt.restart();
+    let count = eventually(
+        Duration::from_secs(30),
+        "the board restored after the restart",
+        || board_matches(store.clone(), mqtt.port),
+    )
+    .await;
+    assert_eq!(count, 3, "three open orders on the restored board");
+    let (status, h) = health(&http, &bridge_url).await;
+    assert_eq!(status, 200, "{h}");
+    app.stop().await;
+}
+
+backend_tests!(
+    order_is_retained_then_cleared,
+    restart_delivers_every_change_in_order,
+    broker_restart_restores_the_board
+);
