@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The fault suite, issue 6 scenarios 1-3 (tests/fault.rs): RabbitMQ restart, PostgreSQL restart
+# and kitchen-worker SIGKILL, each under load, with one summary line per scenario.
+#
+#   bash tests/fault/run.sh            # every scenario (about 3 minutes)
+#   bash tests/fault/run.sh broker     # only the tests whose name contains "broker"
+#
+# scripts/test.sh runs it as its optional "fault" stage. It needs root (the private RabbitMQ node
+# runs as the rabbitmq user, the private PostgreSQL cluster as postgres), the rabbitmq-server and
+# postgresql packages, and the shared PostgreSQL and RabbitMQ (which lend a private database and
+# vhost to the scenarios that do not restart a server). The servers it restarts are its own:
+# started on free ports in /tmp and removed at the end, never the shared ones.
+# Process logs: target/tmp/fault-logs/<scenario>/.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+export RS_LOG_TAG="fault"
+
+[[ ${EUID} -eq 0 ]] || die "the fault suite needs root (private RabbitMQ and PostgreSQL servers run as their own users)"
+# Idempotent: nothing happens when they already run (scripts/test.sh started them).
+ensure_postgres
+ensure_rabbitmq
+
+summary="${CARGO_TARGET_DIR:-target}/tmp/fault-summary.txt"
+mkdir -p "$(dirname "$summary")"
+rm -f "$summary"
+
+start=$(date +%s)
+set +e
+cargo test --test fault -- --ignored --test-threads=1 --nocapture "$@"
+rc=$?
+set -e
+
+printf '\nfault suite (%ss):\n' "$(($(date +%s) - start))"
+if [[ -s "$summary" ]]; then
+    cat "$summary"
+else
+    echo "(no scenario reported a summary line)"
+fi
+if [[ $rc -ne 0 ]]; then
+    log "fault suite failed (exit $rc); process logs are in ${CARGO_TARGET_DIR:-target}/tmp/fault-logs/"
+fi
+exit "$rc"

@@ -1,0 +1,465 @@
+//! Private PostgreSQL clusters and RabbitMQ nodes for the fault suite.
+//!
+//! The fault tests stop and start servers, so they never touch the machine's
+//! shared ones: each test starts its own on free ports in a temp dir, and
+//! `Drop` stops it and removes its files, also when the test fails. When we
+//! are root the servers run as the `postgres` and `rabbitmq` users (neither
+//! runs as root); otherwise as the current user.
+//!
+//! Everything here is blocking (std::process); async tests call it through
+//! `tokio::task::spawn_blocking` while load is running.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A TCP port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("asking the OS for a free port")
+}
+
+pub fn port_open(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Makes `path` (recursively) belong to `user` when we are root.
+fn give_to(path: &Path, user: &str) {
+    if !is_root() {
+        return;
+    }
+    let u = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!("user '{user}' does not exist: is its server package installed?")
+        });
+    let (uid, gid) = (u.uid.as_raw(), u.gid.as_raw());
+    fn walk(p: &Path, uid: u32, gid: u32) {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).expect("read_dir").flatten() {
+                walk(&e.path(), uid, gid);
+            }
+        }
+    }
+    walk(path, uid, gid);
+}
+
+/// `program` run as `user` when we are root (runuser), else as ourselves.
+fn as_user(user: &str, program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", user, "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs `cmd` to completion within `limit`. Output goes to a file, not a pipe:
+/// a daemon the command forks may keep its stdout open forever.
+pub fn run_limited(cmd: &mut Command, out_file: &Path, limit: Duration) -> Result<String, String> {
+    let desc = format!("{cmd:?}");
+    let out = File::create(out_file).map_err(|e| format!("{}: {e}", out_file.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("{desc}: {e}"))?;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{desc}: no answer within {limit:?}"));
+            }
+        }
+    };
+    let mut text = String::new();
+    let _ = File::open(out_file).and_then(|mut f| f.read_to_string(&mut text));
+    if status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{desc} failed ({status}):\n{text}"))
+    }
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL
+
+/// A throwaway PostgreSQL cluster on 127.0.0.1:`port`, trust authentication,
+/// user `postgres`, database `postgres`.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+/// The newest /usr/lib/postgresql/N/bin with initdb (TEST_PG_BINDIR overrides).
+fn pg_bindir() -> PathBuf {
+    if let Ok(d) = std::env::var("TEST_PG_BINDIR") {
+        return PathBuf::from(d);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+                    let bin = e.path().join("bin");
+                    bin.join("initdb").exists().then_some((v, bin))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().map(|(_, b)| b).expect(
+        "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin (apt-get install postgresql, \
+         or set TEST_PG_BINDIR)",
+    )
+}
+
+impl PrivatePostgres {
+    pub fn start() -> PrivatePostgres {
+        let bin = pg_bindir();
+        let dir = tempfile::Builder::new()
+            .prefix("rs_fault_pg")
+            .tempdir_in("/tmp")
+            .expect("temp dir for PostgreSQL");
+        give_to(dir.path(), "postgres");
+        let pg = PrivatePostgres {
+            dir,
+            bin,
+            port: free_port(),
+        };
+        let data = pg.data();
+        pg.pg(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("initdb for the private PostgreSQL failed: {e}"));
+        pg.start_server();
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    fn pg(&self, tool: &str, args: &[&str], limit: Duration) -> Result<String, String> {
+        let mut cmd = as_user("postgres", &self.bin.join(tool));
+        cmd.args(args).current_dir(self.dir.path());
+        run_limited(
+            &mut cmd,
+            &self.dir.path().join(format!("{tool}.out")),
+            limit,
+        )
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start_server(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let (data, log) = (self.data(), self.log().display().to_string());
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
+            ],
+            Duration::from_secs(90),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "starting the private PostgreSQL failed: {e}\n{}",
+                tail(&self.log(), 30)
+            )
+        });
+    }
+
+    /// Stops the server: `fast` (clients disconnected, clean shutdown) or
+    /// `immediate` (like a crash: recovery at the next start).
+    pub fn stop_server(&self, mode: &str) {
+        let data = self.data();
+        self.pg(
+            "pg_ctl",
+            &["-D", &data, "-m", mode, "-w", "-t", "60", "stop"],
+            Duration::from_secs(90),
+        )
+        .unwrap_or_else(|e| panic!("stopping the private PostgreSQL failed: {e}"));
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log(), lines)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self.pg(
+            "pg_ctl",
+            &["-D", &data, "-m", "immediate", "-w", "-t", "30", "stop"],
+            Duration::from_secs(40),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// RabbitMQ
+
+/// A throwaway RabbitMQ node (no plugins) with an AMQP listener on
+/// 127.0.0.1:`port`, user guest/guest, vhost "/". It uses the rabbitmq user's
+/// Erlang cookie, so `rabbitmqctl -n NODE` works as for the system node.
+pub struct PrivateRabbit {
+    dir: tempfile::TempDir,
+    pub node: String,
+    pub port: u16,
+    dist_port: u16,
+    /// The node started in the foreground: its exit before readiness is a
+    /// start failure we can report at once.
+    server: Option<Child>,
+}
+
+const RABBITMQ_SERVER: &str = "/usr/sbin/rabbitmq-server";
+const RABBITMQCTL: &str = "/usr/sbin/rabbitmqctl";
+
+impl PrivateRabbit {
+    pub fn start() -> PrivateRabbit {
+        assert!(
+            Path::new(RABBITMQ_SERVER).exists(),
+            "{RABBITMQ_SERVER} is missing: apt-get install rabbitmq-server"
+        );
+        assert!(
+            is_root(),
+            "the private RabbitMQ node needs root (the Debian scripts switch to the rabbitmq user)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("rs_fault_mq")
+            .tempdir_in("/tmp")
+            .expect("temp dir for RabbitMQ");
+        let port = free_port();
+        let mut dist_port = free_port();
+        while dist_port == port {
+            dist_port = free_port();
+        }
+        let node = format!(
+            "rs_fault_{}_{:06x}@localhost",
+            std::process::id(),
+            rand::random::<u32>() & 0xff_ffff
+        );
+        let p = dir.path();
+        // Our own config and env files: the system ones name the shared node's
+        // listener (5672) and node name.
+        std::fs::write(
+            p.join("rabbitmq.conf"),
+            format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
+        )
+        .expect("writing rabbitmq.conf");
+        std::fs::write(p.join("rabbitmq-env.conf"), "ERL_EPMD_ADDRESS=127.0.0.1\n")
+            .expect("writing rabbitmq-env.conf");
+        std::fs::write(p.join("enabled_plugins"), "[].\n").expect("writing enabled_plugins");
+        give_to(p, "rabbitmq");
+        let mut r = PrivateRabbit {
+            dir,
+            node,
+            port,
+            dist_port,
+            server: None,
+        };
+        r.start_node();
+        r
+    }
+
+    /// Starts the Erlang node (and the rabbit application) and waits for it.
+    pub fn start_node(&mut self) {
+        let p = self.dir.path();
+        let out = File::create(p.join("server.out")).expect("server.out");
+        let err = out.try_clone().expect("server.out");
+        let child = Command::new(RABBITMQ_SERVER)
+            .current_dir(p)
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_CONFIG_FILE", p.join("rabbitmq.conf"))
+            .env("RABBITMQ_CONF_ENV_FILE", p.join("rabbitmq-env.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", p.join("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", p.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", p.join("log"))
+            .env("RABBITMQ_PID_FILE", p.join("rabbitmq.pid"))
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("ERL_CRASH_DUMP", p.join("erl_crash.dump"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawning rabbitmq-server");
+        self.server = Some(child);
+        self.wait_ready(Duration::from_secs(120));
+    }
+
+    /// Waits for the AMQP port, then for `rabbitmqctl await_startup`.
+    fn wait_ready(&mut self, limit: Duration) {
+        let port = self.port;
+        let mut exited = None;
+        let server = &mut self.server;
+        let up = wait_until(limit, || {
+            if let Some(s) = server.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                exited = Some(s);
+                return true;
+            }
+            port_open(port)
+        });
+        if let Some(s) = exited {
+            panic!(
+                "the private RabbitMQ node exited during start-up ({s}):\n{}",
+                self.log_tail(40)
+            );
+        }
+        assert!(
+            up,
+            "the private RabbitMQ node did not open port {port} within {limit:?}:\n{}",
+            self.log_tail(40)
+        );
+        self.ctl(
+            &["await_startup", "--timeout", "60"],
+            Duration::from_secs(90),
+        )
+        .unwrap_or_else(|e| panic!("rabbitmqctl await_startup: {e}\n{}", self.log_tail(40)));
+    }
+
+    pub fn ctl(&self, args: &[&str], limit: Duration) -> Result<String, String> {
+        let mut cmd = Command::new(RABBITMQCTL);
+        cmd.arg("-n").arg(&self.node).args(args);
+        let out = self
+            .dir
+            .path()
+            .join(format!("rabbitmqctl-{}.out", args.first().unwrap_or(&"")));
+        run_limited(&mut cmd, &out, limit)
+    }
+
+    /// `rabbitmqctl stop_app`: every connection is closed, the port closes,
+    /// the Erlang node keeps running.
+    pub fn stop_app(&self) {
+        self.ctl(&["stop_app"], Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("rabbitmqctl stop_app: {e}"));
+        assert!(
+            wait_until(Duration::from_secs(10), || !port_open(self.port)),
+            "port {} still open after stop_app",
+            self.port
+        );
+    }
+
+    pub fn start_app(&mut self) {
+        self.ctl(&["start_app"], Duration::from_secs(90))
+            .unwrap_or_else(|e| panic!("rabbitmqctl start_app: {e}\n{}", self.log_tail(40)));
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// Stops the whole node (`rabbitmqctl shutdown` waits for the process).
+    pub fn stop_node(&mut self) {
+        self.ctl(&["shutdown"], Duration::from_secs(90))
+            .unwrap_or_else(|e| panic!("rabbitmqctl shutdown: {e}"));
+        if let Some(mut c) = self.server.take() {
+            let _ = wait_until(Duration::from_secs(30), || {
+                c.try_wait().ok().flatten().is_some()
+            });
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill_beam();
+    }
+
+    fn kill_beam(&self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("rabbitmq.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            // Only our node's beam: the pid file lives in our temp dir.
+            if nix::sys::signal::kill(pid, None).is_ok() {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut s = tail(&self.dir.path().join("server.out"), lines);
+        if let Ok(rd) = std::fs::read_dir(self.dir.path().join("log")) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    s.push_str(&format!("\n--- {}\n", e.path().display()));
+                    s.push_str(&tail(&e.path(), lines));
+                }
+            }
+        }
+        s
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["shutdown"], Duration::from_secs(30));
+        if let Some(mut c) = self.server.take() {
+            let _ = wait_until(Duration::from_secs(10), || {
+                c.try_wait().ok().flatten().is_some()
+            });
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill_beam();
+    }
+}
