@@ -123,6 +123,7 @@ stage clippy 1800 cargo clippy --all-targets -- -D warnings
 stage test 1800 cargo test --all-targets
 optional_stage deb 1200 packaging/test-deb.sh
 optional_stage fault 1800 tests/fault/run.sh
+optional_stage api-fuzz 900 tests/api-fuzz/run.sh
 optional_stage browser 900 tests/browser/run.sh
 optional_stage bench 900 bench/run.sh --short
 
