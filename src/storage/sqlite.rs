@@ -496,8 +496,17 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // `select 1` never touches the file. Check that the database file is
+        // still at its path (deleted or on an unmounted disk, every write from
+        // now on is lost at the next start) and read a real table.
+        if let Err(e) = std::fs::metadata(&self.path) {
+            return Err(StoreError::Unavailable(format!(
+                "database file {}: {e}",
+                self.path.display()
+            )));
+        }
         self.read(|c| {
-            c.query_row("select 1", [], |_| Ok(()))
+            c.query_row("select count(*) from schema_migrations", [], |_| Ok(()))
                 .map_err(|e| StoreError::Unavailable(e.to_string()))
         })
         .await
