@@ -154,7 +154,17 @@ async fn run(
 
 fn load_config(cli: &Cli) -> Result<Config, String> {
     let path = config_path(cli.config.as_deref()).map_err(|e| e.to_string())?;
-    let mut cfg = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    let mut cfg = Config::load(path.as_deref()).map_err(|e| {
+        let msg = e.to_string();
+        match &path {
+            // Parse errors name the file already; rule checks (a value out of
+            // range) do not, and the value may come from the file or the environment.
+            Some(p) if !msg.contains(&*p.to_string_lossy()) => {
+                format!("{msg} (config file {} and environment)", p.display())
+            }
+            _ => msg,
+        }
+    })?;
     if let Some(port) = cli.port {
         match cli.mode {
             Some(Mode::TrackingService) => cfg.http.tracking_port = port,
