@@ -14,6 +14,7 @@
 
 import collections
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -136,6 +137,9 @@ def summary(name, paths):
     failures = collections.Counter()
     phases = collections.Counter()
     for path in paths:
+        if not os.path.exists(path):
+            print(f"    no report at {path}")
+            continue
         with open(path, encoding="utf-8") as f:
             for line in f:
                 event = json.loads(line)
