@@ -123,6 +123,11 @@ pub async fn open_store(
 }
 
 /// Starts `mode`. For `All`, everything shares one store and one relay.
+///
+/// When start-up fails or is cancelled half way (SIGTERM while waiting for
+/// RabbitMQ, a port in use), what already started is stopped and awaited
+/// before returning: a registered worker marks itself offline, so a restart
+/// under the same name is not refused as a duplicate.
 pub async fn start(
     mode: Mode,
     cfg: &Config,
@@ -131,6 +136,27 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let store = open_store(cfg, &shutdown).await?;
     let tasks = TaskTracker::new();
+    match start_parts(mode, cfg, opts, &shutdown, store, &tasks).await {
+        Ok(running) => Ok(running),
+        Err(e) => {
+            shutdown.cancel();
+            tasks.close();
+            tasks.wait().await;
+            Err(e)
+        }
+    }
+}
+
+async fn start_parts(
+    mode: Mode,
+    cfg: &Config,
+    opts: Options,
+    shutdown: &CancellationToken,
+    store: SharedStore,
+    tasks: &TaskTracker,
+) -> Result<Running, StartError> {
+    let shutdown = shutdown.clone();
+    let tasks = tasks.clone();
     let mut running = Running {
         order_addr: None,
         tracking_addr: None,
