@@ -79,7 +79,8 @@ pub struct Transition {
 pub enum TransitionOutcome {
     Applied {
         old: OrderStatus,
-        order: OrderView,
+        /// The order after the change (boxed: the other variants are small).
+        order: Box<OrderView>,
     },
     /// The order's current status does not allow the change; nothing was written.
     Rejected(TransitionError),

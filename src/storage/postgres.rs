@@ -365,7 +365,10 @@ impl Store for PgStore {
         .await
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
-        Ok(TransitionOutcome::Applied { old, order })
+        Ok(TransitionOutcome::Applied {
+            old,
+            order: Box::new(order),
+        })
     }
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError> {

@@ -473,7 +473,10 @@ fn transition_tx(
         &t.request_id,
     )
     .map_err(sql_err)?;
-    Ok(TransitionOutcome::Applied { old, order })
+    Ok(TransitionOutcome::Applied {
+        old,
+        order: Box::new(order),
+    })
 }
 
 fn worker_row(r: &Row) -> rusqlite::Result<WorkerRow> {
