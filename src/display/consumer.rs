@@ -39,6 +39,8 @@ pub struct Consumer {
     pub rabbit: RabbitConfig,
     pub publisher: Publisher,
     pub link: LinkState,
+    /// The MQTT connection: no use waiting for PUBACKs while it is down.
+    pub mqtt: LinkState,
 }
 
 /// Why a session ended.
@@ -117,7 +119,7 @@ impl Consumer {
         .await;
         let mut consumer = consumer.map_err(End::Rabbit)?;
         self.link.set(true);
-        outage.connected(super::SERVICE, DISPLAY_QUEUE);
+        outage.connected(super::SERVICE, ORDERS_EXCHANGE);
         if let Some(tx) = ready.take() {
             let _ = tx.send(());
         }
@@ -162,7 +164,12 @@ impl Consumer {
             .await;
         drop(pending_tx);
         let abort = acker.abort_handle();
-        if tokio::time::timeout(SETTLE, acker).await.is_err() {
+        let grace = if self.mqtt.is_up() {
+            SETTLE
+        } else {
+            Duration::ZERO
+        };
+        if tokio::time::timeout(grace, acker).await.is_err() {
             abort.abort();
         }
         let _ = conn.close(200, "shutdown".into()).await;

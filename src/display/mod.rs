@@ -66,7 +66,7 @@ pub async fn start(
     let bound = server.addr;
 
     let topics = payload::Topics::new(&cfg.mqtt);
-    let (mqtt, publisher, inbound) = mqtt::new(&cfg.mqtt, topics, mqtt_link);
+    let (mqtt, publisher, inbound) = mqtt::new(&cfg.mqtt, topics, mqtt_link.clone());
     let span = tracing::Span::current();
     // The MQTT task outlives the consumer: it must see the PUBACKs of what the
     // consumer settles while stopping.
@@ -84,6 +84,7 @@ pub async fn start(
         rabbit: cfg.rabbitmq.clone(),
         publisher,
         link: rabbit_link,
+        mqtt: mqtt_link,
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let s = shutdown.clone();

@@ -127,6 +127,8 @@ impl Publisher {
     /// when `shutdown` came first or the MQTT task is gone.
     pub async fn send(&self, cmd: Cmd, shutdown: &CancellationToken) -> bool {
         tokio::select! {
+            // Sending wins a tie: a publish that can be queued is not given up.
+            biased;
             r = self.tx.send(cmd) => r.is_ok(),
             _ = shutdown.cancelled() => false,
         }
