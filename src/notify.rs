@@ -14,6 +14,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use tokio_util::sync::CancellationToken;
 
@@ -36,8 +37,12 @@ impl Subscriber {
         let mut ready = Some(ready);
         let mut backoff = Backoff::default();
         let mut outage = OutageLog::default();
+        let mut seen = Seen::new(SEEN_CAPACITY);
         while !shutdown.is_cancelled() {
-            match self.session(&shutdown, &mut outage, &mut ready).await {
+            match self
+                .session(&shutdown, &mut outage, &mut ready, &mut seen)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) => {
                     self.link.set(false);
@@ -57,6 +62,7 @@ impl Subscriber {
         shutdown: &CancellationToken,
         outage: &mut OutageLog,
         ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
+        seen: &mut Seen,
     ) -> Result<(), lapin::Error> {
         let conn = connect(&self.rabbit, SERVICE).await?;
         let ch = conn.create_channel().await?;
@@ -106,7 +112,7 @@ impl Subscriber {
                 },
             };
             match StatusUpdate::decode(&d.data) {
-                Ok(u) => {
+                Ok(u) if seen.first(u.event_id()) => {
                     tracing::debug!(
                         action = "notification_received",
                         order_number = %u.order_number,
@@ -116,11 +122,74 @@ impl Subscriber {
                     print_line(&u.human_line());
                     d.ack(BasicAckOptions::default()).await?;
                 }
+                Ok(u) => {
+                    tracing::debug!(
+                        action = "duplicate_notification",
+                        order_number = %u.order_number,
+                        event_id = %u.event_id(),
+                        "Status update already shown (published again after a crash); skipped"
+                    );
+                    d.ack(BasicAckOptions::default()).await?;
+                }
                 Err(e) => {
                     tracing::error!(action = "message_processing_failed", error = %e, "Unreadable notification dropped");
                     d.reject(BasicRejectOptions { requeue: false }).await?;
                 }
             }
         }
+    }
+}
+
+/// How many recent transitions a subscriber remembers to drop duplicates.
+const SEEN_CAPACITY: usize = 20_000;
+
+/// The event ids (`StatusUpdate::event_id`) of recently shown updates. The
+/// outbox publishes at least once: a relay that dies after the broker took a
+/// message but before deleting its row publishes it again once its lease
+/// runs out. The copy has the same event id, so it is shown only once.
+struct Seen {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+    capacity: usize,
+}
+
+impl Seen {
+    fn new(capacity: usize) -> Self {
+        Seen {
+            order: VecDeque::new(),
+            ids: HashSet::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// True the first time `id` comes by; the oldest ids are forgotten first.
+    fn first(&mut self, id: String) -> bool {
+        if self.ids.contains(&id) {
+            return false;
+        }
+        if self.order.len() >= self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        self.order.push_back(id.clone());
+        self.ids.insert(id);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seen;
+
+    #[test]
+    fn a_transition_is_shown_once_and_old_ids_are_forgotten() {
+        let mut seen = Seen::new(2);
+        assert!(seen.first("ORD_20240101_001:cooking:2".into()));
+        assert!(!seen.first("ORD_20240101_001:cooking:2".into()));
+        assert!(seen.first("ORD_20240101_001:ready:3".into()));
+        assert!(seen.first("ORD_20240101_002:cooking:2".into()));
+        // Capacity 2: the first id was forgotten.
+        assert!(seen.first("ORD_20240101_001:cooking:2".into()));
     }
 }
