@@ -40,6 +40,9 @@ const RATE: f64 = 50.0;
 /// coming before, during and after the outage.
 const BROKER_ORDERS: usize = 400;
 const BROKER_RATE: f64 = 40.0;
+/// Two database outages of about 2 s each within 10 s of load.
+const DB_ORDERS: usize = 400;
+const DB_RATE: f64 = 40.0;
 /// No scenario may take longer; on timeout every process and server it
 /// started is stopped by the destructors.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(240);
@@ -135,8 +138,9 @@ fn assert_common(r: &Report, outcome: &[Result<(), String>]) {
 enum Restart {
     /// `rabbitmqctl stop_app` / `start_app`: the Erlang node stays up.
     App,
-    /// `rabbitmqctl shutdown`, then the server process started again.
-    Node,
+    /// SIGKILL to the node's Erlang VM (a crash: no connection is closed
+    /// politely), then the server process started again.
+    Kill,
 }
 
 async fn broker_restart(b: Backend, how: Restart) {
@@ -164,14 +168,14 @@ async fn broker_restart(b: Backend, how: Restart) {
     let down_at = Instant::now();
     let rabbit = blocking(rabbit, move |r| match how {
         Restart::App => r.stop_app(),
-        Restart::Node => r.stop_node(),
+        Restart::Kill => r.kill_node(),
     })
     .await;
     let health = wait_unhealthy(&format!("{url}/health"), "rabbitmq", Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _rabbit = blocking(rabbit, move |r| match how {
         Restart::App => r.start_app(),
-        Restart::Node => r.start_node(),
+        Restart::Kill => r.start_node(),
     })
     .await;
     let outage = down_at.elapsed();
@@ -179,7 +183,9 @@ async fn broker_restart(b: Backend, how: Restart) {
 
     let db = Db::of(&cfg);
     let accepted = accepted_numbers(&placed);
+    let waited = Instant::now();
     db.wait_ready(&accepted, READY_LIMIT).await;
+    let settle = format!("{:.1}", waited.elapsed().as_secs_f64());
     let running = check_running(&mut [&mut order, &mut chef_a, &mut chef_b]);
     let idle = match running {
         Ok(()) => check_idle(&[&order, &chef_a, &chef_b]).await,
@@ -190,7 +196,8 @@ async fn broker_restart(b: Backend, how: Restart) {
     let r = Report::new("broker-restart", label(b), &placed, &facts)
         .with("restart", format!("{how:?}").to_lowercase())
         .with("outage_s", format!("{:.1}", outage.as_secs_f64()))
-        .with("health_503_during_outage", health.is_ok());
+        .with("health_503_during_outage", health.is_ok())
+        .with("all_ready_after_load_s", &settle);
     r.print();
     assert_common(&r, &[running, idle, stopped]);
     assert_eq!(
@@ -221,7 +228,7 @@ async fn broker_restart_sqlite() {
     let _one = SERIAL.lock().await;
     bounded(
         "broker-restart [sqlite]",
-        broker_restart(Backend::Sqlite, Restart::Node),
+        broker_restart(Backend::Sqlite, Restart::Kill),
     )
     .await;
 }
@@ -248,19 +255,32 @@ async fn db_restart() {
     let mut chef_a = kitchen(&setup, "chef_a", &["--prefetch=10"]).await;
     let mut chef_b = kitchen(&setup, "chef_b", &["--prefetch=10"]).await;
 
-    let load = tokio::spawn(place_orders(url.clone(), ORDERS, RATE));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let down_at = Instant::now();
-    let pg = blocking(pg, |pg| pg.stop_server("fast")).await;
-    let health = wait_unhealthy(&format!("{url}/health"), "database", Duration::from_secs(5)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let pg = blocking(pg, |pg| pg.start_server()).await;
-    let outage = down_at.elapsed();
+    // Two outages: a clean restart (`fast`: clients are disconnected) and a
+    // crash (`immediate`: recovery from the WAL at the next start).
+    let started = tokio::time::Instant::now();
+    let load = tokio::spawn(place_orders(url.clone(), DB_ORDERS, DB_RATE));
+    let mut pg = pg;
+    let mut outages = Vec::new();
+    let mut health = Ok(String::new());
+    for (at, mode) in [(1.5, "fast"), (6.0, "immediate")] {
+        tokio::time::sleep_until(started + Duration::from_secs_f64(at)).await;
+        let down_at = Instant::now();
+        pg = blocking(pg, move |pg| pg.stop_server(mode)).await;
+        let h = wait_unhealthy(&format!("{url}/health"), "database", Duration::from_secs(5)).await;
+        if health.is_ok() {
+            health = h;
+        }
+        tokio::time::sleep_until((down_at + Duration::from_secs(2)).into()).await;
+        pg = blocking(pg, |pg| pg.start_server()).await;
+        outages.push(format!("{:.1}", down_at.elapsed().as_secs_f64()));
+    }
     let placed = load.await.expect("load task");
 
     let db = Db::of(&cfg);
     let accepted = accepted_numbers(&placed);
+    let waited = Instant::now();
     db.wait_ready(&accepted, READY_LIMIT).await;
+    let settle = format!("{:.1}", waited.elapsed().as_secs_f64());
     let running = check_running(&mut [&mut order, &mut chef_a, &mut chef_b]);
     let idle = match running {
         Ok(()) => check_idle(&[&order, &chef_a, &chef_b]).await,
@@ -275,8 +295,10 @@ async fn db_restart() {
         .with("other_answers", bad)
         .with("refused_but_stored", stray)
         .with("half_written", half)
-        .with("outage_s", format!("{:.1}", outage.as_secs_f64()))
-        .with("health_503_during_outage", health.is_ok());
+        .with("restarts", "fast,immediate")
+        .with("outage_s", outages.join(","))
+        .with("health_503_during_outage", health.is_ok())
+        .with("all_ready_after_load_s", &settle);
     r.print();
     if r.lost > 0 || r.stray > 0 {
         eprintln!("private PostgreSQL log:\n{}", pg.log_tail(40));
@@ -359,7 +381,9 @@ async fn worker_sigkill(b: Backend) {
     let placed = load.await.expect("load task");
 
     let accepted = accepted_numbers(&placed);
+    let waited = Instant::now();
     db.wait_ready(&accepted, READY_LIMIT).await;
+    let settle = format!("{:.1}", waited.elapsed().as_secs_f64());
     // Every notification published (a killed relay's lease can hold rows 30 s).
     let drained = db.wait_outbox_empty(Duration::from_secs(45)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -387,7 +411,8 @@ async fn worker_sigkill(b: Backend) {
         .with("cooking_at_kill", in_hand.join("+"))
         .with("restarted_after_s", restarts.join(","))
         .with("duplicate_notifications", duplicate_notifications)
-        .with("missing_notifications", missing_notifications);
+        .with("missing_notifications", missing_notifications)
+        .with("all_ready_after_load_s", &settle);
     if !drained {
         r.note("the outbox did not drain within 45 s".into());
     }
@@ -420,4 +445,68 @@ async fn worker_sigkill_postgres() {
 async fn worker_sigkill_sqlite() {
     let _one = SERIAL.lock().await;
     bounded("worker-sigkill [sqlite]", worker_sigkill(Backend::Sqlite)).await;
+}
+
+// ---------------------------------------------------------------------------
+// The duplicate the SIGKILL scenario can produce, made on purpose
+
+/// A relay killed after the broker took a notification but before it deleted
+/// the outbox row publishes it again when its lease runs out (the SIGKILL
+/// scenario hits this now and then). The subscriber must show it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_publish_is_notified_once() {
+    use restaurant_system::domain::events::StatusUpdate;
+    use restaurant_system::domain::{OrderStatus, OrderType};
+    use restaurant_system::messaging::lapin::options::BasicPublishOptions;
+    use restaurant_system::messaging::lapin::BasicProperties;
+    use restaurant_system::messaging::topology::NOTIFICATIONS_EXCHANGE;
+
+    let env = TestEnv::new(Backend::Sqlite);
+    let setup = Setup::new("duplicate-publish", &env.cfg);
+    let mut notifier = setup
+        .start("notifier", &["--mode=notification-subscriber"])
+        .await;
+    let ch = env.amqp().await;
+    let update = |n: &str, version: i64| StatusUpdate {
+        order_number: n.into(),
+        old_status: OrderStatus::Received,
+        new_status: OrderStatus::Cooking,
+        changed_by: "chef_a".into(),
+        timestamp: chrono::Utc::now(),
+        estimated_completion: None,
+        version,
+        order_type: Some(OrderType::Takeout),
+    };
+    let twice = update("ORD_20240101_001", 2);
+    let marker = update("ORD_20240101_002", 2);
+    for u in [&twice, &twice, &marker] {
+        let body = serde_json::to_vec(u).expect("json");
+        ch.basic_publish(
+            NOTIFICATIONS_EXCHANGE.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_message_id(u.event_id().as_str().into()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("publish");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !notifier.log_text().contains("ORD_20240101_002") {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber printed nothing:\n{}",
+            notifier.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counts = notification_counts(&notifier.log_text());
+    stop_all(vec![&mut notifier]).await.expect("stopping");
+    assert_eq!(
+        counts.get(&("ORD_20240101_001".to_string(), "cooking".to_string())),
+        Some(&1),
+        "one transition published twice must be notified once: {counts:?}"
+    );
 }

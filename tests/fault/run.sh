@@ -29,7 +29,7 @@ rm -f "$summary"
 
 start=$(date +%s)
 set +e
-cargo test --test fault -- --ignored --test-threads=1 --nocapture "$@"
+cargo test --test fault -- --include-ignored --test-threads=1 --nocapture "$@"
 rc=$?
 set -e
 

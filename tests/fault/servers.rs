@@ -409,10 +409,9 @@ impl PrivateRabbit {
         self.wait_ready(Duration::from_secs(60));
     }
 
-    /// Stops the whole node (`rabbitmqctl shutdown` waits for the process).
-    pub fn stop_node(&mut self) {
-        self.ctl(&["shutdown"], Duration::from_secs(90))
-            .unwrap_or_else(|e| panic!("rabbitmqctl shutdown: {e}"));
+    /// SIGKILL to the node's Erlang VM: a crash, no connection is closed politely.
+    pub fn kill_node(&mut self) {
+        self.kill_beam();
         if let Some(mut c) = self.server.take() {
             let _ = wait_until(Duration::from_secs(30), || {
                 c.try_wait().ok().flatten().is_some()
@@ -420,7 +419,11 @@ impl PrivateRabbit {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.kill_beam();
+        assert!(
+            wait_until(Duration::from_secs(10), || !port_open(self.port)),
+            "port {} still open after killing the node",
+            self.port
+        );
     }
 
     fn kill_beam(&self) {
