@@ -17,7 +17,8 @@ pub struct Setup {
     env: Vec<(String, String)>,
     /// target/tmp/fault-logs/<scenario>: kept after the run, for reading.
     pub logs: PathBuf,
-    /// Short-path temp dir for notify sockets and the empty config file.
+    /// Short-path temp dir for notify sockets, the empty config file and the
+    /// pids of the processes started (see `servers::owned_dir`).
     scratch: tempfile::TempDir,
 }
 
@@ -96,10 +97,7 @@ impl Setup {
             .join(scenario);
         let _ = std::fs::remove_dir_all(&logs);
         std::fs::create_dir_all(&logs).expect("creating the log dir");
-        let scratch = tempfile::Builder::new()
-            .prefix("rs_fault")
-            .tempdir_in("/tmp")
-            .expect("scratch dir");
+        let scratch = crate::servers::owned_dir("rs_fault_run");
         std::fs::write(scratch.path().join("empty.toml"), "").expect("empty config");
         Setup {
             env: binary_env(cfg),
@@ -141,6 +139,15 @@ impl Setup {
             .stdout(out)
             .stderr(err);
         let child = cmd.spawn().expect("spawning restaurant-system");
+        // For servers::reap_orphans, should this test process die abruptly.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.scratch.path().join("pids"))
+        {
+            use std::io::Write;
+            let _ = writeln!(f, "{}", child.id());
+        }
         let mut p = Proc {
             name: name.to_string(),
             child: Some(child),

@@ -107,6 +107,85 @@ pub fn run_limited(cmd: &mut Command, out_file: &Path, limit: Duration) -> Resul
     }
 }
 
+fn alive(pid: i32) -> bool {
+    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A temp dir in /tmp (`prefix` is rs_fault_pg, rs_fault_mq or rs_fault_run)
+/// that records the test process owning it, so that what it holds can be
+/// cleaned up if that process dies without running its destructors.
+pub fn owned_dir(prefix: &str) -> tempfile::TempDir {
+    reap_orphans();
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("temp dir in /tmp");
+    std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
+        .expect("writing owner.pid");
+    dir
+}
+
+/// Stops and removes private servers and binary subprocesses whose test
+/// process died without running its destructors (SIGKILL, a CI stage
+/// timeout). Only dirs with an owner.pid naming a dead process are touched,
+/// so concurrent runs are safe.
+fn reap_orphans() {
+    let Ok(rd) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let (pg, mq, run) = (
+            name.starts_with("rs_fault_pg"),
+            name.starts_with("rs_fault_mq"),
+            name.starts_with("rs_fault_run"),
+        );
+        let dir = e.path();
+        if !(pg || mq || run) || read_pid(&dir.join("owner.pid")).is_none_or(alive) {
+            continue;
+        }
+        // restaurant-system processes: their environment names this dir
+        // (NOTIFY_SOCKET), which rules out a recycled pid.
+        let pids = std::fs::read_to_string(dir.join("pids")).unwrap_or_default();
+        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let marker = dir.display().to_string();
+            if String::from_utf8_lossy(&env).contains(&marker) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if pg && dir.join("data/postmaster.pid").exists() {
+            let mut cmd = as_user("postgres", &pg_bindir().join("pg_ctl"));
+            cmd.arg("-D")
+                .arg(dir.join("data"))
+                .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+                .current_dir(&dir);
+            let _ = run_limited(&mut cmd, &dir.join("reap.out"), Duration::from_secs(40));
+        }
+        if let Some(pid) = read_pid(&dir.join("rabbitmq.pid")).filter(|p| alive(*p)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        eprintln!("removed {name}: left behind by a test process that died");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
@@ -157,10 +236,7 @@ fn pg_bindir() -> PathBuf {
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
         let bin = pg_bindir();
-        let dir = tempfile::Builder::new()
-            .prefix("rs_fault_pg")
-            .tempdir_in("/tmp")
-            .expect("temp dir for PostgreSQL");
+        let dir = owned_dir("rs_fault_pg");
         give_to(dir.path(), "postgres");
         let pg = PrivatePostgres {
             dir,
@@ -286,10 +362,7 @@ impl PrivateRabbit {
             is_root(),
             "the private RabbitMQ node needs root (the Debian scripts switch to the rabbitmq user)"
         );
-        let dir = tempfile::Builder::new()
-            .prefix("rs_fault_mq")
-            .tempdir_in("/tmp")
-            .expect("temp dir for RabbitMQ");
+        let dir = owned_dir("rs_fault_mq");
         let port = free_port();
         let mut dist_port = free_port();
         while dist_port == port {
@@ -427,15 +500,12 @@ impl PrivateRabbit {
     }
 
     fn kill_beam(&self) {
-        let pid = std::fs::read_to_string(self.dir.path().join("rabbitmq.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok());
-        if let Some(pid) = pid {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            // Only our node's beam: the pid file lives in our temp dir.
-            if nix::sys::signal::kill(pid, None).is_ok() {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
+        // Only our node's beam: the pid file lives in our temp dir.
+        if let Some(pid) = read_pid(&self.dir.path().join("rabbitmq.pid")).filter(|p| alive(*p)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 
