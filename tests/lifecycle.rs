@@ -48,7 +48,7 @@ async fn spec_orders_through_the_binaries(b: Backend) {
         &[
             "--mode=kitchen-worker",
             "--worker-name=chef_x",
-            "--heartbeat-interval=1",
+            "--heartbeat-interval=2",
         ],
     );
     let ou = format!("http://127.0.0.1:{}", orders.port().await);
