@@ -409,11 +409,18 @@ impl Config {
         if self.display.yellow_after_seconds > self.display.red_after_seconds {
             return bad("display.yellow_after_seconds must not exceed red_after_seconds".into());
         }
-        if self
-            .log
-            .level
-            .parse::<tracing_subscriber::EnvFilter>()
-            .is_err()
+        // A bare word must be a level: EnvFilter would read "loud" as a target name.
+        let levels = ["trace", "debug", "info", "warn", "error", "off"];
+        let bare_ok = self.log.level.split(',').all(|d| {
+            let d = d.trim().to_ascii_lowercase();
+            d.contains('=') || levels.contains(&d.as_str())
+        });
+        if !bare_ok
+            || self
+                .log
+                .level
+                .parse::<tracing_subscriber::EnvFilter>()
+                .is_err()
         {
             return bad(format!(
                 "log.level '{}' is not a valid level",

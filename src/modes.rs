@@ -66,14 +66,33 @@ pub struct Running {
     pub tracking_addr: Option<SocketAddr>,
     pub bridge_addr: Option<SocketAddr>,
     pub store: SharedStore,
-    tasks: TaskTracker,
+    tasks: Tasks,
 }
 
 impl Running {
     /// Waits until every task has stopped (after the shutdown token is cancelled).
     pub async fn wait(self) {
-        self.tasks.close();
         self.tasks.wait().await;
+    }
+}
+
+/// What a mode runs. The relay stops last, on a token of its own: the work that
+/// is finishing up (the order a worker is cooking) still writes messages into
+/// the outbox, and they should leave before the process does.
+#[derive(Clone)]
+struct Tasks {
+    work: TaskTracker,
+    relay: TaskTracker,
+    relay_stop: CancellationToken,
+}
+
+impl Tasks {
+    async fn wait(&self) {
+        self.work.close();
+        self.work.wait().await;
+        self.relay_stop.cancel();
+        self.relay.close();
+        self.relay.wait().await;
     }
 }
 
@@ -135,13 +154,16 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     let store = open_store(cfg, &shutdown).await?;
-    let tasks = TaskTracker::new();
-    match start_parts(mode, cfg, opts, &shutdown, store, &tasks).await {
+    let all = Tasks {
+        work: TaskTracker::new(),
+        relay: TaskTracker::new(),
+        relay_stop: CancellationToken::new(),
+    };
+    match start_parts(mode, cfg, opts, &shutdown, store, &all).await {
         Ok(running) => Ok(running),
         Err(e) => {
             shutdown.cancel();
-            tasks.close();
-            tasks.wait().await;
+            all.wait().await;
             Err(e)
         }
     }
@@ -153,16 +175,16 @@ async fn start_parts(
     opts: Options,
     shutdown: &CancellationToken,
     store: SharedStore,
-    tasks: &TaskTracker,
+    all: &Tasks,
 ) -> Result<Running, StartError> {
     let shutdown = shutdown.clone();
-    let tasks = tasks.clone();
+    let tasks = all.work.clone();
     let mut running = Running {
         order_addr: None,
         tracking_addr: None,
         bridge_addr: None,
         store: store.clone(),
-        tasks: tasks.clone(),
+        tasks: all.clone(),
     };
     let limits = Limits {
         max_concurrent: cfg.http.max_concurrent,
@@ -187,8 +209,10 @@ async fn start_parts(
     });
     if let Some(relay) = &relay {
         let r = relay.clone();
-        let s = shutdown.clone();
-        tasks.spawn(r.run(s).instrument(service_span(mode.service_name())));
+        all.relay.spawn(
+            r.run(all.relay_stop.clone())
+                .instrument(service_span(mode.service_name())),
+        );
     }
 
     // Workers first: a duplicate name must fail before anything else listens.
