@@ -385,7 +385,9 @@ async fn worker_sigkill(b: Backend) {
     db.wait_ready(&accepted, READY_LIMIT).await;
     let settle = format!("{:.1}", waited.elapsed().as_secs_f64());
     // Every notification published (a killed relay's lease can hold rows 30 s).
+    let draining = Instant::now();
     let drained = db.wait_outbox_empty(Duration::from_secs(45)).await;
+    let drain = format!("{:.1}", draining.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let running = check_running(&mut [&mut order, &mut notifier, &mut chef_a, &mut chef_b]);
     let idle = match running {
@@ -412,7 +414,8 @@ async fn worker_sigkill(b: Backend) {
         .with("restarted_after_s", restarts.join(","))
         .with("duplicate_notifications", duplicate_notifications)
         .with("missing_notifications", missing_notifications)
-        .with("all_ready_after_load_s", &settle);
+        .with("all_ready_after_load_s", &settle)
+        .with("outbox_empty_after_s", &drain);
     if !drained {
         r.note("the outbox did not drain within 45 s".into());
     }
