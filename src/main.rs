@@ -71,7 +71,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
     let cfg = match load_config(&cli) {
         Ok(c) => c,
         Err(msg) => return usage_error(&msg),
@@ -245,6 +248,27 @@ fn migrate(cfg: &Config) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// --help and --version print as clap prints them; a usage error is one line.
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind::{DisplayHelp, DisplayVersion};
+    if matches!(e.kind(), DisplayHelp | DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    let hint = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("[possible values"))
+        .map(|l| format!(" {}", l.trim()))
+        .unwrap_or_default();
+    usage_error(&format!("{first}{hint} (see --help)"))
 }
 
 fn usage_error(msg: &str) -> ExitCode {
