@@ -281,14 +281,16 @@ async fn handle(
             return r;
         }
         // Over the limit: answer at once rather than queue behind slow requests.
-        let Ok(_permit) = permits.try_acquire() else {
+        // Health checks are exempt, so a busy service is not reported as down.
+        let _permit = permits.try_acquire();
+        if _permit.is_err() && req.uri().path() != "/health" {
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many requests in flight",
             );
             e.retry_after = Some(1);
             return e.into_response();
-        };
+        }
         let ctx = RequestCtx {
             request_id: rid.clone(),
             limits,
