@@ -557,8 +557,11 @@ async fn restart_delivers_every_change_in_order(b: Backend) {
 async fn broker_restart_restores_the_board(b: Backend) {
     let mut mqtt = Mosquitto::start();
     let env = TestEnv::new(b);
-    let cfg = bridge_cfg(&env, &mqtt);
-    let app = env.start_with(Mode::All, None, &cfg).await;
+    let mut cfg = bridge_cfg(&env, &mqtt);
+    cfg.http.max_concurrent = 500; // the burst below comes all at once
+    let app = env
+        .start_with(Mode::All, Some(fast_worker(&env, "chef_burst")), &cfg)
+        .await;
     let http = reqwest::Client::new();
     let store = app.store();
 
@@ -646,6 +649,28 @@ async fn broker_restart_restores_the_board(b: Backend) {
     assert_eq!(count, 3, "three open orders on the restored board");
     let (status, h) = health(&http, &bridge_url).await;
     assert_eq!(status, 200, "{h}");
+
+    // Again, with publishes in flight: the broker dies in the middle of a burst.
+    let burst: Vec<_> = (0..150)
+        .map(|i| {
+            let (http, url) = (http.clone(), app.order_url());
+            tokio::spawn(async move { place(&http, &url, &spec_orders()[i % 3]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    mqtt.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    mqtt.restart();
+    for p in burst {
+        p.await.expect("burst order");
+    }
+    let count = eventually(
+        Duration::from_secs(60),
+        "the board restored after a restart during a burst",
+        || board_matches(store.clone(), mqtt.port),
+    )
+    .await;
+    assert_eq!(count, 153, "every open order on the board");
     app.stop().await;
 }
 

@@ -26,6 +26,8 @@
 //! restarted without persistence), rumqttc drops them: we drop their `Done`
 //! senders, the RabbitMQ side sees that and returns the deliveries to the queue
 //! (they are published again, in order), and the snapshot republishes the board.
+//! (Which of our publishes rumqttc dropped is counted by the polling task, see
+//! `Polled`: publishes handed over after the error survive and keep their place.)
 //!
 //! rumqttc reconnects on the next poll after an error, with no delay of its own;
 //! the polling task sleeps with `Backoff` between attempts.
@@ -47,7 +49,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use rumqttc::{
     AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, LastWill, MqttOptions,
-    NetworkOptions, Outgoing, Packet, QoS,
+    NetworkOptions, Outgoing, Packet, QoS, Request,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -231,8 +233,8 @@ impl Mqtt {
             let timer = state.next_timer(can_send);
             tokio::select! {
                 biased;
-                ev = events.recv() => match ev {
-                    Some(ev) => state.on_event(ev),
+                polled = events.recv() => match polled {
+                    Some(polled) => state.on_event(polled),
                     None => break,
                 },
                 _ = stop.cancelled() => break,
@@ -260,8 +262,8 @@ impl Mqtt {
             let deadline = Instant::now() + STOP_GRACE;
             loop {
                 tokio::select! {
-                    ev = events.recv() => match ev {
-                        Some(ev) => state.on_event(ev),
+                    polled = events.recv() => match polled {
+                        Some(polled) => state.on_event(polled),
                         None => break,
                     },
                     _ = &mut acked => break,
@@ -275,9 +277,9 @@ impl Mqtt {
                 let deadline = Instant::now() + Duration::from_millis(500);
                 loop {
                     tokio::select! {
-                        ev = events.recv() => match ev {
-                            Some(Ok(MqttEvent::Outgoing(Outgoing::Disconnect))) | Some(Err(_)) | None => break,
-                            Some(ev) => state.on_event(ev),
+                        polled = events.recv() => match polled {
+                            Some(Polled { event: Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) | Err(_), .. }) | None => break,
+                            Some(polled) => state.on_event(polled),
                         },
                         _ = tokio::time::sleep_until(deadline) => break,
                     }
@@ -294,26 +296,52 @@ impl Mqtt {
     }
 }
 
+/// One result of polling rumqttc.
+struct Polled {
+    event: Result<MqttEvent, ConnectionError>,
+    /// For a CONNACK without a session: how many of our publishes rumqttc
+    /// dropped that it had not written yet (had not reported a packet id for).
+    dropped_unsent: usize,
+}
+
 /// Polls rumqttc's event loop (which must be polled all the time, and which
 /// reconnects when polled after an error) and forwards every event. Polling is
 /// kept out of the MQTT task's `select!` because a poll cancelled halfway
 /// could lose a packet.
-async fn poll(
-    mut eventloop: EventLoop,
-    events: mpsc::Sender<Result<MqttEvent, ConnectionError>>,
-    stop: CancellationToken,
-) {
+async fn poll(mut eventloop: EventLoop, events: mpsc::Sender<Polled>, stop: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
-        let ev = tokio::select! {
+        // After an error rumqttc holds what it will resend in `pending`: the
+        // unacknowledged publishes (with their packet ids) followed by the
+        // requests it took back from its channel (publishes with id 0). A CONNACK
+        // without a session drops all of them, but not what reached the channel
+        // after the error: the MQTT task needs the count to tell them apart.
+        let unsent = if eventloop.network.is_none() {
+            eventloop
+                .pending
+                .iter()
+                .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
+                .count()
+        } else {
+            0
+        };
+        let event = tokio::select! {
             _ = stop.cancelled() => return,
             ev = eventloop.poll() => ev,
         };
-        let failed = ev.is_err();
-        if matches!(ev, Ok(MqttEvent::Incoming(Packet::ConnAck(_)))) {
+        let failed = event.is_err();
+        let mut dropped_unsent = 0;
+        if let Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) = &event {
             backoff.reset();
+            if !ack.session_present {
+                dropped_unsent = unsent;
+            }
         }
-        if events.send(ev).await.is_err() {
+        let polled = Polled {
+            event,
+            dropped_unsent,
+        };
+        if events.send(polled).await.is_err() {
             return;
         }
         if failed && !backoff.wait(&stop).await {
@@ -415,9 +443,11 @@ impl State {
         }
     }
 
-    fn on_event(&mut self, ev: Result<MqttEvent, ConnectionError>) {
-        match ev {
-            Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => self.on_connack(ack.session_present),
+    fn on_event(&mut self, polled: Polled) {
+        match polled.event {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
+                self.on_connack(ack.session_present, polled.dropped_unsent)
+            }
             Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
                 if let Some(Some(done)) = self.inflight.remove(&ack.pkid) {
                     let _ = done.send(());
@@ -458,7 +488,7 @@ impl State {
         }
     }
 
-    fn on_connack(&mut self, session_present: bool) {
+    fn on_connack(&mut self, session_present: bool, dropped_unsent: usize) {
         self.connected = true;
         self.link.set(true);
         if self.down {
@@ -480,11 +510,14 @@ impl State {
         self.down = false;
         if !session_present {
             // The broker has no session for us: rumqttc dropped what it would have
-            // resent. Dropping the senders tells the RabbitMQ side to requeue those
+            // resent (everything in flight, and the first `dropped_unsent` of those
+            // without a packet id; later ones are still in its channel and go out
+            // now). Dropping the senders tells the RabbitMQ side to requeue those
             // deliveries. Forget what we sent, too: the broker may have lost it.
-            let lost = self.outstanding();
-            self.unassigned.clear();
+            let dropped_unsent = dropped_unsent.min(self.unassigned.len());
+            let lost = self.inflight.len() + dropped_unsent;
             self.inflight.clear();
+            self.unassigned.drain(..dropped_unsent);
             self.marks.clear();
             if lost > 0 {
                 tracing::warn!(
