@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 /// Rows published per round trip of confirms.
 const BATCH: usize = 500;
 /// A leased row is taken over by another relay when we have not confirmed it by then.
-const LEASE: Duration = Duration::from_secs(30);
+const LEASE: Duration = Duration::from_secs(10);
 /// Wake-ups can be missed by another process's commits; poll as well.
 const POLL: Duration = Duration::from_millis(500);
 
