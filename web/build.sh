@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the kitchen display page into web/dist/, which the tracking service embeds
-# (include_str!/include_bytes!) and serves at /display. web/dist/ is committed so that
-# `cargo build` needs no npm; run this after changing web/src/ or the mqtt pin.
+# Copies the pinned MQTT client (npm package `mqtt`) into web/dist/. The tracking service
+# embeds it, with the page's own files from web/src/, and serves them at /display.
+# web/dist/ is committed so that `cargo build` needs no npm; run this after changing the pin.
 #
 #   bash web/build.sh           rebuild web/dist/
 #   bash web/build.sh --check   fail if web/dist/ differs from a fresh build
@@ -27,7 +27,6 @@ src_lib="node_modules/mqtt/dist/mqtt.min.js"
 [[ -f "$src_lib" ]] || { echo "build.sh: $src_lib missing after npm ci" >&2; exit 1; }
 
 mkdir -p "$out"
-install -m 644 src/index.html src/display.js src/display.css "$out/"
 install -m 644 "$src_lib" "$out/mqtt.min.js"
 
 if [[ "$out" != "dist" ]]; then

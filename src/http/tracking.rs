@@ -21,22 +21,23 @@ pub struct TrackingApi {
     pub mqtt_site: String,
 }
 
-/// The display page, built by `web/build.sh` into `web/dist/`.
+/// The display page: our own files from `web/src/`, and the MQTT client that
+/// `web/build.sh` copies from the pinned npm package into `web/dist/`.
 const PAGE: &[(&str, &str, &[u8])] = &[
     (
         "",
         "text/html; charset=utf-8",
-        include_bytes!("../../web/dist/index.html"),
+        include_bytes!("../../web/src/index.html"),
     ),
     (
         "display.js",
         "text/javascript",
-        include_bytes!("../../web/dist/display.js"),
+        include_bytes!("../../web/src/display.js"),
     ),
     (
         "display.css",
         "text/css",
-        include_bytes!("../../web/dist/display.css"),
+        include_bytes!("../../web/src/display.css"),
     ),
     (
         "mqtt.min.js",

@@ -19,7 +19,8 @@ import {
   startMosquitto, stopProcess, waitFor,
 } from './lib.mjs';
 
-const DIST = path.join(ROOT, 'web', 'dist');
+// Where the tracking service takes each file from (see src/http/tracking.rs).
+const pageFile = (f) => path.join(ROOT, 'web', f === 'mqtt.min.js' ? 'dist' : 'src', f);
 const runner = new Runner();
 const env = { tmp: null, ports: {}, mosquitto: null, server: null, browser: null, client: null, skewMs: 0 };
 
@@ -81,9 +82,9 @@ function startServer(port) {
       return;
     }
     const file = p === '/display' ? 'index.html' : p.startsWith('/display/') ? p.slice('/display/'.length) : null;
-    if (file && /^[a-z.]+$/.test(file) && fs.existsSync(path.join(DIST, file))) {
+    if (file && /^[a-z.]+$/.test(file) && fs.existsSync(pageFile(file))) {
       res.writeHead(200, { 'content-type': TYPES[path.extname(file)] || 'application/octet-stream' });
-      res.end(fs.readFileSync(path.join(DIST, file)));
+      res.end(fs.readFileSync(pageFile(file)));
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' });
@@ -141,7 +142,7 @@ async function main() {
     const [mqttPort, ws, httpPort] = await freePorts(3);
     env.ports = { mqtt: mqttPort, ws, http: httpPort };
     for (const f of ['index.html', 'display.js', 'display.css', 'mqtt.min.js']) {
-      assert(fs.existsSync(path.join(DIST, f)), `web/dist/${f} is missing: run bash web/build.sh`);
+      assert(fs.existsSync(pageFile(f)), `${pageFile(f)} is missing (mqtt.min.js: run bash web/build.sh)`);
     }
     env.mosquitto = await startMosquitto(env.tmp, mqttPort, ws);
     env.server = await startServer(httpPort);
