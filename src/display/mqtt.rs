@@ -287,6 +287,7 @@ impl Mqtt {
             }
         }
         polling_stop.cancel();
+        drop(events); // a poller blocked on a full channel gets an error, not a hang
         let _ = poller.await;
         state.link.set(false);
         tracing::info!(
