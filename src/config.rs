@@ -364,7 +364,13 @@ impl Config {
         });
         fig = fig
             .merge(spec_env)
-            .merge(Env::prefixed("RESTAURANT_").split("__"));
+            // Only nested keys (SECTION__KEY): RESTAURANT_WORKER_* and
+            // RESTAURANT_CONFIG are flags' environment variables, not config keys.
+            .merge(
+                Env::prefixed("RESTAURANT_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            );
         let cfg: Config = fig
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;

@@ -16,6 +16,14 @@ use tokio_util::sync::CancellationToken;
 const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
+/// Environment variables that stand in for flags.
+const FLAG_ENV: [&str; 4] = [
+    "RESTAURANT_CONFIG",
+    "RESTAURANT_WORKER_NAME",
+    "RESTAURANT_WORKER_ORDER_TYPES",
+    "RESTAURANT_WORKER_PREFETCH",
+];
+
 /// Restaurant order system for a kitchen edge box.
 ///
 /// Run one mode per process (each a systemd unit), or --mode=all for everything
@@ -71,6 +79,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // systemd passes `Environment=RESTAURANT_WORKER_PREFETCH=` (empty) through;
+    // empty means "not set", not an invalid value. Done before any thread exists.
+    for k in FLAG_ENV {
+        if std::env::var_os(k).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(k);
+        }
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),

@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+/// How long start-up waits for the relay's first broker connection.
+const RELAY_CONNECT_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     OrderService,
@@ -213,6 +216,20 @@ async fn start_parts(
             r.run(all.relay_stop.clone())
                 .instrument(service_span(mode.service_name())),
         );
+        // Ready means connected to the broker too, when it is there. When it is
+        // not, the order service still starts: orders wait in the outbox.
+        crate::daemon::status("waiting for RabbitMQ");
+        let link = relay.link();
+        let deadline = Instant::now() + RELAY_CONNECT_WAIT;
+        while !link.is_up() && Instant::now() < deadline && !shutdown.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !link.is_up() {
+            tracing::info!(
+                action = "rabbitmq_unavailable_at_start",
+                "Starting without RabbitMQ; orders are kept in the outbox until it is reachable"
+            );
+        }
     }
 
     // Workers first: a duplicate name must fail before anything else listens.
