@@ -50,7 +50,7 @@ EXPECTED_FILES=(
     /usr/share/man/man1/restaurant-system.1.gz
     /usr/share/doc/restaurant-system/README.md /usr/share/doc/restaurant-system/install.md
     /usr/share/doc/restaurant-system/copyright
-    /usr/share/doc/restaurant-system/examples/kitchen-worker.env
+    /usr/share/doc/restaurant-system/examples/kitchen-worker.toml
 )
 
 passed=0
@@ -356,8 +356,8 @@ rabbitmqctl -q set_permissions -p "$vhost" "${rabbit_user:-guest}" '.*' '.*' '.*
 
 install -d -m 0750 -o "$SVC_USER" -g "$SVC_USER" "$work/state"
 # A per-worker file as an admin would write it (step 5 of docs/install.md).
-printf 'RESTAURANT_WORKER_ORDER_TYPES=takeout,delivery\nRESTAURANT_WORKER_PREFETCH=2\n' \
-    >"/etc/restaurant-system/kitchen/$WORKER.env"
+printf 'order_types = "takeout,delivery"\nprefetch = 2\n' \
+    >"/etc/restaurant-system/kitchen/$WORKER.toml"
 
 IFS=: read -r _ _ _ _ _ svc_home svc_shell < <(getent passwd "$SVC_USER")
 base_env=(

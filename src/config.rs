@@ -215,10 +215,45 @@ impl Default for DisplayConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KitchenConfig {
     pub cooking_seconds: CookingSeconds,
+    /// Per-worker settings: `<workers_dir>/<worker name>.toml` (see `WorkerFile`).
+    pub workers_dir: PathBuf,
+}
+
+impl Default for KitchenConfig {
+    fn default() -> Self {
+        KitchenConfig {
+            cooking_seconds: CookingSeconds::default(),
+            workers_dir: "/etc/restaurant-system/kitchen".into(),
+        }
+    }
+}
+
+/// Optional settings of one kitchen worker, e.g. `/etc/restaurant-system/kitchen/chef_mario.toml`
+/// for `restaurant-kitchen@chef_mario`. Flags (and their environment variables) win.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerFile {
+    /// Comma-separated, as `--order-types`.
+    pub order_types: Option<String>,
+    pub prefetch: Option<u16>,
+    pub heartbeat_interval: Option<u64>,
+}
+
+impl WorkerFile {
+    /// Reads `<dir>/<name>.toml`; a missing file means no settings.
+    pub fn load(dir: &Path, name: &str) -> Result<WorkerFile, ConfigError> {
+        let path = dir.join(format!("{name}.toml"));
+        if !path.is_file() {
+            return Ok(WorkerFile::default());
+        }
+        Figment::from(Toml::file_exact(&path))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]

@@ -2,7 +2,7 @@
 //! for a signal, shut down cleanly. Everything else lives in the library.
 
 use clap::{Parser, Subcommand};
-use restaurant_system::config::{config_path, Config};
+use restaurant_system::config::{config_path, Config, WorkerFile};
 use restaurant_system::domain::OrderType;
 use restaurant_system::kitchen::{WorkerConfig, WorkerError};
 use restaurant_system::modes::{self, Mode, Options, StartError};
@@ -60,14 +60,14 @@ struct Cli {
     #[arg(long, env = "RESTAURANT_WORKER_ORDER_TYPES")]
     order_types: Option<String>,
 
-    /// Kitchen worker: orders held at once (RabbitMQ prefetch).
-    #[arg(long, default_value_t = 1, env = "RESTAURANT_WORKER_PREFETCH",
+    /// Kitchen worker: orders held at once (RabbitMQ prefetch) [default: 1].
+    #[arg(long, env = "RESTAURANT_WORKER_PREFETCH",
           value_parser = clap::value_parser!(u16).range(1..=1000))]
-    prefetch: u16,
+    prefetch: Option<u16>,
 
-    /// Kitchen worker: seconds between heartbeats.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    heartbeat_interval: u64,
+    /// Kitchen worker: seconds between heartbeats [default: 30].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    heartbeat_interval: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -200,17 +200,6 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
 }
 
 fn worker_config(cli: &Cli, mode: Mode, cfg: &Config) -> Result<Option<WorkerConfig>, String> {
-    let order_types = match cli.order_types.as_deref().map(str::trim) {
-        None | Some("") => Vec::new(),
-        Some(list) => list
-            .split(',')
-            .map(|t| {
-                t.trim()
-                    .parse::<OrderType>()
-                    .map_err(|e| format!("--order-types: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-    };
     let name = match (mode, cli.worker_name.as_deref().map(str::trim)) {
         (Mode::KitchenWorker, None | Some("")) => return Err(
             "--worker-name is required for --mode=kitchen-worker (e.g. --worker-name=chef_mario)"
@@ -233,11 +222,33 @@ fn worker_config(cli: &Cli, mode: Mode, cfg: &Config) -> Result<Option<WorkerCon
     if !matches!(mode, Mode::KitchenWorker | Mode::All) {
         return Ok(None);
     }
+    // Flags (or their environment variables) > the worker's own file > defaults.
+    let file = WorkerFile::load(&cfg.kitchen.workers_dir, &name).map_err(|e| e.to_string())?;
+    let types = cli.order_types.clone().or(file.order_types);
+    let order_types = match types.as_deref().map(str::trim) {
+        None | Some("") => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|t| {
+                t.trim()
+                    .parse::<OrderType>()
+                    .map_err(|e| format!("--order-types: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let prefetch = cli.prefetch.or(file.prefetch).unwrap_or(1);
+    let heartbeat = cli
+        .heartbeat_interval
+        .or(file.heartbeat_interval)
+        .unwrap_or(30);
+    if !(1..=1000).contains(&prefetch) || !(1..=3600).contains(&heartbeat) {
+        return Err("prefetch must be 1-1000 and heartbeat_interval 1-3600".into());
+    }
     Ok(Some(WorkerConfig {
         name,
         order_types,
-        prefetch: cli.prefetch,
-        heartbeat: Duration::from_secs(cli.heartbeat_interval),
+        prefetch,
+        heartbeat: Duration::from_secs(heartbeat),
         cooking: cfg.kitchen.cooking_seconds,
     }))
 }
