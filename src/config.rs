@@ -544,6 +544,30 @@ mod tests {
     }
 
     #[test]
+    fn worker_file_is_optional_and_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            WorkerFile::load(dir.path(), "chef_x").unwrap(),
+            WorkerFile::default()
+        );
+        std::fs::write(
+            dir.path().join("chef_x.toml"),
+            "order_types = \"dine_in\"\nprefetch = 2\n",
+        )
+        .unwrap();
+        let f = WorkerFile::load(dir.path(), "chef_x").unwrap();
+        assert_eq!(
+            (f.order_types.as_deref(), f.prefetch),
+            (Some("dine_in"), Some(2))
+        );
+        std::fs::write(dir.path().join("chef_y.toml"), "prefetc = 2\n").unwrap();
+        let e = WorkerFile::load(dir.path(), "chef_y")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prefetc") && e.contains("chef_y.toml"), "{e}");
+    }
+
+    #[test]
     fn missing_explicit_file_is_an_error() {
         assert!(matches!(
             config_path(Some(Path::new("/nonexistent/x.toml"))),
