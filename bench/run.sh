@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The benchmark (issue 7), one command:
+#
+#   bash bench/run.sh            # full run (about 10-20 minutes), appends to docs/BENCHMARKS.md
+#   bash bench/run.sh --short    # a few seconds per step (CI: scripts/test.sh runs it)
+#
+# It installs and starts what it needs when missing (PostgreSQL with pgbench, RabbitMQ, Mosquitto;
+# see scripts/lib.sh), builds the release binary and the benchmark program (examples/bench), and
+# runs it: for PostgreSQL and then SQLite, the limit the machine gives (bench/order_tx.sql through
+# pgbench; a rusqlite loop), then the real binary with --mode=all on a fresh database and a fresh
+# RabbitMQ vhost, under open-loop load. Figures are printed, written as JSON to target/bench/ and,
+# for a full run, appended to docs/BENCHMARKS.md. It asserts nothing about speed; it fails only when
+# it could not measure. Any other flag is passed to the program (see
+# `target/release/examples/bench --help`), e.g. --backends sqlite, --rates 100,500, --step-seconds 5.
+#
+# Environment (all optional): TEST_PG_HOST/PORT/USER/PASSWORD, TEST_RABBITMQ_HOST/PORT/USER/PASSWORD,
+# TEST_MQTT_HOST/PORT (defaults: the local servers), BENCH_NOTE (recorded with the run),
+# BENCH_DOC (where a full run appends its summary; empty: nowhere).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+export RS_LOG_TAG="bench"
+
+short=0
+pass=()
+for arg in "$@"; do
+    case "$arg" in
+    --short) short=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) pass+=("$arg") ;;
+    esac
+done
+
+export TEST_PG_HOST="${TEST_PG_HOST:-127.0.0.1}"
+export TEST_PG_PORT="${TEST_PG_PORT:-${RS_PG_PORT:-5432}}"
+export TEST_PG_USER="${TEST_PG_USER:-postgres}"
+export TEST_RABBITMQ_HOST="${TEST_RABBITMQ_HOST:-127.0.0.1}"
+export TEST_RABBITMQ_PORT="${TEST_RABBITMQ_PORT:-${RS_RABBITMQ_PORT:-5672}}"
+export TEST_RABBITMQ_USER="${TEST_RABBITMQ_USER:-guest}"
+export TEST_RABBITMQ_PASSWORD="${TEST_RABBITMQ_PASSWORD:-guest}"
+export TEST_MQTT_HOST="${TEST_MQTT_HOST:-127.0.0.1}"
+export TEST_MQTT_PORT="${TEST_MQTT_PORT:-${RS_MQTT_PORT:-1883}}"
+
+# The servers (only the local ones are managed; remote ones must already run).
+[[ "$TEST_PG_HOST" == 127.0.0.1 || "$TEST_PG_HOST" == localhost ]] && ensure_postgres
+[[ "$TEST_RABBITMQ_HOST" == 127.0.0.1 || "$TEST_RABBITMQ_HOST" == localhost ]] && ensure_rabbitmq
+[[ "$TEST_MQTT_HOST" == 127.0.0.1 || "$TEST_MQTT_HOST" == localhost ]] && ensure_mosquitto
+command -v pgbench >/dev/null 2>&1 || need_apt postgresql-client
+command -v rabbitmqctl >/dev/null 2>&1 ||
+    die "rabbitmqctl not found: the benchmark makes a private vhost with it (apt-get install rabbitmq-server)"
+[[ ${EUID} -eq 0 ]] || log "not root: rabbitmqctl may refuse to run (it reads the Erlang cookie of root/rabbitmq)"
+
+ensure_cargo
+ensure_build_deps
+log "building the release binary and the benchmark (cargo build --release --bin restaurant-system --example bench)"
+cargo build --release --bin restaurant-system --example bench || die "cargo build --release failed"
+
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(git status --porcelain -- src migrations Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+    commit="$commit+uncommitted"
+fi
+export BENCH_COMMIT="$commit"
+
+args=(--bin target/release/restaurant-system --out target/bench --pgbench-script bench/order_tx.sql)
+if [[ $short -eq 1 ]]; then
+    args+=(--short)
+else
+    doc="${BENCH_DOC-docs/BENCHMARKS.md}"
+    [[ -n "$doc" ]] && args+=(--doc "$doc")
+fi
+log "target/release/examples/bench ${args[*]} ${pass[*]:-}"
+exec target/release/examples/bench "${args[@]}" "${pass[@]}"
