@@ -120,7 +120,7 @@ stage chromium 900 ensure_chromium
 stage fmt 300 cargo fmt --all -- --check
 stage compose 300 check_compose
 stage clippy 1800 cargo clippy --all-targets -- -D warnings
-stage test 1800 cargo test --all-targets
+stage test 1800 cargo test --all-targets --no-fail-fast
 optional_stage deb 1200 packaging/test-deb.sh
 optional_stage fault 1800 tests/fault/run.sh
 optional_stage api-fuzz 900 tests/api-fuzz/run.sh
