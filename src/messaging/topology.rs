@@ -19,6 +19,8 @@ pub const NOTIFICATIONS_EXCHANGE: &str = "notifications_fanout";
 pub const DEAD_LETTER_EXCHANGE: &str = "orders_dlx";
 pub const DEAD_LETTER_QUEUE: &str = "orders_dlq";
 pub const DISPLAY_QUEUE: &str = "display_bridge_queue";
+/// Messages kept for a display bridge that is not running.
+pub const DISPLAY_QUEUE_MAX: i32 = 100_000;
 /// Header naming why a message was dead-lettered by us.
 pub const REASON_HEADER: &str = "x-rejection-reason";
 /// Header carrying the request id across services.
@@ -107,6 +109,10 @@ pub async fn declare(ch: &Channel) -> Result<(), lapin::Error> {
 pub async fn declare_display_queue(ch: &Channel) -> Result<(), lapin::Error> {
     let mut args = FieldTable::default();
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    // A bridge switched off for good must not grow this queue without end. The
+    // oldest updates go first; the board is rebuilt from the database anyway
+    // (the snapshot on every MQTT connect), so nothing an order needs is lost.
+    args.insert("x-max-length".into(), AMQPValue::LongInt(DISPLAY_QUEUE_MAX));
     ch.queue_declare(DISPLAY_QUEUE.into(), durable_queue(), args)
         .await?;
     ch.queue_bind(
