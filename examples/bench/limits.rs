@@ -419,17 +419,31 @@ pub async fn mqtt_limit(
 
     let (publ, mut pub_ev) = AsyncClient::new(opts("hop-pub"), 1000);
     let pub_loop = tokio::spawn(async move { while pub_ev.poll().await.is_ok() {} });
+    // Paced by a thread with the OS sleep (tokio's timer rounds up to whole
+    // milliseconds, which would count in every hop).
     let topic_owned = topic.to_string();
-    for (i, d) in due.iter().enumerate() {
-        tokio::time::sleep_until((*d).into()).await;
-        publ.publish(
-            topic_owned.clone(),
-            QoS::AtLeastOnce,
-            false,
-            (i as u64).to_le_bytes().to_vec(),
-        )
-        .await?;
-    }
+    let pacer = {
+        let (due, publ) = (due.clone(), publ.clone());
+        std::thread::spawn(move || -> std::result::Result<(), String> {
+            for (i, d) in due.iter().enumerate() {
+                let now = Instant::now();
+                if *d > now {
+                    std::thread::sleep(*d - now);
+                }
+                publ.try_publish(
+                    topic_owned.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    (i as u64).to_le_bytes().to_vec(),
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    };
+    tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| "MQTT pacer thread panicked")??;
     let _ = tokio::time::timeout(dur + Duration::from_secs(5), sub_task).await;
     let _ = publ.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), pub_loop).await;

@@ -89,6 +89,9 @@ pub fn http_client() -> reqwest::Client {
 /// One order's fate as the load generator saw it.
 struct Sent {
     due: Instant,
+    /// When the request actually started (its lag behind `due` is the
+    /// generator's own; it counts in the latency all the same).
+    sent: Instant,
     done: Instant,
     outcome: Result<String, String>,
 }
@@ -129,6 +132,8 @@ pub struct Phase {
     pub errors: BTreeMap<String, u64>,
     /// POST latency of the successful orders, from their due time.
     pub latency: Option<Latency>,
+    /// How late the generator started requests (all of them).
+    pub send_lag: Option<Latency>,
     /// Created order numbers with their due time (for end-to-end figures).
     pub created: Vec<(String, Instant)>,
     pub elapsed: Duration,
@@ -140,6 +145,8 @@ impl Phase {
         let mut created = Vec::new();
         let mut lat = Vec::new();
         let n = sent.len();
+        let send_lag =
+            Latency::from_durations(sent.iter().map(|s| s.sent.saturating_duration_since(s.due)));
         for s in sent {
             match s.outcome {
                 Ok(num) => {
@@ -154,6 +161,7 @@ impl Phase {
             ok: created.len(),
             errors,
             latency: Latency::from_durations(lat),
+            send_lag,
             created,
             elapsed,
         }
@@ -164,7 +172,9 @@ impl Phase {
     }
 }
 
-/// Sends `rate` orders per second for `dur`, open loop.
+/// Sends `rate` orders per second for `dur`, open loop. The schedule runs on
+/// a thread of its own with the OS sleep (tokio's timer rounds up to whole
+/// milliseconds, which would add up to a millisecond to every latency).
 pub async fn open_loop(client: &reqwest::Client, url: &str, rate: f64, dur: Duration) -> Phase {
     let n = (rate * dur.as_secs_f64()).round().max(1.0) as usize;
     let mut rng = rand::rng();
@@ -172,24 +182,33 @@ pub async fn open_loop(client: &reqwest::Client, url: &str, rate: f64, dur: Dura
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sent>();
     let url: Arc<str> = Arc::from(url);
     let start = Instant::now() + Duration::from_millis(20);
-    for (i, body) in bodies.into_iter().enumerate() {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(due.into()).await;
-        let (client, url, tx) = (client.clone(), url.clone(), tx.clone());
-        tokio::spawn(async move {
-            let outcome = post_order(&client, &url, body).await;
-            let _ = tx.send(Sent {
-                due,
-                done: Instant::now(),
-                outcome,
+    let handle = tokio::runtime::Handle::current();
+    let client = client.clone();
+    let scheduler = std::thread::spawn(move || {
+        for (i, body) in bodies.into_iter().enumerate() {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let (client, url, tx) = (client.clone(), url.clone(), tx.clone());
+            handle.spawn(async move {
+                let sent = Instant::now();
+                let outcome = post_order(&client, &url, body).await;
+                let _ = tx.send(Sent {
+                    due,
+                    sent,
+                    done: Instant::now(),
+                    outcome,
+                });
             });
-        });
-    }
-    drop(tx);
+        }
+    });
     let mut sent = Vec::with_capacity(n);
     while let Some(s) = rx.recv().await {
         sent.push(s);
     }
+    let _ = scheduler.join();
     Phase::from_sent(sent, start.elapsed())
 }
 
@@ -213,6 +232,7 @@ pub async fn burst(client: &reqwest::Client, url: &str, n: usize, concurrency: u
                 let outcome = post_order(&client, &url, body).await;
                 out.push(Sent {
                     due,
+                    sent: due,
                     done: Instant::now(),
                     outcome,
                 });
@@ -514,6 +534,7 @@ pub struct PhaseReport {
     pub errors: BTreeMap<String, u64>,
     pub elapsed_s: f64,
     pub post_latency: Option<Latency>,
+    pub send_lag: Option<Latency>,
 }
 
 impl From<&Phase> for PhaseReport {
@@ -524,6 +545,7 @@ impl From<&Phase> for PhaseReport {
             errors: p.errors.clone(),
             elapsed_s: p.elapsed.as_secs_f64(),
             post_latency: p.latency.clone(),
+            send_lag: p.send_lag.clone(),
         }
     }
 }

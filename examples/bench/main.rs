@@ -69,11 +69,18 @@ struct Args {
     /// full run, none with --short).
     #[arg(long, value_delimiter = ',')]
     oha_rates: Option<Vec<u32>>,
-    /// The kitchen worker's prefetch in --mode=all. Cooking takes no time here,
-    /// so the one worker stands in for a whole kitchen: with prefetch 1 it
-    /// cooks one order at a time and its backlog would spill into later steps.
-    #[arg(long, default_value_t = 20)]
+    /// The kitchen worker's prefetch in --mode=all (1: the product's default,
+    /// one order in hand at a time; with cooking time 0 its throughput is set
+    /// by the database round trips of two status changes).
+    #[arg(long, default_value_t = 1)]
     prefetch: u16,
+    /// Diagnosis: run --mode=order-service instead of --mode=all (intake and
+    /// outbox relay only: no kitchen, no bridge, no end-to-end figures).
+    #[arg(long)]
+    intake_only: bool,
+    /// Measure the limits only (no daemon).
+    #[arg(long)]
+    only_limits: bool,
     /// Keep the temporary directory (daemon logs, databases) and print its path.
     #[arg(long)]
     keep: bool,
@@ -144,10 +151,15 @@ async fn run(args: Args) -> Result<()> {
         burst: args.burst.unwrap_or(if args.short { 500 } else { 2000 }),
         burst_concurrency: 32,
         p99_limit_ms: 10.0,
-        drain_timeout_s: if args.short { 15.0 } else { 120.0 },
+        drain_timeout_s: if args.short { 10.0 } else { 60.0 },
         cooking_seconds: 0.0,
         log_level: "info",
         kitchen_prefetch: args.prefetch,
+        mode: if args.intake_only {
+            "order-service"
+        } else {
+            "all"
+        },
         oha_rates: args.oha_rates.clone().unwrap_or_else(|| {
             if args.short {
                 vec![]
@@ -205,29 +217,42 @@ async fn run(args: Args) -> Result<()> {
     }
 
     let mut backends = Vec::new();
-    let mut drops: Vec<String> = Vec::new();
     for b in &args.backends {
         let b = b.trim().to_lowercase();
         if b != "postgres" && b != "sqlite" {
             return Err(format!("unknown backend '{b}' (postgres, sqlite)").into());
         }
-        let dir = tmp.path().join(&b);
-        std::fs::create_dir_all(&dir)?;
-        let mut rep = BackendReport {
+        std::fs::create_dir_all(tmp.path().join(&b))?;
+        backends.push(BackendReport {
             backend: b.clone(),
             ..Default::default()
-        };
+        });
+    }
+    // Every limit first, on a machine where nothing of ours runs yet; then
+    // each backend's system.
+    let mut drops: Vec<String> = Vec::new();
+    for rep in backends.iter_mut() {
+        let dir = tmp.path().join(&rep.backend);
+        measure_limit(&args, &servers, &run_id, &dir, &mut drops, rep).await;
+    }
+    for rep in backends.iter_mut() {
+        if args.only_limits {
+            break;
+        }
+        let b = rep.backend.clone();
+        let dir = tmp.path().join(&b);
         if let Err(e) = run_backend(
-            &args, &settings, &servers, &bin, &b, &run_id, &dir, &mut drops, &mut rep,
+            &settings, &servers, &bin, &b, &run_id, &dir, &mut drops, rep,
         )
         .await
         {
             say(&format!("{b}: {e}"));
             rep.error = Some(e.to_string());
         }
-        rep.ratios = ratios(&rep, &shared);
-        rep.targets = targets(&rep, &settings);
-        backends.push(rep);
+    }
+    for rep in backends.iter_mut() {
+        rep.ratios = ratios(rep, &shared);
+        rep.targets = targets(rep, &settings);
     }
     machine.loadavg_end = system::loadavg();
     // Dropped at the end: DROP DATABASE forces a checkpoint, whose writes would
@@ -300,24 +325,18 @@ impl DaemonEnv {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_backend(
+/// The limit: the order transaction straight at the database.
+async fn measure_limit(
     args: &Args,
-    settings: &Settings,
     servers: &Servers,
-    bin: &Path,
-    backend: &str,
     run_id: &str,
     dir: &Path,
     drops: &mut Vec<String>,
     rep: &mut BackendReport,
-) -> Result<()> {
-    let pg = backend == "postgres";
+) {
     settle(servers).await;
     let limit_secs = if args.short { 2 } else { 10 };
-
-    // 1. The limit: the order transaction straight at the database.
-    if pg {
+    if rep.backend == "postgres" {
         let db = format!("rs_bench_{run_id}_limit");
         say(&format!(
             "postgres limit: pgbench, 1 and 8 clients, {limit_secs} s each"
@@ -345,13 +364,27 @@ async fn run_backend(
         say(&format!("sqlite limit: rusqlite loop, {limit_secs} s"));
         let path = dir.join("limit.db");
         let secs = Duration::from_secs(limit_secs);
-        match tokio::task::spawn_blocking(move || limits::sqlite_limit(&path, secs)).await? {
-            Ok(l) => rep.limit.push(l),
+        match tokio::task::spawn_blocking(move || limits::sqlite_limit(&path, secs)).await {
+            Ok(Ok(l)) => rep.limit.push(l),
+            Ok(Err(e)) => rep.limit_error = Some(e.to_string()),
             Err(e) => rep.limit_error = Some(e.to_string()),
         }
     }
+}
 
-    // 2. The system, on a fresh database and vhost.
+/// The system, on a fresh database and vhost.
+#[allow(clippy::too_many_arguments)]
+async fn run_backend(
+    settings: &Settings,
+    servers: &Servers,
+    bin: &Path,
+    backend: &str,
+    run_id: &str,
+    dir: &Path,
+    drops: &mut Vec<String>,
+    rep: &mut BackendReport,
+) -> Result<()> {
+    let pg = backend == "postgres";
     let vhost = Vhost::create(&format!("rs_bench_{run_id}_{backend}"), &servers.amqp_user)?;
     let db = format!("rs_bench_{run_id}_{backend}");
     let sqlite_path = dir.join("restaurant.db");
@@ -428,13 +461,30 @@ async fn run_backend(
 }
 
 /// Lets the disk settle before a measurement: a PostgreSQL checkpoint and a
-/// sync now, rather than in the middle of the next figure.
+/// sync now rather than in the middle of the next figure, then up to 30 s for
+/// the disks to go quiet (other jobs on a shared machine may never let them).
 async fn settle(servers: &Servers) {
     if let Ok(c) = servers.pg_connect("postgres").await {
         let _ = c.batch_execute("checkpoint").await;
     }
     let _ = tokio::process::Command::new("sync").status().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    let mut quiet = 0;
+    let mut last = system::sectors_written();
+    while quiet < 2 && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = system::sectors_written();
+        // Under 1 MB/s: 2048 sectors of 512 bytes per second.
+        if now.saturating_sub(last) < 1024 {
+            quiet += 1;
+        } else {
+            quiet = 0;
+        }
+        last = now;
+    }
+    if quiet < 2 {
+        say("disks still busy after 30 s (other jobs?); measuring anyway");
+    }
 }
 
 fn remove_sqlite(path: &Path) {
@@ -466,20 +516,35 @@ async fn measure_system(
         ("RESTAURANT_HTTP__BRIDGE_PORT", bridge_port.to_string()),
     ];
     let all_args = |cfg: &Path| -> Vec<String> {
-        vec![
+        let mut a = vec![
             "--config".into(),
             cfg.display().to_string(),
-            "--mode=all".into(),
-            "--worker-name=bench_chef".into(),
-            format!("--prefetch={}", settings.kitchen_prefetch),
-        ]
+            format!("--mode={}", settings.mode),
+        ];
+        if settings.mode == "all" {
+            a.push("--worker-name=bench_chef".into());
+            a.push(format!("--prefetch={}", settings.kitchen_prefetch));
+        }
+        a
     };
     say(&format!(
-        "{}: starting --mode=all with the display bridge",
-        rep.backend
+        "{}: starting --mode={}{}",
+        rep.backend,
+        settings.mode,
+        if settings.mode == "all" {
+            " with the display bridge"
+        } else {
+            ""
+        }
     ));
     let mut extra: Vec<(&str, String)> = ports.to_vec();
     extra.push(("RESTAURANT_MQTT__ENABLED", "true".into()));
+    if settings.mode != "all" {
+        rep.mqtt_note = Some(format!(
+            "--mode={} measured alone (--intake-only): no kitchen, no bridge",
+            settings.mode
+        ));
+    }
     let timeout = Duration::from_secs(60);
     let mut daemon = match start_daemon(
         bin,
@@ -492,7 +557,7 @@ async fn measure_system(
     .await
     {
         Ok(d) => {
-            rep.mqtt_bridge = true;
+            rep.mqtt_bridge = settings.mode == "all";
             d
         }
         Err(e) => {
@@ -684,7 +749,11 @@ async fn drive(
     if rep.mqtt_bridge {
         load::watch_mqtt(servers, prefix, seen.clone(), stop.clone()).await?;
     }
-    load::watch_notifications(servers, &vhost.name, seen.clone(), stop.clone()).await?;
+    // Without a kitchen nothing becomes ready: the waits below end at once.
+    let follow = settings.mode == "all";
+    if follow {
+        load::watch_notifications(servers, &vhost.name, seen.clone(), stop.clone()).await?;
+    }
     let client = load::http_client();
     let url = format!("http://127.0.0.1:{order_port}/orders");
     let me = std::process::id();
@@ -693,7 +762,10 @@ async fn drive(
     // Warm-up: connections, prepared statements, caches.
     let warm = load::open_loop(&client, &url, 100.0, Duration::from_secs(1)).await;
     rep.orders_total += warm.ok;
-    wait_until(drain_timeout, || seen.ready_count(&warm.created) >= warm.ok).await;
+    wait_until(drain_timeout, || {
+        !follow || seen.ready_count(&warm.created) >= warm.ok
+    })
+    .await;
     if warm.ok == 0 {
         return Err(format!("no order accepted during warm-up: {:?}", warm.errors).into());
     }
@@ -720,9 +792,13 @@ async fn drive(
         .await;
         rep.orders_total += phase.ok;
         let want = phase.ok;
+        if !follow {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         let (drained, drain_s) = wait_until(drain_timeout, || {
-            seen.ready_count(&phase.created) >= want
-                && (!rep.mqtt_bridge || seen.mqtt_count(&phase.created) >= want)
+            !follow
+                || seen.ready_count(&phase.created) >= want
+                    && (!rep.mqtt_bridge || seen.mqtt_count(&phase.created) >= want)
         })
         .await;
         let cpu = ratio(
@@ -783,7 +859,7 @@ async fn drive(
                         rep.orders_total += created;
                         let total = rep.orders_total;
                         wait_until(drain_timeout, || {
-                            seen.ready.lock().expect("lock").len() >= total
+                            !follow || seen.ready.lock().expect("lock").len() >= total
                         })
                         .await;
                         say(&format!(
@@ -814,7 +890,7 @@ async fn drive(
     // kitchen is finished first.
     let total = rep.orders_total;
     let (drained, waited) = wait_until(drain_timeout * 3, || {
-        seen.ready.lock().expect("lock").len() >= total
+        !follow || seen.ready.lock().expect("lock").len() >= total
     })
     .await;
     if !drained {
@@ -834,9 +910,10 @@ async fn drive(
     let phase = load::burst(&client, &url, n, settings.burst_concurrency).await;
     rep.orders_total += phase.ok;
     let want = phase.ok;
-    let (_, _) = wait_until(drain_timeout.max(Duration::from_secs(60)), || {
-        seen.ready_count(&phase.created) >= want
-            && (!rep.mqtt_bridge || seen.mqtt_count(&phase.created) >= want)
+    let (_, _) = wait_until(drain_timeout * 3, || {
+        !follow
+            || seen.ready_count(&phase.created) >= want
+                && (!rep.mqtt_bridge || seen.mqtt_count(&phase.created) >= want)
     })
     .await;
     let drain_s = t.elapsed().as_secs_f64();

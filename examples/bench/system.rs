@@ -353,6 +353,20 @@ impl Machine {
     }
 }
 
+/// Sectors written so far on the whole disks (not partitions), from /proc/diskstats.
+pub fn sectors_written() -> u64 {
+    let text = std::fs::read_to_string("/proc/diskstats").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let name = *f.get(2)?;
+            let whole = std::path::Path::new("/sys/block").join(name).exists();
+            let virt = name.starts_with("loop") || name.starts_with("ram");
+            (whole && !virt).then(|| f.get(9)?.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
