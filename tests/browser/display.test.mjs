@@ -11,7 +11,8 @@
 //   RS_BIN       the binary (default: target/release or target/debug restaurant-system, newest)
 //   CHROMIUM     the browser (default /usr/bin/chromium)
 //   KEEP_TMP=1   keep the temp dir (logs, database) for a look afterwards
-//   SCREENSHOT   where to save the busy board (default docs/display-board.png)
+//   SCREENSHOT   where to save the busy board (default target/display-board.png; set
+//                SCREENSHOT=docs/display-board.png to refresh the one the README shows)
 
 import mqtt from 'mqtt';
 import { execFileSync } from 'node:child_process';
@@ -23,7 +24,7 @@ import {
   sleep, startMosquitto, startProcess, stopProcess, tail, waitFor,
 } from './lib.mjs';
 
-const SCREENSHOT = path.resolve(ROOT, process.env.SCREENSHOT || 'docs/display-board.png');
+const SCREENSHOT = path.resolve(ROOT, process.env.SCREENSHOT || 'target/display-board.png');
 const APPEAR_LIMIT_MS = 1000;
 const runner = new Runner();
 

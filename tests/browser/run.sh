@@ -5,7 +5,7 @@
 #                     retained payloads published by the test (no Rust services needed)
 #   display.test.mjs  the whole system, started by the test itself (private Mosquitto with a
 #                     WebSockets listener, a fresh RabbitMQ vhost, restaurant-system --mode=all
-#                     on SQLite); saves docs/display-board.png
+#                     on SQLite); saves target/display-board.png (SCREENSHOT=docs/display-board.png to refresh the README one)
 # Installs what is missing: chromium, mosquitto, node/npm (apt), the pinned npm packages.
 #
 #   tests/browser/run.sh                 both (RS_BIN=path/to/restaurant-system picks the binary)
