@@ -291,6 +291,9 @@ persistence false
 log_dest file $dir/mosquitto.log
 log_timestamp_format %Y-%m-%dT%H:%M:%S
 allow_anonymous true
+# A screen that (re)connects gets every retained order: the default queue of 1000 per client
+# would drop the rest of a busy board (see docs/mqtt.md).
+max_queued_messages 10000
 
 listener $port 127.0.0.1
 

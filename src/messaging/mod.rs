@@ -34,6 +34,10 @@ pub async fn connect(cfg: &RabbitConfig, name: &str) -> Result<Connection, lapin
             // Heartbeats detect a dead broker in seconds instead of a TCP timeout.
             heartbeat: Some(10),
             connection_timeout: Some(5_000),
+            // lapin keeps 32 frames of frame_max for reading and for writing; at
+            // RabbitMQ's default (128 KiB) that is 8 MB per connection. Our
+            // messages are a few KB; larger ones are split into frames anyway.
+            frame_max: Some(16_384),
             ..Default::default()
         },
     };
