@@ -79,7 +79,8 @@ pub struct Transition {
 pub enum TransitionOutcome {
     Applied {
         old: OrderStatus,
-        /// The order after the change (boxed: the other variants are small).
+        /// The order after the change, without its items (callers need the
+        /// status, times and version; boxed: the other variants are small).
         order: Box<OrderView>,
     },
     /// The order's current status does not allow the change; nothing was written.

@@ -322,36 +322,59 @@ impl Store for PgStore {
         })
     }
 
+    /// Five round trips: lock the order, update it (returning the new state),
+    /// the worker's counter when an order is cooked, and the status-log row with
+    /// the outbox row in one statement; then commit.
     async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
-        let Some((id, current)) = load_order(&tx, &t.order_number, true).await? else {
+        let lock = tx
+            .prepare_cached(&format!(
+                "select {ORDER_COLUMNS} from orders o where o.number = $1 for update"
+            ))
+            .await
+            .map_err(pg_err)?;
+        let Some(row) = tx
+            .query_opt(&lock, &[&t.order_number])
+            .await
+            .map_err(pg_err)?
+        else {
             return Ok(TransitionOutcome::NotFound);
         };
+        let (id, current) = order_row(&row)?;
         let old = current.status;
         if let Err(e) = old.check(t.to) {
             return Ok(TransitionOutcome::Rejected(e));
         }
         let cooking = t.to == OrderStatus::Cooking;
         let cooked = t.to == OrderStatus::Ready && old == OrderStatus::Cooking;
-        tx.execute(
-            "update orders set status = $1, updated_at = $2, version = version + 1,
-                processed_by = case when $3 then $4 else processed_by end,
-                estimated_completion = case when $3 then $5 else estimated_completion end,
-                completed_at = case when $6 then $2 else completed_at end
-             where id = $7",
-            &[
-                &t.to.as_str(),
-                &t.now,
-                &cooking,
-                &t.changed_by,
-                &t.estimated_completion,
-                &cooked,
-                &id,
-            ],
-        )
-        .await
-        .map_err(pg_err)?;
+        let update = tx
+            .prepare_cached(&format!(
+                "update orders o set status = $1, updated_at = $2, version = version + 1,
+                    processed_by = case when $3 then $4 else processed_by end,
+                    estimated_completion = case when $3 then $5 else estimated_completion end,
+                    completed_at = case when $6 then $2 else completed_at end
+                 where o.id = $7
+                 returning {ORDER_COLUMNS}"
+            ))
+            .await
+            .map_err(pg_err)?;
+        let row = tx
+            .query_one(
+                &update,
+                &[
+                    &t.to.as_str(),
+                    &t.now,
+                    &cooking,
+                    &t.changed_by,
+                    &t.estimated_completion,
+                    &cooked,
+                    &id,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        let (_, order) = order_row(&row)?;
         if cooked {
             tx.execute(
                 "update workers set orders_processed = orders_processed + 1 where name = $1",
@@ -360,19 +383,32 @@ impl Store for PgStore {
             .await
             .map_err(pg_err)?;
         }
+        let update_msg = status_update(t, old, &order);
+        let log_and_outbox = tx
+            .prepare_cached(
+                "with l as (
+                    insert into order_status_log (created_at, order_id, status, changed_by, changed_at, notes)
+                    values ($1, $2, $3, $4, $1, $5)
+                 )
+                 insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner)
+                 values ($1, $6, '', $7, 0, $8, $9, $10)",
+            )
+            .await
+            .map_err(pg_err)?;
         tx.execute(
-            "insert into order_status_log (created_at, order_id, status, changed_by, changed_at, notes) values ($1, $2, $3, $4, $1, $5)",
-            &[&t.now, &id, &t.to.as_str(), &t.changed_by, &t.notes],
-        )
-        .await
-        .map_err(pg_err)?;
-        let (_, order) = load_order(&tx, &t.order_number, false)
-            .await?
-            .ok_or_else(|| StoreError::Query("order vanished inside its transaction".into()))?;
-        let update = status_update(t, old, &order);
-        tx.execute(
-            "insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner) values ($1, $2, '', $3, 0, $4, $5, $6)",
-            &[&t.now, &NOTIFICATIONS_EXCHANGE, &to_json(&update)?, &update.event_id(), &t.request_id, &self.owner],
+            &log_and_outbox,
+            &[
+                &t.now,
+                &id,
+                &t.to.as_str(),
+                &t.changed_by,
+                &t.notes,
+                &NOTIFICATIONS_EXCHANGE,
+                &to_json(&update_msg)?,
+                &update_msg.event_id(),
+                &t.request_id,
+                &self.owner,
+            ],
         )
         .await
         .map_err(pg_err)?;
