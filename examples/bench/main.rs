@@ -635,7 +635,35 @@ async fn measure_system(
     }
     r?;
 
-    // Idle memory and READY time of each mode on its own (database migrated).
+    // Idle memory and READY time of each mode on its own, on a database of
+    // their own (migrated first): the load above left thousands of open orders,
+    // which the display bridge would load for its board snapshot.
+    let modes_db = format!("{db}_modes");
+    let mut db_env: Vec<(&str, String)> = ports.to_vec();
+    db_env.push(("RESTAURANT_MQTT__ENABLED", "true".into()));
+    if pg {
+        servers.create_db(&modes_db).await?;
+        db_env.push(("DB_NAME", modes_db.clone()));
+    } else {
+        db_env.push((
+            "RESTAURANT_DATABASE__SQLITE_PATH",
+            dir.join("modes.db").display().to_string(),
+        ));
+    }
+    let migrated = tokio::process::Command::new(bin)
+        .args(["--config", &env.config.display().to_string(), "migrate"])
+        .env_clear()
+        .envs(env.with(&db_env))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    if !migrated.status.success() {
+        return Err(format!(
+            "restaurant-system migrate failed: {}",
+            String::from_utf8_lossy(&migrated.stderr).trim()
+        )
+        .into());
+    }
     let modes: [(&str, Vec<String>); 5] = [
         ("order-service", vec![]),
         (
@@ -653,8 +681,7 @@ async fn measure_system(
             format!("--mode={mode}"),
         ];
         a.extend(more);
-        let mut extra: Vec<(&str, String)> = ports.to_vec();
-        extra.push(("RESTAURANT_MQTT__ENABLED", "true".into()));
+        let extra = db_env.clone();
         let mut m = ModeReport {
             mode: mode.into(),
             ready_ms: None,
@@ -705,6 +732,9 @@ async fn measure_system(
         ],
     )
     .await;
+    if pg {
+        let _ = servers.drop_db(&modes_db).await;
+    }
     Ok(())
 }
 
