@@ -299,47 +299,47 @@ impl Kitchen {
         let n = &msg.order_number;
         // Loops only when another process changed the order between our read and
         // our write (the compare-and-set said no): read again and decide again.
-        for _ in 0..5 {
-            let order = match self.store.order(n).await {
-                Ok(Some(o)) => o,
-                Ok(None) => return Outcome::Poison(format!("unknown order {n}")),
-                Err(e) => return Outcome::Retry(e.to_string()),
-            };
-            let until = match kitchen_step(order.status) {
-                KitchenStep::AlreadyDone => return Outcome::Ack,
-                KitchenStep::ResumeCooking => order.estimated_completion.unwrap_or_else(Utc::now),
-                KitchenStep::StartCooking => {
-                    let now = Utc::now();
-                    let eta = now + chrono::Duration::from_std(cook_time).unwrap_or_default();
-                    match self.change(n, OrderStatus::Cooking, Some(eta), rid).await {
-                        Ok(TransitionOutcome::Applied { .. }) => {
-                            tracing::debug!(action = "order_processing_started", order_number = %n, "Cooking started");
-                            eta
-                        }
-                        Ok(TransitionOutcome::Rejected(_)) => continue,
-                        Ok(TransitionOutcome::NotFound) => {
-                            return Outcome::Poison(format!("unknown order {n}"))
-                        }
-                        Err(e) => return Outcome::Retry(e.to_string()),
-                    }
-                }
-            };
-            if self.cook_until(n, until).await == Cooked::Cancelled {
-                tracing::info!(action = "order_cancelled", order_number = %n, "Order cancelled while cooking; stopped");
-                return Outcome::Ack;
+        // The common case costs one transaction: try received -> cooking. Only
+        // when the order is no longer `received` (a redelivery) do we look at
+        // where it is, and let `kitchen_step` say what that means.
+        let eta = Utc::now() + chrono::Duration::from_std(cook_time).unwrap_or_default();
+        let until = match self.change(n, OrderStatus::Cooking, Some(eta), rid).await {
+            Ok(TransitionOutcome::Applied { .. }) => {
+                tracing::debug!(action = "order_processing_started", order_number = %n, "Cooking started");
+                eta
             }
-            return match self.change(n, OrderStatus::Ready, None, rid).await {
-                Ok(TransitionOutcome::Applied { .. }) => {
-                    tracing::debug!(action = "order_completed", order_number = %n, "Order ready");
-                    Outcome::Ack
+            Ok(TransitionOutcome::NotFound) => {
+                return Outcome::Poison(format!("unknown order {n}"))
+            }
+            Err(e) => return Outcome::Retry(e.to_string()),
+            Ok(TransitionOutcome::Rejected(e)) => match kitchen_step(e.current) {
+                KitchenStep::AlreadyDone => return Outcome::Ack,
+                KitchenStep::ResumeCooking => match self.store.order(n).await {
+                    Ok(Some(o)) => o.estimated_completion.unwrap_or_else(Utc::now),
+                    Ok(None) => return Outcome::Poison(format!("unknown order {n}")),
+                    Err(e) => return Outcome::Retry(e.to_string()),
+                },
+                // received -> cooking is always legal; a refusal from `received`
+                // means it changed under us: try again later.
+                KitchenStep::StartCooking => {
+                    return Outcome::Retry(format!("order {n} changed during the transition"))
                 }
-                // Cancelled at the last moment, or finished by another worker.
-                Ok(TransitionOutcome::Rejected(_)) => Outcome::Ack,
-                Ok(TransitionOutcome::NotFound) => Outcome::Poison(format!("unknown order {n}")),
-                Err(e) => Outcome::Retry(e.to_string()),
-            };
+            },
+        };
+        if self.cook_until(n, until).await == Cooked::Cancelled {
+            tracing::info!(action = "order_cancelled", order_number = %n, "Order cancelled while cooking; stopped");
+            return Outcome::Ack;
         }
-        Outcome::Retry(format!("order {n} kept changing under us"))
+        match self.change(n, OrderStatus::Ready, None, rid).await {
+            Ok(TransitionOutcome::Applied { .. }) => {
+                tracing::debug!(action = "order_completed", order_number = %n, "Order ready");
+                Outcome::Ack
+            }
+            // Cancelled at the last moment, or finished by another worker.
+            Ok(TransitionOutcome::Rejected(_)) => Outcome::Ack,
+            Ok(TransitionOutcome::NotFound) => Outcome::Poison(format!("unknown order {n}")),
+            Err(e) => Outcome::Retry(e.to_string()),
+        }
     }
 
     async fn change(
