@@ -322,29 +322,22 @@ pub struct App {
 }
 
 impl App {
-    pub fn order_url(&self) -> String {
+    fn url(&self, addr: impl Fn(&Running) -> Option<SocketAddr>, what: &str) -> String {
         let a = self
             .running
             .as_ref()
-            .and_then(|r| r.order_addr)
-            .expect("order service running");
+            .and_then(addr)
+            .unwrap_or_else(|| panic!("{what} is not running in this App"));
         format!("http://{a}")
+    }
+    pub fn order_url(&self) -> String {
+        self.url(|r| r.order_addr, "the order service")
     }
     pub fn tracking_url(&self) -> String {
-        let a = self
-            .running
-            .as_ref()
-            .and_then(|r| r.tracking_addr)
-            .expect("tracking service running");
-        format!("http://{a}")
+        self.url(|r| r.tracking_addr, "the tracking service")
     }
     pub fn bridge_url(&self) -> String {
-        let a = self
-            .running
-            .as_ref()
-            .and_then(|r| r.bridge_addr)
-            .expect("display bridge running");
-        format!("http://{a}")
+        self.url(|r| r.bridge_addr, "the display bridge")
     }
     pub fn store(&self) -> restaurant_system::storage::SharedStore {
         self.running.as_ref().expect("running").store.clone()
