@@ -513,14 +513,7 @@ async fn sigterm_mid_cooking(b: Backend) {
         OrderStatus::Ready,
         "the order in hand was finished"
     );
-    let h: Vec<OrderStatus> = store
-        .history(&first)
-        .await
-        .unwrap()
-        .unwrap()
-        .iter()
-        .map(|e| e.status)
-        .collect();
+    let h: Vec<OrderStatus> = common::statuses(&store, &first).await;
     assert_eq!(
         h,
         [

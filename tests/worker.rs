@@ -339,14 +339,7 @@ async fn redelivered_after_ready(b: Backend) {
     let b2 = place_order(&http, &ou, &spec_orders()[0]).await;
     wait_status(&store, &b2, OrderStatus::Ready, Duration::from_secs(15)).await;
 
-    let statuses: Vec<OrderStatus> = store
-        .history(&a)
-        .await
-        .unwrap()
-        .unwrap()
-        .iter()
-        .map(|e| e.status)
-        .collect();
+    let statuses: Vec<OrderStatus> = common::statuses(&store, &a).await;
     assert_eq!(
         statuses,
         [
@@ -431,14 +424,7 @@ async fn concurrent_duplicates(b: Backend) {
     // made (or been refused) its own transitions by the time this returns.
     worker.stop().await;
 
-    let statuses: Vec<OrderStatus> = store
-        .history(&n)
-        .await
-        .unwrap()
-        .unwrap()
-        .iter()
-        .map(|e| e.status)
-        .collect();
+    let statuses: Vec<OrderStatus> = common::statuses(&store, &n).await;
     assert_eq!(
         statuses,
         [

@@ -97,27 +97,7 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 }
 
 fn psql(sql: &str) -> Result<(), String> {
-    let mut cmd = Command::new("psql");
-    cmd.args([
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        &pg_host(),
-        "-p",
-        &pg_port().to_string(),
-        "-U",
-        &pg_user(),
-        "-d",
-        "postgres",
-        "-c",
-        sql,
-    ]);
-    if let Ok(pw) = std::env::var("TEST_PG_PASSWORD") {
-        cmd.env("PGPASSWORD", pw);
-    }
-    run(&mut cmd)
+    pg_query("postgres", sql).map(|_| ())
 }
 
 fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
@@ -884,4 +864,19 @@ impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.stop.lock().unwrap().cancel();
     }
+}
+
+/// The statuses in an order's history, oldest first (panics when the order is unknown).
+pub async fn statuses(
+    store: &restaurant_system::storage::SharedStore,
+    order_number: &str,
+) -> Vec<restaurant_system::domain::OrderStatus> {
+    store
+        .history(order_number)
+        .await
+        .expect("history query")
+        .expect("order exists")
+        .iter()
+        .map(|e| e.status)
+        .collect()
 }
