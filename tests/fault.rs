@@ -69,6 +69,21 @@ fn label(b: Backend) -> &'static str {
     }
 }
 
+/// After the load: the processes must have survived the fault and sit idle;
+/// then they are stopped. The three outcomes are what `assert_common` judges.
+async fn check_and_stop(mut procs: Vec<&mut Proc>) -> [Result<(), String>; 3] {
+    let running = check_running(&mut procs);
+    let idle = match running {
+        Ok(()) => {
+            let all: Vec<&Proc> = procs.iter().map(|p| &**p).collect();
+            check_idle(&all).await
+        }
+        Err(_) => Ok(()),
+    };
+    let stopped = stop_all(procs).await;
+    [running, idle, stopped]
+}
+
 fn accepted_numbers(placed: &[Placed]) -> HashSet<String> {
     placed
         .iter()
@@ -186,12 +201,7 @@ async fn broker_restart(b: Backend, how: Restart) {
     let waited = Instant::now();
     db.wait_ready(&accepted, READY_LIMIT).await;
     let settle = format!("{:.1}", waited.elapsed().as_secs_f64());
-    let running = check_running(&mut [&mut order, &mut chef_a, &mut chef_b]);
-    let idle = match running {
-        Ok(()) => check_idle(&[&order, &chef_a, &chef_b]).await,
-        Err(_) => Ok(()),
-    };
-    let stopped = stop_all(vec![&mut order, &mut chef_a, &mut chef_b]).await;
+    let outcome = check_and_stop(vec![&mut order, &mut chef_a, &mut chef_b]).await;
     let facts = db.orders().await.expect("reading the final orders");
     let r = Report::new("broker-restart", label(b), &placed, &facts)
         .with("restart", format!("{how:?}").to_lowercase())
@@ -199,7 +209,7 @@ async fn broker_restart(b: Backend, how: Restart) {
         .with("health_503_during_outage", health.is_ok())
         .with("all_ready_after_load_s", &settle);
     r.print();
-    assert_common(&r, &[running, idle, stopped]);
+    assert_common(&r, &outcome);
     assert_eq!(
         r.accepted,
         r.placed,
@@ -281,12 +291,7 @@ async fn db_restart() {
     let waited = Instant::now();
     db.wait_ready(&accepted, READY_LIMIT).await;
     let settle = format!("{:.1}", waited.elapsed().as_secs_f64());
-    let running = check_running(&mut [&mut order, &mut chef_a, &mut chef_b]);
-    let idle = match running {
-        Ok(()) => check_idle(&[&order, &chef_a, &chef_b]).await,
-        Err(_) => Ok(()),
-    };
-    let stopped = stop_all(vec![&mut order, &mut chef_a, &mut chef_b]).await;
+    let outcome = check_and_stop(vec![&mut order, &mut chef_a, &mut chef_b]).await;
     let facts = db.orders().await.expect("reading the final orders");
     let r = Report::new("db-restart", "postgres", &placed, &facts);
     let (refused, bad, stray, half) = (r.refused_503, r.bad_answers, r.stray, r.half_written);
@@ -303,7 +308,7 @@ async fn db_restart() {
     if r.lost > 0 || r.stray > 0 {
         eprintln!("private PostgreSQL log:\n{}", pg.log_tail(40));
     }
-    assert_common(&r, &[running, idle, stopped]);
+    assert_common(&r, &outcome);
     assert!(
         r.refused_503 > 0,
         "no order was refused while PostgreSQL was down: the outage was not exercised"
@@ -389,12 +394,7 @@ async fn worker_sigkill(b: Backend) {
     let drained = db.wait_outbox_empty(Duration::from_secs(45)).await;
     let drain = format!("{:.1}", draining.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let running = check_running(&mut [&mut order, &mut notifier, &mut chef_a, &mut chef_b]);
-    let idle = match running {
-        Ok(()) => check_idle(&[&order, &notifier, &chef_a, &chef_b]).await,
-        Err(_) => Ok(()),
-    };
-    let stopped = stop_all(vec![&mut order, &mut notifier, &mut chef_a, &mut chef_b]).await;
+    let outcome = check_and_stop(vec![&mut order, &mut notifier, &mut chef_a, &mut chef_b]).await;
     let facts = db.orders().await.expect("reading the final orders");
 
     let counts = notification_counts(&notifier.log_text());
@@ -420,7 +420,7 @@ async fn worker_sigkill(b: Backend) {
         r.note("the outbox did not drain within 45 s".into());
     }
     r.print();
-    assert_common(&r, &[running, idle, stopped]);
+    assert_common(&r, &outcome);
     assert_eq!(r.accepted, r.placed, "orders refused:\n{}", r.problems());
     assert_eq!(
         duplicate_notifications, 0,
