@@ -7,7 +7,9 @@
 //! 2. with the bridge stopped while orders flow, restarting it delivers every
 //!    change, in order per order, none missing, none twice;
 //! 3. killing the broker and starting it again (empty) restores the whole board
-//!    from the bridge's snapshot.
+//!    from the bridge's snapshot;
+//! 4. the order state the bridge builds from the messages alone is the state
+//!    the database holds, through every change.
 mod common;
 
 use common::{eventually, spec_orders, Backend, TestEnv};
@@ -674,8 +676,93 @@ async fn broker_restart_restores_the_board(b: Backend) {
     app.stop().await;
 }
 
+// ---------------------------------------------------------------------------
+// 4. The state from the messages is the stored state
+// ---------------------------------------------------------------------------
+
+/// The bridge publishes each order's retained state from the messages
+/// (`OrderView::from_message`, `OrderView::apply`) instead of reading the
+/// database. Here every message the stores write into the outbox for a whole
+/// lifecycle (new, cooking, ready, completed, recalled, completed) is replayed
+/// that way, and after each one the retained payload equals the one built
+/// from the database row.
+async fn state_from_messages_is_the_stored_state(b: Backend) {
+    use restaurant_system::display::payload::order_state;
+    use restaurant_system::domain::events::{OrderMessage, StatusUpdate};
+    use restaurant_system::domain::order::validate;
+    use restaurant_system::domain::OrderStatus;
+    use restaurant_system::storage::{OrderView, Transition};
+
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let order = validate(&spec_orders()[1]).expect("a valid spec order");
+    let created = store
+        .create_order(&order, "rid-1", chrono::Utc::now())
+        .await
+        .expect("create");
+    let n = created.order_number;
+    let at = chrono::Utc::now();
+    let mut msgs = store
+        .claim_outbox(10, Duration::from_secs(10), at)
+        .await
+        .expect("outbox");
+    let mut view =
+        OrderView::from_message(&OrderMessage::decode(msgs[0].payload.as_bytes()).unwrap())
+            .expect("the message carries created_at");
+    let stored = store.order(&n).await.unwrap().unwrap();
+    assert_eq!(
+        order_state(&view, at),
+        order_state(&stored, at),
+        "new order"
+    );
+
+    let steps = [
+        (OrderStatus::Cooking, "chef_a"),
+        (OrderStatus::Ready, "chef_a"),
+        (OrderStatus::Completed, "order-service"),
+        (OrderStatus::Ready, "order-service"),
+        (OrderStatus::Completed, "order-service"),
+    ];
+    for (to, by) in steps {
+        let now = chrono::Utc::now();
+        let t = Transition {
+            order_number: n.clone(),
+            to,
+            changed_by: by.to_string(),
+            request_id: "rid-2".into(),
+            now,
+            estimated_completion: (to == OrderStatus::Cooking)
+                .then(|| now + chrono::Duration::seconds(90)),
+            notes: None,
+        };
+        store.transition(&t).await.expect("transition");
+        let ids: Vec<i64> = msgs.iter().map(|m| m.id).collect();
+        store.delete_outbox(&ids).await.expect("delete");
+        msgs = store
+            .claim_outbox(10, Duration::from_secs(10), chrono::Utc::now())
+            .await
+            .expect("outbox");
+        assert_eq!(msgs.len(), 1, "one message for -> {to}");
+        let u = StatusUpdate::decode(msgs[0].payload.as_bytes()).expect("status update");
+        assert_eq!(
+            msgs[0].message_id,
+            u.event_id(),
+            "message id names the change"
+        );
+        assert!(view.apply(&u), "-> {to} applies as the next version");
+        assert!(!view.apply(&u), "the same update twice does not");
+        let stored = store.order(&n).await.unwrap().unwrap();
+        assert_eq!(
+            String::from_utf8(order_state(&view, at)).unwrap(),
+            String::from_utf8(order_state(&stored, at)).unwrap(),
+            "after -> {to}"
+        );
+    }
+}
+
 backend_tests!(
     order_is_retained_then_cleared,
     restart_delivers_every_change_in_order,
-    broker_restart_restores_the_board
+    broker_restart_restores_the_board,
+    state_from_messages_is_the_stored_state
 );

@@ -144,7 +144,17 @@ async fn orders_are_stored_and_published(b: Backend) {
     let mut seen = BTreeSet::new();
     for q in QUEUES {
         for d in get_all(&ch, q).await {
-            let v: Value = serde_json::from_slice(&d.data).expect("message is JSON");
+            let mut v: Value = serde_json::from_slice(&d.data).expect("message is JSON");
+            // The spec's fields, plus when the order was stored (for the display bridge).
+            let created = v
+                .as_object_mut()
+                .and_then(|o| o.remove("created_at"))
+                .expect("created_at in the message");
+            let created = created.as_str().expect("created_at is a string");
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(created).is_ok(),
+                "created_at is RFC 3339: {created}"
+            );
             let n = v["order_number"]
                 .as_str()
                 .expect("order_number")

@@ -513,7 +513,7 @@ proptest! {
                     prop_assert!((1..=99_999).contains(&item.price.0));
                 }
                 // The message built from it survives the trip through RabbitMQ.
-                let msg = OrderMessage::new("ORD_20241216_001".into(), &valid);
+                let msg = OrderMessage::new("ORD_20241216_001".into(), &valid, chrono::Utc::now());
                 let bytes = serde_json::to_vec(&msg).unwrap();
                 prop_assert_eq!(OrderMessage::decode(&bytes), Ok(msg));
             }

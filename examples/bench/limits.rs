@@ -169,7 +169,7 @@ fn sqlite_order_tx(conn: &rusqlite::Connection, order: &ValidOrder) -> rusqlite:
         "insert into order_status_log (created_at, order_id, status, changed_by, changed_at) values (?1, ?2, 'received', 'order-service', ?1)",
     )?
     .execute(params![now_s, order_id])?;
-    let msg = OrderMessage::new(number.clone(), order);
+    let msg = OrderMessage::new(number.clone(), order, now);
     let payload = serde_json::to_string(&msg).expect("json");
     conn.prepare_cached(
         "insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id) values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -239,7 +239,12 @@ fn order_like_payload() -> Vec<u8> {
     let mut rng = rand::rng();
     let body: serde_json::Value = serde_json::from_slice(&random_order(&mut rng)).expect("json");
     let order = validate(&body).expect("valid");
-    serde_json::to_vec(&OrderMessage::new("ORD_20261125_001".into(), &order)).expect("json")
+    serde_json::to_vec(&OrderMessage::new(
+        "ORD_20261125_001".into(),
+        &order,
+        chrono::Utc::now(),
+    ))
+    .expect("json")
 }
 
 /// Persistent messages into a durable priority queue (like the kitchen

@@ -1,6 +1,6 @@
 //! The load: realistic orders sent open-loop at a fixed rate, and the two
 //! observers that see each order come out the other end (its retained MQTT
-//! message, and its `ready` notification on RabbitMQ).
+//! message, and the message that shows it `ready`).
 //!
 //! Open loop: order i is due at `start + i / rate`, whatever happened to the
 //! orders before it, and its latency is measured from that due time, not from
@@ -10,13 +10,8 @@
 
 use crate::stats::Latency;
 use crate::system::Servers;
-use futures_util::StreamExt;
 use rand::seq::IndexedRandom;
 use rand::Rng;
-use restaurant_system::messaging::lapin::options::{
-    BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use restaurant_system::messaging::lapin::types::FieldTable;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use serde_json::json;
@@ -247,13 +242,12 @@ pub async fn burst(client: &reqwest::Client, url: &str, n: usize, concurrency: u
     Phase::from_sent(sent, start.elapsed())
 }
 
-/// When each order was first seen on MQTT and when it was announced ready.
+/// When each order was first seen on MQTT and when MQTT first showed it ready.
 #[derive(Default)]
 pub struct Seen {
     pub mqtt_first: Mutex<HashMap<String, Instant>>,
     pub ready: Mutex<HashMap<String, Instant>>,
     pub mqtt_messages: AtomicU64,
-    pub notifications: AtomicU64,
 }
 
 impl Seen {
@@ -277,7 +271,7 @@ impl Seen {
         )
     }
 
-    /// Due time -> `ready` notification, for the given orders.
+    /// Due time -> the order shown `ready` on MQTT, for the given orders.
     pub fn ready_latency(&self, orders: &[(String, Instant)]) -> Option<Latency> {
         let r = self.ready.lock().expect("lock");
         Latency::from_durations(
@@ -289,7 +283,9 @@ impl Seen {
 }
 
 /// Subscribes to `{prefix}/orders/+` and records the first message of each
-/// order. Returns once the subscription is acknowledged.
+/// order and the first that shows it `ready` (the end of the kitchen's work as
+/// a display sees it; no RabbitMQ queue of our own, so the observer adds no
+/// load to the broker under test). Returns once the subscription is acknowledged.
 pub async fn watch_mqtt(
     servers: &Servers,
     prefix: &str,
@@ -336,6 +332,19 @@ pub async fn watch_mqtt(
                             .expect("lock")
                             .entry(n.to_string())
                             .or_insert(now);
+                        #[derive(serde::Deserialize)]
+                        struct State<'a> {
+                            status: &'a str,
+                        }
+                        if serde_json::from_slice::<State>(&p.payload)
+                            .is_ok_and(|s| s.status == "ready")
+                        {
+                            seen.ready
+                                .lock()
+                                .expect("lock")
+                                .entry(n.to_string())
+                                .or_insert(now);
+                        }
                     }
                 }
                 Ok(_) => {}
@@ -354,83 +363,6 @@ pub async fn watch_mqtt(
         .await
         .map_err(|_| "MQTT subscription not acknowledged within 10 s".to_string())?
         .map_err(|_| "MQTT watcher stopped".to_string())?
-}
-
-/// An exclusive queue bound to `notifications_fanout`: records when each order
-/// is announced `ready`. Returns once it consumes.
-pub async fn watch_notifications(
-    servers: &Servers,
-    vhost: &str,
-    seen: Arc<Seen>,
-    stop: tokio_util::sync::CancellationToken,
-) -> Result<(), String> {
-    let conn = restaurant_system::messaging::connect(&servers.rabbit(vhost), "bench watcher")
-        .await
-        .map_err(|e| format!("RabbitMQ: {e}"))?;
-    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-    restaurant_system::messaging::topology::declare(&ch)
-        .await
-        .map_err(|e| e.to_string())?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    ch.queue_bind(
-        q.name().clone(),
-        restaurant_system::messaging::topology::NOTIFICATIONS_EXCHANGE.into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "bench".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        loop {
-            let d = tokio::select! {
-                _ = stop.cancelled() => break,
-                d = consumer.next() => d,
-            };
-            let Some(Ok(d)) = d else { break };
-            let now = Instant::now();
-            seen.notifications.fetch_add(1, Ordering::Relaxed);
-            #[derive(serde::Deserialize)]
-            struct Update {
-                order_number: String,
-                new_status: String,
-            }
-            if let Ok(u) = serde_json::from_slice::<Update>(&d.data) {
-                if u.new_status == "ready" {
-                    seen.ready
-                        .lock()
-                        .expect("lock")
-                        .entry(u.order_number)
-                        .or_insert(now);
-                }
-            }
-        }
-        let _ = conn.close(200, "bench done".into()).await;
-    });
-    Ok(())
 }
 
 /// Counts the retained messages a fresh client subscribing at `qos` gets:

@@ -6,7 +6,7 @@
 //! with confirms straight at RabbitMQ, one hop through Mosquitto), then starts
 //! the real binary with `--mode=all` against a fresh database and a fresh
 //! RabbitMQ vhost, drives it with open-loop fixed-rate load, follows every
-//! order to its retained MQTT message and its `ready` notification, and reads
+//! order to its retained MQTT message and to the message showing it `ready`, and reads
 //! the process's CPU and memory from /proc. It prints a summary, writes JSON
 //! under target/bench/ and (with --doc) appends the summary to a Markdown file.
 //!
@@ -449,7 +449,6 @@ async fn run_backend(
         pg,
         &db,
         &sqlite_path,
-        &vhost,
         &prefix,
         &env,
         dir,
@@ -501,7 +500,6 @@ async fn measure_system(
     pg: bool,
     db: &str,
     sqlite_path: &Path,
-    vhost: &Vhost,
     prefix: &str,
     env: &DaemonEnv,
     dir: &Path,
@@ -599,7 +597,6 @@ async fn measure_system(
     let r = drive(
         settings,
         servers,
-        vhost,
         prefix,
         order_port,
         &mut daemon,
@@ -767,7 +764,6 @@ async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> (bool,
 async fn drive(
     settings: &Settings,
     servers: &Servers,
-    vhost: &Vhost,
     prefix: &str,
     order_port: u16,
     daemon: &mut Daemon,
@@ -779,11 +775,9 @@ async fn drive(
     if rep.mqtt_bridge {
         load::watch_mqtt(servers, prefix, seen.clone(), stop.clone()).await?;
     }
-    // Without a kitchen nothing becomes ready: the waits below end at once.
-    let follow = settings.mode == "all";
-    if follow {
-        load::watch_notifications(servers, &vhost.name, seen.clone(), stop.clone()).await?;
-    }
+    // Without a kitchen (or without the bridge, through which `ready` is seen)
+    // nothing is followed: the waits below end at once.
+    let follow = settings.mode == "all" && rep.mqtt_bridge;
     let client = load::http_client();
     let url = format!("http://127.0.0.1:{order_port}/orders");
     let me = std::process::id();

@@ -60,7 +60,7 @@ pub struct BurstReport {
     pub concurrency: usize,
     #[serde(flatten)]
     pub phase: PhaseReport,
-    /// Orders announced `ready` on notifications_fanout.
+    /// Orders shown `ready` on MQTT.
     pub ready: usize,
     /// Orders whose MQTT message the live subscriber saw.
     pub mqtt_live: Option<usize>,

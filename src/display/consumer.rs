@@ -3,14 +3,15 @@
 //! and acks each delivery only once everything it caused was acknowledged by
 //! the MQTT broker (at least once, end to end).
 //!
-//! Deliveries are handled one at a time, in queue order: read the order's
-//! current state from the database, hand its state and the event to the MQTT
-//! task. A second task waits for the PUBACKs, in the same order, and acks. The
+//! Deliveries are handled one at a time, in queue order: work out the order's
+//! current state (from the messages, see `cache`; from the database when a
+//! message is missing), hand its state and the event to the MQTT task. A second task waits for the PUBACKs, in the same order, and acks. The
 //! pipeline is as deep as the prefetch. Anything that breaks the order (the
 //! database failing, the MQTT broker losing our session) ends the RabbitMQ
 //! session instead of skipping a message: the broker then returns every
 //! unacknowledged delivery to the queue, in order, for the next session.
 
+use super::cache::{self, OrderCache};
 use super::mqtt::{Cmd, Publisher};
 use super::payload::Event;
 use crate::backoff::Backoff;
@@ -129,6 +130,9 @@ impl Consumer {
         let acker =
             tokio::spawn(settle(pending_rx, lost.clone()).instrument(tracing::Span::current()));
         let mut progressed = false;
+        // Per session: after a reconnect the first message of each order reads
+        // the database once, which also covers whatever was missed meanwhile.
+        let mut cache = OrderCache::new(cache::CAPACITY);
         let result = loop {
             let d = tokio::select! {
                 biased;
@@ -140,7 +144,7 @@ impl Consumer {
                     None => break Err(End::Rabbit(crate::messaging::connection_lost())),
                 },
             };
-            match self.process(&d, shutdown).await {
+            match self.process(&d, &mut cache, shutdown).await {
                 Ok(Some(waits)) => {
                     if pending_tx.send((d, waits)).await.is_err() {
                         break Err(End::MqttLost);
@@ -182,6 +186,7 @@ impl Consumer {
     async fn process(
         &self,
         d: &Delivery,
+        cache: &mut OrderCache,
         shutdown: &CancellationToken,
     ) -> Result<Option<Vec<oneshot::Receiver<()>>>, StoreError> {
         enum Msg {
@@ -208,7 +213,20 @@ impl Consumer {
             Msg::Created(m) => m.order_number.clone(),
             Msg::Changed(u) => u.order_number.clone(),
         };
-        let view = self.store.order(&n).await?;
+        let known = match &msg {
+            Msg::Created(m) => cache.created(m),
+            Msg::Changed(u) => cache.changed(u),
+        };
+        let view = match known {
+            Some(v) => Some(v),
+            None => {
+                let v = self.store.order(&n).await?;
+                if let Some(v) = &v {
+                    cache.remember(v.clone());
+                }
+                v
+            }
+        };
         let mut waits = Vec::with_capacity(2);
         match &view {
             Some(v) => {

@@ -2,8 +2,9 @@
 //! contract in docs/mqtt.md).
 //!
 //! Four tasks:
-//! - [`consumer`]: consumes `display_bridge_queue` in order, reads each order's
-//!   current state from the database, and acks a delivery only after the MQTT
+//! - [`consumer`]: consumes `display_bridge_queue` in order, turns each
+//!   message into the order's current state ([`cache`]: from the messages
+//!   themselves, the database only when one is missing), and acks a delivery only after the MQTT
 //!   broker acknowledged what it caused. Reconnects to RabbitMQ like every other
 //!   consumer here (supervising loop, `Backoff`).
 //! - [`mqtt`]: owns the MQTT client; decides and tracks every publish (never an
@@ -17,6 +18,7 @@
 //! Shutdown: the consumer stops taking deliveries and settles those in hand;
 //! then the MQTT task publishes `offline` and disconnects.
 
+pub mod cache;
 pub mod consumer;
 pub mod mqtt;
 pub mod payload;

@@ -288,6 +288,7 @@ mod tests {
             items: view().items,
             total_amount: Cents(2999),
             priority: 1,
+            created_at: None,
         };
         let e = serde_json::to_value(Event::created(&msg, Some(&view()), at(59, 0))).unwrap();
         assert_eq!(

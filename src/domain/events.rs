@@ -20,10 +20,14 @@ pub struct OrderMessage {
     pub items: Vec<Item>,
     pub total_amount: Cents,
     pub priority: i32,
+    /// When the order was stored (additive: lets the display bridge show the
+    /// order without reading it back from the database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 impl OrderMessage {
-    pub fn new(order_number: String, order: &ValidOrder) -> Self {
+    pub fn new(order_number: String, order: &ValidOrder, created_at: DateTime<Utc>) -> Self {
         OrderMessage {
             order_number,
             customer_name: order.customer_name.clone(),
@@ -33,6 +37,7 @@ impl OrderMessage {
             items: order.items.clone(),
             total_amount: order.total,
             priority: order.priority,
+            created_at: Some(created_at),
         }
     }
 

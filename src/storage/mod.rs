@@ -108,6 +108,54 @@ pub struct OrderView {
     pub version: i64,
 }
 
+impl OrderView {
+    /// The order as stored, from the message that announced it: what the
+    /// display bridge shows without reading the database. None for a message
+    /// without `created_at` (from an older version).
+    pub fn from_message(m: &OrderMessage) -> Option<OrderView> {
+        Some(OrderView {
+            order_number: m.order_number.clone(),
+            customer_name: m.customer_name.clone(),
+            order_type: m.order_type,
+            table_number: m.table_number,
+            delivery_address: m.delivery_address.clone(),
+            items: m.items.clone(),
+            total_amount: m.total_amount,
+            priority: m.priority,
+            status: OrderStatus::Received,
+            processed_by: None,
+            created_at: m.created_at?,
+            updated_at: m.created_at?,
+            estimated_completion: None,
+            completed_at: None,
+            version: 1,
+        })
+    }
+
+    /// Applies the change `u` announces, the same way the stores do (see
+    /// `transition` in each backend). Only the next version applies: for any
+    /// other (a gap, a duplicate) it returns false and leaves the view as it was.
+    pub fn apply(&mut self, u: &StatusUpdate) -> bool {
+        if u.order_number != self.order_number
+            || u.version != self.version + 1
+            || u.old_status != self.status
+        {
+            return false;
+        }
+        if u.new_status == OrderStatus::Cooking {
+            self.processed_by = Some(u.changed_by.clone());
+        }
+        if u.new_status == OrderStatus::Ready && u.old_status == OrderStatus::Cooking {
+            self.completed_at = Some(u.timestamp);
+        }
+        self.status = u.new_status;
+        self.updated_at = u.timestamp;
+        self.estimated_completion = u.estimated_completion;
+        self.version = u.version;
+        true
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HistoryEntry {
     pub status: OrderStatus,

@@ -17,6 +17,11 @@ const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
 
 pub struct PgStore {
     pool: Pool,
+    /// The outbox relay's bookkeeping (leases, deleting published rows): its own
+    /// connections with `synchronous_commit = off`, so each step is one statement
+    /// that does not wait for a WAL flush. Losing such a commit in a crash only
+    /// means a message is published again, which consumers already tolerate.
+    relay_pool: Pool,
     owner: String,
 }
 
@@ -32,31 +37,24 @@ impl PgStore {
         if let Some(pw) = cfg.password.as_ref() {
             pg.password(pw.expose());
         }
-        let mgr = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let timeouts = Timeouts {
-            wait: Some(Duration::from_secs(5)),
-            create: Some(Duration::from_secs(5)),
-            recycle: Some(Duration::from_secs(5)),
+        let pool = build_pool(pg.clone(), cfg.pool_size)?;
+        pg.options("-c synchronous_commit=off");
+        let relay_pool = build_pool(pg, 2)?;
+        let store = PgStore {
+            pool,
+            relay_pool,
+            owner,
         };
-        let pool = Pool::builder(mgr)
-            .max_size(cfg.pool_size)
-            .timeouts(timeouts)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Query(format!("building the connection pool: {e}")))?;
-        let store = PgStore { pool, owner };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(pool_err)
+    }
+
+    async fn relay_client(&self) -> Result<Object, StoreError> {
+        self.relay_pool.get().await.map_err(pool_err)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -94,16 +92,27 @@ impl PgStore {
     }
 }
 
-/// A transaction whose commit does not wait for the WAL flush. Only for the
-/// relay's bookkeeping (leases, deleting published rows): losing it in a crash
-/// means a message is published again, which consumers already tolerate, and it
-/// saves two disk flushes per batch on the intake's path.
-async fn relaxed(c: &mut Object) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
-    let tx = c.transaction().await.map_err(pg_err)?;
-    tx.batch_execute("set local synchronous_commit = off")
-        .await
-        .map_err(pg_err)?;
-    Ok(tx)
+/// A pool that connects lazily and replaces dead connections, so a restarted
+/// server is picked up again on its own.
+fn build_pool(pg: tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let timeouts = Timeouts {
+        wait: Some(Duration::from_secs(5)),
+        create: Some(Duration::from_secs(5)),
+        recycle: Some(Duration::from_secs(5)),
+    };
+    Pool::builder(mgr)
+        .max_size(size)
+        .timeouts(timeouts)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Query(format!("building the connection pool: {e}")))
 }
 
 fn pool_err(e: PoolError) -> StoreError {
@@ -262,6 +271,52 @@ with c as (
 select number from o
 "#;
 
+/// A status change, in one statement (one round trip, one commit): lock the
+/// order, update it only if its current status is one the change may come
+/// from ($7, from the domain's state machine), count the worker's cooked order,
+/// and write the history row and the outbox message. The message ($10) is
+/// built in Rust; the statement fills in the three fields that depend on the
+/// row (old status, version, estimated completion) and its id, which is
+/// `StatusUpdate::event_id`. Returns the updated order and, last, the status it
+/// had; an order not in an allowed status returns only that status (the
+/// order's columns are null), an unknown order returns no row.
+const TRANSITION_SQL: &str = r#"
+with cur as (
+    select id, status from orders where number = $1 for update
+), o as (
+    update orders o set status = $2, updated_at = $3, version = o.version + 1,
+        processed_by = case when $4 then $5 else o.processed_by end,
+        estimated_completion = case when $4 then $6 else o.estimated_completion end,
+        completed_at = case when $2 = 'ready' and cur.status = 'cooking' then $3 else o.completed_at end
+    from cur
+    where o.id = cur.id and cur.status = any($7::text[])
+    returning o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
+        (o.total_amount * 100)::bigint as total_cents, o.priority, o.status, o.processed_by,
+        o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version,
+        cur.status as old_status
+), w as (
+    update workers set orders_processed = orders_processed + 1
+    where name = $5 and exists (select 1 from o where o.status = 'ready' and o.old_status = 'cooking')
+), l as (
+    insert into order_status_log (created_at, order_id, status, changed_by, changed_at, notes)
+    select $3, o.id, $2, $5, $3, $8 from o
+), x as (
+    insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner)
+    select $3, $9, '',
+        ($10::text::jsonb || jsonb_build_object(
+            'old_status', o.old_status,
+            'version', o.version,
+            'estimated_completion', o.estimated_completion,
+            'order_type', o.type))::text,
+        0, o.number || ':' || $2 || ':' || o.version, $11, $12
+    from o
+)
+select o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
+    o.total_cents, o.priority, o.status, o.processed_by, o.created_at, o.updated_at,
+    o.estimated_completion, o.completed_at, o.version, cur.status
+from cur left join o on true
+"#;
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> Backend {
@@ -282,7 +337,7 @@ impl Store for PgStore {
     ) -> Result<CreatedOrder, StoreError> {
         let c = self.client().await?;
         // The message is built here with an empty number; the statement fills it in.
-        let msg = OrderMessage::new(String::new(), order);
+        let msg = OrderMessage::new(String::new(), order, now);
         let (exchange, key, prio) = order_outbox(&msg);
         let names: Vec<&str> = order.items.iter().map(|i| i.name.as_str()).collect();
         let qty: Vec<i32> = order.items.iter().map(|i| i.quantity as i32).collect();
@@ -326,93 +381,63 @@ impl Store for PgStore {
     /// the worker's counter when an order is cooked, and the status-log row with
     /// the outbox row in one statement; then commit.
     async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(pg_err)?;
-        let lock = tx
-            .prepare_cached(&format!(
-                "select {ORDER_COLUMNS} from orders o where o.number = $1 for update"
-            ))
-            .await
-            .map_err(pg_err)?;
-        let Some(row) = tx
-            .query_opt(&lock, &[&t.order_number])
-            .await
-            .map_err(pg_err)?
-        else {
-            return Ok(TransitionOutcome::NotFound);
+        let c = self.client().await?;
+        // The statuses this change may come from, decided by the domain's state
+        // machine; the statement applies it only from one of them.
+        let from: Vec<&str> = OrderStatus::ALL
+            .iter()
+            .filter(|s| s.check(t.to).is_ok())
+            .map(|s| s.as_str())
+            .collect();
+        // The message as far as it is known before the statement runs; the
+        // statement fills in what depends on the row (see TRANSITION_SQL).
+        let template = StatusUpdate {
+            order_number: t.order_number.clone(),
+            old_status: t.to,
+            new_status: t.to,
+            changed_by: t.changed_by.clone(),
+            timestamp: t.now,
+            estimated_completion: None,
+            version: 0,
+            order_type: None,
         };
-        let (id, current) = order_row(&row)?;
-        let old = current.status;
-        if let Err(e) = old.check(t.to) {
-            return Ok(TransitionOutcome::Rejected(e));
-        }
-        let cooking = t.to == OrderStatus::Cooking;
-        let cooked = t.to == OrderStatus::Ready && old == OrderStatus::Cooking;
-        let update = tx
-            .prepare_cached(&format!(
-                "update orders o set status = $1, updated_at = $2, version = version + 1,
-                    processed_by = case when $3 then $4 else processed_by end,
-                    estimated_completion = case when $3 then $5 else estimated_completion end,
-                    completed_at = case when $6 then $2 else completed_at end
-                 where o.id = $7
-                 returning {ORDER_COLUMNS}"
-            ))
-            .await
-            .map_err(pg_err)?;
-        let row = tx
-            .query_one(
-                &update,
+        let st = c.prepare_cached(TRANSITION_SQL).await.map_err(pg_err)?;
+        let row = c
+            .query_opt(
+                &st,
                 &[
+                    &t.order_number,
                     &t.to.as_str(),
                     &t.now,
-                    &cooking,
+                    &(t.to == OrderStatus::Cooking),
                     &t.changed_by,
                     &t.estimated_completion,
-                    &cooked,
-                    &id,
+                    &from,
+                    &t.notes,
+                    &NOTIFICATIONS_EXCHANGE,
+                    &to_json(&template)?,
+                    &t.request_id,
+                    &self.owner,
                 ],
             )
             .await
             .map_err(pg_err)?;
-        let (_, order) = order_row(&row)?;
-        if cooked {
-            tx.execute(
-                "update workers set orders_processed = orders_processed + 1 where name = $1",
-                &[&t.changed_by],
-            )
-            .await
-            .map_err(pg_err)?;
+        let Some(row) = row else {
+            return Ok(TransitionOutcome::NotFound);
+        };
+        let old: OrderStatus = row
+            .try_get::<_, String>(15)
+            .map_err(pg_err)?
+            .parse()
+            .map_err(|e: String| StoreError::Query(format!("bad status in database: {e}")))?;
+        if row.try_get::<_, Option<i32>>(0).map_err(pg_err)?.is_none() {
+            // The order was there but not in a status this change comes from.
+            return Ok(TransitionOutcome::Rejected(TransitionError {
+                current: old,
+                requested: t.to,
+            }));
         }
-        let update_msg = status_update(t, old, &order);
-        let log_and_outbox = tx
-            .prepare_cached(
-                "with l as (
-                    insert into order_status_log (created_at, order_id, status, changed_by, changed_at, notes)
-                    values ($1, $2, $3, $4, $1, $5)
-                 )
-                 insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner)
-                 values ($1, $6, '', $7, 0, $8, $9, $10)",
-            )
-            .await
-            .map_err(pg_err)?;
-        tx.execute(
-            &log_and_outbox,
-            &[
-                &t.now,
-                &id,
-                &t.to.as_str(),
-                &t.changed_by,
-                &t.notes,
-                &NOTIFICATIONS_EXCHANGE,
-                &to_json(&update_msg)?,
-                &update_msg.event_id(),
-                &t.request_id,
-                &self.owner,
-            ],
-        )
-        .await
-        .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)?;
+        let (_, order) = order_row(&row)?;
         Ok(TransitionOutcome::Applied {
             old,
             order: Box::new(order),
@@ -539,11 +564,10 @@ impl Store for PgStore {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
-        let mut c = self.client().await?;
+        let c = self.relay_client().await?;
         let until =
             now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
-        let tx = relaxed(&mut c).await?;
-        let st = tx
+        let st = c
             .prepare_cached(
                 "update outbox set lease_until = $1 where id in
                     (select id from outbox
@@ -553,7 +577,7 @@ impl Store for PgStore {
             )
             .await
             .map_err(pg_err)?;
-        let rows = tx
+        let rows = c
             .query(
                 &st,
                 &[
@@ -566,7 +590,6 @@ impl Store for PgStore {
             )
             .await
             .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)?;
         let mut out = rows
             .iter()
             .map(|r| {
@@ -586,16 +609,17 @@ impl Store for PgStore {
     }
 
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let mut c = self.client().await?;
-        let tx = relaxed(&mut c).await?;
-        tx.execute("delete from outbox where id = any($1)", &[&ids])
+        let c = self.relay_client().await?;
+        let st = c
+            .prepare_cached("delete from outbox where id = any($1)")
             .await
             .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)
+        c.execute(&st, &[&ids]).await.map_err(pg_err)?;
+        Ok(())
     }
 
     async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let c = self.client().await?;
+        let c = self.relay_client().await?;
         c.execute(
             "update outbox set lease_until = null where id = any($1)",
             &[&ids],

@@ -392,7 +392,7 @@ fn create_order_tx(
     .and_then(|mut st| st.execute(params![now_s, order_id]))
     .map_err(sql_err)?;
 
-    let msg = OrderMessage::new(number.clone(), order);
+    let msg = OrderMessage::new(number.clone(), order, now);
     let (exchange, key, prio) = order_outbox(&msg);
     insert_outbox(
         conn,
