@@ -703,7 +703,7 @@ async fn state_from_messages_is_the_stored_state(b: Backend) {
     let n = created.order_number;
     let at = chrono::Utc::now();
     let mut msgs = store
-        .claim_outbox(10, Duration::from_secs(10), at)
+        .claim_outbox(&[], 10, Duration::from_secs(10), at)
         .await
         .expect("outbox");
     let mut view =
@@ -736,13 +736,14 @@ async fn state_from_messages_is_the_stored_state(b: Backend) {
             notes: None,
         };
         store.transition(&t).await.expect("transition");
+        // Deletes the rows handled so far and leases the new one.
         let ids: Vec<i64> = msgs.iter().map(|m| m.id).collect();
-        store.delete_outbox(&ids).await.expect("delete");
         msgs = store
-            .claim_outbox(10, Duration::from_secs(10), chrono::Utc::now())
+            .claim_outbox(&ids, 10, Duration::from_secs(10), chrono::Utc::now())
             .await
             .expect("outbox");
         assert_eq!(msgs.len(), 1, "one message for -> {to}");
+        assert_eq!(store.outbox_len().await.unwrap(), 1, "handled rows deleted");
         let u = StatusUpdate::decode(msgs[0].payload.as_bytes()).expect("status update");
         assert_eq!(
             msgs[0].message_id,

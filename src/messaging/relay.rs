@@ -3,7 +3,8 @@
 //! Every state change writes its message into the outbox in the same transaction
 //! (see `storage`), so a message exists if and only if its change committed. The
 //! relay leases a batch of rows, publishes them all (persistent, pipelined), waits
-//! for the broker's confirms, and deletes the confirmed rows. A crash anywhere
+//! for the broker's confirms, and deletes the confirmed rows in the same step
+//! that leases the next batch (one statement per batch). A crash anywhere
 //! leaves rows that are published again later: delivery is at-least-once, and
 //! consumers are idempotent (status changes are compare-and-set, updates carry a
 //! version). It wakes on every commit and also polls, so nothing waits long.
@@ -27,6 +28,9 @@ const BATCH: usize = 500;
 const LEASE: Duration = Duration::from_secs(10);
 /// Wake-ups can be missed by another process's commits; poll as well.
 const POLL: Duration = Duration::from_millis(500);
+/// Confirmed rows are deleted with the next claim; when no new commit comes
+/// within this time, the relay claims (and deletes) anyway.
+const FLUSH: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct Relay {
@@ -91,33 +95,49 @@ impl Relay {
         self.link.set(true);
         outage.connected(&self.name, topology::ORDERS_EXCHANGE);
         backoff.reset();
-        loop {
-            self.drain(&ch).await?;
+        // Confirmed by the broker, deleted with the next claim.
+        let mut published = Vec::new();
+        let result = loop {
+            if let Err(e) = self.drain(&ch, &mut published).await {
+                break Err(e);
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = tokio::time::timeout(Duration::from_secs(3), self.drain(&ch)).await;
+                    let last = self.drain(&ch, &mut published);
+                    let _ = tokio::time::timeout(Duration::from_secs(3), last).await;
                     let _ = conn.close(200, "shutdown".into()).await;
-                    return Ok(());
+                    break Ok(());
                 }
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(if published.is_empty() { POLL } else { FLUSH }) => {}
             }
             if !conn.status().connected() {
-                return Err(crate::messaging::connection_lost());
+                break Err(crate::messaging::connection_lost());
+            }
+        };
+        // What is not deleted now is published again after its lease: harmless.
+        if !published.is_empty() {
+            if let Err(e) = self.store.delete_outbox(&published).await {
+                tracing::error!(action = "outbox_delete_failed", error = %e, "Could not prune published outbox rows");
             }
         }
+        result
     }
 
-    /// Publishes everything waiting in the outbox. Database errors are logged
-    /// and left for the next round; broker errors end the session.
-    async fn drain(&self, ch: &Channel) -> Result<(), lapin::Error> {
+    /// Publishes everything waiting in the outbox; `published` collects the
+    /// confirmed rows, each claim deletes them. Database errors are logged and
+    /// left for the next round; broker errors end the session.
+    async fn drain(&self, ch: &Channel, published: &mut Vec<i64>) -> Result<(), lapin::Error> {
         loop {
             let batch = match self
                 .store
-                .claim_outbox(BATCH, LEASE, chrono::Utc::now())
+                .claim_outbox(published, BATCH, LEASE, chrono::Utc::now())
                 .await
             {
-                Ok(b) => b,
+                Ok(b) => {
+                    published.clear();
+                    b
+                }
                 Err(e) => {
                     tracing::debug!(action = "outbox_claim_failed", error = %e, "Outbox not readable; retrying");
                     return Ok(());
@@ -146,11 +166,7 @@ impl Relay {
                             "Message published to '{}'", m.exchange
                         );
                     }
-                    // Rows we fail to delete are published again later: harmless.
-                    if let Err(e) = self.store.delete_outbox(&sent).await {
-                        tracing::error!(action = "outbox_delete_failed", error = %e, "Could not prune published outbox rows");
-                        return Ok(());
-                    }
+                    published.extend(sent);
                 }
                 Err(e) => {
                     let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();

@@ -250,11 +250,15 @@ pub trait Store: Send + Sync + 'static {
     async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
 
-    /// Leases up to `limit` unsent outbox rows, oldest first, for `lease`: another
-    /// relay will not take them meanwhile, and takes them over if we die. Takes
-    /// this process's own rows, and other processes' rows older than `ORPHAN_AFTER`.
+    /// Deletes `published` (rows whose publish the broker confirmed), then
+    /// leases up to `limit` unsent outbox rows, oldest first, for `lease`:
+    /// another relay will not take them meanwhile, and takes them over if we
+    /// die. Takes this process's own rows, and other processes' rows older than
+    /// `ORPHAN_AFTER`. One step for both, so the relay's bookkeeping costs one
+    /// statement per batch.
     async fn claim_outbox(
         &self,
+        published: &[i64],
         limit: usize,
         lease: Duration,
         now: DateTime<Utc>,

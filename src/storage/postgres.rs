@@ -560,6 +560,7 @@ impl Store for PgStore {
 
     async fn claim_outbox(
         &self,
+        published: &[i64],
         limit: usize,
         lease: Duration,
         now: DateTime<Utc>,
@@ -569,9 +570,11 @@ impl Store for PgStore {
             now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
         let st = c
             .prepare_cached(
-                "update outbox set lease_until = $1 where id in
+                "with gone as (delete from outbox where id = any($6))
+                 update outbox set lease_until = $1 where id in
                     (select id from outbox
                      where (owner = $4 or created_at < $5) and (lease_until is null or lease_until < $2)
+                       and not (id = any($6))
                      order by id limit $3 for update skip locked)
                  returning id, exchange, routing_key, payload, priority, message_id, request_id",
             )
@@ -586,6 +589,7 @@ impl Store for PgStore {
                     &(limit as i64),
                     &self.owner,
                     &(now - ORPHAN_AFTER),
+                    &published,
                 ],
             )
             .await

@@ -658,6 +658,7 @@ impl Store for SqliteStore {
 
     async fn claim_outbox(
         &self,
+        published: &[i64],
         limit: usize,
         lease: Duration,
         now: DateTime<Utc>,
@@ -667,7 +668,8 @@ impl Store for SqliteStore {
         // Look before leasing: the relay polls twice a second, and an idle poll
         // should be a read, not a write transaction with its fsync.
         let (owner, orphans, now_s) = (self.owner.clone(), ts(now - ORPHAN_AFTER), ts(now));
-        let waiting = self
+        let waiting = !published.is_empty()
+            || self
             .read(move |c| {
                 c.prepare_cached(
                     "select exists(select 1 from outbox where (owner = ?1 or created_at < ?2) and (lease_until is null or lease_until < ?3))",
@@ -680,7 +682,9 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let owner = self.owner.clone();
+        let published = published.to_vec();
         self.write(move |c| {
+            delete_published(c, &published)?;
             let mut st = c
                 .prepare_cached(
                     "update outbox set lease_until = ?1 where id in
@@ -712,16 +716,7 @@ impl Store for SqliteStore {
 
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
         let ids = ids.to_vec();
-        self.write(move |c| {
-            let mut st = c
-                .prepare_cached("delete from outbox where id = ?1")
-                .map_err(sql_err)?;
-            for id in ids {
-                st.execute([id]).map_err(sql_err)?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |c| delete_published(c, &ids)).await
     }
 
     async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
@@ -745,4 +740,14 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+fn delete_published(c: &Connection, ids: &[i64]) -> Result<(), StoreError> {
+    let mut st = c
+        .prepare_cached("delete from outbox where id = ?1")
+        .map_err(sql_err)?;
+    for id in ids {
+        st.execute([id]).map_err(sql_err)?;
+    }
+    Ok(())
 }
