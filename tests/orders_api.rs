@@ -771,15 +771,41 @@ async fn concurrent_orders(b: Backend) {
         let http = http.clone();
         let url = app.order_url();
         let barrier = barrier.clone();
-        let body = spec_orders()[i % 3].clone();
+        let mut body = spec_orders()[i % 3].clone();
+        // A name of its own, so a swapped order would show.
+        let tag: String = [i / 26, i % 26]
+            .iter()
+            .map(|d| char::from(b'a' + *d as u8))
+            .collect();
+        body["customer_name"] = json!(format!("Guest {tag}"));
         tasks.spawn(async move {
             barrier.wait().await;
-            place_order(&http, &url, &body).await
+            (place_order(&http, &url, &body).await, body)
         });
     }
     let mut numbers = Vec::new();
+    let mut bodies = BTreeMap::new();
     while let Some(r) = tasks.join_next().await {
-        numbers.push(r.expect("task"));
+        let (n, body) = r.expect("task");
+        numbers.push(n.clone());
+        bodies.insert(n, body);
+    }
+    // Stored together (PostgreSQL commits concurrent orders in batches), each
+    // number still holds the order that was sent for it.
+    let store = app.store();
+    for (n, body) in &bodies {
+        let o = store.order(n).await.unwrap().expect("stored");
+        assert_eq!(
+            o.customer_name,
+            body["customer_name"].as_str().unwrap(),
+            "{n}"
+        );
+        let items = body["items"].as_array().unwrap();
+        assert_eq!(o.items.len(), items.len(), "{n}");
+        for (got, want) in o.items.iter().zip(items) {
+            assert_eq!(got.name, want["name"].as_str().unwrap(), "{n}");
+            assert_eq!(got.quantity, want["quantity"].as_i64().unwrap(), "{n}");
+        }
     }
     let distinct: BTreeSet<&String> = numbers.iter().collect();
     assert_eq!(distinct.len(), 200, "duplicate order numbers");
@@ -815,7 +841,14 @@ async fn concurrent_orders(b: Backend) {
     for q in QUEUES {
         for d in get_all(&ch, q).await {
             let v: Value = serde_json::from_slice(&d.data).unwrap();
-            published.insert(v["order_number"].as_str().unwrap().to_string());
+            let n = v["order_number"].as_str().unwrap().to_string();
+            let body = &bodies[&n];
+            assert_eq!(v["customer_name"], body["customer_name"], "message of {n}");
+            assert_eq!(
+                v["items"].as_array().map(Vec::len),
+                body["items"].as_array().map(Vec::len)
+            );
+            published.insert(n);
         }
     }
     assert_eq!(published.len(), 200);

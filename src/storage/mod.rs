@@ -7,6 +7,7 @@
 //! apply the same change twice.
 
 mod migrations;
+mod pg_intake;
 pub mod postgres;
 pub mod sqlite;
 

@@ -2,6 +2,7 @@
 //! dead connections, so a restarted server is picked up again on its own).
 
 use super::migrations::POSTGRES;
+use super::pg_intake::Intake;
 use super::*;
 use crate::config::DatabaseConfig;
 use crate::domain::order::order_number;
@@ -22,6 +23,8 @@ pub struct PgStore {
     /// that does not wait for a WAL flush. Losing such a commit in a crash only
     /// means a message is published again, which consumers already tolerate.
     relay_pool: Pool,
+    /// Order intake, batched (group commit): see `pg_intake`.
+    intake: Intake,
     owner: String,
 }
 
@@ -41,6 +44,7 @@ impl PgStore {
         pg.options("-c synchronous_commit=off");
         let relay_pool = build_pool(pg, 2)?;
         let store = PgStore {
+            intake: Intake::start(pool.clone(), owner.clone()),
             pool,
             relay_pool,
             owner,
@@ -115,14 +119,14 @@ fn build_pool(pg: tokio_postgres::Config, size: usize) -> Result<Pool, StoreErro
         .map_err(|e| StoreError::Query(format!("building the connection pool: {e}")))
 }
 
-fn pool_err(e: PoolError) -> StoreError {
+pub(super) fn pool_err(e: PoolError) -> StoreError {
     match e {
         PoolError::Backend(e) => pg_err(e),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
 
-fn pg_err(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         // Class 08: connection exceptions; 57P0x: the server is shutting down or
@@ -239,36 +243,54 @@ fn worker_row(r: &Row) -> Result<WorkerRow, StoreError> {
 
 const WORKER_COLUMNS: &str = "name, type, status, orders_processed, last_seen, heartbeat_interval";
 
-/// The whole order intake as one statement, so one round trip and one commit.
-/// The order number expression mirrors `domain::order::order_number` (three
-/// digits, wider past 999); the integration tests check both backends agree.
-const CREATE_ORDER_SQL: &str = r#"
+/// Order intake, for a batch of orders in one statement (one commit): the
+/// daily counter moves by the batch size ($3) under its row lock, each order
+/// takes the next number (`ORD_YYYYMMDD_NNN`, see `domain::order::order_number`),
+/// and the order, its items, its first history row and its outbox message (the
+/// JSON of `OrderMessage` with the number filled in) are written. Order-level
+/// arrays ($4-$13) have one element per order; item arrays ($14-$17) one per
+/// item, with the 1-based index of its order. Returns the numbers in batch
+/// order. `bench/order_tx.sql` is the one-order case, for pgbench.
+pub(super) const CREATE_ORDERS_SQL: &str = r#"
 with c as (
-    insert into daily_order_counters (date, last) values ($1::date, 1)
-    on conflict (date) do update set last = daily_order_counters.last + 1
+    insert into daily_order_counters (date, last) values ($1::date, $3::int)
+    on conflict (date) do update set last = daily_order_counters.last + $3::int
     returning last
+), n as (
+    select t.*,
+        'ORD_' || to_char($1::date, 'YYYYMMDD') || '_' ||
+        case when c.last - $3::int + t.idx < 1000
+             then lpad((c.last - $3::int + t.idx)::text, 3, '0')
+             else (c.last - $3::int + t.idx)::text end as number
+    from c, unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::bigint[], $9::int[],
+                   $10::text[], $11::text[], $12::smallint[], $13::text[])
+        with ordinality as t(customer_name, type, table_number, delivery_address, total_cents,
+                             priority, routing_key, payload, prio, request_id, idx)
 ), o as (
     insert into orders (created_at, updated_at, number, customer_name, type, table_number,
                         delivery_address, total_amount, priority, status, version)
-    select $2, $2,
-           'ORD_' || to_char($1::date, 'YYYYMMDD') || '_' ||
-             case when c.last < 1000 then lpad(c.last::text, 3, '0') else c.last::text end,
-           $3, $4, $5, $6, $7::bigint / 100.0, $8, 'received', 1
-    from c
+    select $2, $2, number, customer_name, type, table_number, delivery_address,
+           total_cents / 100.0, priority, 'received', 1
+    from n order by idx
     returning id, number
 ), i as (
     insert into order_items (created_at, order_id, name, quantity, price)
     select $2, o.id, t.name, t.quantity, t.price_cents / 100.0
-    from o, unnest($9::text[], $10::int[], $11::bigint[]) as t(name, quantity, price_cents)
+    from unnest($14::int[], $15::text[], $16::int[], $17::bigint[])
+        with ordinality as t(order_idx, name, quantity, price_cents, k)
+    join n on n.idx = t.order_idx
+    join o on o.number = n.number
+    order by t.k
 ), l as (
     insert into order_status_log (created_at, order_id, status, changed_by, changed_at)
     select $2, o.id, 'received', 'order-service', $2 from o
 ), x as (
     insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner)
-    select $2, $12, $13, jsonb_set($14::text::jsonb, '{order_number}', to_jsonb(o.number))::text, $15, o.number, $16, $17
-    from o
+    select $2, $18, n.routing_key, jsonb_set(n.payload::jsonb, '{order_number}', to_jsonb(n.number))::text,
+           n.prio, n.number, n.request_id, $19
+    from n order by n.idx
 )
-select number from o
+select number from n order by idx
 "#;
 
 /// A status change, in one statement (one round trip, one commit): lock the
@@ -335,51 +357,15 @@ impl Store for PgStore {
         request_id: &str,
         now: DateTime<Utc>,
     ) -> Result<CreatedOrder, StoreError> {
-        let c = self.client().await?;
-        // The message is built here with an empty number; the statement fills it in.
-        let msg = OrderMessage::new(String::new(), order, now);
-        let (exchange, key, prio) = order_outbox(&msg);
-        let names: Vec<&str> = order.items.iter().map(|i| i.name.as_str()).collect();
-        let qty: Vec<i32> = order.items.iter().map(|i| i.quantity as i32).collect();
-        let prices: Vec<i64> = order.items.iter().map(|i| i.price.0).collect();
-        let table = order.table_number.map(|t| t as i32);
-        let prio = i16::from(prio);
-        let st = c.prepare_cached(CREATE_ORDER_SQL).await.map_err(pg_err)?;
-        let row = c
-            .query_one(
-                &st,
-                &[
-                    &now.date_naive(),
-                    &now,
-                    &order.customer_name,
-                    &order.order_type.as_str(),
-                    &table,
-                    &order.delivery_address,
-                    &order.total.0,
-                    &order.priority,
-                    &names,
-                    &qty,
-                    &prices,
-                    &exchange,
-                    &key,
-                    &to_json(&msg)?,
-                    &prio,
-                    &request_id,
-                    &self.owner,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
+        let number = self.intake.create(order, request_id, now).await?;
         Ok(CreatedOrder {
-            order_number: row.try_get(0).map_err(pg_err)?,
+            order_number: number,
             total: order.total,
             priority: order.priority,
         })
     }
 
-    /// Five round trips: lock the order, update it (returning the new state),
-    /// the worker's counter when an order is cooked, and the status-log row with
-    /// the outbox row in one statement; then commit.
+    /// One statement, one commit: see TRANSITION_SQL.
     async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError> {
         let c = self.client().await?;
         // The statuses this change may come from, decided by the domain's state
@@ -645,6 +631,6 @@ impl Store for PgStore {
 
 #[allow(dead_code)]
 fn _number_format_is_shared(d: chrono::NaiveDate) -> String {
-    // Keeps the Rust formatter in view of readers of CREATE_ORDER_SQL.
+    // Keeps the Rust formatter in view of readers of CREATE_ORDERS_SQL.
     order_number(d, 1)
 }

@@ -1,0 +1,202 @@
+//! Group commit for order intake on PostgreSQL.
+//!
+//! Every order takes the next number from the day's row in
+//! `daily_order_counters` (the spec wants the sequence managed in the
+//! transaction, so it has no gaps). That row lock is held until the commit's
+//! WAL flush, so orders stored one transaction each are stored strictly one
+//! after another, one flush each. Here one task stores the orders: whatever
+//! requests arrived while a batch was being committed go into the next batch,
+//! one statement and one flush for all of them. At low rates a batch is a single
+//! order and nothing waits; under load the batches grow, like SQLite's writer
+//! thread (`sqlite.rs`). Each request is still answered only after its own
+//! order committed.
+
+use super::postgres::{pg_err, CREATE_ORDERS_SQL};
+use super::{order_outbox, to_json, StoreError};
+use crate::domain::events::OrderMessage;
+use crate::domain::ValidOrder;
+use crate::messaging::topology::ORDERS_EXCHANGE;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+
+/// Orders per statement at most.
+const MAX_BATCH: usize = 64;
+
+struct Job {
+    order: ValidOrder,
+    request_id: String,
+    now: DateTime<Utc>,
+    reply: oneshot::Sender<Result<String, StoreError>>,
+}
+
+/// The handle `PgStore` keeps; the task ends when it is dropped.
+pub struct Intake {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Intake {
+    pub fn start(pool: Pool, owner: String) -> Intake {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(run(pool, owner, rx));
+        Intake { jobs: tx }
+    }
+
+    /// Stores `order`; returns its number once committed.
+    pub async fn create(
+        &self,
+        order: &ValidOrder,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            order: order.clone(),
+            request_id: request_id.to_string(),
+            now,
+            reply,
+        };
+        let gone = || StoreError::Unavailable("order intake stopped".into());
+        self.jobs.send(job).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+async fn run(pool: Pool, owner: String, mut rx: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        // One statement per day: the counter is per day (a batch spans two
+        // only around midnight, or in tests).
+        while !jobs.is_empty() {
+            let day = jobs[0].now.date_naive();
+            let same = jobs
+                .iter()
+                .take_while(|j| j.now.date_naive() == day)
+                .count();
+            let batch: Vec<Job> = jobs.drain(..same).collect();
+            store(&pool, &owner, batch).await;
+        }
+    }
+}
+
+/// Stores a batch and answers each request. A batch that fails for a reason
+/// other than the database being unavailable is retried one order at a time,
+/// so one order the database refuses cannot fail the others.
+async fn store(pool: &Pool, owner: &str, batch: Vec<Job>) {
+    match insert(pool, owner, &batch).await {
+        Ok(numbers) => {
+            for (job, n) in batch.into_iter().zip(numbers) {
+                let _ = job.reply.send(Ok(n));
+            }
+        }
+        Err(StoreError::Query(_)) if batch.len() > 1 => {
+            for job in batch {
+                let one = insert(pool, owner, std::slice::from_ref(&job)).await;
+                let _ = job
+                    .reply
+                    .send(one.and_then(|mut n| n.pop().ok_or_else(no_number)));
+            }
+        }
+        Err(e) => {
+            for job in batch {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn no_number() -> StoreError {
+    StoreError::Query("order intake returned no number".into())
+}
+
+async fn insert(pool: &Pool, owner: &str, batch: &[Job]) -> Result<Vec<String>, StoreError> {
+    let now = batch.first().map(|j| j.now).ok_or_else(no_number)?;
+    let n = batch.len() as i32;
+    let mut cols = Columns::default();
+    for (idx, job) in batch.iter().enumerate() {
+        cols.push(idx as i32 + 1, job, now)?;
+    }
+    let c = pool.get().await.map_err(super::postgres::pool_err)?;
+    let st = c.prepare_cached(CREATE_ORDERS_SQL).await.map_err(pg_err)?;
+    let rows = c
+        .query(
+            &st,
+            &[
+                &now.date_naive(),
+                &now,
+                &n,
+                &cols.customer,
+                &cols.kind,
+                &cols.table,
+                &cols.address,
+                &cols.total,
+                &cols.priority,
+                &cols.routing_key,
+                &cols.payload,
+                &cols.prio,
+                &cols.request_id,
+                &cols.item_order,
+                &cols.item_name,
+                &cols.item_qty,
+                &cols.item_price,
+                &ORDERS_EXCHANGE,
+                &owner,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+    let numbers = rows
+        .iter()
+        .map(|r| r.try_get::<_, String>(0).map_err(pg_err))
+        .collect::<Result<Vec<_>, _>>()?;
+    if numbers.len() != batch.len() {
+        return Err(no_number());
+    }
+    Ok(numbers)
+}
+
+/// The statement's array parameters, one element per order or per item.
+#[derive(Default)]
+struct Columns {
+    customer: Vec<String>,
+    kind: Vec<&'static str>,
+    table: Vec<Option<i32>>,
+    address: Vec<Option<String>>,
+    total: Vec<i64>,
+    priority: Vec<i32>,
+    routing_key: Vec<String>,
+    payload: Vec<String>,
+    prio: Vec<i16>,
+    request_id: Vec<String>,
+    item_order: Vec<i32>,
+    item_name: Vec<String>,
+    item_qty: Vec<i32>,
+    item_price: Vec<i64>,
+}
+
+impl Columns {
+    /// Adds order number `idx` of the batch, stored at `now` (the batch's time).
+    fn push(&mut self, idx: i32, job: &Job, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let o = &job.order;
+        // Built with an empty number; the statement fills it in.
+        let msg = OrderMessage::new(String::new(), o, now);
+        let (_, key, prio) = order_outbox(&msg);
+        self.customer.push(o.customer_name.clone());
+        self.kind.push(o.order_type.as_str());
+        self.table.push(o.table_number.map(|t| t as i32));
+        self.address.push(o.delivery_address.clone());
+        self.total.push(o.total.0);
+        self.priority.push(o.priority);
+        self.routing_key.push(key);
+        self.payload.push(to_json(&msg)?);
+        self.prio.push(i16::from(prio));
+        self.request_id.push(job.request_id.clone());
+        for item in &o.items {
+            self.item_order.push(idx);
+            self.item_name.push(item.name.clone());
+            self.item_qty.push(item.quantity as i32);
+            self.item_price.push(item.price.0);
+        }
+        Ok(())
+    }
+}
