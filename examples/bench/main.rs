@@ -53,7 +53,8 @@ struct Args {
     /// The pgbench script with the order transaction.
     #[arg(long, default_value = "bench/order_tx.sql")]
     pgbench_script: PathBuf,
-    /// Offered rates, orders/s (default: 100,250,500,1000,1500,2000,3000).
+    /// Offered rates, orders/s (default: 100,250,500,1000,1500,2000,2500,3000;
+    /// --intake-only: 500,1000,1500,2000,2500,3000,4000; --short: 100,250,500,1000,2000).
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<u32>>,
     /// Seconds per rate step (default 10, --short 2).
@@ -141,13 +142,15 @@ async fn run(args: Args) -> Result<()> {
         step_seconds: args
             .step_seconds
             .unwrap_or(if args.short { 2.0 } else { 10.0 }),
-        rates: args.rates.clone().unwrap_or_else(|| {
-            if args.short {
-                vec![100, 250, 500, 1000, 2000]
-            } else {
-                vec![100, 250, 500, 1000, 1500, 2000, 3000]
-            }
-        }),
+        rates: args
+            .rates
+            .clone()
+            .unwrap_or_else(|| match (args.short, args.intake_only) {
+                (true, _) => vec![100, 250, 500, 1000, 2000],
+                (false, false) => vec![100, 250, 500, 1000, 1500, 2000, 2500, 3000],
+                // The intake alone goes further.
+                (false, true) => vec![500, 1000, 1500, 2000, 2500, 3000, 4000],
+            }),
         burst: args.burst.unwrap_or(if args.short { 500 } else { 2000 }),
         burst_concurrency: 32,
         p99_limit_ms: 10.0,
@@ -285,9 +288,11 @@ async fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let json = serde_json::to_string_pretty(&report)?;
     let stamp = now.format("%Y%m%d-%H%M%S");
-    let file = args.out.join(format!("bench-{}-{stamp}.json", report.kind));
+    // e.g. bench-full-all-DATE.json and latest-full-all.json (-order-service for --intake-only).
+    let name = format!("{}-{}", report.kind, report.settings.mode);
+    let file = args.out.join(format!("bench-{name}-{stamp}.json"));
     std::fs::write(&file, &json)?;
-    std::fs::write(args.out.join(format!("latest-{}.json", report.kind)), &json)?;
+    std::fs::write(args.out.join(format!("latest-{name}.json")), &json)?;
     say(&format!("JSON written to {}", file.display()));
     if let Some(doc) = &args.doc {
         append_doc(doc, &md)?;

@@ -573,7 +573,8 @@ pub fn markdown(r: &Report) -> String {
         }
         let _ = writeln!(
             s,
-            "- Peak RSS (VmHWM) of --mode=all: {}; CPU {} s per 1,000 orders over the whole load{}; start to READY (fresh database, migrations included) {} ms; stop {}.",
+            "- Peak RSS (VmHWM) of --mode={}: {}; CPU {} s per 1,000 orders over the whole load{}; start to READY (fresh database, migrations included) {} ms; stop {}.",
+            r.settings.mode,
             b.peak_rss_kb
                 .map_or("n/a".into(), |k| format!("{:.1} MB", k as f64 / 1024.0)),
             fmt_opt(b.cpu_s_per_1000_orders, 2),
