@@ -54,7 +54,7 @@ struct Args {
     #[arg(long, default_value = "bench/order_tx.sql")]
     pgbench_script: PathBuf,
     /// Offered rates, orders/s (default: 100,250,500,1000,1500,2000,2500,3000;
-    /// --intake-only: 500,1000,1500,2000,2500,3000,4000; --short: 100,250,500,1000,2000).
+    /// --intake-only: 500,1000,1250,...,3000 (steps of 250),3500,4000; --short: 100,250,500,1000,2000).
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<u32>>,
     /// Seconds per rate step (default 10, --short 2).
@@ -148,8 +148,10 @@ async fn run(args: Args) -> Result<()> {
             .unwrap_or_else(|| match (args.short, args.intake_only) {
                 (true, _) => vec![100, 250, 500, 1000, 2000],
                 (false, false) => vec![100, 250, 500, 1000, 1500, 2000, 2500, 3000],
-                // The intake alone goes further.
-                (false, true) => vec![500, 1000, 1500, 2000, 2500, 3000, 4000],
+                // The intake alone goes further, in finer steps near the limits.
+                (false, true) => vec![
+                    500, 1000, 1250, 1500, 1750, 2000, 2250, 2500, 2750, 3000, 3500, 4000,
+                ],
             }),
         burst: args.burst.unwrap_or(if args.short { 500 } else { 2000 }),
         burst_concurrency: 32,
