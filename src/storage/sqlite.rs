@@ -26,15 +26,7 @@ pub struct SqliteStore {
     owner: String,
     writer: mpsc::Sender<Box<dyn WriteJob>>,
     readers: Arc<Mutex<Vec<Connection>>>,
-    /// Dropped with the store: stops the checkpoint thread.
-    _checkpoints: mpsc::Sender<()>,
 }
-
-/// How often the checkpoint thread copies the WAL into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-/// WAL pages past which a checkpoint may briefly hold up the writer to reset
-/// the WAL (readers that never let go of old pages would otherwise grow it).
-const WAL_RESET_PAGES: i64 = 50_000;
 
 impl SqliteStore {
     /// Opens (creating when missing) the database file, applies migrations and
@@ -42,7 +34,7 @@ impl SqliteStore {
     pub async fn open(path: &Path, owner: String) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let p = path.clone();
-        let (conn, checkpoint_conn) = tokio::task::spawn_blocking(move || {
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     StoreError::Unavailable(format!("creating {}: {e}", dir.display()))
@@ -50,22 +42,11 @@ impl SqliteStore {
             }
             let conn = open_conn(&p)?;
             migrate(&conn, SQLITE)?;
-            Ok::<_, StoreError>((conn, open_conn(&p)?))
+            Ok(conn)
         })
         .await
         .map_err(|e| StoreError::Query(format!("sqlite open task: {e}")))??;
 
-        // The writer does not checkpoint: SQLite's automatic checkpoint runs in
-        // the committing connection, so every ~1,000 pages one commit (and every
-        // request waiting on it) would also copy the WAL into the database file
-        // and fsync it. A thread of its own does that, next to the writer.
-        conn.execute_batch("PRAGMA wal_autocheckpoint=0")
-            .map_err(sql_err)?;
-        let (stop, stopped) = mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpoint_conn, stopped))
-            .map_err(|e| StoreError::Query(format!("starting sqlite checkpoints: {e}")))?;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -76,7 +57,6 @@ impl SqliteStore {
             owner,
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
-            _checkpoints: stop,
         })
     }
 
@@ -211,19 +191,6 @@ where
         };
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(answer);
-        }
-    }
-}
-
-/// Copies committed WAL pages into the database file (PASSIVE: never waits for
-/// the writer or readers) until the store is dropped.
-fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        let wal_pages = conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
-            .unwrap_or(0);
-        if wal_pages > WAL_RESET_PAGES {
-            let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
         }
     }
 }
