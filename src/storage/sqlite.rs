@@ -722,13 +722,11 @@ impl Store for SqliteStore {
     async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
         let ids = ids.to_vec();
         self.write(move |c| {
-            let mut st = c
-                .prepare_cached("update outbox set lease_until = null where id = ?1")
-                .map_err(sql_err)?;
-            for id in ids {
-                st.execute([id]).map_err(sql_err)?;
-            }
-            Ok(())
+            per_id(
+                c,
+                "update outbox set lease_until = null where id = ?1",
+                &ids,
+            )
         })
         .await
     }
@@ -743,9 +741,12 @@ impl Store for SqliteStore {
 }
 
 fn delete_published(c: &Connection, ids: &[i64]) -> Result<(), StoreError> {
-    let mut st = c
-        .prepare_cached("delete from outbox where id = ?1")
-        .map_err(sql_err)?;
+    per_id(c, "delete from outbox where id = ?1", ids)
+}
+
+/// Runs `sql` (with `?1` the id) once per id, in the current transaction.
+fn per_id(c: &Connection, sql: &str, ids: &[i64]) -> Result<(), StoreError> {
+    let mut st = c.prepare_cached(sql).map_err(sql_err)?;
     for id in ids {
         st.execute([id]).map_err(sql_err)?;
     }
