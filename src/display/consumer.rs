@@ -219,13 +219,12 @@ impl Consumer {
         };
         let view = match known {
             Some(v) => Some(v),
-            None => {
-                let v = self.store.order(&n).await?;
-                if let Some(v) = &v {
-                    cache.remember(v.clone());
-                }
-                v
-            }
+            // Not derivable from the messages seen: the database has it.
+            None => self
+                .store
+                .order(&n)
+                .await?
+                .inspect(|v| cache.remember(v.clone())),
         };
         let mut waits = Vec::with_capacity(2);
         match &view {

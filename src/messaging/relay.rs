@@ -157,7 +157,9 @@ impl Relay {
                         );
                         let _ = self.store.release_outbox(&refused).await;
                     }
-                    for m in batch.iter().filter(|m| sent.contains(&m.id)) {
+                    // Only when asked for: `sent.contains` per row is quadratic in the batch.
+                    let traced = tracing::enabled!(tracing::Level::DEBUG);
+                    for m in batch.iter().filter(|m| traced && sent.contains(&m.id)) {
                         tracing::debug!(
                             action = if m.exchange == topology::ORDERS_EXCHANGE { "order_published" } else { "notification_published" },
                             request_id = %m.request_id,

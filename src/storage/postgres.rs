@@ -5,7 +5,6 @@ use super::migrations::POSTGRES;
 use super::pg_intake::Intake;
 use super::*;
 use crate::config::DatabaseConfig;
-use crate::domain::order::order_number;
 use crate::messaging::topology::NOTIFICATIONS_EXCHANGE;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{
@@ -207,21 +206,19 @@ async fn load_items<C: GenericClient>(c: &C, order_id: i32) -> Result<Vec<Item>,
         .collect()
 }
 
-async fn load_order<C: GenericClient>(
-    c: &C,
-    number: &str,
-    lock: bool,
-) -> Result<Option<(i32, OrderView)>, StoreError> {
-    let sql = format!(
-        "select {ORDER_COLUMNS} from orders o where o.number = $1{}",
-        if lock { " for update" } else { "" }
-    );
-    let Some(row) = c.query_opt(&sql, &[&number]).await.map_err(pg_err)? else {
+async fn load_order(c: &Object, number: &str) -> Result<Option<OrderView>, StoreError> {
+    let st = c
+        .prepare_cached(&format!(
+            "select {ORDER_COLUMNS} from orders o where o.number = $1"
+        ))
+        .await
+        .map_err(pg_err)?;
+    let Some(row) = c.query_opt(&st, &[&number]).await.map_err(pg_err)? else {
         return Ok(None);
     };
     let (id, mut view) = order_row(&row)?;
     view.items = load_items(c, id).await?;
-    Ok(Some((id, view)))
+    Ok(Some(view))
 }
 
 fn worker_row(r: &Row) -> Result<WorkerRow, StoreError> {
@@ -432,7 +429,7 @@ impl Store for PgStore {
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError> {
         let c = self.client().await?;
-        Ok(load_order(&c, order_number, false).await?.map(|(_, v)| v))
+        load_order(&c, order_number).await
     }
 
     async fn history(&self, order_number: &str) -> Result<Option<Vec<HistoryEntry>>, StoreError> {
@@ -627,10 +624,4 @@ impl Store for PgStore {
             .map_err(pg_err)?;
         row.try_get(0).map_err(pg_err)
     }
-}
-
-#[allow(dead_code)]
-fn _number_format_is_shared(d: chrono::NaiveDate) -> String {
-    // Keeps the Rust formatter in view of readers of CREATE_ORDERS_SQL.
-    order_number(d, 1)
 }
