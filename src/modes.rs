@@ -7,7 +7,7 @@
 
 use crate::broker::backoff::Backoff;
 use crate::broker::relay::Relay;
-use crate::broker::LinkState;
+use crate::broker::supervise::{LinkState, Peer};
 use crate::http::{self, Limits};
 use crate::process::config::Config;
 use crate::process::telemetry::service_span;
@@ -15,7 +15,7 @@ use crate::services::kitchen::{self, Kitchen, WorkerConfig};
 use crate::services::notifier::{self, Subscriber};
 use crate::services::order_api::{self, OrderApi};
 use crate::services::tracking_api::{self, TrackingApi};
-use crate::services::{display, StartError};
+use crate::services::{self, display, StartError};
 use crate::storage::{self, SharedStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -206,13 +206,15 @@ async fn start_parts(
         );
         // Ready means connected to the broker too, when it is there. When it is
         // not, the order service still starts: orders wait in the outbox.
-        crate::process::daemon::status("waiting for RabbitMQ");
-        let link = relay.link();
-        let deadline = Instant::now() + RELAY_CONNECT_WAIT;
-        while !link.is_up() && Instant::now() < deadline && !shutdown.is_cancelled() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let connected = tokio::time::timeout(
+            RELAY_CONNECT_WAIT,
+            services::ready(&relay.link(), &shutdown, "waiting for RabbitMQ"),
+        )
+        .await;
+        if let Ok(Err(e)) = connected {
+            return Err(e);
         }
-        if !link.is_up() {
+        if !relay.link().is_up() {
             tracing::info!(
                 action = "rabbitmq_unavailable_at_start",
                 "Starting without RabbitMQ; orders are kept in the outbox until it is reachable"
@@ -238,11 +240,12 @@ async fn start_parts(
             store: store.clone(),
             rabbit: cfg.rabbitmq.clone(),
             relay: relay.clone().expect("writing modes have a relay"),
-            link: LinkState::default(),
+            link: LinkState::new("kitchen consumer", Peer::RabbitMq),
+            poison: Default::default(),
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tasks.spawn(k.run(shutdown.clone(), tx).instrument(span));
-        wait_ready(rx, &shutdown, "waiting for RabbitMQ (kitchen queues)").await?;
+        let link = k.link.clone();
+        tasks.spawn(k.run(shutdown.clone()).instrument(span));
+        services::ready(&link, &shutdown, "waiting for RabbitMQ (kitchen queues)").await?;
     }
     if matches!(mode, Mode::OrderService | Mode::All) {
         let api = OrderApi {
@@ -299,11 +302,11 @@ async fn start_parts(
         let span = service_span(notifier::SERVICE);
         let sub = Subscriber {
             rabbit: cfg.rabbitmq.clone(),
-            link: LinkState::default(),
+            link: LinkState::new("notification subscriber", Peer::RabbitMq),
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tasks.spawn(sub.run(shutdown.clone(), tx).instrument(span.clone()));
-        wait_ready(rx, &shutdown, "waiting for RabbitMQ (notifications)").await?;
+        let link = sub.link.clone();
+        tasks.spawn(sub.run(shutdown.clone()).instrument(span.clone()));
+        services::ready(&link, &shutdown, "waiting for RabbitMQ (notifications)").await?;
         span.in_scope(|| {
             tracing::info!(
                 action = "service_started",
@@ -320,16 +323,4 @@ async fn start_parts(
         running.bridge_addr = Some(bridge);
     }
     Ok(running)
-}
-
-async fn wait_ready(
-    rx: tokio::sync::oneshot::Receiver<()>,
-    shutdown: &CancellationToken,
-    waiting: &str,
-) -> Result<(), StartError> {
-    crate::process::daemon::status(waiting);
-    tokio::select! {
-        r = rx => r.map_err(|_| StartError::Cancelled),
-        _ = shutdown.cancelled() => Err(StartError::Cancelled),
-    }
 }

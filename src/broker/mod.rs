@@ -1,20 +1,24 @@
 //! RabbitMQ: connections, the topology every mode declares, the outbox relay,
-//! and what every reconnect loop shares (`backoff`, link state, outage logs).
+//! and what every reconnect loop shares (`supervise`: backoff, link state,
+//! once-per-outage logs, readiness).
 //!
 //! We do not rely on lapin's auto-recovery (it has open reports of not recovering
-//! after a broker restart). Each user of the broker runs a small supervising loop
-//! instead: connect, declare the topology, work until an error, back off, repeat.
-//! Declaring is idempotent, so a restarted broker gets its exchanges and queues back.
+//! after a broker restart), so it stays off and one owner retries each link:
+//! every user of a broker runs sessions (connect, declare the topology, work
+//! until an error) under [`supervise::Supervisor`]. Declaring is idempotent, so
+//! a restarted broker gets its exchanges and queues back.
 
 pub mod backoff;
+pub mod delivery;
 pub mod relay;
+pub mod supervise;
 pub mod topology;
 
+use crate::domain::error::Class;
 use crate::process::config::RabbitConfig;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Connection, ConnectionProperties};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use supervise::SessionEnd;
 
 pub use lapin;
 
@@ -47,59 +51,33 @@ pub async fn connect(cfg: &RabbitConfig, name: &str) -> Result<Connection, lapin
     Connection::connect_uri(uri, props).await
 }
 
-/// Whether a component currently holds a working broker connection; read by `/health`.
-#[derive(Clone, Default)]
-pub struct LinkState(Arc<AtomicBool>);
-
-impl LinkState {
-    pub fn set(&self, up: bool) {
-        self.0.store(up, Ordering::Relaxed);
-    }
-    pub fn is_up(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+/// How a RabbitMQ failure is handled, from lapin's own classification (never
+/// from the message text): what a reconnect can fix is transient, the rest
+/// (a runtime shutting down, a protocol lapin does not speak) is permanent.
+pub fn class_of(e: &lapin::Error) -> Class {
+    match e.kind() {
+        // A new connection starts with a clean parser.
+        lapin::ErrorKind::ParsingError(_) => Class::Transient,
+        _ if e.can_be_recovered() => Class::Transient,
+        _ => Class::Permanent,
     }
 }
 
-/// Logs a lost connection once per outage, and its recovery once.
-#[derive(Default)]
-pub struct OutageLog {
-    down: bool,
-}
-
-impl OutageLog {
-    pub fn failed(&mut self, what: &str, err: &dyn std::fmt::Display, attempt: u32) {
-        if !self.down {
-            tracing::error!(
-                action = "rabbitmq_connection_failed",
-                error = %err,
-                "{what}: RabbitMQ unavailable; retrying with backoff"
-            );
-            self.down = true;
-        } else {
-            tracing::debug!(action = "retry_attempted", attempt, error = %err, "{what}: still unavailable");
+/// A session that failed with `e` is lost (reconnect) or, when no reconnect
+/// can help, fatal.
+impl From<lapin::Error> for SessionEnd {
+    fn from(e: lapin::Error) -> Self {
+        match class_of(&e) {
+            Class::Permanent => SessionEnd::Fatal(Box::new(e)),
+            _ => SessionEnd::Lost(Box::new(e)),
         }
-    }
-
-    pub fn connected(&mut self, what: &str, exchange: &str) {
-        if self.down {
-            tracing::info!(
-                action = "rabbitmq_reconnected",
-                "{what}: RabbitMQ connection restored"
-            );
-        } else {
-            tracing::info!(
-                action = "rabbitmq_connected",
-                "Connected to RabbitMQ exchange '{exchange}'"
-            );
-        }
-        self.down = false;
     }
 }
 
 /// The error a session ends with when the broker closed the connection or a
 /// consumer stream ended without saying why.
-pub fn connection_lost() -> lapin::Error {
-    lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(std::io::Error::other(
+pub fn connection_lost() -> SessionEnd {
+    SessionEnd::Lost(Box::new(std::io::Error::other(
         "connection to RabbitMQ lost",
-    ))))
+    )))
 }

@@ -9,9 +9,9 @@
 //! consumers are idempotent (status changes are compare-and-set, updates carry a
 //! version). It wakes on every commit and also polls, so nothing waits long.
 
+use super::supervise::{LinkState, Peer, SessionEnd, Supervisor};
 use super::topology::{self, REQUEST_ID_HEADER};
-use super::{connect, LinkState, OutageLog};
-use crate::broker::backoff::Backoff;
+use super::{connect, connection_lost};
 use crate::domain::events::ORDERS_EXCHANGE;
 use crate::process::config::RabbitConfig;
 use crate::storage::{OutboxMessage, SharedStore};
@@ -48,7 +48,7 @@ impl Relay {
             store,
             rabbit,
             wake: Arc::new(Notify::new()),
-            link: LinkState::default(),
+            link: LinkState::new(name, Peer::RabbitMq),
             name: name.to_string(),
         }
     }
@@ -62,58 +62,54 @@ impl Relay {
         self.link.clone()
     }
 
-    /// Runs until `shutdown`, reconnecting with backoff. On shutdown it makes one
-    /// last, bounded attempt to publish what is waiting; what it cannot publish
-    /// stays in the outbox for the next start (or another process's relay).
+    /// Runs until `shutdown`, its sessions supervised (reconnects, backoff).
+    /// On shutdown it makes one last, bounded attempt to publish what is
+    /// waiting; what it cannot publish stays in the outbox for the next start
+    /// (or another process's relay).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::default();
-        let mut outage = OutageLog::default();
-        while !shutdown.is_cancelled() {
-            match self.session(&shutdown, &mut outage, &mut backoff).await {
-                Ok(()) => break,
-                Err(e) => {
-                    self.link.set(false);
-                    outage.failed("outbox relay", &e, backoff.attempts());
-                    if !backoff.wait(&shutdown).await {
-                        break;
-                    }
-                }
-            }
-        }
-        self.link.set(false);
+        let mut sup = Supervisor::new(self.link.clone());
+        while sup.next(self.session(&shutdown).await, &shutdown).await {}
     }
 
-    async fn session(
+    async fn session(&self, shutdown: &CancellationToken) -> SessionEnd {
+        let conn = match connect(&self.rabbit, &self.name).await {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        let end = self.publish_until_stopped(&conn, shutdown).await;
+        if matches!(end, SessionEnd::Shutdown) {
+            let _ = conn.close(200, "shutdown".into()).await;
+        }
+        end
+    }
+
+    async fn publish_until_stopped(
         &self,
+        conn: &lapin::Connection,
         shutdown: &CancellationToken,
-        outage: &mut OutageLog,
-        backoff: &mut Backoff,
-    ) -> Result<(), lapin::Error> {
-        let conn = connect(&self.rabbit, &self.name).await?;
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        topology::declare(&ch).await?;
-        self.link.set(true);
-        outage.connected(&self.name, ORDERS_EXCHANGE);
-        backoff.reset();
+    ) -> SessionEnd {
+        let ch = match self.open_channel(conn).await {
+            Ok(ch) => ch,
+            Err(e) => return e.into(),
+        };
+        self.link.up(&format!("exchange '{ORDERS_EXCHANGE}'"));
         // Confirmed by the broker, deleted with the next claim.
         let mut published = Vec::new();
-        let result = loop {
+        let end = loop {
             if let Err(e) = self.drain(&ch, &mut published).await {
-                break Err(e);
+                break e.into();
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     let last = self.drain(&ch, &mut published);
                     let _ = tokio::time::timeout(Duration::from_secs(3), last).await;
-                    let _ = conn.close(200, "shutdown".into()).await;
-                    break Ok(());
+                    break SessionEnd::Shutdown;
                 }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(if published.is_empty() { POLL } else { FLUSH }) => {}
             }
             if !conn.status().connected() {
-                break Err(crate::broker::connection_lost());
+                break connection_lost();
             }
         };
         // What is not deleted now is published again after its lease: harmless.
@@ -122,7 +118,14 @@ impl Relay {
                 tracing::error!(action = "outbox_delete_failed", error = %e, "Could not prune published outbox rows");
             }
         }
-        result
+        end
+    }
+
+    async fn open_channel(&self, conn: &lapin::Connection) -> Result<Channel, lapin::Error> {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        topology::declare(&ch).await?;
+        Ok(ch)
     }
 
     /// Publishes everything waiting in the outbox; `published` collects the

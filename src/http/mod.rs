@@ -8,6 +8,7 @@
 //! are limited in size and in time. Every response carries the request id, and
 //! every 4xx/5xx is JSON `{"error": ..., "details": [...]}`.
 
+use crate::domain::error::Class;
 use crate::storage::StoreError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -361,13 +362,19 @@ pub fn bad_order_number(number: &str) -> ApiError {
     })])
 }
 
-/// Database trouble: 503 with Retry-After when it is unreachable, 500 otherwise.
-/// The cause is logged; the client gets no internals.
+/// A store failure as the answer, by its class (the one place that maps
+/// them): 503 with Retry-After while the database is unreachable, 409 when the
+/// order changed meanwhile, 404, else 500. The cause is logged; the client
+/// gets no internals.
 pub fn store_error(e: StoreError, action: &'static str, what: &str) -> ApiError {
     tracing::error!(action, error = %e, "{what}");
-    if e.is_unavailable() {
-        ApiError::unavailable("database unavailable, try again shortly")
-    } else {
-        ApiError::internal()
+    match e.class() {
+        Class::Transient => ApiError::unavailable("database unavailable, try again shortly"),
+        Class::Conflict => ApiError::new(
+            StatusCode::CONFLICT,
+            "the order changed meanwhile; try again",
+        ),
+        Class::NotFound => ApiError::not_found("not found"),
+        Class::Permanent => ApiError::internal(),
     }
 }

@@ -11,9 +11,11 @@ pub mod notifier;
 pub mod order_api;
 pub mod tracking_api;
 
+use crate::broker::supervise::LinkState;
 use crate::storage::StoreError;
 use kitchen::WorkerError;
 use std::net::SocketAddr;
+use tokio_util::sync::CancellationToken;
 
 /// Why a service (or a whole mode) could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,4 +31,18 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("shutdown requested during start-up")]
     Cancelled,
+}
+
+/// Waits until `link` is up: a service is ready once it consumes (or can
+/// publish). Tells systemd what it waits for meanwhile.
+pub async fn ready(
+    link: &LinkState,
+    shutdown: &CancellationToken,
+    waiting: &str,
+) -> Result<(), StartError> {
+    crate::process::daemon::status(waiting);
+    tokio::select! {
+        r = link.wait_up() => r.map_err(|()| StartError::Cancelled),
+        _ = shutdown.cancelled() => Err(StartError::Cancelled),
+    }
 }

@@ -4,9 +4,9 @@
 //! fanout exchange, so every running subscriber sees every notification (a shared
 //! queue would split them between subscribers).
 
-use crate::broker::backoff::Backoff;
+use crate::broker::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::broker::topology;
-use crate::broker::{connect, LinkState, OutageLog};
+use crate::broker::{connect, connection_lost};
 use crate::domain::events::{StatusUpdate, NOTIFICATIONS_EXCHANGE};
 use crate::process::config::RabbitConfig;
 use futures_util::StreamExt;
@@ -33,85 +33,41 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    pub async fn run(self, shutdown: CancellationToken, ready: tokio::sync::oneshot::Sender<()>) {
-        let mut ready = Some(ready);
-        let mut backoff = Backoff::default();
-        let mut outage = OutageLog::default();
+    /// Prints every status update until `shutdown`. Readiness: `link` comes up
+    /// once its queue is bound and consumed.
+    pub async fn run(self, shutdown: CancellationToken) {
         let mut seen = Seen::new(SEEN_CAPACITY);
-        while !shutdown.is_cancelled() {
-            match self
-                .session(&shutdown, &mut outage, &mut ready, &mut seen)
-                .await
-            {
-                Ok(()) => break,
-                Err(e) => {
-                    self.link.set(false);
-                    outage.failed("notification subscriber", &e, backoff.attempts());
-                    if !backoff.wait(&shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        }
-        self.link.set(false);
+        let mut sup = Supervisor::new(self.link.clone());
+        while sup
+            .next(self.session(&shutdown, &mut seen).await, &shutdown)
+            .await
+        {}
     }
 
-    async fn session(
-        &self,
-        shutdown: &CancellationToken,
-        outage: &mut OutageLog,
-        ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
-        seen: &mut Seen,
-    ) -> Result<(), lapin::Error> {
-        let conn = connect(&self.rabbit, SERVICE).await?;
-        let ch = conn.create_channel().await?;
-        topology::declare(&ch).await?;
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        ch.queue_bind(
-            q.name().clone(),
-            NOTIFICATIONS_EXCHANGE.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-        let mut consumer = ch
-            .basic_consume(
-                q.name().clone(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        self.link.set(true);
-        outage.connected(SERVICE, NOTIFICATIONS_EXCHANGE);
-        if let Some(tx) = ready.take() {
-            let _ = tx.send(());
-        }
+    async fn session(&self, shutdown: &CancellationToken, seen: &mut Seen) -> SessionEnd {
+        let conn = match connect(&self.rabbit, SERVICE).await {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        let mut consumer = match subscribe(&conn).await {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        self.link
+            .up(&format!("exchange '{NOTIFICATIONS_EXCHANGE}'"));
         loop {
             let d = tokio::select! {
                 _ = shutdown.cancelled() => {
                     let _ = conn.close(200, "shutdown".into()).await;
-                    return Ok(());
+                    return SessionEnd::Shutdown;
                 }
                 next = consumer.next() => match next {
                     Some(Ok(d)) => d,
-                    Some(Err(e)) => return Err(e),
-                    None => return Err(crate::broker::connection_lost()),
+                    Some(Err(e)) => return e.into(),
+                    None => return connection_lost(),
                 },
             };
-            match StatusUpdate::decode(&d.data) {
+            let settled = match StatusUpdate::decode(&d.data) {
                 Ok(u) if seen.first(u.event_id()) => {
                     tracing::debug!(
                         action = "notification_received",
@@ -120,7 +76,7 @@ impl Subscriber {
                         "Received status update for order {}", u.order_number
                     );
                     print_line(&u.human_line());
-                    d.ack(BasicAckOptions::default()).await?;
+                    d.ack(BasicAckOptions::default()).await
                 }
                 Ok(u) => {
                     tracing::debug!(
@@ -129,15 +85,51 @@ impl Subscriber {
                         event_id = %u.event_id(),
                         "Status update already shown (published again after a crash); skipped"
                     );
-                    d.ack(BasicAckOptions::default()).await?;
+                    d.ack(BasicAckOptions::default()).await
                 }
                 Err(e) => {
                     tracing::error!(action = "message_processing_failed", error = %e, "Unreadable notification dropped");
-                    d.reject(BasicRejectOptions { requeue: false }).await?;
+                    d.reject(BasicRejectOptions { requeue: false }).await
                 }
+            };
+            if let Err(e) = settled {
+                return e.into();
             }
         }
     }
+}
+
+/// This subscriber's own queue (exclusive, server-named), bound to the fanout
+/// exchange, and a consumer on it.
+async fn subscribe(conn: &lapin::Connection) -> Result<lapin::Consumer, lapin::Error> {
+    let ch = conn.create_channel().await?;
+    topology::declare(&ch).await?;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        q.name().clone(),
+        NOTIFICATIONS_EXCHANGE.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.basic_consume(
+        q.name().clone(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
 }
 
 /// How many recent transitions a subscriber remembers to drop duplicates.

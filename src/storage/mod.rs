@@ -10,6 +10,7 @@ mod migrations;
 pub mod postgres;
 pub mod sqlite;
 
+use crate::domain::error::Class;
 use crate::domain::events::{OrderMessage, StatusUpdate, ORDERS_EXCHANGE};
 use crate::domain::{Cents, Item, OrderStatus, OrderType, TransitionError, ValidOrder};
 use crate::process::config::{DatabaseConfig, StorageBackend};
@@ -37,19 +38,81 @@ impl std::fmt::Display for Backend {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// The database cannot be reached right now; retrying later may work.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    /// A query failed for another reason.
-    #[error("database error: {0}")]
-    Query(String),
+/// A database failure: what failed, its cause, and its [`Class`], decided by
+/// each backend from its native codes (SQLSTATE and connection state on
+/// PostgreSQL, extended result codes on SQLite), never from message text. The
+/// class alone decides what callers do: 503 or retry for `Transient`, and so on.
+#[derive(Clone)]
+pub struct StoreError {
+    class: Class,
+    context: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StoreError {
+    pub fn new(class: Class, context: impl Into<String>) -> Self {
+        StoreError {
+            class,
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    pub fn caused_by(
+        class: Class,
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError {
+            class,
+            context: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    pub fn class(&self) -> Class {
+        self.class
+    }
+
+    /// The database cannot be reached right now; retrying later may work.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        self.class == Class::Transient
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.is_unavailable() {
+            "database unavailable"
+        } else {
+            "database error"
+        };
+        write!(f, "{kind}: {}", self.context)?;
+        if let Some(src) = &self.source {
+            write!(f, ": {src}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The whole cause chain, once, as the edges log it.
+impl std::fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self} ({:?})", self.class)?;
+        let mut cur = self.source.as_deref().and_then(|e| e.source());
+        while let Some(e) = cur {
+            write!(f, "\n  caused by: {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -322,5 +385,6 @@ fn status_update(t: &Transition, old: OrderStatus, order: &OrderView) -> StatusU
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Query(format!("encoding message: {e}")))
+    serde_json::to_string(v)
+        .map_err(|e| StoreError::caused_by(Class::Permanent, "encoding message", e))
 }

@@ -5,21 +5,26 @@
 //!
 //! Deliveries are handled one at a time, in queue order: work out the order's
 //! current state (from the messages, see `cache`; from the database when a
-//! message is missing), hand its state and the event to the MQTT task. A second task waits for the PUBACKs, in the same order, and acks. The
-//! pipeline is as deep as the prefetch. Anything that breaks the order (the
-//! database failing, the MQTT broker losing our session) ends the RabbitMQ
-//! session instead of skipping a message: the broker then returns every
-//! unacknowledged delivery to the queue, in order, for the next session.
+//! message is missing), hand its state and the event to the MQTT task. A
+//! second task waits for the PUBACKs, in the same order, and acks. The pipeline
+//! is as deep as the prefetch. The MQTT broker losing our session ends the
+//! RabbitMQ session instead of skipping a message: the broker then returns
+//! every unacknowledged delivery to the queue, in order, for the next session.
+//! A database read that fails is retried in place (in order) while the
+//! database is down; an order that keeps failing while it is up is given up
+//! (its event is still published), so no single order can stall the queue.
 
 use super::cache::{self, OrderCache};
 use super::mqtt::{Cmd, Publisher};
 use super::payload::Event;
 use crate::broker::backoff::Backoff;
+use crate::broker::delivery::{Outcome, PoisonCap};
+use crate::broker::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::broker::topology::{self, DISPLAY_QUEUE};
-use crate::broker::{connect, LinkState, OutageLog};
+use crate::broker::{connect, connection_lost};
 use crate::domain::events::{OrderMessage, StatusUpdate, NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE};
 use crate::process::config::RabbitConfig;
-use crate::storage::{SharedStore, StoreError};
+use crate::storage::{OrderView, SharedStore};
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -44,121 +49,78 @@ pub struct Consumer {
     pub mqtt: LinkState,
 }
 
-/// Why a session ended.
-#[derive(Debug)]
-enum End {
-    Rabbit(lapin::Error),
-    Store(StoreError),
-    /// The MQTT broker lost publishes we had not seen acknowledged.
-    MqttLost,
-}
+/// The MQTT broker lost publishes we had not seen acknowledged: the session
+/// ends so that RabbitMQ delivers them again, in order.
+#[derive(Debug, thiserror::Error)]
+#[error("MQTT publishes were lost before their PUBACK")]
+struct MqttLost;
 
 type Pending = (Delivery, Vec<oneshot::Receiver<()>>);
 
 impl Consumer {
-    pub async fn run(self, shutdown: CancellationToken, ready: oneshot::Sender<()>) {
-        let mut ready = Some(ready);
-        let mut backoff = Backoff::default();
-        let mut outage = OutageLog::default();
-        while !shutdown.is_cancelled() {
-            match self
-                .session(&shutdown, &mut outage, &mut backoff, &mut ready)
-                .await
-            {
-                Ok(()) => break,
-                Err(End::Rabbit(e)) => {
-                    self.link.set(false);
-                    outage.failed("display bridge consumer", &e, backoff.attempts());
-                }
-                Err(End::Store(e)) => {
-                    tracing::error!(
-                        action = "db_connection_failed",
-                        error = %e,
-                        "Display bridge could not read an order; its messages go back to the queue"
-                    );
-                }
-                Err(End::MqttLost) => {
-                    tracing::warn!(
-                        action = "display_requeued",
-                        "MQTT publishes were lost before their PUBACK; RabbitMQ delivers them again"
-                    );
-                    // Queued behind whatever the old session still handed over, so
-                    // those cannot mark the redelivered messages as duplicates.
-                    self.publisher.send(Cmd::ForgetSent, &shutdown).await;
-                }
-            }
-            if !backoff.wait(&shutdown).await {
-                break;
-            }
-        }
-        self.link.set(false);
+    /// Consumes `display_bridge_queue` until `shutdown`. Readiness: `link`
+    /// comes up once it consumes (nothing published after that is missed).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut sup = Supervisor::new(self.link.clone());
+        while sup.next(self.session(&shutdown).await, &shutdown).await {}
     }
 
-    async fn session(
-        &self,
-        shutdown: &CancellationToken,
-        outage: &mut OutageLog,
-        backoff: &mut Backoff,
-        ready: &mut Option<oneshot::Sender<()>>,
-    ) -> Result<(), End> {
-        let conn = connect(&self.rabbit, super::SERVICE)
-            .await
-            .map_err(End::Rabbit)?;
-        let ch = conn.create_channel().await.map_err(End::Rabbit)?;
-        let consumer = async {
-            topology::declare(&ch).await?;
-            topology::declare_display_queue(&ch).await?;
-            ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
-            ch.basic_consume(
-                DISPLAY_QUEUE.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
+    async fn session(&self, shutdown: &CancellationToken) -> SessionEnd {
+        let conn = match connect(&self.rabbit, super::SERVICE).await {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        let (ch, consumer) = match subscribe(&conn).await {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        self.link.up(&format!("queue '{DISPLAY_QUEUE}'"));
+        let end = self.consume(consumer, &ch, shutdown).await;
+        let _ = conn.close(200, "shutdown".into()).await;
+        if matches!(&end, SessionEnd::Restart(e) if e.is::<MqttLost>()) {
+            tracing::warn!(
+                action = "display_requeued",
+                "MQTT publishes were lost before their PUBACK; RabbitMQ delivers them again"
+            );
+            // Queued behind whatever this session still handed over, so those
+            // cannot mark the redelivered messages as duplicates.
+            self.publisher.send(Cmd::ForgetSent, shutdown).await;
         }
-        .await;
-        let mut consumer = consumer.map_err(End::Rabbit)?;
-        self.link.set(true);
-        outage.connected(super::SERVICE, ORDERS_EXCHANGE);
-        if let Some(tx) = ready.take() {
-            let _ = tx.send(());
-        }
+        end
+    }
 
+    async fn consume(
+        &self,
+        mut consumer: lapin::Consumer,
+        ch: &lapin::Channel,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
         let lost = CancellationToken::new();
         let (pending_tx, pending_rx) = mpsc::channel::<Pending>(PREFETCH as usize);
         let acker =
             tokio::spawn(settle(pending_rx, lost.clone()).instrument(tracing::Span::current()));
-        let mut progressed = false;
         // Per session: after a reconnect the first message of each order reads
         // the database once, which also covers whatever was missed meanwhile.
         let mut cache = OrderCache::new(cache::CAPACITY);
-        let result = loop {
+        let end = loop {
             let d = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break Ok(()),
-                _ = lost.cancelled() => break Err(End::MqttLost),
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                _ = lost.cancelled() => break SessionEnd::Restart(Box::new(MqttLost)),
                 next = consumer.next() => match next {
                     Some(Ok(d)) => d,
-                    Some(Err(e)) => break Err(End::Rabbit(e)),
-                    None => break Err(End::Rabbit(crate::broker::connection_lost())),
+                    Some(Err(e)) => break e.into(),
+                    None => break connection_lost(),
                 },
             };
             match self.process(&d, &mut cache, shutdown).await {
-                Ok(Some(waits)) => {
+                Some(waits) => {
                     if pending_tx.send((d, waits)).await.is_err() {
-                        break Err(End::MqttLost);
-                    }
-                    if !progressed {
-                        // Reset only once a delivery went through: a database that
-                        // fails every first read must not make us spin.
-                        backoff.reset();
-                        progressed = true;
+                        break SessionEnd::Restart(Box::new(MqttLost));
                     }
                 }
                 // Stopping while the MQTT side was not taking publishes.
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(End::Store(e)),
+                None => break SessionEnd::Shutdown,
             }
         };
         // No new deliveries; ack what the broker acknowledges within SETTLE. The
@@ -176,9 +138,7 @@ impl Consumer {
         if tokio::time::timeout(grace, acker).await.is_err() {
             abort.abort();
         }
-        let _ = conn.close(200, "shutdown".into()).await;
-        self.link.set(false);
-        result
+        end
     }
 
     /// Hands what one delivery means to the MQTT task. Returns what to wait for
@@ -188,7 +148,7 @@ impl Consumer {
         d: &Delivery,
         cache: &mut OrderCache,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Vec<oneshot::Receiver<()>>>, StoreError> {
+    ) -> Option<Vec<oneshot::Receiver<()>>> {
         enum Msg {
             Created(OrderMessage),
             Changed(StatusUpdate),
@@ -206,7 +166,7 @@ impl Consumer {
             Err(e) => {
                 // Nothing to show for it; acked (dropped) so it cannot block the queue.
                 tracing::error!(action = "message_processing_failed", error = %e, "Unreadable message dropped by the display bridge");
-                return Ok(Some(Vec::new()));
+                return Some(Vec::new());
             }
         };
         let n = match &msg {
@@ -220,11 +180,10 @@ impl Consumer {
         let view = match known {
             Some(v) => Some(v),
             // Not derivable from the messages seen: the database has it.
-            None => self
-                .store
-                .order(&n)
-                .await?
-                .inspect(|v| cache.remember(v.clone())),
+            None => match self.read(&n, shutdown).await {
+                Some(v) => v.inspect(|v| cache.remember(v.clone())),
+                None => return None,
+            },
         };
         let mut waits = Vec::with_capacity(2);
         match &view {
@@ -236,7 +195,7 @@ impl Consumer {
                     done: Some(tx),
                 };
                 if !self.publisher.send(cmd, shutdown).await {
-                    return Ok(None);
+                    return None;
                 }
                 waits.push(rx);
             }
@@ -256,11 +215,64 @@ impl Consumer {
             done: Some(tx),
         };
         if !self.publisher.send(cmd, shutdown).await {
-            return Ok(None);
+            return None;
         }
         waits.push(rx);
-        Ok(Some(waits))
+        Some(waits)
     }
+
+    /// Reads order `n`, in place: deliveries stay in queue order, and one
+    /// order cannot stall the queue. While the database is down it waits for
+    /// it (a message is not at fault then); an order whose read keeps failing
+    /// while the database answers is given up after `POISON_AFTER` tries (the
+    /// caller then publishes its event only, as for an unknown order). None
+    /// when shutdown came first.
+    async fn read(&self, n: &str, shutdown: &CancellationToken) -> Option<Option<OrderView>> {
+        let mut cap = PoisonCap::default();
+        let mut backoff = Backoff::default();
+        loop {
+            let e = match self.store.order(n).await {
+                Ok(v) => return Some(v),
+                Err(e) => e,
+            };
+            let db_answers = e.is_unavailable() && self.store.ping().await.is_ok();
+            let outcome = Outcome::of_failure(e.class(), e.to_string());
+            match cap.check(n, outcome, db_answers || !e.is_unavailable()) {
+                Outcome::Retry(_) => {
+                    if backoff.attempts() == 0 {
+                        tracing::error!(action = "db_connection_failed", order_number = %n, error = %e, "Display bridge could not read an order; retrying");
+                    }
+                    if !backoff.wait(shutdown).await {
+                        return None;
+                    }
+                }
+                Outcome::DeadLetter(reason) => {
+                    tracing::error!(action = "message_processing_failed", order_number = %n, error = %reason, "Order unreadable; publishing its event only");
+                    return Some(None);
+                }
+                Outcome::Ack => return Some(None),
+            }
+        }
+    }
+}
+
+/// Declares the topology and the display queue, and consumes it.
+async fn subscribe(
+    conn: &lapin::Connection,
+) -> Result<(lapin::Channel, lapin::Consumer), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    topology::declare(&ch).await?;
+    topology::declare_display_queue(&ch).await?;
+    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let consumer = ch
+        .basic_consume(
+            DISPLAY_QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((ch, consumer))
 }
 
 /// Acks deliveries in order, each once all its publishes were acknowledged.

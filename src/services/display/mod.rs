@@ -6,7 +6,7 @@
 //!   message into the order's current state ([`cache`]: from the messages
 //!   themselves, the database only when one is missing), and acks a delivery only after the MQTT
 //!   broker acknowledged what it caused. Reconnects to RabbitMQ like every other
-//!   consumer here (supervising loop, `Backoff`).
+//!   consumer here (sessions under `broker::supervise`).
 //! - [`mqtt`]: owns the MQTT client; decides and tracks every publish (never an
 //!   older state than already sent, the PUBACK bookkeeping, clears after the
 //!   grace period), plus a small task that keeps polling rumqttc's event loop
@@ -25,7 +25,7 @@ pub mod payload;
 pub mod snapshot;
 
 use super::StartError;
-use crate::broker::LinkState;
+use crate::broker::supervise::{LinkState, Peer};
 use crate::http::{self, ApiError, Limits, RequestCtx, Resp, Routes};
 use crate::process::config::Config;
 use crate::storage::SharedStore;
@@ -54,8 +54,8 @@ pub async fn start(
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<SocketAddr, StartError> {
-    let rabbit_link = LinkState::default();
-    let mqtt_link = LinkState::default();
+    let rabbit_link = LinkState::new("display bridge consumer", Peer::RabbitMq);
+    let mqtt_link = LinkState::new("display bridge", Peer::Mqtt);
     let health = Health {
         store: store.clone(),
         rabbit: rabbit_link.clone(),
@@ -85,14 +85,13 @@ pub async fn start(
         store,
         rabbit: cfg.rabbitmq.clone(),
         publisher,
-        link: rabbit_link,
+        link: rabbit_link.clone(),
         mqtt: mqtt_link,
     };
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let s = shutdown.clone();
     tasks.spawn(
         async move {
-            consumer.run(s, ready_tx).await;
+            consumer.run(s).await;
             consumer_done.cancel();
         }
         .instrument(span),
@@ -101,11 +100,12 @@ pub async fn start(
         let _ = server.task.await;
     });
 
-    crate::process::daemon::status("waiting for RabbitMQ (display queue)");
-    tokio::select! {
-        r = ready_rx => r.map_err(|_| StartError::Cancelled)?,
-        _ = shutdown.cancelled() => return Err(StartError::Cancelled),
-    }
+    super::ready(
+        &rabbit_link,
+        &shutdown,
+        "waiting for RabbitMQ (display queue)",
+    )
+    .await?;
     tracing::info!(
         action = "service_started",
         port = bound.port(),

@@ -30,7 +30,8 @@
 //! `Polled`: publishes handed over after the error survive and keep their place.)
 //!
 //! rumqttc reconnects on the next poll after an error, with no delay of its own;
-//! the polling task sleeps with `Backoff` between attempts.
+//! the polling task runs each connection as a session under the broker
+//! `Supervisor`, which pauses between attempts and owns the link state.
 //!
 //! # What is published
 //!
@@ -41,15 +42,14 @@
 //! after its status changed, unless it changed again meanwhile (a recall).
 
 use super::payload::{order_state, Event, Presence, Topics};
-use crate::broker::backoff::Backoff;
-use crate::broker::LinkState;
+use crate::broker::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::process::config::MqttConfig;
 use crate::storage::OrderView;
 use bytes::Bytes;
 use chrono::Utc;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, LastWill, MqttOptions,
-    NetworkOptions, Outgoing, Packet, QoS, Request,
+    AsyncClient, Event as MqttEvent, EventLoop, LastWill, MqttOptions, NetworkOptions, Outgoing,
+    Packet, QoS, Request,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -143,6 +143,9 @@ pub struct Mqtt {
     eventloop: EventLoop,
     cmds: mpsc::Receiver<Cmd>,
     state: State,
+    /// The link to the broker, owned by the polling task's supervisor.
+    link: LinkState,
+    broker: String,
 }
 
 pub fn new(
@@ -184,12 +187,9 @@ pub fn new(
     let state = State {
         client: client.clone(),
         topics,
-        broker: format!("{}:{}", cfg.host, cfg.port),
         clear_after: Duration::from_secs_f64(cfg.clear_after_seconds.max(0.0)),
-        link,
         inbound: inbound_tx,
         connected: false,
-        down: false,
         stopping: false,
         unassigned: VecDeque::new(),
         inflight: HashMap::new(),
@@ -204,6 +204,8 @@ pub fn new(
             eventloop,
             cmds,
             state,
+            link,
+            broker: format!("{}:{}", cfg.host, cfg.port),
         },
         Publisher { tx },
         inbound_rx,
@@ -219,11 +221,14 @@ impl Mqtt {
             eventloop,
             mut cmds,
             mut state,
+            link,
+            broker,
         } = self;
         let polling_stop = CancellationToken::new();
         let (events_tx, mut events) = mpsc::channel(4 * WINDOW);
         let poller = tokio::spawn(
-            poll(eventloop, events_tx, polling_stop.clone()).instrument(tracing::Span::current()),
+            poll(eventloop, events_tx, polling_stop.clone(), link, broker)
+                .instrument(tracing::Span::current()),
         );
         let mut prune = tokio::time::interval(Duration::from_secs(60));
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -278,7 +283,7 @@ impl Mqtt {
                 loop {
                     tokio::select! {
                         polled = events.recv() => match polled {
-                            Some(Polled { event: Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) | Err(_), .. }) | None => break,
+                            Some(Polled::Event(MqttEvent::Outgoing(Outgoing::Disconnect), _) | Polled::Disconnected) | None => break,
                             Some(polled) => state.on_event(polled),
                         },
                         _ = tokio::time::sleep_until(deadline) => break,
@@ -289,7 +294,6 @@ impl Mqtt {
         polling_stop.cancel();
         drop(events); // a poller blocked on a full channel gets an error, not a hang
         let _ = poller.await;
-        state.link.set(false);
         tracing::info!(
             action = "mqtt_disconnected",
             "Display bridge disconnected from the MQTT broker"
@@ -298,19 +302,45 @@ impl Mqtt {
 }
 
 /// One result of polling rumqttc.
-struct Polled {
-    event: Result<MqttEvent, ConnectionError>,
-    /// For a CONNACK without a session: how many of our publishes rumqttc
-    /// dropped that it had not written yet (had not reported a packet id for).
-    dropped_unsent: usize,
+enum Polled {
+    /// An event. For a CONNACK without a session, also how many of our
+    /// publishes rumqttc dropped that it had not written yet (had not reported
+    /// a packet id for).
+    Event(MqttEvent, usize),
+    /// The connection failed or broke (the supervisor logs why); rumqttc
+    /// reconnects on the next poll.
+    Disconnected,
 }
 
-/// Polls rumqttc's event loop (which must be polled all the time, and which
-/// reconnects when polled after an error) and forwards every event. Polling is
-/// kept out of the MQTT task's `select!` because a poll cancelled halfway
-/// could lose a packet.
-async fn poll(mut eventloop: EventLoop, events: mpsc::Sender<Polled>, stop: CancellationToken) {
-    let mut backoff = Backoff::default();
+/// Polls rumqttc's event loop (which must be polled all the time) and forwards
+/// every event. Polling is kept out of the MQTT task's `select!` because a poll
+/// cancelled halfway could lose a packet. rumqttc reconnects on the next poll
+/// after an error, with no pause of its own: each connection is a session under
+/// the supervisor, which owns the backoff, the outage log lines and the link.
+async fn poll(
+    mut eventloop: EventLoop,
+    events: mpsc::Sender<Polled>,
+    stop: CancellationToken,
+    link: LinkState,
+    broker: String,
+) {
+    let mut sup = Supervisor::new(link.clone());
+    loop {
+        let end = poll_session(&mut eventloop, &events, &stop, &link, &broker).await;
+        if !sup.next(end, &stop).await {
+            return;
+        }
+    }
+}
+
+/// Polls until the connection fails (or `stop`).
+async fn poll_session(
+    eventloop: &mut EventLoop,
+    events: &mpsc::Sender<Polled>,
+    stop: &CancellationToken,
+    link: &LinkState,
+    broker: &str,
+) -> SessionEnd {
     loop {
         // After an error rumqttc holds what it will resend in `pending`: the
         // unacknowledged publishes (with their packet ids) followed by the
@@ -327,26 +357,27 @@ async fn poll(mut eventloop: EventLoop, events: mpsc::Sender<Polled>, stop: Canc
             0
         };
         let event = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return SessionEnd::Shutdown,
             ev = eventloop.poll() => ev,
         };
-        let failed = event.is_err();
-        let mut dropped_unsent = 0;
-        if let Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) = &event {
-            backoff.reset();
-            if !ack.session_present {
-                dropped_unsent = unsent;
+        let (polled, end) = match event {
+            Ok(ev) => {
+                let mut dropped_unsent = 0;
+                if let MqttEvent::Incoming(Packet::ConnAck(ack)) = &ev {
+                    link.up(broker);
+                    if !ack.session_present {
+                        dropped_unsent = unsent;
+                    }
+                }
+                (Polled::Event(ev, dropped_unsent), None)
             }
-        }
-        let polled = Polled {
-            event,
-            dropped_unsent,
+            Err(e) => (Polled::Disconnected, Some(SessionEnd::Lost(Box::new(e)))),
         };
         if events.send(polled).await.is_err() {
-            return;
+            return SessionEnd::Shutdown;
         }
-        if failed && !backoff.wait(&stop).await {
-            return;
+        if let Some(end) = end {
+            return end;
         }
     }
 }
@@ -383,13 +414,9 @@ type Clear = Reverse<(Instant, u64, String, i64, bool)>;
 struct State {
     client: AsyncClient,
     topics: Topics,
-    broker: String,
     clear_after: Duration,
-    link: LinkState,
     inbound: mpsc::UnboundedSender<Inbound>,
     connected: bool,
-    /// An outage is being reported (logged once, not per retry).
-    down: bool,
     stopping: bool,
     /// Publishes handed to rumqttc whose packet id is not known yet, in order.
     unassigned: VecDeque<Option<Done>>,
@@ -445,16 +472,23 @@ impl State {
     }
 
     fn on_event(&mut self, polled: Polled) {
-        match polled.event {
-            Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                self.on_connack(ack.session_present, polled.dropped_unsent)
+        let (event, dropped_unsent) = match polled {
+            Polled::Event(event, dropped_unsent) => (event, dropped_unsent),
+            Polled::Disconnected => {
+                self.connected = false;
+                return;
             }
-            Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
+        };
+        match event {
+            MqttEvent::Incoming(Packet::ConnAck(ack)) => {
+                self.on_connack(ack.session_present, dropped_unsent)
+            }
+            MqttEvent::Incoming(Packet::PubAck(ack)) => {
                 if let Some(Some(done)) = self.inflight.remove(&ack.pkid) {
                     let _ = done.send(());
                 }
             }
-            Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => {
+            MqttEvent::Outgoing(Outgoing::Publish(pkid)) => {
                 // 0: QoS 0 (we send none). Known id: a resend after a reconnect.
                 if pkid == 0 || self.inflight.contains_key(&pkid) {
                     return;
@@ -470,7 +504,7 @@ impl State {
                     ),
                 }
             }
-            Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+            MqttEvent::Incoming(Packet::Publish(p)) => {
                 // Only the retained messages sent in answer to our read-back
                 // subscription carry the retain flag; live ones (our own
                 // publishes coming back) do not.
@@ -484,31 +518,17 @@ impl State {
                     });
                 }
             }
-            Ok(_) => {}
-            Err(e) => self.on_error(e),
+            _ => {}
         }
     }
 
     fn on_connack(&mut self, session_present: bool, dropped_unsent: usize) {
         self.connected = true;
-        self.link.set(true);
-        if self.down {
-            tracing::info!(
-                action = "mqtt_reconnected",
-                broker = %self.broker,
-                session_present,
-                "MQTT connection restored"
-            );
-        } else {
-            tracing::info!(
-                action = "mqtt_connected",
-                broker = %self.broker,
-                session_present,
-                "Connected to MQTT broker {}",
-                self.broker
-            );
-        }
-        self.down = false;
+        tracing::debug!(
+            action = "mqtt_session",
+            session_present,
+            "MQTT session resumed: {session_present}"
+        );
         if !session_present {
             // The broker has no session for us: rumqttc dropped what it would have
             // resent (everything in flight, and the first `dropped_unsent` of those
@@ -542,23 +562,6 @@ impl State {
             self.read_back_until = Some(Instant::now() + READ_BACK);
         }
         let _ = self.inbound.send(Inbound::Connected);
-    }
-
-    fn on_error(&mut self, e: ConnectionError) {
-        self.connected = false;
-        self.link.set(false);
-        if !self.down {
-            tracing::error!(
-                action = "mqtt_connection_failed",
-                broker = %self.broker,
-                error = %e,
-                "MQTT broker {} unavailable; retrying with backoff",
-                self.broker
-            );
-            self.down = true;
-        } else {
-            tracing::debug!(action = "retry_attempted", error = %e, "MQTT broker still unavailable");
-        }
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {

@@ -7,10 +7,11 @@
 //! not from the message. A message that can never succeed goes to the dead-letter
 //! queue with its reason; a transient failure is requeued after a pause.
 
-use crate::broker::backoff::Backoff;
+use crate::broker::delivery::{Outcome, PoisonCap};
 use crate::broker::relay::Relay;
+use crate::broker::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::broker::topology::{self, kitchen_queue, REASON_HEADER, REQUEST_ID_HEADER};
-use crate::broker::{connect, LinkState, OutageLog};
+use crate::broker::{connect, connection_lost};
 use crate::domain::events::{OrderMessage, ORDERS_EXCHANGE};
 use crate::domain::status::{kitchen_step, KitchenStep};
 use crate::domain::{OrderStatus, OrderType};
@@ -27,7 +28,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -101,16 +102,6 @@ pub async fn register(store: &SharedStore, cfg: &WorkerConfig) -> Result<(), Wor
     }
 }
 
-/// What to do with a delivery once processing ended.
-#[derive(Debug, PartialEq)]
-enum Outcome {
-    Ack,
-    /// Can never succeed: dead-letter it with this reason.
-    Poison(String),
-    /// Failed for a reason that may pass (database down): requeue.
-    Retry(String),
-}
-
 #[derive(Clone)]
 pub struct Kitchen {
     pub cfg: WorkerConfig,
@@ -118,35 +109,25 @@ pub struct Kitchen {
     pub rabbit: RabbitConfig,
     pub relay: Relay,
     pub link: LinkState,
+    /// Failures per order message, for the poison-message cap.
+    pub poison: Arc<Mutex<PoisonCap>>,
 }
 
 impl Kitchen {
     /// Heartbeats and consumption until `shutdown`; then finishes the orders in
     /// hand, returns unstarted ones to the queue and marks the worker offline.
-    pub async fn run(self, shutdown: CancellationToken, ready: tokio::sync::oneshot::Sender<()>) {
+    /// Readiness: `link` comes up once the worker consumes its queues.
+    pub async fn run(self, shutdown: CancellationToken) {
+        // Its own token: a consumer that stops for good (a fatal session end)
+        // stops the heartbeat too, so the worker does not look alive.
+        let stop_heartbeat = shutdown.child_token();
         let hb = tokio::spawn(
-            heartbeat(self.store.clone(), self.cfg.clone(), shutdown.clone())
+            heartbeat(self.store.clone(), self.cfg.clone(), stop_heartbeat.clone())
                 .instrument(tracing::Span::current()),
         );
-        let mut ready = Some(ready);
-        let mut backoff = Backoff::default();
-        let mut outage = OutageLog::default();
-        while !shutdown.is_cancelled() {
-            match self
-                .session(&shutdown, &mut outage, &mut backoff, &mut ready)
-                .await
-            {
-                Ok(()) => break,
-                Err(e) => {
-                    self.link.set(false);
-                    outage.failed("kitchen consumer", &e, backoff.attempts());
-                    if !backoff.wait(&shutdown).await {
-                        break;
-                    }
-                }
-            }
-        }
-        self.link.set(false);
+        let mut sup = Supervisor::new(self.link.clone());
+        while sup.next(self.session(&shutdown).await, &shutdown).await {}
+        stop_heartbeat.cancel();
         let _ = hb.await;
         match self.store.worker_offline(&self.cfg.name, Utc::now()).await {
             Ok(()) => {
@@ -158,14 +139,60 @@ impl Kitchen {
         }
     }
 
-    async fn session(
+    async fn session(&self, shutdown: &CancellationToken) -> SessionEnd {
+        let conn = match connect(&self.rabbit, &format!("kitchen-worker {}", self.cfg.name)).await {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        let (ch, dlq, consumers) = match self.subscribe(&conn).await {
+            Ok(s) => s,
+            Err(e) => return e.into(),
+        };
+        let tags: Vec<_> = consumers.iter().map(|c| c.tag()).collect();
+        let mut deliveries = futures_util::stream::select_all(consumers);
+        self.link.up(&format!("exchange '{ORDERS_EXCHANGE}'"));
+
+        let mut in_hand = JoinSet::new();
+        let end = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                Some(_) = in_hand.join_next(), if !in_hand.is_empty() => {}
+                next = deliveries.next() => match next {
+                    Some(Ok(d)) => {
+                        let me = self.clone();
+                        let dlq = dlq.clone();
+                        in_hand.spawn(async move { me.handle(d, &dlq).await }.instrument(tracing::Span::current()));
+                    }
+                    Some(Err(e)) => break e.into(),
+                    None => break connection_lost(),
+                },
+            }
+        };
+        // Stop new deliveries, finish what is cooking, hand back the rest.
+        for tag in tags {
+            let _ = ch.basic_cancel(tag, BasicCancelOptions::default()).await;
+        }
+        while in_hand.join_next().await.is_some() {}
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
+        {
+            let _ = d
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+        }
+        let _ = conn.close(200, "shutdown".into()).await;
+        end
+    }
+
+    /// Declares the topology and consumes this worker's queues. Returns the
+    /// consuming channel, the (confirming) dead-letter channel and the consumers.
+    async fn subscribe(
         &self,
-        shutdown: &CancellationToken,
-        outage: &mut OutageLog,
-        backoff: &mut Backoff,
-        ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
-    ) -> Result<(), lapin::Error> {
-        let conn = connect(&self.rabbit, &format!("kitchen-worker {}", self.cfg.name)).await?;
+        conn: &lapin::Connection,
+    ) -> Result<(Channel, Channel, Vec<lapin::Consumer>), lapin::Error> {
         let ch = conn.create_channel().await?;
         topology::declare(&ch).await?;
         // global: the limit covers all of this channel's consumers together, so
@@ -188,48 +215,7 @@ impl Kitchen {
                 .await?,
             );
         }
-        let tags: Vec<_> = consumers.iter().map(|c| c.tag()).collect();
-        let mut deliveries = futures_util::stream::select_all(consumers);
-        self.link.set(true);
-        outage.connected("kitchen consumer", ORDERS_EXCHANGE);
-        backoff.reset();
-        if let Some(tx) = ready.take() {
-            let _ = tx.send(());
-        }
-
-        let mut in_hand = JoinSet::new();
-        let result = loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break Ok(()),
-                Some(_) = in_hand.join_next(), if !in_hand.is_empty() => {}
-                next = deliveries.next() => match next {
-                    Some(Ok(d)) => {
-                        let me = self.clone();
-                        let dlq = dlq.clone();
-                        in_hand.spawn(async move { me.handle(d, &dlq).await }.instrument(tracing::Span::current()));
-                    }
-                    Some(Err(e)) => break Err(e),
-                    None => break Err(crate::broker::connection_lost()),
-                },
-            }
-        };
-        // Stop new deliveries, finish what is cooking, hand back the rest.
-        for tag in tags {
-            let _ = ch.basic_cancel(tag, BasicCancelOptions::default()).await;
-        }
-        while in_hand.join_next().await.is_some() {}
-        while let Ok(Some(Ok(d))) =
-            tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
-        {
-            let _ = d
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
-        }
-        let _ = conn.close(200, "shutdown".into()).await;
-        result
+        Ok((ch, dlq, consumers))
     }
 
     async fn handle(&self, d: Delivery, dlq: &Channel) {
@@ -251,9 +237,10 @@ impl Kitchen {
 
     async fn handle_in_span(&self, d: Delivery, dlq: &Channel, rid: String) {
         let outcome = self.process(&d.data, &rid).await;
+        let outcome = self.cap(&d, outcome).await;
         let res = match outcome {
             Outcome::Ack => d.ack(BasicAckOptions::default()).await,
-            Outcome::Poison(reason) => {
+            Outcome::DeadLetter(reason) => {
                 tracing::error!(action = "message_processing_failed", error = %reason, "Message sent to the dead-letter queue");
                 match dead_letter(dlq, &d, &reason).await {
                     // Acked only once the dead-letter copy is confirmed: never lost.
@@ -284,13 +271,41 @@ impl Kitchen {
         }
     }
 
+    /// The poison-message cap: a retry that keeps failing the same way while
+    /// the database answers becomes a dead letter (see `broker::delivery`).
+    async fn cap(&self, d: &Delivery, outcome: Outcome) -> Outcome {
+        // The relay names every message (the order number for an order);
+        // a message from elsewhere is known by its body.
+        let id = match d.properties.message_id() {
+            Some(m) => m.to_string(),
+            None => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                d.data.hash(&mut h);
+                format!("body:{:016x}", h.finish())
+            }
+        };
+        let db_answers = match &outcome {
+            Outcome::Retry(_) => self.store.ping().await.is_ok(),
+            _ => false,
+        };
+        let mut cap = self.poison.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Outcome::Ack => {
+                cap.forget(&id);
+                Outcome::Ack
+            }
+            other => cap.check(&id, other, db_answers),
+        }
+    }
+
     async fn process(&self, body: &[u8], rid: &str) -> Outcome {
         let msg = match OrderMessage::decode(body) {
             Ok(m) => m,
-            Err(e) => return Outcome::Poison(e),
+            Err(e) => return Outcome::DeadLetter(e),
         };
         if !self.cfg.handled_types().contains(&msg.order_type) {
-            return Outcome::Poison(format!(
+            return Outcome::DeadLetter(format!(
                 "order type {} arrived on a queue of another type",
                 msg.order_type
             ));
@@ -309,15 +324,15 @@ impl Kitchen {
                 eta
             }
             Ok(TransitionOutcome::NotFound) => {
-                return Outcome::Poison(format!("unknown order {n}"))
+                return Outcome::DeadLetter(format!("unknown order {n}"))
             }
-            Err(e) => return Outcome::Retry(e.to_string()),
+            Err(e) => return failed(&e),
             Ok(TransitionOutcome::Rejected(e)) => match kitchen_step(e.current) {
                 KitchenStep::AlreadyDone => return Outcome::Ack,
                 KitchenStep::ResumeCooking => match self.store.order(n).await {
                     Ok(Some(o)) => o.estimated_completion.unwrap_or_else(Utc::now),
-                    Ok(None) => return Outcome::Poison(format!("unknown order {n}")),
-                    Err(e) => return Outcome::Retry(e.to_string()),
+                    Ok(None) => return Outcome::DeadLetter(format!("unknown order {n}")),
+                    Err(e) => return failed(&e),
                 },
                 // received -> cooking is always legal; a refusal from `received`
                 // means it changed under us: try again later.
@@ -337,8 +352,8 @@ impl Kitchen {
             }
             // Cancelled at the last moment, or finished by another worker.
             Ok(TransitionOutcome::Rejected(_)) => Outcome::Ack,
-            Ok(TransitionOutcome::NotFound) => Outcome::Poison(format!("unknown order {n}")),
-            Err(e) => Outcome::Retry(e.to_string()),
+            Ok(TransitionOutcome::NotFound) => Outcome::DeadLetter(format!("unknown order {n}")),
+            Err(e) => failed(&e),
         }
     }
 
@@ -381,6 +396,11 @@ impl Kitchen {
             }
         }
     }
+}
+
+/// A store failure, as the delivery's outcome (decided by its class).
+fn failed(e: &StoreError) -> Outcome {
+    Outcome::of_failure(e.class(), e.to_string())
 }
 
 #[derive(Debug, PartialEq)]

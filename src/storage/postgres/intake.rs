@@ -12,6 +12,7 @@
 //! order committed.
 
 use super::{pg_err, pool_err};
+use crate::domain::error::Class;
 use crate::domain::events::{OrderMessage, ORDERS_EXCHANGE};
 use crate::domain::ValidOrder;
 use crate::storage::{order_outbox, to_json, StoreError};
@@ -55,7 +56,7 @@ impl Intake {
             now,
             reply,
         };
-        let gone = || StoreError::Unavailable("order intake stopped".into());
+        let gone = || StoreError::new(Class::Transient, "order intake stopped");
         self.jobs.send(job).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
@@ -88,7 +89,7 @@ async fn store(pool: &Pool, owner: &str, batch: Vec<Job>) {
                 let _ = job.reply.send(Ok(n));
             }
         }
-        Err(StoreError::Query(_)) if batch.len() > 1 => {
+        Err(e) if !e.class().is_retryable() && batch.len() > 1 => {
             for job in batch {
                 let one = insert(pool, owner, std::slice::from_ref(&job)).await;
                 let _ = job
@@ -105,7 +106,7 @@ async fn store(pool: &Pool, owner: &str, batch: Vec<Job>) {
 }
 
 fn no_number() -> StoreError {
-    StoreError::Query("order intake returned no number".into())
+    StoreError::new(Class::Permanent, "order intake returned no number")
 }
 
 async fn insert(pool: &Pool, owner: &str, batch: &[Job]) -> Result<Vec<String>, StoreError> {

@@ -3,6 +3,7 @@
 
 mod intake;
 
+use crate::domain::error::Class;
 use crate::domain::events::NOTIFICATIONS_EXCHANGE;
 use crate::process::config::DatabaseConfig;
 use crate::storage::migrations::POSTGRES;
@@ -12,6 +13,7 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
 };
 use intake::Intake;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 /// Serialises concurrent migrations from several processes starting at once.
@@ -83,7 +85,10 @@ impl PgStore {
                 .map_err(pg_err)?;
             if done.is_none() {
                 tx.batch_execute(m.sql).await.map_err(|e| {
-                    StoreError::Query(format!("applying migration {}: {}", m.name, pg_err(e)))
+                    StoreError::new(
+                        Class::Permanent,
+                        format!("applying migration {}: {}", m.name, pg_err(e)),
+                    )
                 })?;
                 tx.execute(
                     "insert into schema_migrations (version, name) values ($1, $2)",
@@ -117,45 +122,75 @@ fn build_pool(pg: tokio_postgres::Config, size: usize) -> Result<Pool, StoreErro
         .timeouts(timeouts)
         .runtime(Runtime::Tokio1)
         .build()
-        .map_err(|e| StoreError::Query(format!("building the connection pool: {e}")))
+        .map_err(|e| {
+            StoreError::new(
+                Class::Permanent,
+                format!("building the connection pool: {e}"),
+            )
+        })
 }
 
 fn pool_err(e: PoolError) -> StoreError {
     match e {
         PoolError::Backend(e) => pg_err(e),
-        other => StoreError::Unavailable(other.to_string()),
+        // No connection within the wait: the server is down or overloaded.
+        e @ (PoolError::Timeout(_) | PoolError::Closed) => {
+            StoreError::caused_by(Class::Transient, "no database connection", e)
+        }
+        e => StoreError::caused_by(Class::Permanent, "connection pool", e),
     }
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    if let Some(db) = e.as_db_error() {
-        let code = db.code().code();
-        // Class 08: connection exceptions; 57P0x: the server is shutting down or
-        // starting up. Both pass when the server is back.
-        if code.starts_with("08") || code.starts_with("57P") {
-            return StoreError::Unavailable(db.message().to_string());
+    let class = pg_class(&e);
+    StoreError::caused_by(class, "PostgreSQL", e)
+}
+
+/// The class of a PostgreSQL error, from its SQLSTATE when the server sent one,
+/// else from the connection state.
+fn pg_class(e: &tokio_postgres::Error) -> Class {
+    if let Some(code) = e.code() {
+        return sqlstate_class(code);
+    }
+    // No server error: the connection failed, closed or timed out (an I/O
+    // cause), which passes when the server is back; or we sent something
+    // wrong, which does not.
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return Class::Transient;
         }
-        return StoreError::Query(format!("{} ({code})", db.message()));
+        cause = c.source();
     }
-    let mut msg = e.to_string();
-    let source = std::error::Error::source(&e);
-    if let Some(src) = source {
-        msg = format!("{msg}: {src}");
-    }
-    // No server error: either the connection failed or closed (I/O), which
-    // passes when the server is back, or we sent something wrong, which does not.
-    let io = source.is_some_and(|s| s.is::<std::io::Error>());
-    if e.is_closed() || io || msg.contains("timed out") {
-        StoreError::Unavailable(msg)
+    if e.is_closed() {
+        Class::Transient
     } else {
-        StoreError::Query(msg)
+        Class::Permanent
+    }
+}
+
+/// SQLSTATE classes (the first two characters) as the standard defines them.
+fn sqlstate_class(code: &SqlState) -> Class {
+    let c = code.code();
+    if *code == SqlState::UNIQUE_VIOLATION {
+        return Class::Conflict;
+    }
+    match &c[..2.min(c.len())] {
+        // connection exception; insufficient resources (too many connections,
+        // disk full); operator intervention (shutting down, starting up,
+        // statement cancelled); transaction rollback (serialization failure,
+        // deadlock): all pass on a later try.
+        "08" | "53" | "57" | "40" => Class::Transient,
+        // lock not available
+        "55" if *code == SqlState::LOCK_NOT_AVAILABLE => Class::Transient,
+        _ => Class::Permanent,
     }
 }
 
 const ORDER_COLUMNS: &str = "o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address, (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by, o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version";
 
 fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
-    let parse = |s: String| StoreError::Query(s);
+    let parse = |s: String| StoreError::new(Class::Permanent, s);
     Ok((
         r.try_get(0).map_err(pg_err)?,
         OrderView {
@@ -364,7 +399,9 @@ impl Store for PgStore {
             .try_get::<_, String>(15)
             .map_err(pg_err)?
             .parse()
-            .map_err(|e: String| StoreError::Query(format!("bad status in database: {e}")))?;
+            .map_err(|e: String| {
+                StoreError::new(Class::Permanent, format!("bad status in database: {e}"))
+            })?;
         if row.try_get::<_, Option<i32>>(0).map_err(pg_err)?.is_none() {
             // The order was there but not in a status this change comes from.
             return Ok(TransitionOutcome::Rejected(TransitionError {
@@ -408,7 +445,7 @@ impl Store for PgStore {
                         .try_get::<_, String>(0)
                         .map_err(pg_err)?
                         .parse()
-                        .map_err(StoreError::Query)?,
+                        .map_err(|e| StoreError::new(Class::Permanent, e))?,
                     timestamp: r.try_get(1).map_err(pg_err)?,
                     changed_by: r.try_get(2).map_err(pg_err)?,
                 })

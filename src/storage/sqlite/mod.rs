@@ -9,6 +9,7 @@
 //! Reads use a small pool of connections on the blocking thread pool (WAL lets
 //! them run beside the writer).
 
+use crate::domain::error::Class;
 use crate::domain::events::NOTIFICATIONS_EXCHANGE;
 use crate::domain::order::order_number;
 use crate::storage::migrations::{Migration, SQLITE};
@@ -37,7 +38,7 @@ impl SqliteStore {
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Unavailable(format!("creating {}: {e}", dir.display()))
+                    StoreError::new(Class::Transient, format!("creating {}: {e}", dir.display()))
                 })?;
             }
             let conn = open_conn(&p)?;
@@ -45,13 +46,15 @@ impl SqliteStore {
             Ok(conn)
         })
         .await
-        .map_err(|e| StoreError::Query(format!("sqlite open task: {e}")))??;
+        .map_err(|e| StoreError::new(Class::Permanent, format!("sqlite open task: {e}")))??;
 
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx))
-            .map_err(|e| StoreError::Query(format!("starting sqlite writer: {e}")))?;
+            .map_err(|e| {
+                StoreError::new(Class::Permanent, format!("starting sqlite writer: {e}"))
+            })?;
         Ok(SqliteStore {
             path,
             owner,
@@ -71,7 +74,7 @@ impl SqliteStore {
             result: None,
             reply: Some(reply),
         });
-        let stopped = || StoreError::Unavailable("sqlite writer thread stopped".into());
+        let stopped = || StoreError::new(Class::Transient, "sqlite writer thread stopped");
         self.writer.send(job).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
@@ -97,13 +100,14 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Query(format!("sqlite read task: {e}")))?
+        .map_err(|e| StoreError::new(Class::Permanent, format!("sqlite read task: {e}")))?
     }
 }
 
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)
-        .map_err(|e| StoreError::Unavailable(format!("opening {}: {e}", path.display())))?;
+    let conn = Connection::open(path).map_err(|e| {
+        StoreError::new(Class::Transient, format!("opening {}: {e}", path.display()))
+    })?;
     // WAL: readers do not block the writer. synchronous=FULL: a committed order
     // survives a power cut. busy_timeout: other processes on the same file wait
     // instead of failing.
@@ -142,9 +146,10 @@ fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<(), StoreError
         Ok(()) => conn.execute_batch("COMMIT").map_err(sql_err),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
-            Err(StoreError::Query(format!(
-                "applying sqlite migrations: {e}"
-            )))
+            Err(StoreError::new(
+                Class::Permanent,
+                format!("applying sqlite migrations: {e}"),
+            ))
         }
     }
 }
@@ -187,7 +192,7 @@ where
         let answer = match (commit, self.result.take()) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(r)) => r,
-            (Ok(()), None) => Err(StoreError::Query("write job was not run".into())),
+            (Ok(()), None) => Err(StoreError::new(Class::Permanent, "write job was not run")),
         };
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(answer);
@@ -234,12 +239,33 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
 // ---- helpers -----------------------------------------------------------------
 
 fn sql_err(e: rusqlite::Error) -> StoreError {
+    let class = sqlite_class(&e);
+    StoreError::caused_by(class, "SQLite", e)
+}
+
+/// The class of a SQLite error, from its (extended) result code.
+fn sqlite_class(e: &rusqlite::Error) -> Class {
     use rusqlite::ErrorCode::*;
-    match e.sqlite_error_code() {
-        Some(
-            DatabaseBusy | DatabaseLocked | CannotOpen | ReadOnly | DiskFull | SystemIoFailure,
-        ) => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Query(e.to_string()),
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            // Another writer holds the file, or the file or disk is not usable
+            // right now (unmounted, read-only, full): passes when it is back.
+            DatabaseBusy | DatabaseLocked | CannotOpen | ReadOnly | DiskFull | SystemIoFailure => {
+                Class::Transient
+            }
+            ConstraintViolation
+                if matches!(
+                    f.extended_code,
+                    rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                        | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                ) =>
+            {
+                Class::Conflict
+            }
+            _ => Class::Permanent,
+        },
+        rusqlite::Error::QueryReturnedNoRows => Class::NotFound,
+        _ => Class::Permanent,
     }
 }
 
@@ -461,7 +487,9 @@ fn transition_tx(
 
     let (_, order) = load_order(conn, &t.order_number)
         .map_err(sql_err)?
-        .ok_or_else(|| StoreError::Query("order vanished inside its transaction".into()))?;
+        .ok_or_else(|| {
+            StoreError::new(Class::Permanent, "order vanished inside its transaction")
+        })?;
     let update = status_update(t, old, &order);
     insert_outbox(
         conn,
@@ -503,14 +531,14 @@ impl Store for SqliteStore {
         // still at its path (deleted or on an unmounted disk, every write from
         // now on is lost at the next start) and read a real table.
         if let Err(e) = std::fs::metadata(&self.path) {
-            return Err(StoreError::Unavailable(format!(
-                "database file {}: {e}",
-                self.path.display()
-            )));
+            return Err(StoreError::new(
+                Class::Transient,
+                format!("database file {}: {e}", self.path.display()),
+            ));
         }
         self.read(|c| {
             c.query_row("select count(*) from schema_migrations", [], |_| Ok(()))
-                .map_err(|e| StoreError::Unavailable(e.to_string()))
+                .map_err(|e| StoreError::new(Class::Transient, e.to_string()))
         })
         .await
     }
