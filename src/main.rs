@@ -122,15 +122,9 @@ fn main() -> ExitCode {
         Err(msg) => return usage_error(&msg),
     };
     let log = telemetry::init(&cfg.log, mode.service_name());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("restaurant-system: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     let config_file = config_path(cli.config.as_deref()).ok().flatten();
     runtime.block_on(run(mode, cfg, Options { worker }, log, config_file))
@@ -255,16 +249,18 @@ fn worker_config(cli: &Cli, mode: Mode, cfg: &Config) -> Result<Option<WorkerCon
     }))
 }
 
+/// The async runtime, or the exit code when it cannot start.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("restaurant-system: cannot start the async runtime: {e}");
+        ExitCode::from(EXIT_FAILURE)
+    })
+}
+
 fn migrate(cfg: &Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("restaurant-system: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(storage::open(&cfg.database)) {
         Ok(store) => {

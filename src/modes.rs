@@ -87,6 +87,40 @@ impl Tasks {
     }
 }
 
+/// An HTTP API: its service name (for its log span), its title, its routes.
+struct Api(&'static str, &'static str, Arc<dyn http::Routes>);
+
+impl Api {
+    /// Binds `addr` and serves until `shutdown`; returns the real address.
+    async fn listen(
+        self,
+        addr: SocketAddr,
+        limits: Limits,
+        shutdown: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<SocketAddr, StartError> {
+        let Api(service, title, routes) = self;
+        let span = service_span(service);
+        let server = http::serve(addr, routes, limits, shutdown.clone())
+            .instrument(span.clone())
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let port = server.addr.port();
+        span.in_scope(|| {
+            tracing::info!(
+                action = "service_started",
+                port,
+                max_concurrent = limits.max_concurrent,
+                "{title} started on port {port}"
+            )
+        });
+        tasks.spawn(async move {
+            let _ = server.task.await;
+        });
+        Ok(server.addr)
+    }
+}
+
 /// What a kitchen worker is told on the command line.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -252,25 +286,9 @@ async fn start_parts(
             store: store.clone(),
             relay: relay.clone().expect("writing modes have a relay"),
         };
-        let span = service_span(order_api::SERVICE);
         let addr = bind(cfg.http.order_port);
-        let server = http::serve(addr, Arc::new(api), limits, shutdown.clone())
-            .instrument(span.clone())
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        running.order_addr = Some(server.addr);
-        span.in_scope(|| {
-            tracing::info!(
-                action = "service_started",
-                port = server.addr.port(),
-                max_concurrent = limits.max_concurrent,
-                "Order Service started on port {}",
-                server.addr.port()
-            )
-        });
-        tasks.spawn(async move {
-            let _ = server.task.await;
-        });
+        let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));
+        running.order_addr = Some(api.listen(addr, limits, &shutdown, &tasks).await?);
     }
     if matches!(mode, Mode::TrackingService | Mode::All) {
         let api = TrackingApi {
@@ -279,24 +297,9 @@ async fn start_parts(
             mqtt_prefix: cfg.mqtt.topic_prefix.clone(),
             mqtt_site: cfg.mqtt.site.clone(),
         };
-        let span = service_span(tracking_api::SERVICE);
         let addr = bind(cfg.http.tracking_port);
-        let server = http::serve(addr, Arc::new(api), limits, shutdown.clone())
-            .instrument(span.clone())
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        running.tracking_addr = Some(server.addr);
-        span.in_scope(|| {
-            tracing::info!(
-                action = "service_started",
-                port = server.addr.port(),
-                "Tracking Service started on port {}",
-                server.addr.port()
-            )
-        });
-        tasks.spawn(async move {
-            let _ = server.task.await;
-        });
+        let api = Api(tracking_api::SERVICE, "Tracking Service", Arc::new(api));
+        running.tracking_addr = Some(api.listen(addr, limits, &shutdown, &tasks).await?);
     }
     if matches!(mode, Mode::NotificationSubscriber | Mode::All) {
         let span = service_span(notifier::SERVICE);

@@ -7,7 +7,7 @@ use crate::http::{
     ApiError, RequestCtx, Resp, Routes, OPENAPI,
 };
 use crate::process::config::DisplayConfig;
-use crate::storage::SharedStore;
+use crate::storage::{SharedStore, StoreError};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
@@ -93,17 +93,30 @@ fn page(name: &str) -> Resp {
     static_response(ct, body)
 }
 
+/// 400 for something that is not an order number (before any query).
+fn checked(number: &str) -> Result<(), ApiError> {
+    if is_order_number(number) {
+        Ok(())
+    } else {
+        Err(bad_order_number(number))
+    }
+}
+
+/// The store's answer about order `number`: the value, 404, or the store error.
+fn found<T>(
+    number: &str,
+    answer: Result<Option<T>, StoreError>,
+    query: &str,
+) -> Result<T, ApiError> {
+    answer
+        .map_err(|e| store_error(e, "db_query_failed", &format!("{query} query failed")))?
+        .ok_or_else(|| ApiError::not_found(format!("order {number} not found")))
+}
+
 impl TrackingApi {
     async fn status(&self, number: &str) -> Result<Resp, ApiError> {
-        if !is_order_number(number) {
-            return Err(bad_order_number(number));
-        }
-        let order = self
-            .store
-            .order(number)
-            .await
-            .map_err(|e| store_error(e, "db_query_failed", "Order status query failed"))?
-            .ok_or_else(|| ApiError::not_found(format!("order {number} not found")))?;
+        checked(number)?;
+        let order = found(number, self.store.order(number).await, "Order status")?;
         Ok(json_response(
             StatusCode::OK,
             &json!({
@@ -117,15 +130,8 @@ impl TrackingApi {
     }
 
     async fn history(&self, number: &str) -> Result<Resp, ApiError> {
-        if !is_order_number(number) {
-            return Err(bad_order_number(number));
-        }
-        let history = self
-            .store
-            .history(number)
-            .await
-            .map_err(|e| store_error(e, "db_query_failed", "Order history query failed"))?
-            .ok_or_else(|| ApiError::not_found(format!("order {number} not found")))?;
+        checked(number)?;
+        let history = found(number, self.store.history(number).await, "Order history")?;
         Ok(json_response(StatusCode::OK, &history))
     }
 

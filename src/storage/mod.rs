@@ -303,6 +303,8 @@ pub trait Store: Send + Sync + 'static {
     async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError>;
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError>;
+    /// Only the order's status: the cheap check a worker makes while cooking.
+    async fn status(&self, order_number: &str) -> Result<Option<OrderStatus>, StoreError>;
     async fn history(&self, order_number: &str) -> Result<Option<Vec<HistoryEntry>>, StoreError>;
     /// Orders on the kitchen board (received, cooking, ready), oldest first.
     async fn open_orders(&self) -> Result<Vec<OrderView>, StoreError>;

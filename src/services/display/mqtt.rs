@@ -43,6 +43,7 @@
 
 use super::payload::{order_state, Event, Presence, Topics};
 use crate::broker::supervise::{LinkState, SessionEnd, Supervisor};
+use crate::domain::OrderStatus;
 use crate::process::config::MqttConfig;
 use crate::storage::OrderView;
 use bytes::Bytes;
@@ -382,6 +383,19 @@ async fn poll_session(
     }
 }
 
+/// The debug line for an order's state or event handed to the broker.
+fn published(topic: &str, order_number: &str, status: OrderStatus, version: i64, snapshot: bool) {
+    tracing::debug!(
+        action = "display_published",
+        topic,
+        order_number,
+        status = %status,
+        version,
+        snapshot,
+        "Published on {topic}"
+    );
+}
+
 /// What the bridge remembers per order.
 #[derive(Debug, Clone, Copy)]
 struct Mark {
@@ -584,13 +598,12 @@ impl State {
                     m.event = event.version;
                     m.touched = Instant::now();
                 }
-                tracing::debug!(
-                    action = "display_published",
-                    topic = "events",
-                    order_number = %event.order_number,
-                    new_status = %event.new_status,
-                    version = event.version,
-                    "Event published"
+                published(
+                    "events",
+                    &event.order_number,
+                    event.new_status,
+                    event.version,
+                    false,
                 );
                 self.publish(self.topics.events(), false, event.to_bytes(), done);
             }
@@ -638,14 +651,12 @@ impl State {
         m.cleared = false;
         m.touched = Instant::now();
         let closed = m.closed;
-        tracing::debug!(
-            action = "display_published",
-            topic = "orders",
-            order_number = %view.order_number,
-            status = %view.status,
-            version = view.version,
+        published(
+            "orders",
+            &view.order_number,
+            view.status,
+            view.version,
             snapshot,
-            "Order state published"
         );
         self.publish(
             self.topics.order(&view.order_number),

@@ -381,7 +381,8 @@ impl Kitchen {
     }
 
     /// "Cooks" until `until`, looking every quarter second whether the order was
-    /// cancelled meanwhile. Shutdown does not interrupt: the order in hand is finished.
+    /// cancelled meanwhile (its status only, one small read). Shutdown does not
+    /// interrupt: the order in hand is finished.
     async fn cook_until(&self, n: &str, until: chrono::DateTime<Utc>) -> Cooked {
         loop {
             let left = (until - Utc::now()).to_std().unwrap_or_default();
@@ -389,10 +390,8 @@ impl Kitchen {
                 return Cooked::Done;
             }
             tokio::time::sleep(left.min(Duration::from_millis(250))).await;
-            if let Ok(Some(o)) = self.store.order(n).await {
-                if o.status == OrderStatus::Cancelled {
-                    return Cooked::Cancelled;
-                }
+            if let Ok(Some(OrderStatus::Cancelled)) = self.store.status(n).await {
+                return Cooked::Cancelled;
             }
         }
     }

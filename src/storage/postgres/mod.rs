@@ -60,6 +60,23 @@ impl PgStore {
         self.pool.get().await.map_err(pool_err)
     }
 
+    /// Marks worker `name` as `status` (online: a heartbeat), seen at `now`.
+    async fn set_worker(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        status: &str,
+    ) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "update workers set last_seen = $1, status = $3 where name = $2",
+            &[&now, &name, &status],
+        )
+        .await
+        .map_err(pg_err)?;
+        Ok(())
+    }
+
     async fn relay_client(&self) -> Result<Object, StoreError> {
         self.relay_pool.get().await.map_err(pool_err)
     }
@@ -224,23 +241,28 @@ fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
     ))
 }
 
-async fn load_items<C: GenericClient>(c: &C, order_id: i32) -> Result<Vec<Item>, StoreError> {
-    let rows = c
-        .query(
-            "select name, quantity, (price * 100)::bigint from order_items where order_id = $1 order by id",
-            &[&order_id],
+/// The items of the orders `ids`, each with its order's id, in order.
+async fn items_of(c: &Object, ids: &[i32]) -> Result<Vec<(i32, Item)>, StoreError> {
+    // Prepared once per connection: every order read runs it.
+    let st = c
+        .prepare_cached(
+            "select name, quantity, (price * 100)::bigint, order_id from order_items where order_id = any($1) order by order_id, id",
         )
         .await
         .map_err(pg_err)?;
+    let rows = c.query(&st, &[&ids]).await.map_err(pg_err)?;
     rows.iter()
-        .map(|r| {
-            Ok(Item {
-                name: r.try_get(0).map_err(pg_err)?,
-                quantity: i64::from(r.try_get::<_, i32>(1).map_err(pg_err)?),
-                price: Cents(r.try_get(2).map_err(pg_err)?),
-            })
-        })
+        .map(|r| Ok((r.try_get(3).map_err(pg_err)?, item_row(r)?)))
         .collect()
+}
+
+/// An item from a row whose first columns are name, quantity, price in cents.
+fn item_row(r: &Row) -> Result<Item, StoreError> {
+    Ok(Item {
+        name: r.try_get(0).map_err(pg_err)?,
+        quantity: i64::from(r.try_get::<_, i32>(1).map_err(pg_err)?),
+        price: Cents(r.try_get(2).map_err(pg_err)?),
+    })
 }
 
 async fn load_order(c: &Object, number: &str) -> Result<Option<OrderView>, StoreError> {
@@ -254,7 +276,11 @@ async fn load_order(c: &Object, number: &str) -> Result<Option<OrderView>, Store
         return Ok(None);
     };
     let (id, mut view) = order_row(&row)?;
-    view.items = load_items(c, id).await?;
+    view.items = items_of(c, &[id])
+        .await?
+        .into_iter()
+        .map(|(_, i)| i)
+        .collect();
     Ok(Some(view))
 }
 
@@ -421,6 +447,22 @@ impl Store for PgStore {
         load_order(&c, order_number).await
     }
 
+    async fn status(&self, order_number: &str) -> Result<Option<OrderStatus>, StoreError> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached("select status from orders where number = $1")
+            .await
+            .map_err(pg_err)?;
+        let Some(row) = c.query_opt(&st, &[&order_number]).await.map_err(pg_err)? else {
+            return Ok(None);
+        };
+        let status: String = row.try_get(0).map_err(pg_err)?;
+        status
+            .parse()
+            .map(Some)
+            .map_err(|e: String| StoreError::new(Class::Permanent, e))
+    }
+
     async fn history(&self, order_number: &str) -> Result<Option<Vec<HistoryEntry>>, StoreError> {
         let c = self.client().await?;
         let Some(row) = c
@@ -460,11 +502,15 @@ impl Store for PgStore {
             "select {ORDER_COLUMNS} from orders o where o.status in ('received', 'cooking', 'ready') order by o.id"
         );
         let rows = c.query(&sql, &[]).await.map_err(pg_err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let (id, mut v) = order_row(r)?;
-            v.items = load_items(&c, id).await?;
-            out.push(v);
+        let (ids, mut out): (Vec<i32>, Vec<OrderView>) =
+            rows.iter().map(order_row).collect::<Result<_, _>>()?;
+        // Every open order's items in one query, not one query per order.
+        let at: std::collections::HashMap<i32, usize> =
+            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        for (order_id, item) in items_of(&c, &ids).await? {
+            if let Some(&i) = at.get(&order_id) {
+                out[i].items.push(item);
+            }
         }
         Ok(out)
     }
@@ -509,25 +555,11 @@ impl Store for PgStore {
     }
 
     async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        c.execute(
-            "update workers set last_seen = $1, status = 'online' where name = $2",
-            &[&now, &name],
-        )
-        .await
-        .map_err(pg_err)?;
-        Ok(())
+        self.set_worker(name, now, "online").await
     }
 
     async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        c.execute(
-            "update workers set last_seen = $1, status = 'offline' where name = $2",
-            &[&now, &name],
-        )
-        .await
-        .map_err(pg_err)?;
-        Ok(())
+        self.set_worker(name, now, "offline").await
     }
 
     async fn claim_outbox(

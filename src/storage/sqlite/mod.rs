@@ -79,6 +79,25 @@ impl SqliteStore {
         rx.await.map_err(|_| stopped())?
     }
 
+    /// Marks worker `name` as `status` (online: a heartbeat), seen at `now`.
+    async fn set_worker(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        status: &'static str,
+    ) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.write(move |c| {
+            c.execute(
+                "update workers set last_seen = ?1, status = ?3 where name = ?2",
+                params![ts(now), name, status],
+            )
+            .map(|_| ())
+            .map_err(sql_err)
+        })
+        .await
+    }
+
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -321,14 +340,17 @@ fn load_items(conn: &Connection, order_id: i64) -> rusqlite::Result<Vec<Item>> {
     let mut st = conn.prepare_cached(
         "select name, quantity, price_cents from order_items where order_id = ?1 order by id",
     )?;
-    let rows = st.query_map([order_id], |r| {
-        Ok(Item {
-            name: r.get(0)?,
-            quantity: r.get(1)?,
-            price: Cents(r.get(2)?),
-        })
-    })?;
+    let rows = st.query_map([order_id], item_row)?;
     rows.collect()
+}
+
+/// An item from a row whose first columns are name, quantity, price in cents.
+fn item_row(r: &Row) -> rusqlite::Result<Item> {
+    Ok(Item {
+        name: r.get(0)?,
+        quantity: r.get(1)?,
+        price: Cents(r.get(2)?),
+    })
 }
 
 fn load_order(conn: &Connection, number: &str) -> rusqlite::Result<Option<(i64, OrderView)>> {
@@ -568,6 +590,19 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn status(&self, order_number: &str) -> Result<Option<OrderStatus>, StoreError> {
+        let n = order_number.to_string();
+        self.read(move |c| {
+            c.prepare_cached("select status from orders where number = ?1")
+                .and_then(|mut st| {
+                    st.query_row([&n], |r| parse_col::<OrderStatus>(r.get(0)?))
+                        .optional()
+                })
+                .map_err(sql_err)
+        })
+        .await
+    }
+
     async fn history(&self, order_number: &str) -> Result<Option<Vec<HistoryEntry>>, StoreError> {
         let n = order_number.to_string();
         self.read(move |c| {
@@ -606,12 +641,27 @@ impl Store for SqliteStore {
                 .query_map([], order_row)
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(sql_err)?;
-            rows.into_iter()
-                .map(|(id, mut v)| {
-                    v.items = load_items(c, id).map_err(sql_err)?;
-                    Ok(v)
-                })
-                .collect()
+            let (ids, mut out): (Vec<i64>, Vec<OrderView>) = rows.into_iter().unzip();
+            // Every open order's items in one query, not one query per order.
+            let at: std::collections::HashMap<i64, usize> =
+                ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+            let mut st = c
+                .prepare_cached(
+                    "select name, quantity, price_cents, order_id from order_items
+                     where order_id in (select id from orders where status in ('received', 'cooking', 'ready'))
+                     order by order_id, id",
+                )
+                .map_err(sql_err)?;
+            let items = st
+                .query_map([], |r| Ok((r.get::<_, i64>(3)?, item_row(r)?)))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sql_err)?;
+            for (order_id, item) in items {
+                if let Some(&i) = at.get(&order_id) {
+                    out[i].items.push(item);
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -659,29 +709,11 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let name = name.to_string();
-        self.write(move |c| {
-            c.execute(
-                "update workers set last_seen = ?1, status = 'online' where name = ?2",
-                params![ts(now), name],
-            )
-            .map(|_| ())
-            .map_err(sql_err)
-        })
-        .await
+        self.set_worker(name, now, "online").await
     }
 
     async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let name = name.to_string();
-        self.write(move |c| {
-            c.execute(
-                "update workers set last_seen = ?1, status = 'offline' where name = ?2",
-                params![ts(now), name],
-            )
-            .map(|_| ())
-            .map_err(sql_err)
-        })
-        .await
+        self.set_worker(name, now, "offline").await
     }
 
     async fn claim_outbox(
