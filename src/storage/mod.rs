@@ -10,6 +10,7 @@ mod migrations;
 mod pg_intake;
 pub mod postgres;
 pub mod sqlite;
+mod tokens;
 
 use crate::config::{DatabaseConfig, StorageBackend};
 use crate::domain::events::{OrderMessage, StatusUpdate};
@@ -20,6 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+pub use tokens::{TokenRow, TokenStore};
 
 pub type SharedStore = Arc<dyn Store>;
 
@@ -223,7 +225,7 @@ pub struct OutboxMessage {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: TokenStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// A cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
