@@ -18,7 +18,7 @@ pub const SERVICE: &str = "order-service";
 pub struct OrderApi {
     pub store: SharedStore,
     pub relay: Relay,
-    pub guard: std::sync::Arc<super::auth::Guard>,
+    pub guard: std::sync::Arc<crate::http::auth::Guard>,
 }
 
 #[async_trait::async_trait]
@@ -49,7 +49,7 @@ impl Routes for OrderApi {
         }
     }
 
-    fn guard(&self) -> Option<&std::sync::Arc<super::auth::Guard>> {
+    fn guard(&self) -> Option<&std::sync::Arc<crate::http::auth::Guard>> {
         Some(&self.guard)
     }
 }

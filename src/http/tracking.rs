@@ -20,7 +20,7 @@ pub struct TrackingApi {
     pub display: DisplayConfig,
     pub mqtt_prefix: String,
     pub mqtt_site: String,
-    pub guard: std::sync::Arc<super::auth::Guard>,
+    pub guard: std::sync::Arc<crate::http::auth::Guard>,
 }
 
 /// The display page: our own files from `web/src/`, and the MQTT client that
@@ -85,7 +85,7 @@ impl Routes for TrackingApi {
         }
     }
 
-    fn guard(&self) -> Option<&std::sync::Arc<super::auth::Guard>> {
+    fn guard(&self) -> Option<&std::sync::Arc<crate::http::auth::Guard>> {
         Some(&self.guard)
     }
 }
