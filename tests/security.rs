@@ -451,7 +451,9 @@ async fn every_route_every_caller_from_loopback_and_a_second_host(b: Backend) {
     let mut cfg = env.cfg.clone();
     cfg.http.bind = "0.0.0.0".into();
     cfg.display.mqtt_username = "restaurant-display".into();
-    cfg.display.mqtt_password = Some(restaurant_system::config::Secret::new("screen-pw-1"));
+    cfg.display.mqtt_password = Some(restaurant_system::process::config::Secret::new(
+        "screen-pw-1",
+    ));
     let app = env.start_with(Mode::All, None, &cfg).await;
     let store = app.store();
     let tokens = Tokens::create(&store, "m").await;
