@@ -16,6 +16,8 @@ use intake::Intake;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
+mod tokens;
+
 /// Serialises concurrent migrations from several processes starting at once.
 const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
 
