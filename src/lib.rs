@@ -15,8 +15,10 @@
 //! - [`storage`]: one `Store` trait and its two backends, `postgres/` and
 //!   `sqlite/`, with the embedded migrations. Every state change writes its
 //!   outgoing message to an outbox table in the same transaction.
-//! - [`broker`]: RabbitMQ: connecting, the topology, the outbox relay, and
-//!   the backoff and link state every reconnect loop uses.
+//! - [`broker`]: RabbitMQ: connecting, the topology, the outbox relay;
+//!   `supervise`, the one reconnect loop every broker link runs under (MQTT
+//!   too), and `delivery`, what a failed delivery becomes (requeue or
+//!   dead-letter, with the poison-message cap).
 //! - [`http`]: the HTTP edge every listening service shares: the server loop,
 //!   limits, request ids, the mapping from an error to a JSON response, and
 //!   `auth` (tokens, roles, CORS; the rules are `domain::access`).
