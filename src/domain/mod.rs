@@ -4,8 +4,10 @@
 //! messaging and HTTP call into this module; it calls into none of them.
 
 pub mod events;
+pub mod kitchen_notes;
 pub mod money;
 pub mod order;
+pub mod speed;
 pub mod status;
 
 pub use money::Cents;

@@ -19,6 +19,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "002_outbox_owner",
         sql: include_str!("../../migrations/postgres/002_outbox_owner.sql"),
     },
+    Migration {
+        version: 4,
+        name: "004_kitchen_notes",
+        sql: include_str!("../../migrations/postgres/004_kitchen_notes.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -31,5 +36,10 @@ pub const SQLITE: &[Migration] = &[
         version: 2,
         name: "002_outbox_owner",
         sql: include_str!("../../migrations/sqlite/002_outbox_owner.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "004_kitchen_notes",
+        sql: include_str!("../../migrations/sqlite/004_kitchen_notes.sql"),
     },
 ];
