@@ -6,3 +6,5 @@ alter table orders add column if not exists notes text;
 alter table order_items add column if not exists notes text;
 alter table order_items add column if not exists modifiers text;
 alter table order_items add column if not exists allergens text;
+-- The speed-of-service report reads the orders received in a time range.
+create index if not exists orders_created_at_idx on orders (created_at);

@@ -6,3 +6,5 @@ alter table orders add column notes text;
 alter table order_items add column notes text;
 alter table order_items add column modifiers text;
 alter table order_items add column allergens text;
+-- The speed-of-service report reads the orders received in a time range.
+create index if not exists orders_created_at_idx on orders (created_at);

@@ -5,7 +5,7 @@
 //! Validation follows `order::validate`: it reads the parsed JSON, names the
 //! field of every broken rule, and reports all of them at once.
 
-use super::order::FieldError;
+use super::field_error::FieldError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -115,24 +115,28 @@ pub struct ItemDetails {
 /// The field names these rules add to an item object.
 pub const ITEM_FIELDS: [&str; 3] = ["notes", "modifiers", "allergens"];
 
-fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 /// Free text for the kitchen: at most `max` characters, no control characters
 /// except line breaks. Blank text counts as no note.
-fn text(field: &str, v: Option<&Value>, max: usize, errors: &mut Vec<FieldError>) -> Option<String> {
+fn text(
+    field: &str,
+    v: Option<&Value>,
+    max: usize,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
     match v {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
             if s.chars().count() > max {
-                errors.push(err(field, format!("must be at most {max} characters")));
+                errors.push(FieldError::new(
+                    field,
+                    format!("must be at most {max} characters"),
+                ));
                 None
             } else if s.chars().any(|c| c.is_control() && c != '\n') {
-                errors.push(err(field, "must not contain control characters"));
+                errors.push(FieldError::new(
+                    field,
+                    "must not contain control characters",
+                ));
                 None
             } else {
                 let t = s.trim();
@@ -140,14 +144,17 @@ fn text(field: &str, v: Option<&Value>, max: usize, errors: &mut Vec<FieldError>
             }
         }
         Some(_) => {
-            errors.push(err(field, "must be a string"));
+            errors.push(FieldError::new(field, "must be a string"));
             None
         }
     }
 }
 
 /// The order's `notes`: up to 280 characters.
-pub fn validate_order_notes(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+pub fn validate_order_notes(
+    obj: &Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
     text("notes", obj.get("notes"), ORDER_NOTES_MAX, errors)
 }
 
@@ -163,7 +170,7 @@ pub fn validate_item_details(
     let mut modifiers = Vec::new();
     match item.get("modifiers") {
         None | Some(Value::Null) => {}
-        Some(Value::Array(list)) if list.len() > MODIFIERS_MAX => errors.push(err(
+        Some(Value::Array(list)) if list.len() > MODIFIERS_MAX => errors.push(FieldError::new(
             path("modifiers"),
             format!("must contain at most {MODIFIERS_MAX} modifiers"),
         )),
@@ -172,17 +179,23 @@ pub fn validate_item_details(
                 let field = format!("items[{i}].modifiers[{k}]");
                 match m {
                     Value::String(s) if s.trim().is_empty() || s.chars().count() > MODIFIER_MAX => {
-                        errors.push(err(field, format!("must be 1-{MODIFIER_MAX} characters")))
+                        errors.push(FieldError::new(
+                            field,
+                            format!("must be 1-{MODIFIER_MAX} characters"),
+                        ))
                     }
-                    Value::String(s) if s.chars().any(char::is_control) => {
-                        errors.push(err(field, "must not contain control characters"))
-                    }
+                    Value::String(s) if s.chars().any(char::is_control) => errors.push(
+                        FieldError::new(field, "must not contain control characters"),
+                    ),
                     Value::String(s) => modifiers.push(s.trim().to_string()),
-                    _ => errors.push(err(field, "must be a string")),
+                    _ => errors.push(FieldError::new(field, "must be a string")),
                 }
             }
         }
-        Some(_) => errors.push(err(path("modifiers"), "must be an array of strings")),
+        Some(_) => errors.push(FieldError::new(
+            path("modifiers"),
+            "must be an array of strings",
+        )),
     }
 
     let mut allergens = Vec::new();
@@ -193,13 +206,16 @@ pub fn validate_item_details(
                 let field = format!("items[{i}].allergens[{k}]");
                 match a.as_str().map(str::parse::<Allergen>) {
                     Some(Ok(a)) => allergens.push(a),
-                    _ => errors.push(err(field, allowed_allergens_message())),
+                    _ => errors.push(FieldError::new(field, allowed_allergens_message())),
                 }
             }
             allergens.sort();
             allergens.dedup();
         }
-        Some(_) => errors.push(err(path("allergens"), "must be an array of allergen names")),
+        Some(_) => errors.push(FieldError::new(
+            path("allergens"),
+            "must be an array of allergen names",
+        )),
     }
 
     ItemDetails {
@@ -244,7 +260,10 @@ mod tests {
     #[test]
     fn order_notes_limit_is_280_characters() {
         let ok = "é".repeat(ORDER_NOTES_MAX);
-        assert_eq!(order_notes(json!({ "notes": ok })), (Some(ok.clone()), vec![]));
+        assert_eq!(
+            order_notes(json!({ "notes": ok })),
+            (Some(ok.clone()), vec![])
+        );
         assert_eq!(
             order_notes(json!({ "notes": format!("{ok}x") })),
             (None, vec!["notes".to_string()])
@@ -253,7 +272,9 @@ mod tests {
         assert_eq!(order_notes(json!({"notes": "a\u{7}b"})).1, ["notes"]);
         // Line breaks are what a note is made of; blank means none.
         assert_eq!(
-            order_notes(json!({"notes": " birthday\ncandles "})).0.as_deref(),
+            order_notes(json!({"notes": " birthday\ncandles "}))
+                .0
+                .as_deref(),
             Some("birthday\ncandles")
         );
         assert_eq!(order_notes(json!({"notes": "   "})), (None, vec![]));
@@ -263,7 +284,10 @@ mod tests {
     fn item_notes_limit_is_140_characters() {
         let ok = "a".repeat(ITEM_NOTES_MAX);
         assert_eq!(item(json!({ "notes": ok })).0.notes, Some(ok.clone()));
-        assert_eq!(item(json!({ "notes": format!("{ok}a") })).1, ["items[0].notes"]);
+        assert_eq!(
+            item(json!({ "notes": format!("{ok}a") })).1,
+            ["items[0].notes"]
+        );
     }
 
     #[test]
@@ -274,7 +298,10 @@ mod tests {
         let ten: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
         assert!(item(json!({ "modifiers": ten })).1.is_empty());
         let eleven: Vec<String> = (0..11).map(|i| format!("m{i}")).collect();
-        assert_eq!(item(json!({ "modifiers": eleven })).1, ["items[0].modifiers"]);
+        assert_eq!(
+            item(json!({ "modifiers": eleven })).1,
+            ["items[0].modifiers"]
+        );
         assert_eq!(
             item(json!({"modifiers": ["", "x".repeat(51), 3, "ok", "x".repeat(50)]})).1,
             [
@@ -283,7 +310,10 @@ mod tests {
                 "items[0].modifiers[2]"
             ]
         );
-        assert_eq!(item(json!({"modifiers": "no onions"})).1, ["items[0].modifiers"]);
+        assert_eq!(
+            item(json!({"modifiers": "no onions"})).1,
+            ["items[0].modifiers"]
+        );
     }
 
     #[test]
@@ -318,7 +348,10 @@ mod tests {
 
     #[test]
     fn allergen_storage_round_trips() {
-        assert_eq!(Allergen::split(&Allergen::join(&Allergen::ALL)), Allergen::ALL);
+        assert_eq!(
+            Allergen::split(&Allergen::join(&Allergen::ALL)),
+            Allergen::ALL
+        );
         assert_eq!(Allergen::split(""), []);
         assert_eq!(Allergen::join(&[]), "");
         for a in Allergen::ALL {

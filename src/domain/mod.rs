@@ -4,6 +4,7 @@
 //! messaging and HTTP call into this module; it calls into none of them.
 
 pub mod events;
+pub mod field_error;
 pub mod kitchen_notes;
 pub mod money;
 pub mod order;

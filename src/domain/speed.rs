@@ -6,7 +6,8 @@
 //! ceil(p/100 * n). It is always a time some ticket actually took, and a
 //! manager can check it by hand.
 
-use super::order::{FieldError, OrderType};
+use super::field_error::FieldError;
+use super::order::OrderType;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -147,11 +148,10 @@ fn parse_bound(field: &str, s: &str, end: bool) -> Result<DateTime<Utc>, FieldEr
             return Ok(t.and_utc());
         }
     }
-    Err(FieldError {
-        field: field.to_string(),
-        message: "must be an RFC 3339 time (2026-11-25T10:30:00Z) or a date (2026-11-25)"
-            .to_string(),
-    })
+    Err(FieldError::new(
+        field,
+        "must be an RFC 3339 time (2026-11-25T10:30:00Z) or a date (2026-11-25)",
+    ))
 }
 
 /// The report's range `[from, to)`. Missing bounds default to today (UTC):
@@ -162,10 +162,15 @@ pub fn parse_range(
     now: DateTime<Utc>,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), Vec<FieldError>> {
     let today = now.date_naive();
-    let midnight = today.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or(now);
+    let midnight = today
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc())
+        .unwrap_or(now);
     let mut errors = Vec::new();
     let from = match from {
-        Some(s) => parse_bound("from", s, false).map_err(|e| errors.push(e)).ok(),
+        Some(s) => parse_bound("from", s, false)
+            .map_err(|e| errors.push(e))
+            .ok(),
         None => Some(midnight),
     };
     let to = match to {
@@ -174,15 +179,12 @@ pub fn parse_range(
     };
     if let (Some(f), Some(t)) = (from, to) {
         if f >= t {
-            errors.push(FieldError {
-                field: "to".to_string(),
-                message: "must be after from".to_string(),
-            });
+            errors.push(FieldError::new("to", "must be after from"));
         } else if t - f > chrono::Duration::days(MAX_RANGE_DAYS) {
-            errors.push(FieldError {
-                field: "to".to_string(),
-                message: format!("the range must be at most {MAX_RANGE_DAYS} days"),
-            });
+            errors.push(FieldError::new(
+                "to",
+                format!("the range must be at most {MAX_RANGE_DAYS} days"),
+            ));
         }
     }
     match (from, to) {
@@ -200,7 +202,12 @@ mod tests {
         Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
     }
 
-    fn ticket(ty: OrderType, w: Option<&str>, cook: Option<i64>, handoff: Option<i64>) -> TicketTimes {
+    fn ticket(
+        ty: OrderType,
+        w: Option<&str>,
+        cook: Option<i64>,
+        handoff: Option<i64>,
+    ) -> TicketTimes {
         let ready = cook.map(at);
         TicketTimes {
             order_type: ty,
@@ -234,7 +241,10 @@ mod tests {
         assert_eq!(s.p90_seconds, Some(100.0));
         assert_eq!(stats(&[1.0, 2.0, 2.0]).avg_seconds, Some(1.667));
         let empty = stats(&[]);
-        assert_eq!((empty.count, empty.avg_seconds, empty.p90_seconds), (0, None, None));
+        assert_eq!(
+            (empty.count, empty.avg_seconds, empty.p90_seconds),
+            (0, None, None)
+        );
     }
 
     #[test]
@@ -259,7 +269,10 @@ mod tests {
         assert_eq!(r.by_order_type["delivery"].orders, 1);
         assert_eq!(r.by_order_type["delivery"].received_to_ready.count, 0);
         assert_eq!(r.by_worker.keys().collect::<Vec<_>>(), ["luigi", "mario"]);
-        assert_eq!(r.by_worker["mario"].received_to_ready.avg_seconds, Some(360.0));
+        assert_eq!(
+            r.by_worker["mario"].received_to_ready.avg_seconds,
+            Some(360.0)
+        );
         assert_eq!(r.by_worker["luigi"].ready_to_completed.count, 0);
         assert_eq!(r.from, "2027-01-15T08:00:00.000Z");
         let v = serde_json::to_value(&r).unwrap();
@@ -271,7 +284,13 @@ mod tests {
     fn a_clock_step_back_is_zero_not_negative() {
         let mut t = ticket(OrderType::Takeout, None, Some(10), None);
         t.ready_at = Some(at(-5));
-        assert_eq!(report(at(0), at(1), &[t]).overall.received_to_ready.avg_seconds, Some(0.0));
+        assert_eq!(
+            report(at(0), at(1), &[t])
+                .overall
+                .received_to_ready
+                .avg_seconds,
+            Some(0.0)
+        );
     }
 
     #[test]
@@ -282,7 +301,12 @@ mod tests {
         assert_eq!(t, Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap());
         let (f, t) = parse_range(Some("2026-11-20"), Some("2026-11-20"), now).unwrap();
         assert_eq!(t - f, chrono::Duration::days(1));
-        let (f, t) = parse_range(Some("2026-11-25T14:00:00+01:00"), Some("2026-11-25T14:30:00Z"), now).unwrap();
+        let (f, t) = parse_range(
+            Some("2026-11-25T14:00:00+01:00"),
+            Some("2026-11-25T14:30:00Z"),
+            now,
+        )
+        .unwrap();
         assert_eq!(f, Utc.with_ymd_and_hms(2026, 11, 25, 13, 0, 0).unwrap());
         assert_eq!(t - f, chrono::Duration::minutes(90));
         let (_, t) = parse_range(Some("2026-11-25T14:00:00Z"), None, now).unwrap();
@@ -293,12 +317,19 @@ mod tests {
     fn bad_ranges_name_the_field() {
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 15, 4, 5).unwrap();
         let fields = |f: Option<&str>, t: Option<&str>| -> Vec<String> {
-            parse_range(f, t, now).unwrap_err().into_iter().map(|e| e.field).collect()
+            parse_range(f, t, now)
+                .unwrap_err()
+                .into_iter()
+                .map(|e| e.field)
+                .collect()
         };
         assert_eq!(fields(Some("yesterday"), None), ["from"]);
         assert_eq!(fields(Some("x"), Some("2026-13-01")), ["from", "to"]);
         assert_eq!(fields(Some("2026-11-25"), Some("2026-11-24")), ["to"]);
-        assert_eq!(fields(Some("2026-11-25T10:00:00Z"), Some("2026-11-25T10:00:00Z")), ["to"]);
+        assert_eq!(
+            fields(Some("2026-11-25T10:00:00Z"), Some("2026-11-25T10:00:00Z")),
+            ["to"]
+        );
         assert_eq!(fields(Some("2020-01-01"), Some("2026-01-01")), ["to"]);
         assert_eq!(fields(Some(""), None), ["from"]);
     }

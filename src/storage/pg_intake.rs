@@ -12,7 +12,7 @@
 //! order committed.
 
 use super::postgres::{pg_err, CREATE_ORDERS_SQL};
-use super::{order_outbox, to_json, StoreError};
+use super::{item_detail_columns, order_outbox, to_json, StoreError};
 use crate::domain::events::OrderMessage;
 use crate::domain::ValidOrder;
 use crate::messaging::topology::ORDERS_EXCHANGE;
@@ -141,6 +141,10 @@ async fn insert(pool: &Pool, owner: &str, batch: &[Job]) -> Result<Vec<String>, 
                 &cols.item_price,
                 &ORDERS_EXCHANGE,
                 &owner,
+                &cols.notes,
+                &cols.item_notes,
+                &cols.item_modifiers,
+                &cols.item_allergens,
             ],
         )
         .await
@@ -172,6 +176,10 @@ struct Columns {
     item_name: Vec<String>,
     item_qty: Vec<i32>,
     item_price: Vec<i64>,
+    notes: Vec<Option<String>>,
+    item_notes: Vec<Option<String>>,
+    item_modifiers: Vec<Option<String>>,
+    item_allergens: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -191,7 +199,12 @@ impl Columns {
         self.payload.push(to_json(&msg)?);
         self.prio.push(i16::from(prio));
         self.request_id.push(job.request_id.clone());
+        self.notes.push(o.notes.clone());
         for item in &o.items {
+            let (notes, modifiers, allergens) = item_detail_columns(item);
+            self.item_notes.push(notes);
+            self.item_modifiers.push(modifiers);
+            self.item_allergens.push(allergens);
             self.item_order.push(idx);
             self.item_name.push(item.name.clone());
             self.item_qty.push(item.quantity as i32);

@@ -150,7 +150,7 @@ pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-const ORDER_COLUMNS: &str = "o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address, (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by, o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version";
+const ORDER_COLUMNS: &str = "o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address, (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by, o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version, o.notes";
 
 fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
     let parse = |s: String| StoreError::Query(s);
@@ -183,6 +183,7 @@ fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
             estimated_completion: r.try_get(12).map_err(pg_err)?,
             completed_at: r.try_get(13).map_err(pg_err)?,
             version: r.try_get(14).map_err(pg_err)?,
+            notes: r.try_get(15).map_err(pg_err)?,
         },
     ))
 }
@@ -190,18 +191,21 @@ fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
 async fn load_items<C: GenericClient>(c: &C, order_id: i32) -> Result<Vec<Item>, StoreError> {
     let rows = c
         .query(
-            "select name, quantity, (price * 100)::bigint from order_items where order_id = $1 order by id",
+            "select name, quantity, (price * 100)::bigint, notes, modifiers, allergens from order_items where order_id = $1 order by id",
             &[&order_id],
         )
         .await
         .map_err(pg_err)?;
     rows.iter()
         .map(|r| {
-            Ok(Item {
-                name: r.try_get(0).map_err(pg_err)?,
-                quantity: i64::from(r.try_get::<_, i32>(1).map_err(pg_err)?),
-                price: Cents(r.try_get(2).map_err(pg_err)?),
-            })
+            item_from_columns(
+                r.try_get(0).map_err(pg_err)?,
+                i64::from(r.try_get::<_, i32>(1).map_err(pg_err)?),
+                Cents(r.try_get(2).map_err(pg_err)?),
+                r.try_get(3).map_err(pg_err)?,
+                r.try_get(4).map_err(pg_err)?,
+                r.try_get(5).map_err(pg_err)?,
+            )
         })
         .collect()
 }
@@ -245,8 +249,9 @@ const WORKER_COLUMNS: &str = "name, type, status, orders_processed, last_seen, h
 /// takes the next number (`ORD_YYYYMMDD_NNN`, see `domain::order::order_number`),
 /// and the order, its items, its first history row and its outbox message (the
 /// JSON of `OrderMessage` with the number filled in) are written. Order-level
-/// arrays ($4-$13) have one element per order; item arrays ($14-$17) one per
-/// item, with the 1-based index of its order. Returns the numbers in batch
+/// arrays ($4-$13, and $20 the notes) have one element per order; item arrays
+/// ($14-$17, and $21-$23 the kitchen details) one per item, with the 1-based
+/// index of its order. Returns the numbers in batch
 /// order. `bench/order_tx.sql` is the one-order case, for pgbench.
 pub(super) const CREATE_ORDERS_SQL: &str = r#"
 with c as (
@@ -260,21 +265,21 @@ with c as (
              then lpad((c.last - $3::int + t.idx)::text, 3, '0')
              else (c.last - $3::int + t.idx)::text end as number
     from c, unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::bigint[], $9::int[],
-                   $10::text[], $11::text[], $12::smallint[], $13::text[])
+                   $10::text[], $11::text[], $12::smallint[], $13::text[], $20::text[])
         with ordinality as t(customer_name, type, table_number, delivery_address, total_cents,
-                             priority, routing_key, payload, prio, request_id, idx)
+                             priority, routing_key, payload, prio, request_id, notes, idx)
 ), o as (
     insert into orders (created_at, updated_at, number, customer_name, type, table_number,
-                        delivery_address, total_amount, priority, status, version)
+                        delivery_address, total_amount, priority, status, version, notes)
     select $2, $2, number, customer_name, type, table_number, delivery_address,
-           total_cents / 100.0, priority, 'received', 1
+           total_cents / 100.0, priority, 'received', 1, notes
     from n order by idx
     returning id, number
 ), i as (
-    insert into order_items (created_at, order_id, name, quantity, price)
-    select $2, o.id, t.name, t.quantity, t.price_cents / 100.0
-    from unnest($14::int[], $15::text[], $16::int[], $17::bigint[])
-        with ordinality as t(order_idx, name, quantity, price_cents, k)
+    insert into order_items (created_at, order_id, name, quantity, price, notes, modifiers, allergens)
+    select $2, o.id, t.name, t.quantity, t.price_cents / 100.0, t.notes, t.modifiers, t.allergens
+    from unnest($14::int[], $15::text[], $16::int[], $17::bigint[], $21::text[], $22::text[], $23::text[])
+        with ordinality as t(order_idx, name, quantity, price_cents, notes, modifiers, allergens, k)
     join n on n.idx = t.order_idx
     join o on o.number = n.number
     order by t.k
@@ -312,7 +317,7 @@ with cur as (
     returning o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
         (o.total_amount * 100)::bigint as total_cents, o.priority, o.status, o.processed_by,
         o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version,
-        cur.status as old_status
+        o.notes, cur.status as old_status
 ), w as (
     update workers set orders_processed = orders_processed + 1
     where name = $5 and exists (select 1 from o where o.status = 'ready' and o.old_status = 'cooking')
@@ -332,7 +337,7 @@ with cur as (
 )
 select o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
     o.total_cents, o.priority, o.status, o.processed_by, o.created_at, o.updated_at,
-    o.estimated_completion, o.completed_at, o.version, cur.status
+    o.estimated_completion, o.completed_at, o.version, o.notes, cur.status
 from cur left join o on true
 "#;
 
@@ -409,7 +414,7 @@ impl Store for PgStore {
             return Ok(TransitionOutcome::NotFound);
         };
         let old: OrderStatus = row
-            .try_get::<_, String>(15)
+            .try_get::<_, String>(16)
             .map_err(pg_err)?
             .parse()
             .map_err(|e: String| StoreError::Query(format!("bad status in database: {e}")))?;
@@ -478,6 +483,33 @@ impl Store for PgStore {
             out.push(v);
         }
         Ok(out)
+    }
+
+    async fn ticket_times(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<TicketTimes>, StoreError> {
+        let c = self.client().await?;
+        let sql = format!(
+            "{TICKET_TIMES_SELECT} where o.created_at >= $1 and o.created_at < $2 order by o.id"
+        );
+        let rows = c.query(&sql, &[&from, &to]).await.map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(TicketTimes {
+                    order_type: r
+                        .try_get::<_, String>(0)
+                        .map_err(pg_err)?
+                        .parse()
+                        .map_err(StoreError::Query)?,
+                    worker: r.try_get(1).map_err(pg_err)?,
+                    received_at: r.try_get(2).map_err(pg_err)?,
+                    ready_at: r.try_get(3).map_err(pg_err)?,
+                    completed_at: r.try_get(4).map_err(pg_err)?,
+                })
+            })
+            .collect()
     }
 
     async fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {

@@ -212,6 +212,8 @@
     state.orders.set(num, o);
     if (o.status === 'completed') addRecall(o);
     else removeRecall(num);
+    // A ticket just became ready: the ticket time moved; refresh it soon (once per burst).
+    if (!retained && o.status === 'ready' && prev && prev.status !== 'ready') refreshSpeedSoon();
     if (OPEN.has(o.status)) {
       if (!retained && (!prev || !OPEN.has(prev.status)) && isNewTicket(o)) announce(o);
       state.known.add(num);
@@ -684,6 +686,12 @@
   }
 
   // ---- rolling ticket time (GET /reports/speed-of-service on the tracking service) ------
+  let speedTimer = null;
+  function refreshSpeedSoon() {
+    if (speedTimer) return;
+    speedTimer = setTimeout(() => { speedTimer = null; refreshSpeed(); }, 2000);
+  }
+
   async function refreshSpeed() {
     const el = $('speed');
     const to = serverNow() + 60000;
