@@ -2,14 +2,13 @@
 //! speed-of-service report, plus the kitchen display page and the customer
 //! order board (static files embedded in the binary).
 
-use super::orders::{bad_order_number, store_error};
-use super::{
-    health_response, json_response, query_param, segments, static_response, ApiError, RequestCtx,
-    Resp, Routes,
-};
-use crate::config::DisplayConfig;
 use crate::domain::order::is_order_number;
 use crate::domain::speed;
+use crate::http::{
+    bad_order_number, health_response, json_response, query_param, segments, static_response,
+    store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
+};
+use crate::process::config::DisplayConfig;
 use crate::storage::SharedStore;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
@@ -105,7 +104,7 @@ impl Routes for TrackingApi {
             ["board", name] => file(BOARD, name).ok_or_else(|| ApiError::not_found("no such file")),
             ["workers", "status"] => self.workers().await,
             ["health"] => Ok(self.health().await),
-            ["openapi.yaml"] => Ok(static_response("application/yaml", super::OPENAPI)),
+            ["openapi.yaml"] => Ok(static_response("application/yaml", OPENAPI)),
             ["display", "config.json"] => Ok(self.display_config()),
             ["display"] => Ok(page("")),
             ["display", file] => PAGE
