@@ -20,6 +20,11 @@ pub const POSTGRES: &[Migration] = &[
         sql: include_str!("../../migrations/postgres/002_outbox_owner.sql"),
     },
     Migration {
+        version: 3,
+        name: "003_api_tokens",
+        sql: include_str!("../../migrations/postgres/003_api_tokens.sql"),
+    },
+    Migration {
         version: 4,
         name: "004_kitchen_notes",
         sql: include_str!("../../migrations/postgres/004_kitchen_notes.sql"),
@@ -36,6 +41,11 @@ pub const SQLITE: &[Migration] = &[
         version: 2,
         name: "002_outbox_owner",
         sql: include_str!("../../migrations/sqlite/002_outbox_owner.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "003_api_tokens",
+        sql: include_str!("../../migrations/sqlite/003_api_tokens.sql"),
     },
     Migration {
         version: 4,

@@ -9,6 +9,7 @@
 mod migrations;
 pub mod postgres;
 pub mod sqlite;
+mod tokens;
 
 use crate::domain::events::{OrderMessage, StatusUpdate, ORDERS_EXCHANGE};
 use crate::domain::kitchen_notes::Allergen;
@@ -20,6 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+pub use tokens::{TokenRow, TokenStore};
 
 pub type SharedStore = Arc<dyn Store>;
 
@@ -226,7 +228,7 @@ pub struct OutboxMessage {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: TokenStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// A cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -139,7 +139,12 @@
     for (let delay = 1000; ; delay = Math.min(delay * 2, 15000)) {
       try {
         const t0 = Date.now();
-        const r = await fetch('/display/config.json', { cache: 'no-store' });
+        // A screen paired once at /display (same origin) has a kitchen token: with it,
+        // config.json also gives the MQTT read account a secured broker asks for.
+        let token = null;
+        try { token = localStorage.getItem('kds-token'); } catch (_) { /* storage blocked */ }
+        const headers = token ? { Authorization: `Bearer ${token}` } : {};
+        const r = await fetch('/display/config.json', { cache: 'no-store', headers });
         if (!r.ok) throw new Error(`HTTP ${r.status}`);
         const cfg = await r.json();
         const server = Date.parse(cfg.server_time);
@@ -155,7 +160,9 @@
     const cfg = await loadConfig();
     const prefix = `${cfg.topic_prefix || 'restaurant'}/${cfg.site || 'main'}`;
     const url = cfg.mqtt_ws_url || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hostname}:9001`;
+    const creds = cfg.mqtt_username ? { username: cfg.mqtt_username, password: cfg.mqtt_password || '' } : {};
     const client = mqtt.connect(url, {
+      ...creds,
       clientId: `board-${Math.random().toString(16).slice(2, 10)}`,
       clean: true,
       keepalive: 10,
