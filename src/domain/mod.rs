@@ -7,6 +7,7 @@ pub mod events;
 pub mod money;
 pub mod order;
 pub mod status;
+pub mod worker;
 
 pub use money::Cents;
 pub use order::{FieldError, Item, OrderType, ValidOrder};
