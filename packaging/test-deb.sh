@@ -50,6 +50,7 @@ EXPECTED_FILES=(
     "$UNIT_DIR/restaurant-.service.d/hardening.conf"
     /usr/share/man/man1/restaurant-system.1.gz
     /usr/share/doc/restaurant-system/changelog.Debian.gz
+    /usr/share/lintian/overrides/restaurant-system
     /usr/share/doc/restaurant-system/README.md /usr/share/doc/restaurant-system/install.md
     /usr/share/doc/restaurant-system/copyright
     /usr/share/doc/restaurant-system/examples/kitchen-worker.toml

@@ -47,6 +47,7 @@ failed=0
 work=""
 nspawn_pid=""
 box_pid=""
+prev_pid=""
 boots=0
 backend=sqlite
 SCENARIOS=()
@@ -86,6 +87,13 @@ cleanup() {
     local rc=$?
     set +e
     box_stop_hard
+    if [[ -n "${prev_pid:-}" ]] && kill -0 "$prev_pid" 2>/dev/null; then
+        pkill -TERM -P "$prev_pid"
+        kill "$prev_pid"
+        wait "$prev_pid"
+        git worktree remove --force "$work/prev-src" >/dev/null 2>&1
+        git worktree prune >/dev/null 2>&1
+    fi
     if [[ -n "$work" && -d "$work" ]]; then
         if [[ -n "${RS_BOX_KEEP:-}" ]]; then
             log "kept $work"
@@ -329,21 +337,22 @@ fi
 prev_sha=$(git rev-parse --verify -q "${PREV_COMMIT}^{commit}" || true)
 [[ -n "$prev_sha" ]] || fatal "the previous release $PREV_COMMIT is not in this clone's history (a shallow clone? git fetch --unshallow)"
 prev_deb="$RS_BOX_CACHE/prev-$prev_sha.deb"
-if [[ ! -f "$prev_deb" ]]; then
+# build_prev: the previous release's package, from a git worktree of that commit, with this
+# tree's target directory (the dependencies are built already). Runs in the background while
+# the box is tested; the upgrade scenario waits for it.
+build_prev() {
     log "building the previous release's package ($prev_sha, once; cached as $prev_deb)"
-    git worktree add --detach -f "$work/prev-src" "$prev_sha" >/dev/null 2>&1 ||
-        fatal "git worktree add $prev_sha"
+    git worktree add --detach -f "$work/prev-src" "$prev_sha" >/dev/null 2>&1 || return 1
     if (cd "$work/prev-src" && CARGO_TARGET_DIR="$REPO/target" cargo deb \
-        --deb-version "0.1.0~git${prev_sha:0:7}-1" --output "$prev_deb.tmp") >"$work/prev-build.log" 2>&1; then
-        mv "$prev_deb.tmp" "$prev_deb"
+        --deb-version "0.1.0~git${prev_sha:0:7}-1" --output "$prev_deb.tmp.$$") >"$work/prev-build.log" 2>&1; then
+        mv "$prev_deb.tmp.$$" "$prev_deb"
     else
         tail -n 30 "$work/prev-build.log" | sed 's/^/    /'
     fi
     git worktree remove --force "$work/prev-src" >/dev/null 2>&1 || true
     git worktree prune >/dev/null 2>&1 || true
-    [[ -f "$prev_deb" ]] || fatal "cargo deb of the previous release $prev_sha"
-fi
-pass "previous release's package: $(basename "$prev_deb") ($(dpkg-deb -f "$prev_deb" Version))"
+    [[ -f "$prev_deb" ]]
+}
 
 if [[ -z "${new_deb:-}" ]]; then
     log "building the package (cargo deb)"
@@ -355,13 +364,9 @@ if [[ -z "${new_deb:-}" ]]; then
     [[ "$new_deb" = /* ]] || new_deb="$REPO/$new_deb"
 fi
 [[ -f "$new_deb" ]] || fatal "the package $new_deb exists"
-bin_sum() { dpkg-deb --fsys-tarfile "$1" | tar -xO ./usr/bin/restaurant-system | sha256sum | cut -c1-16; }
-new_ne_prev() { [[ "$(bin_sum "$new_deb")" != "$(bin_sum "$prev_deb")" ]]; }
-check "the new package's binary is not the previous release's" new_ne_prev
-if dpkg --compare-versions "$(dpkg-deb -f "$new_deb" Version)" gt "$(dpkg-deb -f "$prev_deb" Version)"; then
-    pass "version $(dpkg-deb -f "$new_deb" Version) > $(dpkg-deb -f "$prev_deb" Version)"
-else
-    fail "version $(dpkg-deb -f "$new_deb" Version) > $(dpkg-deb -f "$prev_deb" Version)"
+if [[ ! -f "$prev_deb" ]]; then
+    build_prev >"$work/prev-build.out" 2>&1 &
+    prev_pid=$!
 fi
 
 # lintian: no error, no warning (overrides carry a one-line reason each).
@@ -683,6 +688,22 @@ power_cut_round postgres
 
 # ---------------------------------------------------------------------------------------------
 # 5. Upgrade from the previous release, remove, purge
+
+if [[ -n "$prev_pid" ]]; then
+    log "waiting for the previous release's package to be built"
+    wait "$prev_pid" || true
+    cat "$work/prev-build.out"
+fi
+[[ -f "$prev_deb" ]] || fatal "cargo deb of the previous release $prev_sha (log above)"
+pass "previous release's package: $(basename "$prev_deb") ($(dpkg-deb -f "$prev_deb" Version))"
+bin_sum() { dpkg-deb --fsys-tarfile "$1" | tar -xO ./usr/bin/restaurant-system | sha256sum | cut -c1-16; }
+new_ne_prev() { [[ "$(bin_sum "$new_deb")" != "$(bin_sum "$prev_deb")" ]]; }
+check "the new package's binary is not the previous release's" new_ne_prev
+if dpkg --compare-versions "$(dpkg-deb -f "$new_deb" Version)" gt "$(dpkg-deb -f "$prev_deb" Version)"; then
+    pass "version $(dpkg-deb -f "$new_deb" Version) > $(dpkg-deb -f "$prev_deb" Version)"
+else
+    fail "version $(dpkg-deb -f "$new_deb" Version) > $(dpkg-deb -f "$prev_deb" Version)"
+fi
 
 if in_box env DEBIAN_FRONTEND=noninteractive apt-get -q -y purge restaurant-system >"$work/purge1.log" 2>&1; then
     pass "apt-get purge (before the upgrade scenario)"

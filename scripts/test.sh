@@ -122,6 +122,7 @@ stage compose 300 check_compose
 stage clippy 1800 cargo clippy --all-targets -- -D warnings
 stage test 1800 cargo test --all-targets --no-fail-fast
 optional_stage deb 1200 packaging/test-deb.sh
+optional_stage systemd 1500 packaging/test-systemd.sh
 optional_stage fault 1800 tests/fault/run.sh
 optional_stage api-fuzz 900 tests/api-fuzz/run.sh
 optional_stage browser 900 tests/browser/run.sh
