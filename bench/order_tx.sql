@@ -1,4 +1,4 @@
--- pgbench script: the order intake transaction of src/storage/postgres.rs (CREATE_ORDER_SQL),
+-- pgbench script: the order intake transaction of src/storage/postgres/intake.rs (CREATE_ORDERS_SQL),
 -- replayed straight at PostgreSQL. One statement, autocommit (synchronous_commit on): the daily
 -- counter upsert, the order, 1-5 items, the status log row and the outbox row, as the daemon sends
 -- it. Keep it in step with CREATE_ORDER_SQL; bench/run.sh runs it with -M prepared. (pgbench reads

@@ -13,8 +13,8 @@
 //! Orders are posted at `--rate` per second (0: all at once, 50 in flight).
 //! Results go to stderr (stdout carries the notification subscriber's lines).
 
-use restaurant_system::config::{Config, StorageBackend};
 use restaurant_system::modes::{self, Mode, Options};
+use restaurant_system::process::config::{Config, StorageBackend};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::path::PathBuf;

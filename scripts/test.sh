@@ -4,8 +4,9 @@
 #   bash scripts/test.sh
 #
 # On a fresh Debian 12 machine it installs and starts what the tests need (PostgreSQL, RabbitMQ,
-# Mosquitto, cargo-deb, Chromium), then runs formatting, lints, the test suite against the real
-# servers, and the optional suites whose scripts exist (packaging, fault, browser, benchmark).
+# Mosquitto, cargo-deb, Chromium; podman and promtool for their stages), then runs formatting,
+# lints, the test suite against the real servers, and the optional suites whose scripts exist
+# (packaging, fault, Prometheus rules, container image, browser, benchmark).
 # Where the servers already run it leaves them alone. Every stage runs even after a failure (set
 # FAIL_FAST=1 to stop at the first one); the exit status is non-zero when any stage failed. The
 # last line is "N passed, N failed", counting stages.
@@ -124,6 +125,8 @@ stage test 1800 cargo test --all-targets --no-fail-fast
 optional_stage deb 1200 packaging/test-deb.sh
 optional_stage systemd 1500 packaging/test-systemd.sh
 optional_stage fault 1800 tests/fault/run.sh
+optional_stage prometheus 600 tests/prometheus/run.sh
+optional_stage container 1200 tests/container/run.sh
 optional_stage api-fuzz 900 tests/api-fuzz/run.sh
 optional_stage browser 900 tests/browser/run.sh
 optional_stage bench 900 bench/run.sh --short

@@ -2,32 +2,36 @@
 //!
 //! A restaurant order system for a kitchen edge box: one binary, several modes.
 //!
-//! ## Layout
-//! - [`domain`]: the rules, pure and unit-tested: validation, money, order
-//!   numbers, priority, the status state machine, message formats.
-//! - [`storage`]: one `Store` trait, two real implementations (PostgreSQL and
-//!   SQLite). Every state change writes its outgoing message to an outbox table
-//!   in the same transaction.
-//! - [`messaging`]: RabbitMQ connections, topology, and the outbox relay.
-//! - [`http`]: the HTTP server loop, the order API and the tracking API.
-//! - [`kitchen`]: the kitchen worker. [`notify`]: the notification subscriber.
-//!   [`display`]: the bridge from RabbitMQ to MQTT for kitchen display screens.
-//! - [`modes`]: starts a mode (or all of them) and returns once it serves.
-//! - [`config`], [`telemetry`], [`daemon`], [`backoff`]: configuration, logs,
-//!   systemd integration, and the one retry policy every reconnect loop uses.
+//! # Layout
+//!
+//! The folders follow an order's path, and each part uses only the parts
+//! listed before it (no module cycles; `../shared/tools/module-graph` checks):
+//!
+//! - [`domain`]: the rules, pure and unit-tested, no I/O: validation, money,
+//!   order numbers, priority, the status state machine, and the messages an
+//!   order produces with their destinations (exchange names, routing keys).
+//! - [`process`]: configuration, logs, and living under systemd (readiness,
+//!   watchdog, signals).
+//! - [`storage`]: one `Store` trait and its two backends, `postgres/` and
+//!   `sqlite/`, with the embedded migrations. Every state change writes its
+//!   outgoing message to an outbox table in the same transaction.
+//! - [`broker`]: RabbitMQ: connecting, the topology, the outbox relay, and
+//!   the backoff and link state every reconnect loop uses.
+//! - [`http`]: the HTTP edge every listening service shares: the server loop,
+//!   limits, request ids, and the mapping from an error to a JSON response.
+//! - [`services`]: what runs: `order_api` (intake), `kitchen`, `notifier`,
+//!   `display` (the bridge from RabbitMQ to MQTT for kitchen screens) and
+//!   `tracking_api`.
+//! - [`modes`]: the wiring: starts a mode (or all of them) and returns once it
+//!   serves.
 //!
 //! `main.rs` only parses flags, loads config and calls [`modes::start`]; tests
 //! call the same function, so the binary and the tests share one code path.
 
-pub mod backoff;
-pub mod config;
-pub mod daemon;
-pub mod display;
+pub mod broker;
 pub mod domain;
 pub mod http;
-pub mod kitchen;
-pub mod messaging;
 pub mod modes;
-pub mod notify;
+pub mod process;
+pub mod services;
 pub mod storage;
-pub mod telemetry;

@@ -2,11 +2,13 @@
 //! for a signal, shut down cleanly. Everything else lives in the library.
 
 use clap::{Parser, Subcommand};
-use restaurant_system::config::{config_path, Config, WorkerFile};
 use restaurant_system::domain::OrderType;
-use restaurant_system::kitchen::{WorkerConfig, WorkerError};
-use restaurant_system::modes::{self, Mode, Options, StartError};
-use restaurant_system::{daemon, storage, telemetry};
+use restaurant_system::modes::{self, Mode, Options};
+use restaurant_system::process::config::{config_path, Config, WorkerFile};
+use restaurant_system::process::{daemon, telemetry};
+use restaurant_system::services::kitchen::{WorkerConfig, WorkerError};
+use restaurant_system::services::StartError;
+use restaurant_system::storage;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -217,7 +219,7 @@ fn worker_config(cli: &Cli, mode: Mode, cfg: &Config) -> Result<Option<WorkerCon
             }
             n.to_string()
         }
-        _ => restaurant_system::kitchen::default_worker_name(),
+        _ => restaurant_system::services::kitchen::default_worker_name(),
     };
     if !matches!(mode, Mode::KitchenWorker | Mode::All) {
         return Ok(None);

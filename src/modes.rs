@@ -5,15 +5,18 @@
 //! when tests start sending requests. Everything it spawns stops when the
 //! shutdown token is cancelled; `Running::wait` waits until it all has.
 
-use crate::backoff::Backoff;
-use crate::config::Config;
-use crate::http::{self, orders::OrderApi, tracking::TrackingApi, Limits};
-use crate::kitchen::{self, Kitchen, WorkerConfig, WorkerError};
-use crate::messaging::relay::Relay;
-use crate::messaging::LinkState;
-use crate::notify::Subscriber;
-use crate::storage::{self, SharedStore, StoreError};
-use crate::telemetry::service_span;
+use crate::broker::backoff::Backoff;
+use crate::broker::relay::Relay;
+use crate::broker::LinkState;
+use crate::http::{self, Limits};
+use crate::process::config::Config;
+use crate::process::telemetry::service_span;
+use crate::services::kitchen::{self, Kitchen, WorkerConfig};
+use crate::services::notifier::{self, Subscriber};
+use crate::services::order_api::{self, OrderApi};
+use crate::services::tracking_api::{self, TrackingApi};
+use crate::services::{display, StartError};
+use crate::storage::{self, SharedStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,29 +41,14 @@ pub enum Mode {
 impl Mode {
     pub fn service_name(self) -> &'static str {
         match self {
-            Mode::OrderService => http::orders::SERVICE,
+            Mode::OrderService => order_api::SERVICE,
             Mode::KitchenWorker => kitchen::SERVICE,
-            Mode::TrackingService => http::tracking::SERVICE,
-            Mode::NotificationSubscriber => crate::notify::SERVICE,
-            Mode::DisplayBridge => crate::display::SERVICE,
+            Mode::TrackingService => tracking_api::SERVICE,
+            Mode::NotificationSubscriber => notifier::SERVICE,
+            Mode::DisplayBridge => display::SERVICE,
             Mode::All => "restaurant-system",
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Worker(#[from] WorkerError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("shutdown requested during start-up")]
-    Cancelled,
 }
 
 /// A started mode: the real addresses of its HTTP listeners, and its tasks.
@@ -131,7 +119,7 @@ pub async fn open_store(
                 if backoff.attempts() == 0 {
                     tracing::error!(action = "db_connection_failed", error = %e, "Database unreachable; retrying with backoff");
                 }
-                crate::daemon::status("waiting for the database");
+                crate::process::daemon::status("waiting for the database");
                 if !backoff.wait(shutdown).await {
                     return Err(StartError::Cancelled);
                 }
@@ -218,7 +206,7 @@ async fn start_parts(
         );
         // Ready means connected to the broker too, when it is there. When it is
         // not, the order service still starts: orders wait in the outbox.
-        crate::daemon::status("waiting for RabbitMQ");
+        crate::process::daemon::status("waiting for RabbitMQ");
         let link = relay.link();
         let deadline = Instant::now() + RELAY_CONNECT_WAIT;
         while !link.is_up() && Instant::now() < deadline && !shutdown.is_cancelled() {
@@ -262,7 +250,7 @@ async fn start_parts(
             store: store.clone(),
             relay: relay.clone().expect("writing modes have a relay"),
         };
-        let span = service_span(http::orders::SERVICE);
+        let span = service_span(order_api::SERVICE);
         let addr = bind(cfg.http.order_port);
         let server = http::serve(addr, Arc::new(api), limits, shutdown.clone())
             .instrument(span.clone())
@@ -289,7 +277,7 @@ async fn start_parts(
             mqtt_prefix: cfg.mqtt.topic_prefix.clone(),
             mqtt_site: cfg.mqtt.site.clone(),
         };
-        let span = service_span(http::tracking::SERVICE);
+        let span = service_span(tracking_api::SERVICE);
         let addr = bind(cfg.http.tracking_port);
         let server = http::serve(addr, Arc::new(api), limits, shutdown.clone())
             .instrument(span.clone())
@@ -309,7 +297,7 @@ async fn start_parts(
         });
     }
     if matches!(mode, Mode::NotificationSubscriber | Mode::All) {
-        let span = service_span(crate::notify::SERVICE);
+        let span = service_span(notifier::SERVICE);
         let sub = Subscriber {
             rabbit: cfg.rabbitmq.clone(),
             link: LinkState::default(),
@@ -325,12 +313,11 @@ async fn start_parts(
         });
     }
     if mode == Mode::DisplayBridge || (mode == Mode::All && cfg.mqtt.enabled) {
-        let span = service_span(crate::display::SERVICE);
+        let span = service_span(display::SERVICE);
         let addr = bind(cfg.http.bridge_port);
-        let bridge =
-            crate::display::start(cfg, store.clone(), addr, limits, shutdown.clone(), &tasks)
-                .instrument(span)
-                .await?;
+        let bridge = display::start(cfg, store.clone(), addr, limits, shutdown.clone(), &tasks)
+            .instrument(span)
+            .await?;
         running.bridge_addr = Some(bridge);
     }
     Ok(running)
@@ -341,7 +328,7 @@ async fn wait_ready(
     shutdown: &CancellationToken,
     waiting: &str,
 ) -> Result<(), StartError> {
-    crate::daemon::status(waiting);
+    crate::process::daemon::status(waiting);
     tokio::select! {
         r = rx => r.map_err(|_| StartError::Cancelled),
         _ = shutdown.cancelled() => Err(StartError::Cancelled),

@@ -13,9 +13,9 @@
 mod common;
 
 use common::{eventually, spec_orders, Backend, TestEnv};
-use restaurant_system::config::Config;
-use restaurant_system::kitchen::WorkerConfig;
 use restaurant_system::modes::Mode;
+use restaurant_system::process::config::Config;
+use restaurant_system::services::kitchen::WorkerConfig;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -687,10 +687,10 @@ async fn broker_restart_restores_the_board(b: Backend) {
 /// that way, and after each one the retained payload equals the one built
 /// from the database row.
 async fn state_from_messages_is_the_stored_state(b: Backend) {
-    use restaurant_system::display::payload::order_state;
     use restaurant_system::domain::events::{OrderMessage, StatusUpdate};
     use restaurant_system::domain::order::validate;
     use restaurant_system::domain::OrderStatus;
+    use restaurant_system::services::display::payload::order_state;
     use restaurant_system::storage::{OrderView, Transition};
 
     let env = TestEnv::new(b);

@@ -27,7 +27,7 @@ use harness::{
     check_idle, check_running, notification_counts, place_orders, stop_all, wait_unhealthy, Answer,
     Db, Placed, Proc, Report, Setup,
 };
-use restaurant_system::config::{Secret, StorageBackend};
+use restaurant_system::process::config::{Secret, StorageBackend};
 use servers::{free_port, PrivatePostgres, PrivateRabbit};
 use std::collections::HashSet;
 use std::future::Future;
@@ -458,11 +458,11 @@ async fn worker_sigkill_sqlite() {
 /// scenario hits this now and then). The subscriber must show it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_publish_is_notified_once() {
+    use restaurant_system::broker::lapin::options::BasicPublishOptions;
+    use restaurant_system::broker::lapin::BasicProperties;
     use restaurant_system::domain::events::StatusUpdate;
+    use restaurant_system::domain::events::NOTIFICATIONS_EXCHANGE;
     use restaurant_system::domain::{OrderStatus, OrderType};
-    use restaurant_system::messaging::lapin::options::BasicPublishOptions;
-    use restaurant_system::messaging::lapin::BasicProperties;
-    use restaurant_system::messaging::topology::NOTIFICATIONS_EXCHANGE;
 
     let env = TestEnv::new(Backend::Sqlite);
     let setup = Setup::new("duplicate-publish", &env.cfg);

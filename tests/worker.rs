@@ -6,8 +6,9 @@ use common::{
     eventually, get_all, header, notification_tap, place_order, publish_raw, queue_counts,
     spec_orders, takeout, wait_status, Backend, OrderType, TestEnv,
 };
+use restaurant_system::broker::topology::DEAD_LETTER_QUEUE;
+use restaurant_system::domain::events::ORDERS_EXCHANGE;
 use restaurant_system::domain::OrderStatus;
-use restaurant_system::messaging::topology::{DEAD_LETTER_QUEUE, ORDERS_EXCHANGE};
 use restaurant_system::modes::Mode;
 use restaurant_system::storage::SharedStore;
 use serde_json::{json, Value};

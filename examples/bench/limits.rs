@@ -6,13 +6,13 @@
 use crate::load::random_order;
 use crate::stats::Latency;
 use crate::system::{cpu_seconds, Result, Servers};
-use restaurant_system::domain::events::OrderMessage;
-use restaurant_system::domain::order::{order_number, validate, ValidOrder};
-use restaurant_system::messaging::lapin::options::{
+use restaurant_system::broker::lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use restaurant_system::messaging::lapin::types::{AMQPValue, FieldTable};
-use restaurant_system::messaging::lapin::{BasicProperties, Confirmation};
+use restaurant_system::broker::lapin::types::{AMQPValue, FieldTable};
+use restaurant_system::broker::lapin::{BasicProperties, Confirmation};
+use restaurant_system::domain::events::OrderMessage;
+use restaurant_system::domain::order::{order_number, validate, ValidOrder};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -123,7 +123,7 @@ fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-/// The statements of `create_order_tx` in src/storage/sqlite.rs, one
+/// The statements of `create_order_tx` in src/storage/sqlite/mod.rs, one
 /// transaction per order (no group commit): the bare per-order cost.
 fn sqlite_order_tx(conn: &rusqlite::Connection, order: &ValidOrder) -> rusqlite::Result<()> {
     use rusqlite::params;
@@ -250,7 +250,7 @@ fn order_like_payload() -> Vec<u8> {
 /// Persistent messages into a durable priority queue (like the kitchen
 /// queues), publisher confirms on.
 pub async fn amqp_limit(servers: &Servers, vhost: &str, dur: Duration) -> Result<AmqpLimit> {
-    let conn = restaurant_system::messaging::connect(&servers.rabbit(vhost), "bench limit")
+    let conn = restaurant_system::broker::connect(&servers.rabbit(vhost), "bench limit")
         .await
         .map_err(|e| {
             format!(

@@ -2,7 +2,7 @@
 //! daemon process itself (start, READY over NOTIFY_SOCKET, stop), and what
 //! /proc says about it.
 
-use restaurant_system::config::{RabbitConfig, Secret};
+use restaurant_system::process::config::{RabbitConfig, Secret};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

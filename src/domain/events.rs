@@ -1,12 +1,19 @@
-//! The messages an order produces, as they travel over RabbitMQ: the origin
-//! spec's Order Message and Status Update Message. Extra fields (`version`,
-//! `order_type`) are additive, so consumers written against the spec still work.
+//! The messages an order produces and where they go: the origin spec's Order
+//! Message and Status Update Message, and the exchanges and routing keys they
+//! are published with. Extra fields (`version`, `order_type`) are additive, so
+//! consumers written against the spec still work. The destinations live here,
+//! not in `broker`, because storage writes them into the outbox.
 
 use super::money::Cents;
 use super::order::{Item, OrderType, ValidOrder};
 use super::status::OrderStatus;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+/// Where new orders go (a topic exchange; see `routing_key`).
+pub const ORDERS_EXCHANGE: &str = "orders_topic";
+/// Where status updates go (a fanout exchange: every subscriber sees every update).
+pub const NOTIFICATIONS_EXCHANGE: &str = "notifications_fanout";
 
 /// Published to `orders_topic` with routing key `kitchen.{order_type}.{priority}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

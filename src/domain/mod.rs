@@ -1,7 +1,7 @@
 //! Domain rules: pure functions and types with no I/O.
 //!
 //! Everything here is deterministic and unit-tested next to the code. Storage,
-//! messaging and HTTP call into this module; it calls into none of them.
+//! the broker, HTTP and the services call into this module; it calls into none of them.
 
 pub mod events;
 pub mod money;

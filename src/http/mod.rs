@@ -1,5 +1,6 @@
-//! The HTTP side: one small server loop shared by the order service, the
-//! tracking service and the display bridge's health port.
+//! The HTTP edge shared by every service that listens (the order API, the
+//! tracking API and the display bridge's health port): the server loop, limits,
+//! request ids, and the one mapping from an error to a JSON response.
 //!
 //! hyper 1 leaves the accept loop to us. Each connection is served by hyper's
 //! HTTP/1 machinery with a header-read timeout (slow or idle clients are dropped);
@@ -7,9 +8,7 @@
 //! are limited in size and in time. Every response carries the request id, and
 //! every 4xx/5xx is JSON `{"error": ..., "details": [...]}`.
 
-pub mod orders;
-pub mod tracking;
-
+use crate::storage::StoreError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -353,3 +352,22 @@ pub fn health_response(service: &str, checks: &[(&str, Result<(), String>)]) -> 
 
 /// The OpenAPI document describing both HTTP services.
 pub const OPENAPI: &[u8] = include_bytes!("../../docs/openapi.yaml");
+
+/// 400 for something in a URL that is not an order number (not 404: it never could be one).
+pub fn bad_order_number(number: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "malformed order number").with_details(vec![json!({
+        "field": "order_number",
+        "message": format!("'{}' is not of the form ORD_YYYYMMDD_NNN", number.chars().take(40).collect::<String>()),
+    })])
+}
+
+/// Database trouble: 503 with Retry-After when it is unreachable, 500 otherwise.
+/// The cause is logged; the client gets no internals.
+pub fn store_error(e: StoreError, action: &'static str, what: &str) -> ApiError {
+    tracing::error!(action, error = %e, "{what}");
+    if e.is_unavailable() {
+        ApiError::unavailable("database unavailable, try again shortly")
+    } else {
+        ApiError::internal()
+    }
+}

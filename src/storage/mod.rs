@@ -1,20 +1,18 @@
 //! Storage: one trait, two real implementations (PostgreSQL and SQLite).
 //!
 //! Every write that changes an order also writes the message announcing it into
-//! the `outbox` table, in the same transaction (see `messaging::relay`). Status
+//! the `outbox` table, in the same transaction (see `broker::relay`). Status
 //! changes are compare-and-set: the transition is checked against the order's
 //! current status inside the transaction, so a redelivered message can never
 //! apply the same change twice.
 
 mod migrations;
-mod pg_intake;
 pub mod postgres;
 pub mod sqlite;
 
-use crate::config::{DatabaseConfig, StorageBackend};
-use crate::domain::events::{OrderMessage, StatusUpdate};
+use crate::domain::events::{OrderMessage, StatusUpdate, ORDERS_EXCHANGE};
 use crate::domain::{Cents, Item, OrderStatus, OrderType, TransitionError, ValidOrder};
-use crate::messaging::topology;
+use crate::process::config::{DatabaseConfig, StorageBackend};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -272,7 +270,7 @@ pub async fn open(cfg: &DatabaseConfig) -> Result<SharedStore, StoreError> {
 fn outbox_owner() -> String {
     format!(
         "{}-{}-{:08x}",
-        crate::telemetry::hostname(),
+        crate::process::telemetry::hostname(),
         std::process::id(),
         rand::random::<u32>()
     )
@@ -286,7 +284,7 @@ pub const ORPHAN_AFTER: chrono::Duration = chrono::Duration::seconds(5);
 /// The outbox row for a new order.
 fn order_outbox(msg: &OrderMessage) -> (String, String, u8) {
     (
-        topology::ORDERS_EXCHANGE.to_string(),
+        ORDERS_EXCHANGE.to_string(),
         msg.routing_key(),
         msg.priority.clamp(0, 10) as u8,
     )

@@ -19,7 +19,7 @@ import {
   startMosquitto, stopProcess, waitFor,
 } from './lib.mjs';
 
-// Where the tracking service takes each file from (see src/http/tracking.rs).
+// Where the tracking service takes each file from (see src/services/tracking_api.rs).
 const pageFile = (f) => path.join(ROOT, 'web', f === 'mqtt.min.js' ? 'dist' : 'src', f);
 const runner = new Runner();
 const env = { tmp: null, ports: {}, mosquitto: null, server: null, browser: null, client: null, skewMs: 0 };

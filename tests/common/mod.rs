@@ -7,9 +7,9 @@
 //! cannot reach a server fails and says how to start it.
 #![allow(dead_code)]
 
-use restaurant_system::config::{Config, Secret, StorageBackend};
-use restaurant_system::kitchen::WorkerConfig;
 use restaurant_system::modes::{self, Mode, Options, Running};
+use restaurant_system::process::config::{Config, Secret, StorageBackend};
+use restaurant_system::services::kitchen::WorkerConfig;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
@@ -276,7 +276,7 @@ impl TestEnv {
 
     /// A raw AMQP connection to this test's vhost, for looking into queues.
     pub async fn amqp(&self) -> lapin::Channel {
-        let conn = restaurant_system::messaging::connect(&self.cfg.rabbitmq, "test")
+        let conn = restaurant_system::broker::connect(&self.cfg.rabbitmq, "test")
             .await
             .expect("test AMQP connection");
         let ch = conn.create_channel().await.expect("test channel");
@@ -429,7 +429,7 @@ impl TestEnv {
     /// be inspected before any mode declared them.
     pub async fn amqp_with_topology(&self) -> lapin::Channel {
         let ch = self.amqp().await;
-        restaurant_system::messaging::topology::declare(&ch)
+        restaurant_system::broker::topology::declare(&ch)
             .await
             .expect("declaring the topology");
         ch
@@ -471,7 +471,7 @@ pub async fn get_all(ch: &lapin::Channel, queue: &str) -> Vec<lapin::message::De
 /// A private queue bound to `notifications_fanout`: sees every status update
 /// published after this call. Read it with `get_all`.
 pub async fn notification_tap(ch: &lapin::Channel) -> String {
-    use restaurant_system::messaging::topology::NOTIFICATIONS_EXCHANGE;
+    use restaurant_system::domain::events::NOTIFICATIONS_EXCHANGE;
     let q = ch
         .queue_declare(
             "".into(),

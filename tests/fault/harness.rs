@@ -2,7 +2,7 @@
 //! a steady-rate order generator, the database facts we judge by (plain SQL,
 //! not the code under test), and the per-scenario report.
 
-use restaurant_system::config::{Config, StorageBackend};
+use restaurant_system::process::config::{Config, StorageBackend};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

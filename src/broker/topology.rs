@@ -9,13 +9,12 @@
 //! notifications_fanout (fanout) ------------> display_bridge_queue, one exclusive queue per notification subscriber
 //! ```
 
+use crate::domain::events::{NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE};
 use crate::domain::OrderType;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
-pub const ORDERS_EXCHANGE: &str = "orders_topic";
-pub const NOTIFICATIONS_EXCHANGE: &str = "notifications_fanout";
 pub const DEAD_LETTER_EXCHANGE: &str = "orders_dlx";
 pub const DEAD_LETTER_QUEUE: &str = "orders_dlq";
 pub const DISPLAY_QUEUE: &str = "display_bridge_queue";

@@ -14,11 +14,11 @@
 use super::cache::{self, OrderCache};
 use super::mqtt::{Cmd, Publisher};
 use super::payload::Event;
-use crate::backoff::Backoff;
-use crate::config::RabbitConfig;
-use crate::domain::events::{OrderMessage, StatusUpdate};
-use crate::messaging::topology::{self, DISPLAY_QUEUE, NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE};
-use crate::messaging::{connect, LinkState, OutageLog};
+use crate::broker::backoff::Backoff;
+use crate::broker::topology::{self, DISPLAY_QUEUE};
+use crate::broker::{connect, LinkState, OutageLog};
+use crate::domain::events::{OrderMessage, StatusUpdate, NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE};
+use crate::process::config::RabbitConfig;
 use crate::storage::{SharedStore, StoreError};
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -141,7 +141,7 @@ impl Consumer {
                 next = consumer.next() => match next {
                     Some(Ok(d)) => d,
                     Some(Err(e)) => break Err(End::Rabbit(e)),
-                    None => break Err(End::Rabbit(crate::messaging::connection_lost())),
+                    None => break Err(End::Rabbit(crate::broker::connection_lost())),
                 },
             };
             match self.process(&d, &mut cache, shutdown).await {

@@ -9,10 +9,10 @@
 //! Reads use a small pool of connections on the blocking thread pool (WAL lets
 //! them run beside the writer).
 
-use super::migrations::{Migration, SQLITE};
-use super::*;
+use crate::domain::events::NOTIFICATIONS_EXCHANGE;
 use crate::domain::order::order_number;
-use crate::messaging::topology::NOTIFICATIONS_EXCHANGE;
+use crate::storage::migrations::{Migration, SQLITE};
+use crate::storage::*;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;

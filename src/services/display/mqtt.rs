@@ -41,9 +41,9 @@
 //! after its status changed, unless it changed again meanwhile (a recall).
 
 use super::payload::{order_state, Event, Presence, Topics};
-use crate::backoff::Backoff;
-use crate::config::MqttConfig;
-use crate::messaging::LinkState;
+use crate::broker::backoff::Backoff;
+use crate::broker::LinkState;
+use crate::process::config::MqttConfig;
 use crate::storage::OrderView;
 use bytes::Bytes;
 use chrono::Utc;

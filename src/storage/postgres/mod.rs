@@ -1,15 +1,17 @@
 //! PostgreSQL backend: tokio-postgres behind a deadpool pool (the pool replaces
 //! dead connections, so a restarted server is picked up again on its own).
 
-use super::migrations::POSTGRES;
-use super::pg_intake::Intake;
-use super::*;
-use crate::config::DatabaseConfig;
-use crate::messaging::topology::NOTIFICATIONS_EXCHANGE;
+mod intake;
+
+use crate::domain::events::NOTIFICATIONS_EXCHANGE;
+use crate::process::config::DatabaseConfig;
+use crate::storage::migrations::POSTGRES;
+use crate::storage::*;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
 };
+use intake::Intake;
 use tokio_postgres::{NoTls, Row};
 
 /// Serialises concurrent migrations from several processes starting at once.
@@ -22,7 +24,7 @@ pub struct PgStore {
     /// that does not wait for a WAL flush. Losing such a commit in a crash only
     /// means a message is published again, which consumers already tolerate.
     relay_pool: Pool,
-    /// Order intake, batched (group commit): see `pg_intake`.
+    /// Order intake, batched (group commit): see `intake`.
     intake: Intake,
     /// For the kitchen workers' liveness-lock sessions (`worker_lease`).
     lease_config: tokio_postgres::Config,
@@ -221,14 +223,14 @@ fn build_pool(pg: tokio_postgres::Config, size: usize) -> Result<Pool, StoreErro
         .map_err(|e| StoreError::Query(format!("building the connection pool: {e}")))
 }
 
-pub(super) fn pool_err(e: PoolError) -> StoreError {
+fn pool_err(e: PoolError) -> StoreError {
     match e {
         PoolError::Backend(e) => pg_err(e),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
 
-pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         // Class 08: connection exceptions; 57P0x: the server is shutting down or
@@ -342,56 +344,6 @@ fn worker_row(r: &Row) -> Result<WorkerRow, StoreError> {
 }
 
 const WORKER_COLUMNS: &str = "name, type, status, orders_processed, last_seen, heartbeat_interval";
-
-/// Order intake, for a batch of orders in one statement (one commit): the
-/// daily counter moves by the batch size ($3) under its row lock, each order
-/// takes the next number (`ORD_YYYYMMDD_NNN`, see `domain::order::order_number`),
-/// and the order, its items, its first history row and its outbox message (the
-/// JSON of `OrderMessage` with the number filled in) are written. Order-level
-/// arrays ($4-$13) have one element per order; item arrays ($14-$17) one per
-/// item, with the 1-based index of its order. Returns the numbers in batch
-/// order. `bench/order_tx.sql` is the one-order case, for pgbench.
-pub(super) const CREATE_ORDERS_SQL: &str = r#"
-with c as (
-    insert into daily_order_counters (date, last) values ($1::date, $3::int)
-    on conflict (date) do update set last = daily_order_counters.last + $3::int
-    returning last
-), n as (
-    select t.*,
-        'ORD_' || to_char($1::date, 'YYYYMMDD') || '_' ||
-        case when c.last - $3::int + t.idx < 1000
-             then lpad((c.last - $3::int + t.idx)::text, 3, '0')
-             else (c.last - $3::int + t.idx)::text end as number
-    from c, unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::bigint[], $9::int[],
-                   $10::text[], $11::text[], $12::smallint[], $13::text[])
-        with ordinality as t(customer_name, type, table_number, delivery_address, total_cents,
-                             priority, routing_key, payload, prio, request_id, idx)
-), o as (
-    insert into orders (created_at, updated_at, number, customer_name, type, table_number,
-                        delivery_address, total_amount, priority, status, version)
-    select $2, $2, number, customer_name, type, table_number, delivery_address,
-           total_cents / 100.0, priority, 'received', 1
-    from n order by idx
-    returning id, number
-), i as (
-    insert into order_items (created_at, order_id, name, quantity, price)
-    select $2, o.id, t.name, t.quantity, t.price_cents / 100.0
-    from unnest($14::int[], $15::text[], $16::int[], $17::bigint[])
-        with ordinality as t(order_idx, name, quantity, price_cents, k)
-    join n on n.idx = t.order_idx
-    join o on o.number = n.number
-    order by t.k
-), l as (
-    insert into order_status_log (created_at, order_id, status, changed_by, changed_at)
-    select $2, o.id, 'received', 'order-service', $2 from o
-), x as (
-    insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner)
-    select $2, $18, n.routing_key, jsonb_set(n.payload::jsonb, '{order_number}', to_jsonb(n.number))::text,
-           n.prio, n.number, n.request_id, $19
-    from n order by n.idx
-)
-select number from n order by idx
-"#;
 
 /// A status change, in one statement (one round trip, one commit): lock the
 /// order, update it only if its current status is one the change may come

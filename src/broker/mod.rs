@@ -1,14 +1,16 @@
-//! RabbitMQ: connections, the topology every mode declares, and the outbox relay.
+//! RabbitMQ: connections, the topology every mode declares, the outbox relay,
+//! and what every reconnect loop shares (`backoff`, link state, outage logs).
 //!
 //! We do not rely on lapin's auto-recovery (it has open reports of not recovering
 //! after a broker restart). Each user of the broker runs a small supervising loop
 //! instead: connect, declare the topology, work until an error, back off, repeat.
 //! Declaring is idempotent, so a restarted broker gets its exchanges and queues back.
 
+pub mod backoff;
 pub mod relay;
 pub mod topology;
 
-use crate::config::RabbitConfig;
+use crate::process::config::RabbitConfig;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Connection, ConnectionProperties};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,13 +1,14 @@
 //! The order service's API: intake (`POST /orders`) and the front-of-house
 //! transitions (complete = the display's bump, cancel, recall).
 
-use super::{
-    health_response, json_response, read_json, segments, ApiError, RequestCtx, Resp, Routes,
-};
+use crate::broker::relay::Relay;
 use crate::domain::order::{is_order_number, validate};
 use crate::domain::OrderStatus;
-use crate::messaging::relay::Relay;
-use crate::storage::{SharedStore, StoreError, Transition, TransitionOutcome};
+use crate::http::{
+    bad_order_number, health_response, json_response, read_json, segments, static_response,
+    store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
+};
+use crate::storage::{SharedStore, Transition, TransitionOutcome};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Method, Request, StatusCode};
@@ -40,9 +41,7 @@ impl Routes for OrderApi {
                 Err(ApiError::method_not_allowed("POST"))
             }
             (Method::GET, ["health"]) => Ok(self.health().await),
-            (Method::GET, ["openapi.yaml"]) => {
-                Ok(super::static_response("application/yaml", super::OPENAPI))
-            }
+            (Method::GET, ["openapi.yaml"]) => Ok(static_response("application/yaml", OPENAPI)),
             (_, ["health"]) | (_, ["openapi.yaml"]) => Err(ApiError::method_not_allowed("GET")),
             _ => Err(ApiError::not_found("no such route")),
         }
@@ -164,23 +163,5 @@ impl OrderApi {
             Err("not connected".to_string())
         };
         health_response(SERVICE, &[("database", db), ("rabbitmq", mq)])
-    }
-}
-
-pub fn bad_order_number(number: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "malformed order number").with_details(vec![json!({
-        "field": "order_number",
-        "message": format!("'{}' is not of the form ORD_YYYYMMDD_NNN", number.chars().take(40).collect::<String>()),
-    })])
-}
-
-/// Database trouble: 503 with Retry-After when it is unreachable, 500 otherwise.
-/// The cause is logged; the client gets no internals.
-pub fn store_error(e: StoreError, action: &'static str, what: &str) -> ApiError {
-    tracing::error!(action, error = %e, "{what}");
-    if e.is_unavailable() {
-        ApiError::unavailable("database unavailable, try again shortly")
-    } else {
-        ApiError::internal()
     }
 }

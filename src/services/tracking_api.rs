@@ -1,12 +1,12 @@
 //! The tracking service's API: read-only views of orders and workers, plus the
 //! kitchen display page (static files embedded in the binary).
 
-use super::orders::{bad_order_number, store_error};
-use super::{
-    health_response, json_response, segments, static_response, ApiError, RequestCtx, Resp, Routes,
-};
-use crate::config::DisplayConfig;
 use crate::domain::order::is_order_number;
+use crate::http::{
+    bad_order_number, health_response, json_response, segments, static_response, store_error,
+    ApiError, RequestCtx, Resp, Routes, OPENAPI,
+};
+use crate::process::config::DisplayConfig;
 use crate::storage::SharedStore;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
@@ -71,7 +71,7 @@ impl Routes for TrackingApi {
             ["orders", n, "history"] => self.history(n).await,
             ["workers", "status"] => self.workers().await,
             ["health"] => Ok(self.health().await),
-            ["openapi.yaml"] => Ok(static_response("application/yaml", super::OPENAPI)),
+            ["openapi.yaml"] => Ok(static_response("application/yaml", OPENAPI)),
             ["display", "config.json"] => Ok(self.display_config()),
             ["display"] => Ok(page("")),
             ["display", file] => PAGE

@@ -8,14 +8,13 @@
 //! requests arrived while a batch was being committed go into the next batch,
 //! one statement and one flush for all of them. At low rates a batch is a single
 //! order and nothing waits; under load the batches grow, like SQLite's writer
-//! thread (`sqlite.rs`). Each request is still answered only after its own
+//! thread (`storage/sqlite`). Each request is still answered only after its own
 //! order committed.
 
-use super::postgres::{pg_err, CREATE_ORDERS_SQL};
-use super::{order_outbox, to_json, StoreError};
-use crate::domain::events::OrderMessage;
+use super::{pg_err, pool_err};
+use crate::domain::events::{OrderMessage, ORDERS_EXCHANGE};
 use crate::domain::ValidOrder;
-use crate::messaging::topology::ORDERS_EXCHANGE;
+use crate::storage::{order_outbox, to_json, StoreError};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
@@ -116,7 +115,7 @@ async fn insert(pool: &Pool, owner: &str, batch: &[Job]) -> Result<Vec<String>, 
     for (idx, job) in batch.iter().enumerate() {
         cols.push(idx as i32 + 1, job, now)?;
     }
-    let c = pool.get().await.map_err(super::postgres::pool_err)?;
+    let c = pool.get().await.map_err(pool_err)?;
     let st = c.prepare_cached(CREATE_ORDERS_SQL).await.map_err(pg_err)?;
     let rows = c
         .query(
@@ -200,3 +199,53 @@ impl Columns {
         Ok(())
     }
 }
+
+/// Order intake, for a batch of orders in one statement (one commit): the
+/// daily counter moves by the batch size ($3) under its row lock, each order
+/// takes the next number (`ORD_YYYYMMDD_NNN`, see `domain::order::order_number`),
+/// and the order, its items, its first history row and its outbox message (the
+/// JSON of `OrderMessage` with the number filled in) are written. Order-level
+/// arrays ($4-$13) have one element per order; item arrays ($14-$17) one per
+/// item, with the 1-based index of its order. Returns the numbers in batch
+/// order. `bench/order_tx.sql` is the one-order case, for pgbench.
+const CREATE_ORDERS_SQL: &str = r#"
+with c as (
+    insert into daily_order_counters (date, last) values ($1::date, $3::int)
+    on conflict (date) do update set last = daily_order_counters.last + $3::int
+    returning last
+), n as (
+    select t.*,
+        'ORD_' || to_char($1::date, 'YYYYMMDD') || '_' ||
+        case when c.last - $3::int + t.idx < 1000
+             then lpad((c.last - $3::int + t.idx)::text, 3, '0')
+             else (c.last - $3::int + t.idx)::text end as number
+    from c, unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::bigint[], $9::int[],
+                   $10::text[], $11::text[], $12::smallint[], $13::text[])
+        with ordinality as t(customer_name, type, table_number, delivery_address, total_cents,
+                             priority, routing_key, payload, prio, request_id, idx)
+), o as (
+    insert into orders (created_at, updated_at, number, customer_name, type, table_number,
+                        delivery_address, total_amount, priority, status, version)
+    select $2, $2, number, customer_name, type, table_number, delivery_address,
+           total_cents / 100.0, priority, 'received', 1
+    from n order by idx
+    returning id, number
+), i as (
+    insert into order_items (created_at, order_id, name, quantity, price)
+    select $2, o.id, t.name, t.quantity, t.price_cents / 100.0
+    from unnest($14::int[], $15::text[], $16::int[], $17::bigint[])
+        with ordinality as t(order_idx, name, quantity, price_cents, k)
+    join n on n.idx = t.order_idx
+    join o on o.number = n.number
+    order by t.k
+), l as (
+    insert into order_status_log (created_at, order_id, status, changed_by, changed_at)
+    select $2, o.id, 'received', 'order-service', $2 from o
+), x as (
+    insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner)
+    select $2, $18, n.routing_key, jsonb_set(n.payload::jsonb, '{order_number}', to_jsonb(n.number))::text,
+           n.prio, n.number, n.request_id, $19
+    from n order by n.idx
+)
+select number from n order by idx
+"#;

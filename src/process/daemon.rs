@@ -3,7 +3,7 @@
 //! Every call is a no-op without `NOTIFY_SOCKET`, so the same binary runs the
 //! same way from a terminal, a test or a unit with `Type=notify`.
 
-use crate::telemetry::LogHandle;
+use crate::process::telemetry::LogHandle;
 use sd_notify::NotifyState;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,7 +67,7 @@ pub fn spawn_signal_handler(
 }
 
 fn reload(log: &LogHandle, file: Option<&std::path::Path>) {
-    match crate::config::Config::load(file) {
+    match crate::process::config::Config::load(file) {
         Ok(cfg) => match log.set_level(&cfg.log.level) {
             Ok(()) => tracing::info!(
                 action = "config_reloaded",

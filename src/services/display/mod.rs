@@ -24,10 +24,10 @@ pub mod mqtt;
 pub mod payload;
 pub mod snapshot;
 
-use crate::config::Config;
+use super::StartError;
+use crate::broker::LinkState;
 use crate::http::{self, ApiError, Limits, RequestCtx, Resp, Routes};
-use crate::messaging::LinkState;
-use crate::modes::StartError;
+use crate::process::config::Config;
 use crate::storage::SharedStore;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
@@ -101,7 +101,7 @@ pub async fn start(
         let _ = server.task.await;
     });
 
-    crate::daemon::status("waiting for RabbitMQ (display queue)");
+    crate::process::daemon::status("waiting for RabbitMQ (display queue)");
     tokio::select! {
         r = ready_rx => r.map_err(|_| StartError::Cancelled)?,
         _ = shutdown.cancelled() => return Err(StartError::Cancelled),

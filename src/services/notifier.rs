@@ -4,11 +4,11 @@
 //! fanout exchange, so every running subscriber sees every notification (a shared
 //! queue would split them between subscribers).
 
-use crate::backoff::Backoff;
-use crate::config::RabbitConfig;
-use crate::domain::events::StatusUpdate;
-use crate::messaging::topology::{self, NOTIFICATIONS_EXCHANGE};
-use crate::messaging::{connect, LinkState, OutageLog};
+use crate::broker::backoff::Backoff;
+use crate::broker::topology;
+use crate::broker::{connect, LinkState, OutageLog};
+use crate::domain::events::{StatusUpdate, NOTIFICATIONS_EXCHANGE};
+use crate::process::config::RabbitConfig;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
@@ -108,7 +108,7 @@ impl Subscriber {
                 next = consumer.next() => match next {
                     Some(Ok(d)) => d,
                     Some(Err(e)) => return Err(e),
-                    None => return Err(crate::messaging::connection_lost()),
+                    None => return Err(crate::broker::connection_lost()),
                 },
             };
             match StatusUpdate::decode(&d.data) {

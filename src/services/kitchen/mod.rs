@@ -7,14 +7,14 @@
 //! not from the message. A message that can never succeed goes to the dead-letter
 //! queue with its reason; a transient failure is requeued after a pause.
 
-use crate::backoff::Backoff;
-use crate::config::{CookingSeconds, RabbitConfig};
-use crate::domain::events::OrderMessage;
+use crate::broker::backoff::Backoff;
+use crate::broker::relay::Relay;
+use crate::broker::topology::{self, kitchen_queue, REASON_HEADER, REQUEST_ID_HEADER};
+use crate::broker::{connect, LinkState, OutageLog};
+use crate::domain::events::{OrderMessage, ORDERS_EXCHANGE};
 use crate::domain::status::{kitchen_step, KitchenStep};
 use crate::domain::{OrderStatus, OrderType};
-use crate::messaging::relay::Relay;
-use crate::messaging::topology::{self, kitchen_queue, REASON_HEADER, REQUEST_ID_HEADER};
-use crate::messaging::{connect, LinkState, OutageLog};
+use crate::process::config::{CookingSeconds, RabbitConfig};
 use crate::storage::{
     Registered, SharedStore, StoreError, Transition, TransitionOutcome, WorkerLease,
     WorkerRegistration,
@@ -207,7 +207,7 @@ impl Kitchen {
         let tags: Vec<_> = consumers.iter().map(|c| c.tag()).collect();
         let mut deliveries = futures_util::stream::select_all(consumers);
         self.link.set(true);
-        outage.connected("kitchen consumer", topology::ORDERS_EXCHANGE);
+        outage.connected("kitchen consumer", ORDERS_EXCHANGE);
         backoff.reset();
         if let Some(tx) = ready.take() {
             let _ = tx.send(());
@@ -225,7 +225,7 @@ impl Kitchen {
                         in_hand.spawn(async move { me.handle(d, &dlq).await }.instrument(tracing::Span::current()));
                     }
                     Some(Err(e)) => break Err(e),
-                    None => break Err(crate::messaging::connection_lost()),
+                    None => break Err(crate::broker::connection_lost()),
                 },
             }
         };
@@ -448,7 +448,7 @@ async fn heartbeat(store: SharedStore, cfg: WorkerConfig, shutdown: Cancellation
 
 /// Used by `--mode=all`: one worker named after the host.
 pub fn default_worker_name() -> String {
-    let h = crate::telemetry::hostname();
+    let h = crate::process::telemetry::hostname();
     let clean: String = h
         .chars()
         .map(|c| {

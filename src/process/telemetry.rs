@@ -13,7 +13,7 @@
 //! span (each mode runs inside `service_span`, each HTTP request inside a span
 //! carrying its request id), so call sites do not repeat them.
 
-use crate::config::{LogConfig, LogFormat};
+use crate::process::config::{LogConfig, LogFormat};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::fmt::Debug;

@@ -1,9 +1,9 @@
 //! The MQTT contract (docs/mqtt.md): topic names and JSON payloads. Pure
 //! functions, no I/O, so the shapes are unit-tested here.
 
-use crate::config::MqttConfig;
 use crate::domain::events::{OrderMessage, StatusUpdate};
 use crate::domain::{Cents, Item, OrderStatus, OrderType};
+use crate::process::config::MqttConfig;
 use crate::storage::{OrderView, WorkerRow};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};

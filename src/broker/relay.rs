@@ -11,8 +11,9 @@
 
 use super::topology::{self, REQUEST_ID_HEADER};
 use super::{connect, LinkState, OutageLog};
-use crate::backoff::Backoff;
-use crate::config::RabbitConfig;
+use crate::broker::backoff::Backoff;
+use crate::domain::events::ORDERS_EXCHANGE;
+use crate::process::config::RabbitConfig;
 use crate::storage::{OutboxMessage, SharedStore};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -93,7 +94,7 @@ impl Relay {
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         topology::declare(&ch).await?;
         self.link.set(true);
-        outage.connected(&self.name, topology::ORDERS_EXCHANGE);
+        outage.connected(&self.name, ORDERS_EXCHANGE);
         backoff.reset();
         // Confirmed by the broker, deleted with the next claim.
         let mut published = Vec::new();
@@ -112,7 +113,7 @@ impl Relay {
                 _ = tokio::time::sleep(if published.is_empty() { POLL } else { FLUSH }) => {}
             }
             if !conn.status().connected() {
-                break Err(crate::messaging::connection_lost());
+                break Err(crate::broker::connection_lost());
             }
         };
         // What is not deleted now is published again after its lease: harmless.
@@ -161,7 +162,7 @@ impl Relay {
                     let traced = tracing::enabled!(tracing::Level::DEBUG);
                     for m in batch.iter().filter(|m| traced && sent.contains(&m.id)) {
                         tracing::debug!(
-                            action = if m.exchange == topology::ORDERS_EXCHANGE { "order_published" } else { "notification_published" },
+                            action = if m.exchange == ORDERS_EXCHANGE { "order_published" } else { "notification_published" },
                             request_id = %m.request_id,
                             amqp_message_id = %m.message_id,
                             routing_key = %m.routing_key,

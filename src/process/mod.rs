@@ -1,0 +1,6 @@
+//! Process plumbing: configuration, logging and living under systemd. Nothing
+//! here knows about orders; every other part may use it.
+
+pub mod config;
+pub mod daemon;
+pub mod telemetry;

@@ -1,0 +1,32 @@
+//! The services, in the order an order meets them: the order API (intake and
+//! front-of-house transitions), the kitchen worker, the notification
+//! subscriber, the display bridge (RabbitMQ -> MQTT) and the tracking API.
+//!
+//! Each service builds on `storage`, `broker` and `http`; none imports a
+//! sibling, and `modes` (above them all) wires them together.
+
+pub mod display;
+pub mod kitchen;
+pub mod notifier;
+pub mod order_api;
+pub mod tracking_api;
+
+use crate::storage::StoreError;
+use kitchen::WorkerError;
+use std::net::SocketAddr;
+
+/// Why a service (or a whole mode) could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("shutdown requested during start-up")]
+    Cancelled,
+}
