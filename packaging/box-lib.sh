@@ -55,6 +55,9 @@ box_image() {
         rm -rf "$tmp"
         die "installing ${RS_BOX_PACKAGES[*]} into the box failed (log above)"
     fi
+    # Made next to this machine's PostgreSQL, the cluster got the next free port: the box's
+    # own is on the standard one (packaging/test-systemd.sh sets it too, for older images).
+    sed -i 's/^port = [0-9]*/port = 5432/' "$tmp"/etc/postgresql/*/main/postgresql.conf
     # No getty on a console nobody reads; a quicker boot.
     ln -sf /dev/null "$tmp/etc/systemd/system/console-getty.service"
     touch "$tmp/.complete"

@@ -144,7 +144,8 @@ async fn hold_lease(
     mut held: bool,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut backoff = crate::backoff::Backoff::default();
+    // A fixed pause between attempts: one session per worker, no thundering herd.
+    let pause = || tokio::time::sleep(Duration::from_secs(2));
     loop {
         if held && !session.is_gone() {
             tokio::select! {
@@ -163,10 +164,10 @@ async fn hold_lease(
                     Ok(s) => session = s,
                     Err(e) => {
                         tracing::warn!(action = "worker_lock_lost", error = %e, "Worker name lock lost with its database session; reconnecting");
-                        if !backoff.wait(&stop).await {
-                            return;
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = pause() => continue,
                         }
-                        continue;
                     }
                 }
             }
@@ -185,13 +186,13 @@ async fn hold_lease(
                         );
                     }
                     held = h;
-                    backoff.reset();
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(action = "worker_lock_lost", error = %e, "Could not take the worker name lock; retrying");
-                    if !backoff.wait(&stop).await {
-                        return;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = pause() => {}
                     }
                 }
             }
