@@ -310,6 +310,61 @@ EOF
     wait_port 127.0.0.1 "$port" "private Mosquitto" "mosquitto -v -c $dir/mosquitto.conf"
 }
 
+# start_secure_mosquitto PORT WSPORT DIR: like start_ws_mosquitto, but with the broker config we
+# ship for kitchen boxes (packaging/mosquitto/restaurant.conf + restaurant.acl, issue 11): only
+# the account restaurant-bridge may write restaurant/#, restaurant-display may read, anonymous
+# clients get nothing. The passwords are made once and kept in DIR/bridge.password and
+# DIR/display.password (mode 600). Does nothing when DIR's broker already runs.
+start_secure_mosquitto() {
+    local port=$1 wsport=$2 dir=$3 pid root user
+    [[ $# -eq 3 ]] || die "usage: start_secure_mosquitto PORT WSPORT DIR"
+    need_apt mosquitto
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    if pid=$(_ws_mosquitto_pid "$dir"); then
+        log "private Mosquitto already runs (pid $pid, $dir)"
+        return 0
+    fi
+    port_open 127.0.0.1 "$port" && die "port $port is already in use; pick another for start_secure_mosquitto"
+    port_open 127.0.0.1 "$wsport" && die "port $wsport is already in use; pick another for start_secure_mosquitto"
+    if [[ ${EUID} -eq 0 ]] && getent passwd mosquitto >/dev/null 2>&1; then
+        chown mosquitto "$dir"
+    fi
+    for user in bridge display; do
+        if [[ ! -s "$dir/$user.password" ]]; then
+            (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$dir/$user.password")
+        fi
+    done
+    rm -f "$dir/restaurant.passwd"
+    mosquitto_passwd -b -c "$dir/restaurant.passwd" restaurant-bridge "$(cat "$dir/bridge.password")"
+    mosquitto_passwd -b "$dir/restaurant.passwd" restaurant-display "$(cat "$dir/display.password")"
+    cp "$root/packaging/mosquitto/restaurant.acl" "$dir/restaurant.acl"
+    if [[ ${EUID} -eq 0 ]] && getent passwd mosquitto >/dev/null 2>&1; then
+        chown mosquitto "$dir/restaurant.passwd" "$dir/restaurant.acl"
+    fi
+    {
+        echo "# Private Mosquitto written by scripts/lib.sh (start_secure_mosquitto) from"
+        echo "# packaging/mosquitto/restaurant.conf, with this directory's files and ports."
+        echo "pid_file $dir/mosquitto.pid"
+        echo "persistence false"
+        echo "log_dest file $dir/mosquitto.log"
+        sed -e "s|^password_file .*|password_file $dir/restaurant.passwd|" \
+            -e "s|^acl_file .*|acl_file $dir/restaurant.acl|" \
+            -e "s|^listener 1883 127.0.0.1\$|listener $port 127.0.0.1|" \
+            -e "s|^listener 9001\$|listener $wsport|" \
+            "$root/packaging/mosquitto/restaurant.conf"
+    } >"$dir/mosquitto.conf"
+    rm -f "$dir/mosquitto.pid"
+    log "starting private Mosquitto with the shipped ACL: mqtt 127.0.0.1:$port, websockets :$wsport ($dir)"
+    mosquitto -d -c "$dir/mosquitto.conf" || die "mosquitto -d -c $dir/mosquitto.conf failed"
+    if ! (wait_port 127.0.0.1 "$wsport" "private Mosquitto" "mosquitto -v -c $dir/mosquitto.conf"); then
+        tail -n 20 "$dir/mosquitto.log" >&2 2>/dev/null || true
+        die "private Mosquitto did not start; see $dir/mosquitto.log"
+    fi
+    wait_port 127.0.0.1 "$port" "private Mosquitto" "mosquitto -v -c $dir/mosquitto.conf"
+}
+
 # stop_ws_mosquitto DIR: stop the private Mosquitto started by start_ws_mosquitto DIR.
 stop_ws_mosquitto() {
     local dir=$1 pid i

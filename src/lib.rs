@@ -18,7 +18,8 @@
 //! - [`broker`]: RabbitMQ: connecting, the topology, the outbox relay, and
 //!   the backoff and link state every reconnect loop uses.
 //! - [`http`]: the HTTP edge every listening service shares: the server loop,
-//!   limits, request ids, and the mapping from an error to a JSON response.
+//!   limits, request ids, the mapping from an error to a JSON response, and
+//!   `auth` (tokens, roles, CORS; the rules are `domain::access`).
 //! - [`services`]: what runs: `order_api` (intake), `kitchen`, `notifier`,
 //!   `display` (the bridge from RabbitMQ to MQTT for kitchen screens) and
 //!   `tracking_api`.

@@ -2,6 +2,7 @@
 //! for a signal, shut down cleanly. Everything else lives in the library.
 
 use clap::{Parser, Subcommand};
+use restaurant_system::domain::access::{self, Role};
 use restaurant_system::domain::OrderType;
 use restaurant_system::modes::{self, Mode, Options};
 use restaurant_system::process::config::{config_path, Config, WorkerFile};
@@ -78,6 +79,31 @@ enum Command {
     Migrate,
     /// Check the configuration and exit (0 when valid, 2 when not).
     Validate,
+    /// Manage API tokens (see docs/security.md).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token; it is printed once, as the last line, and stored only as a hash.
+    Create {
+        /// A name for the device or person, e.g. kds-grill or pos-1.
+        name: String,
+        /// pos (orders, reads), kitchen (bump, recall, reads) or manager (everything).
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+    /// List tokens: name, role, created, last used (never the token).
+    List,
+    /// Revoke a token; running services refuse it within a second.
+    Revoke { name: String },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
 }
 
 fn main() -> ExitCode {
@@ -110,6 +136,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Migrate) => return migrate(&cfg),
+        Some(Command::Token { action }) => return token(&cfg, action),
         None => {}
     }
     let Some(mode) = cli.mode else {
@@ -255,16 +282,92 @@ fn worker_config(cli: &Cli, mode: Mode, cfg: &Config) -> Result<Option<WorkerCon
     }))
 }
 
-fn migrate(cfg: &Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+fn small_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("restaurant-system: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
+            ExitCode::from(EXIT_FAILURE)
+        })
+}
+
+/// `token create|list|revoke`: works on the database directly; the running
+/// services pick changes up within a second.
+fn token(cfg: &Config, action: TokenCommand) -> ExitCode {
+    let runtime = match small_runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        if let TokenCommand::Create { name, .. } | TokenCommand::Revoke { name } = &action {
+            if let Err(msg) = access::check_token_name(name) {
+                return usage_error(&msg);
+            }
         }
+        let store = match storage::open(&cfg.database).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("restaurant-system: cannot open the database: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let failed = |e: storage::StoreError| {
+            eprintln!("restaurant-system: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        };
+        match action {
+            TokenCommand::Create { name, role } => {
+                let token = access::token_from_bytes(rand::random());
+                let hash = access::hash_token(&token);
+                match store.create_token(&name, role, &hash, chrono::Utc::now()).await {
+                    Ok(true) => {
+                        println!("Created token '{name}' with role {role}. It is shown only this once: copy it now.");
+                        println!("Send it as the header  Authorization: Bearer <token>  (revoke: restaurant-system token revoke {name})");
+                        println!("{token}");
+                        ExitCode::SUCCESS
+                    }
+                    Ok(false) => usage_error(&format!(
+                        "a token named '{name}' already exists (revoke it first, or choose another name)"
+                    )),
+                    Err(e) => failed(e),
+                }
+            }
+            TokenCommand::List => match store.tokens().await {
+                Ok(rows) => {
+                    println!("{:<24} {:<8} {:<25} LAST USED", "NAME", "ROLE", "CREATED");
+                    let fmt = |t: chrono::DateTime<chrono::Utc>| {
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    };
+                    for r in rows {
+                        println!(
+                            "{:<24} {:<8} {:<25} {}",
+                            r.name,
+                            r.role.as_str(),
+                            fmt(r.created_at),
+                            r.last_used_at.map(fmt).unwrap_or_else(|| "never".into())
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => failed(e),
+            },
+            TokenCommand::Revoke { name } => match store.revoke_token(&name).await {
+                Ok(true) => {
+                    println!("Revoked token '{name}'; running services refuse it within a second.");
+                    ExitCode::SUCCESS
+                }
+                Ok(false) => usage_error(&format!("no token named '{name}' (see: restaurant-system token list)")),
+                Err(e) => failed(e),
+            },
+        }
+    })
+}
+
+fn migrate(cfg: &Config) -> ExitCode {
+    let runtime = match small_runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     match runtime.block_on(storage::open(&cfg.database)) {
         Ok(store) => {

@@ -183,13 +183,28 @@ async fn start_parts(
         timeout: Duration::from_secs(cfg.http.request_timeout_seconds.max(1)),
     };
     let bind = |port: u16| -> SocketAddr {
+        // Config::check rejects an address that does not parse; a Config built
+        // in code that skipped it gets the narrowest bind, never a wider one.
         let ip = cfg
             .http
             .bind
+            .trim()
             .parse()
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
         SocketAddr::new(ip, port)
     };
+    // One guard per process: the order and tracking APIs share its token cache
+    // and its record of failed attempts.
+    let guard = http::auth::Guard::new(
+        store.clone(),
+        http::auth::AuthSettings {
+            policy: crate::domain::access::Policy {
+                anonymous_loopback: cfg.security.anonymous_loopback,
+            },
+            allowed_origins: cfg.security.allowed_origins.clone(),
+            display_port: cfg.http.tracking_port,
+        },
+    );
     let writes = matches!(mode, Mode::OrderService | Mode::KitchenWorker | Mode::All);
     let relay = writes.then(|| {
         Relay::new(
@@ -249,6 +264,7 @@ async fn start_parts(
         let api = OrderApi {
             store: store.clone(),
             relay: relay.clone().expect("writing modes have a relay"),
+            guard: guard.clone(),
         };
         let span = service_span(order_api::SERVICE);
         let addr = bind(cfg.http.order_port);
@@ -276,6 +292,7 @@ async fn start_parts(
             display: cfg.display.clone(),
             mqtt_prefix: cfg.mqtt.topic_prefix.clone(),
             mqtt_site: cfg.mqtt.site.clone(),
+            guard: guard.clone(),
         };
         let span = service_span(tracking_api::SERVICE);
         let addr = bind(cfg.http.tracking_port);
@@ -284,6 +301,7 @@ async fn start_parts(
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
         running.tracking_addr = Some(server.addr);
+        guard.set_display_port(server.addr.port());
         span.in_scope(|| {
             tracing::info!(
                 action = "service_started",

@@ -3,6 +3,7 @@
 //! Everything here is deterministic and unit-tested next to the code. Storage,
 //! the broker, HTTP and the services call into this module; it calls into none of them.
 
+pub mod access;
 pub mod events;
 pub mod money;
 pub mod order;

@@ -8,6 +8,8 @@
 //! are limited in size and in time. Every response carries the request id, and
 //! every 4xx/5xx is JSON `{"error": ..., "details": [...]}`.
 
+pub mod auth;
+
 use crate::storage::StoreError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -33,6 +35,8 @@ pub type Resp = Response<Full<Bytes>>;
 pub struct RequestCtx {
     pub request_id: String,
     pub limits: Limits,
+    /// Who is calling (`Anonymous` where the service has no guard).
+    pub caller: crate::domain::access::Caller,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +50,11 @@ pub struct Limits {
 #[async_trait::async_trait]
 pub trait Routes: Send + Sync + 'static {
     async fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> Result<Resp, ApiError>;
+    /// Who may call (issue 11). None: no checks and no CORS (the display
+    /// bridge's health port).
+    fn guard(&self) -> Option<&Arc<auth::Guard>> {
+        None
+    }
 }
 
 /// An error answer. One place turns each kind into a status code and JSON.
@@ -222,7 +231,7 @@ pub async fn serve(
                 let stream = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
+                        Ok(accepted) => accepted,
                         Err(e) => {
                             // Out of file descriptors and the like: wait, do not spin.
                             tracing::error!(action = "accept_failed", error = %e, "Accept failed");
@@ -231,6 +240,7 @@ pub async fn serve(
                         }
                     },
                 };
+                let (stream, peer) = stream;
                 let _ = stream.set_nodelay(true);
                 let routes = routes.clone();
                 let permits = permits.clone();
@@ -241,7 +251,9 @@ pub async fn serve(
                     let span = span.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(
-                            handle(req, routes, permits, limits).instrument(span).await,
+                            handle(req, peer, routes, permits, limits)
+                                .instrument(span)
+                                .await,
                         )
                     }
                 });
@@ -261,12 +273,22 @@ pub async fn serve(
 
 async fn handle(
     req: Request<Incoming>,
+    peer: SocketAddr,
     routes: Arc<dyn Routes>,
     permits: Arc<Semaphore>,
     limits: Limits,
 ) -> Resp {
     let rid = request_id(&req);
     let span = tracing::info_span!("request", request_id = %rid);
+    let guard = routes.guard().cloned();
+    // Kept for the CORS headers of the answer (the request itself moves on);
+    // nothing is copied for requests without `Origin` (everything but browsers).
+    let origin = guard
+        .as_ref()
+        .and_then(|_| req.headers().get("origin").cloned());
+    let host = origin
+        .as_ref()
+        .and_then(|_| req.headers().get("host").cloned());
     let mut resp = async {
         tracing::debug!(
             action = "request_received",
@@ -275,10 +297,29 @@ async fn handle(
             "Request received"
         );
         if req.method() == Method::OPTIONS {
+            if let Some(g) = &guard {
+                return g.preflight(req.headers());
+            }
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
             return r;
         }
+        // Who is calling, before any permit is taken: a flood of bad tokens is
+        // slowed down without holding the slots real requests need.
+        let caller = match &guard {
+            Some(g) => {
+                let seg = segments(&req);
+                let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+                match g
+                    .check(req.method().as_str(), &seg, req.headers(), peer)
+                    .await
+                {
+                    Ok(caller) => caller,
+                    Err(resp) => return resp,
+                }
+            }
+            None => crate::domain::access::Caller::Anonymous,
+        };
         // Over the limit: answer at once rather than queue behind slow requests.
         // Health checks are exempt, so a busy service is not reported as down.
         let _permit = permits.try_acquire();
@@ -293,6 +334,7 @@ async fn handle(
         let ctx = RequestCtx {
             request_id: rid.clone(),
             limits,
+            caller,
         };
         match routes.handle(req, ctx).await {
             Ok(r) => r,
@@ -306,20 +348,11 @@ async fn handle(
         h.insert("x-request-id", v);
     }
     // The kitchen display page (served by the tracking service) calls the order
-    // service from another origin: bump and recall.
-    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-    h.insert(
-        "access-control-allow-methods",
-        HeaderValue::from_static("GET, POST, OPTIONS"),
-    );
-    h.insert(
-        "access-control-allow-headers",
-        HeaderValue::from_static("content-type, x-request-id"),
-    );
-    h.insert(
-        "access-control-expose-headers",
-        HeaderValue::from_static("x-request-id, location"),
-    );
+    // service from another origin (bump and recall): CORS for the allowed
+    // origins only, never a wildcard.
+    if let Some(g) = &guard {
+        g.cors_headers(origin.as_ref(), host.as_ref(), h);
+    }
     resp
 }
 

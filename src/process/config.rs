@@ -24,6 +24,7 @@ pub struct Config {
     pub display: DisplayConfig,
     pub kitchen: KitchenConfig,
     pub http: HttpConfig,
+    pub security: SecurityConfig,
     pub log: LogConfig,
 }
 
@@ -202,6 +203,10 @@ pub struct DisplayConfig {
     pub order_service_url: String,
     pub yellow_after_seconds: u64,
     pub red_after_seconds: u64,
+    /// The broker's read-only account for screens; given only to paired pages.
+    #[serde(deserialize_with = "lenient_string")]
+    pub mqtt_username: String,
+    pub mqtt_password: Option<Secret>,
 }
 
 impl Default for DisplayConfig {
@@ -211,6 +216,8 @@ impl Default for DisplayConfig {
             order_service_url: String::new(),
             yellow_after_seconds: 300,
             red_after_seconds: 480,
+            mqtt_username: String::new(),
+            mqtt_password: None,
         }
     }
 }
@@ -309,6 +316,27 @@ impl Default for HttpConfig {
             max_concurrent: 50,
             body_limit_bytes: 64 * 1024,
             request_timeout_seconds: 10,
+        }
+    }
+}
+
+/// Who may call the HTTP APIs (issue 11, docs/security.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Requests from the box itself (loopback) need no token. Everything else
+    /// always needs `Authorization: Bearer TOKEN`.
+    pub anonymous_loopback: bool,
+    /// Web page origins (`scheme://host[:port]`) allowed to call the APIs from a
+    /// browser, besides the box's own display page (tracking port, same host).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            anonymous_loopback: true,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -428,6 +456,55 @@ impl Config {
         }
         if self.database.pool_size == 0 {
             return bad("database.pool_size must be at least 1".into());
+        }
+        // An address that does not parse must never become a wider bind.
+        if self.http.bind.trim().parse::<std::net::IpAddr>().is_err() {
+            return bad(format!(
+                "http.bind '{}' is not an IP address (use 127.0.0.1 for this box only, 0.0.0.0 for every interface)",
+                self.http.bind
+            ));
+        }
+        for (key, host) in [
+            ("rabbitmq.host", self.rabbitmq.host.as_str()),
+            ("mqtt.host", self.mqtt.host.as_str()),
+        ] {
+            if host.trim().is_empty()
+                || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c))
+            {
+                return bad(format!("{key} '{host}' is not a host name or address"));
+            }
+        }
+        for (key, url, schemes) in [
+            (
+                "display.mqtt_ws_url",
+                &self.display.mqtt_ws_url,
+                ["ws://", "wss://"],
+            ),
+            (
+                "display.order_service_url",
+                &self.display.order_service_url,
+                ["http://", "https://"],
+            ),
+        ] {
+            let u = url.to_ascii_lowercase();
+            if !u.is_empty()
+                && (!schemes.iter().any(|s| u.starts_with(s)) || u.contains(char::is_whitespace))
+            {
+                return bad(format!(
+                    "{key} '{url}' must start with {} or {}",
+                    schemes[0], schemes[1]
+                ));
+            }
+        }
+        for o in &self.security.allowed_origins {
+            if crate::domain::access::parse_origin(o).is_none() {
+                return bad(format!(
+                    "security.allowed_origins: '{o}' is not an origin (scheme://host[:port], e.g. http://pos.local:8080)"
+                ));
+            }
+        }
+        if self.display.mqtt_password.is_some() && self.display.mqtt_username.is_empty() {
+            return bad("display.mqtt_password needs display.mqtt_username".into());
         }
         if self.http.max_concurrent == 0 {
             return bad("http.max_concurrent must be at least 1".into());
@@ -594,6 +671,23 @@ mod tests {
         let e = load_str("[kitchen.cooking_seconds]\ntakeout = -1\n").unwrap_err();
         assert!(e.to_string().contains("takeout"));
         assert!(load_str("[log]\nlevel = \"loud!!\"\n").is_err());
+    }
+
+    #[test]
+    fn addresses_that_do_not_parse_are_errors_not_wider_binds() {
+        let e = load_str("[http]\nbind = \"127.0.0.l\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.bind") && e.contains("127.0.0.l"), "{e}");
+        assert!(load_str("[http]\nbind = \"localhost\"\n").is_err());
+        assert!(load_str("[http]\nbind = \"::1\"\n").is_ok());
+        assert!(load_str("[mqtt]\nhost = \"\"\n").is_err());
+        assert!(load_str("[display]\nmqtt_ws_url = \"http://x:9001\"\n").is_err());
+        assert!(load_str("[display]\nmqtt_ws_url = \"ws://x:9001\"\n").is_ok());
+        assert!(load_str("[security]\nallowed_origins = [\"pos.local\"]\n").is_err());
+        let c = load_str("[security]\nanonymous_loopback = false\nallowed_origins = [\"http://pos.local:8080\"]\n").unwrap();
+        assert!(!c.security.anonymous_loopback);
+        assert!(Config::default().security.anonymous_loopback);
     }
 
     #[test]

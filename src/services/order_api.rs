@@ -19,6 +19,7 @@ pub const SERVICE: &str = "order-service";
 pub struct OrderApi {
     pub store: SharedStore,
     pub relay: Relay,
+    pub guard: std::sync::Arc<crate::http::auth::Guard>,
 }
 
 #[async_trait::async_trait]
@@ -45,6 +46,10 @@ impl Routes for OrderApi {
             (_, ["health"]) | (_, ["openapi.yaml"]) => Err(ApiError::method_not_allowed("GET")),
             _ => Err(ApiError::not_found("no such route")),
         }
+    }
+
+    fn guard(&self) -> Option<&std::sync::Arc<crate::http::auth::Guard>> {
+        Some(&self.guard)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The tracking service's API: read-only views of orders and workers, plus the
 //! kitchen display page (static files embedded in the binary).
 
+use crate::domain::access::{Caller, Role, HOW_TO_GET_A_TOKEN};
 use crate::domain::order::is_order_number;
 use crate::http::{
     bad_order_number, health_response, json_response, segments, static_response, store_error,
@@ -19,6 +20,7 @@ pub struct TrackingApi {
     pub display: DisplayConfig,
     pub mqtt_prefix: String,
     pub mqtt_site: String,
+    pub guard: std::sync::Arc<crate::http::auth::Guard>,
 }
 
 /// The display page: our own files from `web/src/`, and the MQTT client that
@@ -48,7 +50,7 @@ const PAGE: &[(&str, &str, &[u8])] = &[
 
 #[async_trait::async_trait]
 impl Routes for TrackingApi {
-    async fn handle(&self, req: Request<Incoming>, _ctx: RequestCtx) -> Result<Resp, ApiError> {
+    async fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> Result<Resp, ApiError> {
         let seg = segments(&req);
         let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
         if req.method() != Method::GET {
@@ -72,7 +74,7 @@ impl Routes for TrackingApi {
             ["workers", "status"] => self.workers().await,
             ["health"] => Ok(self.health().await),
             ["openapi.yaml"] => Ok(static_response("application/yaml", OPENAPI)),
-            ["display", "config.json"] => Ok(self.display_config()),
+            ["display", "config.json"] => self.display_config(&ctx.caller),
             ["display"] => Ok(page("")),
             ["display", file] => PAGE
                 .iter()
@@ -81,6 +83,10 @@ impl Routes for TrackingApi {
                 .ok_or_else(|| ApiError::not_found("no such file")),
             _ => Err(ApiError::not_found("no such route")),
         }
+    }
+
+    fn guard(&self) -> Option<&std::sync::Arc<crate::http::auth::Guard>> {
+        Some(&self.guard)
     }
 }
 
@@ -156,10 +162,33 @@ impl TrackingApi {
         health_response(SERVICE, &[("database", db)])
     }
 
-    fn display_config(&self) -> Resp {
-        json_response(
-            StatusCode::OK,
-            &json!({
+    /// The page's settings. A page that sends its kitchen token (it is paired)
+    /// also gets the broker's read-only screen account; a page whose token was
+    /// revoked gets 401, which it shows as "paired device revoked".
+    fn display_config(&self, caller: &Caller) -> Result<Resp, ApiError> {
+        let paired = match caller {
+            Caller::Anonymous => None,
+            Caller::Rejected => {
+                return Err(
+                    ApiError::new(StatusCode::UNAUTHORIZED, "paired device revoked").with_details(
+                        vec![json!({"field": "authorization", "message": HOW_TO_GET_A_TOKEN})],
+                    ),
+                )
+            }
+            Caller::Token { role, .. } if matches!(role, Role::Kitchen | Role::Manager) => {
+                Some(*role)
+            }
+            Caller::Token { role, .. } => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("role '{role}' may not pair a kitchen display"),
+                )
+                .with_details(vec![
+                    json!({"field": "authorization", "message": "allowed roles: kitchen, manager"}),
+                ]))
+            }
+        };
+        let mut body = json!({
                 "mqtt_ws_url": self.display.mqtt_ws_url,
                 "order_service_url": self.display.order_service_url,
                 "topic_prefix": self.mqtt_prefix,
@@ -167,7 +196,26 @@ impl TrackingApi {
                 "yellow_after_seconds": self.display.yellow_after_seconds,
                 "red_after_seconds": self.display.red_after_seconds,
                 "server_time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            }),
-        )
+                // Bumps and recalls need a kitchen token: the page asks for one once.
+                "pairing": true,
+                "paired": paired.is_some(),
+                "role": paired.map(|r| r.as_str()),
+        });
+        if paired.is_some() && !self.display.mqtt_username.is_empty() {
+            body["mqtt_username"] = json!(self.display.mqtt_username);
+            body["mqtt_password"] = json!(self
+                .display
+                .mqtt_password
+                .as_ref()
+                .map(|p| p.expose())
+                .unwrap_or(""));
+        }
+        let mut r = json_response(StatusCode::OK, &body);
+        // It may carry a password: never from a cache.
+        r.headers_mut().insert(
+            "cache-control",
+            hyper::header::HeaderValue::from_static("no-store"),
+        );
+        Ok(r)
     }
 }

@@ -19,6 +19,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "002_outbox_owner",
         sql: include_str!("../../migrations/postgres/002_outbox_owner.sql"),
     },
+    Migration {
+        version: 3,
+        name: "003_api_tokens",
+        sql: include_str!("../../migrations/postgres/003_api_tokens.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -31,5 +36,10 @@ pub const SQLITE: &[Migration] = &[
         version: 2,
         name: "002_outbox_owner",
         sql: include_str!("../../migrations/sqlite/002_outbox_owner.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "003_api_tokens",
+        sql: include_str!("../../migrations/sqlite/003_api_tokens.sql"),
     },
 ];

@@ -9,6 +9,7 @@
 mod migrations;
 pub mod postgres;
 pub mod sqlite;
+mod tokens;
 
 use crate::domain::events::{OrderMessage, StatusUpdate, ORDERS_EXCHANGE};
 use crate::domain::{Cents, Item, OrderStatus, OrderType, TransitionError, ValidOrder};
@@ -18,6 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+pub use tokens::{TokenRow, TokenStore};
 
 pub type SharedStore = Arc<dyn Store>;
 
@@ -200,7 +202,7 @@ pub struct OutboxMessage {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: TokenStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// A cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;

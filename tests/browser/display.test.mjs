@@ -4,7 +4,9 @@
 // RabbitMQ vhost, and `restaurant-system --mode=all` on SQLite with its HTTP ports on free ports.
 // Then drives Debian's Chromium (playwright-core) through /display: a new order shows up within a
 // second, moves to cooking and ready, is bumped off the board, is recalled, a busy board is saved
-// as docs/display-board.png, and the board survives a broker restart without a reload.
+// as docs/display-board.png, and the board survives a broker restart without a reload. The broker
+// runs with the shipped ACL (packaging/mosquitto): the page pairs with a kitchen token, gets the
+// read-only screen account that way, and shows "Paired device revoked" once the token is revoked.
 // Everything it started is stopped and removed at the end, failed or not.
 //
 // Run through tests/browser/run.sh (installs Chromium and the npm packages). Environment:
@@ -21,7 +23,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   ROOT, PREFIX, Runner, Fatal, assert, freePorts, launchBrowser, log, pageRecorder, portOpen,
-  sleep, startMosquitto, startProcess, stopProcess, tail, waitFor,
+  sleep, startSecureMosquitto, startProcess, stopProcess, tail, waitFor,
 } from './lib.mjs';
 
 const SCREENSHOT = path.resolve(ROOT, process.env.SCREENSHOT || 'target/display-board.png');
@@ -80,7 +82,8 @@ async function setUp() {
   const bin = findBinary();
   log(`binary ${bin}`);
 
-  env.mosquitto = await startMosquitto(env.tmp, mqttPort, ws);
+  env.mosquitto = await startSecureMosquitto(env.tmp, mqttPort, ws);
+  env.mqttPasswords = env.mosquitto.passwords;
 
   if (!(await portOpen(5672))) throw new Error('RabbitMQ is not listening on 127.0.0.1:5672 (start it: rabbitmq-server -detached)');
   env.vhost = `rs_display_test_${process.pid}_${Date.now().toString(36)}`;
@@ -97,6 +100,10 @@ async function setUp() {
     RESTAURANT_MQTT__HOST: '127.0.0.1',
     RESTAURANT_MQTT__PORT: String(mqttPort),
     RESTAURANT_MQTT__CLIENT_ID: `rs-display-test-${process.pid}`,
+    RESTAURANT_MQTT__USER: 'restaurant-bridge',
+    RESTAURANT_MQTT__PASSWORD: env.mqttPasswords.bridge,
+    RESTAURANT_DISPLAY__MQTT_USERNAME: 'restaurant-display',
+    RESTAURANT_DISPLAY__MQTT_PASSWORD: env.mqttPasswords.display,
     RESTAURANT_DISPLAY__MQTT_WS_URL: `ws://127.0.0.1:${ws}`,
     RESTAURANT_DISPLAY__ORDER_SERVICE_URL: `http://127.0.0.1:${order}`,
     RESTAURANT_KITCHEN__COOKING_SECONDS__DINE_IN: '2',
@@ -107,6 +114,8 @@ async function setUp() {
     RESTAURANT_HTTP__BRIDGE_PORT: String(bridge),
     RESTAURANT_LOG__FORMAT: 'json',
   };
+  env.bin = bin;
+  env.rsEnv = rsEnv;
   const rsLog = path.join(env.tmp, 'restaurant-system.log');
   env.rs = startProcess('restaurant-system', bin, ['--mode=all'], { cwd: env.tmp, env: rsEnv }, rsLog);
   await waitFor('restaurant-system health endpoints (order, tracking, bridge)', async () => {
@@ -121,7 +130,10 @@ async function setUp() {
 
   // A real MQTT client of our own, to tell a bridge problem from a page problem.
   env.retained = new Map(); // order_number -> { at, payload }
-  env.mqttClient = mqtt.connect(`mqtt://127.0.0.1:${mqttPort}`, { clientId: `rs-display-test-sub-${process.pid}`, reconnectPeriod: 500 });
+  env.mqttClient = mqtt.connect(`mqtt://127.0.0.1:${mqttPort}`, {
+    clientId: `rs-display-test-sub-${process.pid}`, reconnectPeriod: 500,
+    username: 'restaurant-display', password: env.mqttPasswords.display,
+  });
   env.mqttClient.on('message', (topic, payload) => {
     const num = topic.slice(`${PREFIX}/orders/`.length);
     if (topic.startsWith(`${PREFIX}/orders/`) && payload.length) {
@@ -156,6 +168,19 @@ async function tearDown() {
       log(`cleanup of ${name} failed: ${e.message}`);
     }
   }
+}
+
+// ---- tokens (the CLI, as a manager would) -----------------------------------------------------
+function token(...args) {
+  return execFileSync(env.bin, ['token', ...args], { cwd: env.tmp, env: env.rsEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+    .toString().trim().split('\n').pop();
+}
+
+async function pair(page, tok) {
+  await page.waitForSelector('#pair:not([hidden])', { timeout: 10000 });
+  await page.fill('#pair-token', tok);
+  await page.click('#pair-submit');
+  await page.waitForSelector('body[data-pairing="paired"]', { timeout: 10000 });
 }
 
 // ---- HTTP helpers ----------------------------------------------------------------------------
@@ -212,6 +237,14 @@ async function main() {
     const url = `http://127.0.0.1:${env.ports.tracking}/display`;
     const resp = await page.goto(url);
     assert(resp && resp.ok(), `GET ${url} answered ${resp && resp.status()}`);
+    // First visit: the page asks for a kitchen token, then connects with the screen account.
+    await page.waitForSelector('body[data-pairing="needed"]', { timeout: 10000 });
+    await page.fill('#pair-token', 'rsk_not-a-token');
+    await page.click('#pair-submit');
+    await waitFor('a wrong token to be refused', async () => /not valid/i.test(await page.locator('#pair-error').textContent()), 10000);
+    env.kdsToken = token('create', 'kds-browser', '--role', 'kitchen');
+    assert(/^rsk_[0-9a-f]{64}$/.test(env.kdsToken), `token create printed ${env.kdsToken}`);
+    await pair(page, env.kdsToken);
     await page.waitForSelector('#conn-banner', { state: 'hidden', timeout: 10000 });
     await page.waitForSelector('#board[data-synced="true"]', { timeout: 10000 });
     await page.evaluate(() => { window.__noReload = true; });
@@ -291,7 +324,7 @@ async function main() {
     const text = await page.locator('#conn-banner').textContent();
     assert(/lost/i.test(text), `banner says: ${text}`);
     await sleep(1000);
-    env.mosquitto = await startMosquitto(env.tmp, env.ports.mqtt, env.ports.ws); // persistence false: the broker comes back empty; the bridge's snapshot refills it
+    env.mosquitto = await startSecureMosquitto(env.tmp, env.ports.mqtt, env.ports.ws, env.mqttPasswords); // persistence false: the broker comes back empty; the bridge's snapshot refills it
     await page.waitForSelector('#conn-banner', { state: 'hidden', timeout: 20000 });
     await waitFor(`${before} fresh tickets again`, async () => {
       const n = await page.locator('article.ticket').count();
@@ -299,6 +332,23 @@ async function main() {
       return n >= before && stale === 0;
     }, 20000, 200);
     assert(await page.evaluate(() => window.__noReload === true), 'the page was reloaded');
+  });
+
+  await runner.test('a revoked display says "Paired device revoked" on its next bump, and pairs again', async () => {
+    await waitFor('a ready ticket', async () => (await page.locator('article.ticket[data-status="ready"] button.bump').count()) >= 1, 20000);
+    const num = await page.locator('article.ticket[data-status="ready"]').first().getAttribute('data-order');
+    token('revoke', 'kds-browser');
+    await sleep(1100); // revocation reaches the running services within a second
+    await page.click(`article.ticket[data-order="${num}"] button.bump`);
+    await page.waitForSelector('body[data-pairing="revoked"]', { timeout: 10000 });
+    const title = await page.locator('#pair-title').textContent();
+    assert(/paired device revoked/i.test(title), `overlay says: ${title}`);
+    const r = await fetch(`http://127.0.0.1:${env.ports.tracking}/orders/${num}/status`);
+    const body = await r.text();
+    assert(/"ready"/.test(body), `the refused bump changed the order: ${body}`);
+    await pair(page, token('create', 'kds-browser-2', '--role', 'kitchen'));
+    await page.click(`article.ticket[data-order="${num}"] button.bump`);
+    await page.waitForSelector(`article.ticket[data-order="${num}"]`, { state: 'detached', timeout: 5000 });
   });
 
   if (page) {

@@ -2,7 +2,7 @@
 // Mosquitto and headless Chromium.
 
 import { chromium } from 'playwright-core';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -156,6 +156,41 @@ export async function startMosquitto(dir, mqttPort, wsPort) {
     if (child.exitCode !== null) throw new Fatal(`mosquitto exited with ${child.exitCode}:\n${tail(path.join(dir, 'mosquitto.log'))}`);
     return (await portOpen(mqttPort)) && (await portOpen(wsPort));
   }, 10000);
+  return child;
+}
+
+// The broker as shipped for a kitchen box (packaging/mosquitto/restaurant.conf + restaurant.acl,
+// issue 11), on the test's ports, with its own password file: the bridge account writes, the
+// display account reads, anonymous clients get nothing. Returns the child and the passwords.
+export async function startSecureMosquitto(dir, mqttPort, wsPort, passwords) {
+  const pw = passwords || {
+    bridge: `bridge-${Math.random().toString(16).slice(2)}`,
+    display: `display-${Math.random().toString(16).slice(2)}`,
+  };
+  const passwd = path.join(dir, 'restaurant.passwd');
+  execFileSync('mosquitto_passwd', ['-b', '-c', passwd, 'restaurant-bridge', pw.bridge]);
+  execFileSync('mosquitto_passwd', ['-b', passwd, 'restaurant-display', pw.display]);
+  fs.chmodSync(passwd, 0o644);
+  const shipped = fs.readFileSync(path.join(ROOT, 'packaging/mosquitto/restaurant.conf'), 'utf8');
+  const lines = shipped.split('\n').map((l) => {
+    const t = l.trim();
+    if (t.startsWith('password_file ')) return `password_file ${passwd}`;
+    if (t.startsWith('acl_file ')) return `acl_file ${path.join(ROOT, 'packaging/mosquitto/restaurant.acl')}`;
+    if (t === 'listener 1883 127.0.0.1') return `listener ${mqttPort} 127.0.0.1`;
+    if (t === 'listener 9001') return `listener ${wsPort} 127.0.0.1`;
+    return l;
+  });
+  lines.push('persistence false', 'log_dest stdout', '');
+  const conf = path.join(dir, 'mosquitto.conf');
+  fs.writeFileSync(conf, lines.join('\n'));
+  assert(lines.includes(`listener ${mqttPort} 127.0.0.1`) && lines.includes(`password_file ${passwd}`),
+    'packaging/mosquitto/restaurant.conf no longer has the lines the test replaces');
+  const child = startProcess('mosquitto', 'mosquitto', ['-c', conf], {}, path.join(dir, 'mosquitto.log'));
+  await waitFor('Mosquitto listeners', async () => {
+    if (child.exitCode !== null) throw new Fatal(`mosquitto exited with ${child.exitCode}:\n${tail(path.join(dir, 'mosquitto.log'))}`);
+    return (await portOpen(mqttPort)) && (await portOpen(wsPort));
+  }, 10000);
+  child.passwords = pw;
   return child;
 }
 

@@ -7,6 +7,8 @@
 //! cannot reach a server fails and says how to start it.
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use restaurant_system::modes::{self, Mode, Options, Running};
 use restaurant_system::process::config::{Config, Secret, StorageBackend};
 use restaurant_system::services::kitchen::WorkerConfig;

@@ -18,7 +18,9 @@
   // A ticket that arrives live counts as new (sound, highlight) only if created this recently:
   // a bridge republishing its snapshot after a broker restart must not make every ticket beep.
   const NEW_TICKET_MS = 120000;
-  const CONFIG_REFRESH_MS = 10 * 60 * 1000;
+  // Also how soon a display whose token was revoked notices it while idle.
+  const CONFIG_REFRESH_MS = 60 * 1000;
+  const TOKEN_KEY = 'kds-token';
 
   const params = new URLSearchParams(location.search);
   const station = TYPE_LABEL[params.get('station')] ? params.get('station') : null;
@@ -305,6 +307,80 @@
 
   const isStale = (num) => !!(state.sync && state.sync.waitingForBridge && state.sync.orders.has(num));
 
+  // ---- pairing (issue 11) -------------------------------------------------------------
+  // Bumps and recalls need a kitchen token. The page asks for one once, keeps it in this
+  // browser's local storage, and sends it with every call. A 401/403 means the token was
+  // revoked (or is not a kitchen token): the page says so and asks again.
+  let token = null;
+  try { token = localStorage.getItem(TOKEN_KEY); } catch (_) { /* storage blocked */ }
+  let pairWaiter = null;
+
+  function authHeaders() {
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
+  function setToken(t) {
+    token = t;
+    try {
+      if (t) localStorage.setItem(TOKEN_KEY, t);
+      else localStorage.removeItem(TOKEN_KEY);
+    } catch (_) { /* storage blocked: paired for this session only */ }
+  }
+
+  // Shows the pairing form; `revoked` explains why it is back. Resolves once paired.
+  function askForToken(revoked, detail) {
+    document.body.dataset.pairing = revoked ? 'revoked' : 'needed';
+    $('pair-title').textContent = revoked ? 'Paired device revoked' : 'Pair this display';
+    $('pair-text').textContent = revoked
+      ? 'This display\'s kitchen token is no longer accepted. Ask a manager for a new one (restaurant-system token create NAME --role kitchen) and enter it here.'
+      : 'Bump and recall need a kitchen token. Ask a manager to run: restaurant-system token create NAME --role kitchen, and enter the token here.';
+    $('pair-error').textContent = detail || '';
+    $('pair').hidden = false;
+    $('pair-token').value = '';
+    $('pair-token').focus();
+    if (!pairWaiter) {
+      let resolve;
+      const promise = new Promise((r) => { resolve = r; });
+      pairWaiter = { promise, resolve };
+    }
+    return pairWaiter.promise;
+  }
+
+  function paired() {
+    document.body.dataset.pairing = 'paired';
+    $('pair').hidden = true;
+    if (pairWaiter) {
+      pairWaiter.resolve();
+      pairWaiter = null;
+    }
+  }
+
+  function revoked(detail) {
+    setToken(null);
+    askForToken(true, detail);
+  }
+
+  $('pair-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const t = $('pair-token').value.trim();
+    if (!t) return;
+    $('pair-error').textContent = 'Checking…';
+    try {
+      const r = await fetch('config.json', { cache: 'no-store', headers: { Authorization: `Bearer ${t}` } });
+      if (r.ok) {
+        setToken(t);
+        state.cfg = await r.json();
+        paired();
+        return;
+      }
+      let msg = `HTTP ${r.status}`;
+      try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
+      $('pair-error').textContent = r.status === 401 ? 'This token is not valid.' : `Not accepted: ${msg}`;
+    } catch (e) {
+      $('pair-error').textContent = 'The display service is unreachable; try again.';
+    }
+  });
+
   // ---- actions ------------------------------------------------------------------------
   async function post(num, action) {
     if (state.pending.has(num)) return;
@@ -312,8 +388,11 @@
     scheduleRender();
     const url = `${orderServiceUrl()}/orders/${encodeURIComponent(num)}/${action}`;
     try {
-      const r = await fetch(url, { method: 'POST', mode: 'cors', cache: 'no-store' });
-      if (!r.ok) {
+      const r = await fetch(url, { method: 'POST', mode: 'cors', cache: 'no-store', headers: authHeaders() });
+      if (r.status === 401 || r.status === 403) {
+        state.pending.delete(num);
+        revoked(`${action === 'complete' ? 'Bump' : 'Recall'} of ${num} was refused (HTTP ${r.status}).`);
+      } else if (!r.ok) {
         let detail = '';
         try {
           const body = await r.json();
@@ -584,7 +663,12 @@
 
   async function loadConfig() {
     const t0 = Date.now();
-    const r = await fetch('config.json', { cache: 'no-store' });
+    const r = await fetch('config.json', { cache: 'no-store', headers: authHeaders() });
+    if ((r.status === 401 || r.status === 403) && token) {
+      const e = new Error(`HTTP ${r.status}`);
+      e.revoked = true;
+      throw e;
+    }
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const cfg = await r.json();
     const t1 = Date.now();
@@ -598,7 +682,9 @@
     const cfg = state.cfg;
     state.prefix = `${cfg.topic_prefix || 'restaurant'}/${cfg.site || 'main'}`;
     const topics = ['orders/+', 'events', 'workers/+', 'bridge/status'].map((t) => `${state.prefix}/${t}`);
+    const creds = cfg.mqtt_username ? { username: cfg.mqtt_username, password: cfg.mqtt_password || '' } : {};
     const client = mqtt.connect(mqttUrl(), {
+      ...creds,
       clientId: `kds-${station || 'expo'}-${Math.random().toString(16).slice(2, 10)}`,
       clean: true, // the retained messages are the state; no session to keep
       keepalive: 10,
@@ -642,11 +728,18 @@
         state.cfg = await loadConfig();
         break;
       } catch (e) {
+        if (e.revoked) {
+          revoked();
+          await pairWaiter.promise;
+          continue;
+        }
         $('conn-banner').textContent = `Cannot load display settings (${e.message}) — retrying…`;
         await new Promise((r) => setTimeout(r, delay));
         delay = Math.min(delay * 2, 15000);
       }
     }
+    if (state.cfg.pairing && !token) await askForToken(false);
+    if (state.cfg.pairing) paired();
     render();
     connect();
     setInterval(tick, 1000);
@@ -654,7 +747,10 @@
       try {
         const cfg = await loadConfig();
         state.cfg = { ...state.cfg, yellow_after_seconds: cfg.yellow_after_seconds, red_after_seconds: cfg.red_after_seconds };
-      } catch (_) { /* keep the old offset */ }
+      } catch (e) {
+        if (e.revoked) revoked();
+        /* otherwise keep the old offset */
+      }
     }, CONFIG_REFRESH_MS);
   }
 

@@ -14,6 +14,8 @@ use deadpool_postgres::{
 use intake::Intake;
 use tokio_postgres::{NoTls, Row};
 
+mod tokens;
+
 /// Serialises concurrent migrations from several processes starting at once.
 const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
 

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Mutex;
 
+mod tokens;
+
 const MAX_BATCH: usize = 256;
 const MAX_IDLE_READERS: usize = 8;
 

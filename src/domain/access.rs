@@ -1,0 +1,667 @@
+//! Who may do what (issue 11): API tokens and their roles, the access class of
+//! every route, the decision for one request, the CORS origin rule and the
+//! slow-down after failed attempts. Pure: the HTTP edge (`http::auth`) reads the
+//! headers and the token table and asks these functions.
+//!
+//! The model is Mosquitto 2's: on the box itself (loopback) anonymous callers
+//! keep working unless the admin turns that off; from anywhere else every API
+//! route needs `Authorization: Bearer TOKEN`. A browser request (it carries
+//! `Origin`) never changes state anonymously, so a foreign web page open on the
+//! box cannot forge a cancel.
+
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Point of sale: places orders, reads.
+    Pos,
+    /// Kitchen display: bumps (complete) and recalls, reads.
+    Kitchen,
+    /// Everything, cancel included.
+    Manager,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Pos, Role::Kitchen, Role::Manager];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Pos => "pos",
+            Role::Kitchen => "kitchen",
+            Role::Manager => "manager",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role '{s}': use pos, kitchen or manager"))
+    }
+}
+
+/// The access class of a route: what a caller needs to use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `/health`, `/openapi.yaml`, the display page's static files: anyone.
+    Open,
+    /// Reading orders and workers (and anything not listed: unknown routes
+    /// reveal nothing to an anonymous remote caller).
+    Read,
+    /// `POST /orders`.
+    CreateOrder,
+    /// `POST /orders/{n}/complete` (the bump) and `/recall`.
+    KitchenAction,
+    /// `POST /orders/{n}/cancel`.
+    Cancel,
+}
+
+impl Access {
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Access::Open | Access::Read => true,
+            Access::CreateOrder => matches!(role, Role::Pos | Role::Manager),
+            Access::KitchenAction => matches!(role, Role::Kitchen | Role::Manager),
+            Access::Cancel => role == Role::Manager,
+        }
+    }
+
+    /// Roles that may use a route of this class, for error messages.
+    pub fn roles(self) -> Vec<Role> {
+        Role::ALL.into_iter().filter(|r| self.allows(*r)).collect()
+    }
+
+    pub fn changes_state(self) -> bool {
+        matches!(
+            self,
+            Access::CreateOrder | Access::KitchenAction | Access::Cancel
+        )
+    }
+}
+
+/// The class of `method` on the path split into segments (`/orders/X/cancel`
+/// -> `["orders", "X", "cancel"]`). The same table serves both HTTP services.
+pub fn classify(method: &str, seg: &[&str]) -> Access {
+    match (method, seg) {
+        (_, ["health"] | ["openapi.yaml"]) => Access::Open,
+        // The page and its settings; `config.json` holds the MQTT read account
+        // only for a paired page (decided by the route, which sees the caller).
+        (_, ["display", ..]) => Access::Open,
+        ("POST", ["orders"]) => Access::CreateOrder,
+        ("POST", ["orders", _, "complete" | "recall"]) => Access::KitchenAction,
+        ("POST", ["orders", _, "cancel"]) => Access::Cancel,
+        _ => Access::Read,
+    }
+}
+
+/// What the `Authorization` header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// No `Authorization` header.
+    None,
+    /// A syntactically valid bearer token (not yet looked up).
+    Bearer(String),
+    /// A header that is not `Bearer <token>`.
+    Malformed,
+}
+
+/// Reads an `Authorization` header value. Never echoes it anywhere.
+pub fn parse_authorization(value: Option<&[u8]>) -> Credential {
+    let Some(v) = value else {
+        return Credential::None;
+    };
+    let Ok(v) = std::str::from_utf8(v) else {
+        return Credential::Malformed;
+    };
+    let v = v.trim();
+    let Some((scheme, token)) = v.split_once(' ') else {
+        return Credential::Malformed;
+    };
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || !is_token_shaped(token) {
+        return Credential::Malformed;
+    }
+    Credential::Bearer(token.to_string())
+}
+
+/// Tokens look like `rsk_` + 64 lowercase hex digits (32 random bytes).
+pub const TOKEN_PREFIX: &str = "rsk_";
+const TOKEN_HEX: usize = 64;
+
+fn is_token_shaped(t: &str) -> bool {
+    t.len() == TOKEN_PREFIX.len() + TOKEN_HEX
+        && t.starts_with(TOKEN_PREFIX)
+        && t[TOKEN_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A new token from 32 random bytes (the caller passes `rand::random()`, a CSPRNG).
+pub fn token_from_bytes(bytes: [u8; 32]) -> String {
+    let mut s = String::with_capacity(TOKEN_PREFIX.len() + TOKEN_HEX);
+    s.push_str(TOKEN_PREFIX);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// What is stored instead of the token: SHA-256, hex. The token has 256 bits
+/// of randomness, so a plain hash is enough (no salt or slow KDF needed: there
+/// is nothing to guess).
+pub fn hash_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Compares two stored hashes in constant time (no early exit on the first
+/// differing byte).
+pub fn hashes_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// Token names: what `token list` shows and `token revoke` takes.
+pub fn check_token_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        return Err(format!(
+            "token name '{}': use 1-64 letters, digits, '_', '-' or '.'",
+            name.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// The admin's choices that the decision depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// `[security] anonymous_loopback`: callers on the box itself need no token.
+    pub anonymous_loopback: bool,
+}
+
+/// The facts about one request, read by the HTTP edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// The peer address is loopback (127.0.0.0/8, ::1, ::ffff:127.x).
+    pub loopback: bool,
+    /// The request came through a proxy (`Forwarded` / `X-Forwarded-For`): the
+    /// peer being loopback then says nothing about the real client.
+    pub forwarded: bool,
+    /// The request carries `Origin`: it comes from a web page.
+    pub browser: bool,
+    /// The result of looking the bearer token up.
+    pub caller: Caller,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// No credentials.
+    Anonymous,
+    /// A known token.
+    Token { name: String, role: Role },
+    /// Credentials that are malformed, unknown or revoked.
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// 401: no (valid) token. The message says how to get one.
+    Unauthorized(&'static str),
+    /// 403: a valid token whose role may not do this.
+    Forbidden {
+        role: Role,
+        allowed: Vec<Role>,
+    },
+}
+
+pub const HOW_TO_GET_A_TOKEN: &str = "ask a manager to run `restaurant-system token create NAME --role pos|kitchen|manager` on the box and send it as `Authorization: Bearer TOKEN`";
+
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// The decision for one request.
+pub fn decide(access: Access, facts: &Facts, policy: Policy) -> Decision {
+    if access == Access::Open {
+        return Decision::Allow;
+    }
+    match &facts.caller {
+        Caller::Token { role, .. } if access.allows(*role) => Decision::Allow,
+        Caller::Token { role, .. } => Decision::Forbidden {
+            role: *role,
+            allowed: access.roles(),
+        },
+        // A wrong token is never downgraded to anonymous: the caller meant to
+        // authenticate and should learn that it failed.
+        Caller::Rejected => Decision::Unauthorized("invalid or revoked token"),
+        Caller::Anonymous => {
+            if !policy.anonymous_loopback || !facts.loopback || facts.forwarded {
+                Decision::Unauthorized("a token is required")
+            } else if facts.browser && access.changes_state() {
+                Decision::Unauthorized("a token is required for changes made from a web page")
+            } else {
+                Decision::Allow
+            }
+        }
+    }
+}
+
+/// `scheme://host[:port]` of an `Origin` header, lowercased, default port
+/// filled in. None for anything else (`null`, garbage).
+pub fn parse_origin(origin: &str) -> Option<(String, String, u16)> {
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, rest) = origin.split_once("://")?;
+    let default = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return None;
+    }
+    let (host, port) = split_host_port(rest)?;
+    let port = port.unwrap_or(default);
+    Some((scheme.to_string(), host, port))
+}
+
+/// `host[:port]` (with `[v6]` brackets) -> (host, port).
+pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
+    let s = s.trim().to_ascii_lowercase();
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?.parse().ok()?),
+        };
+        (format!("[{h}]"), port)
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p.parse().ok()?)),
+            None => (s.clone(), None),
+        }
+    };
+    (!host.is_empty() && host != "[]").then_some((host, port))
+}
+
+/// CORS: may a page from `origin` call us? Yes for the origins the config
+/// names, and for the box's own display page: the tracking service's port on
+/// the host name the client used for this request (`Host`). A page elsewhere
+/// gets no CORS headers, so the browser keeps its answers from it.
+pub fn origin_allowed(
+    origin: &str,
+    host_header: Option<&str>,
+    display_port: u16,
+    configured: &[String],
+) -> bool {
+    let Some(o) = parse_origin(origin) else {
+        return false;
+    };
+    if configured
+        .iter()
+        .filter_map(|c| parse_origin(c))
+        .any(|c| c == o)
+    {
+        return true;
+    }
+    let Some((host, _)) = host_header.and_then(split_host_port) else {
+        return false;
+    };
+    o.0 == "http" && o.1 == host && o.2 == display_port
+}
+
+/// Failed attempts per source address, and how long to hold back the next
+/// answer to that address. Each failure within `WINDOW` of the previous one
+/// doubles the delay (from 200 ms, up to 5 s); a quiet `WINDOW` forgets it.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    by_ip: HashMap<IpAddr, (u32, Instant)>,
+}
+
+impl Throttle {
+    pub const WINDOW: Duration = Duration::from_secs(60);
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+    /// Bounds the memory an attacker with many addresses can make us use.
+    const MAX_ENTRIES: usize = 10_000;
+
+    /// Records a failure from `ip`; returns how long to wait before answering
+    /// it, and how many failures in a row this address has.
+    pub fn failure(&mut self, ip: IpAddr, now: Instant) -> (Duration, u32) {
+        if self.by_ip.len() >= Self::MAX_ENTRIES {
+            self.by_ip
+                .retain(|_, (_, last)| now.duration_since(*last) < Self::WINDOW);
+        }
+        let entry = self.by_ip.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) >= Self::WINDOW {
+            entry.0 = 0;
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        (Self::delay(entry.0), entry.0)
+    }
+
+    /// Delay before answering the `n`th failure in a row.
+    pub fn delay(n: u32) -> Duration {
+        let shift = n.saturating_sub(1).min(16);
+        Self::FIRST.saturating_mul(1 << shift).min(Self::MAX)
+    }
+
+    /// A success from `ip` clears its record.
+    pub fn success(&mut self, ip: IpAddr) {
+        self.by_ip.remove(&ip);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ip.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ip.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(loopback: bool, browser: bool, caller: Caller) -> Facts {
+        Facts {
+            loopback,
+            forwarded: false,
+            browser,
+            caller,
+        }
+    }
+    const ON: Policy = Policy {
+        anonymous_loopback: true,
+    };
+    const OFF: Policy = Policy {
+        anonymous_loopback: false,
+    };
+
+    fn token(role: Role) -> Caller {
+        Caller::Token {
+            name: "t".into(),
+            role,
+        }
+    }
+
+    #[test]
+    fn routes_are_classified() {
+        assert_eq!(classify("GET", &["health"]), Access::Open);
+        assert_eq!(classify("POST", &["health"]), Access::Open);
+        assert_eq!(classify("GET", &["openapi.yaml"]), Access::Open);
+        assert_eq!(classify("GET", &["display"]), Access::Open);
+        assert_eq!(classify("GET", &["display", "config.json"]), Access::Open);
+        assert_eq!(classify("POST", &["orders"]), Access::CreateOrder);
+        assert_eq!(classify("GET", &["orders"]), Access::Read);
+        assert_eq!(
+            classify("POST", &["orders", "X", "complete"]),
+            Access::KitchenAction
+        );
+        assert_eq!(
+            classify("POST", &["orders", "X", "recall"]),
+            Access::KitchenAction
+        );
+        assert_eq!(classify("POST", &["orders", "X", "cancel"]), Access::Cancel);
+        assert_eq!(classify("GET", &["orders", "X", "status"]), Access::Read);
+        assert_eq!(classify("GET", &["workers", "status"]), Access::Read);
+        assert_eq!(classify("GET", &["metrics"]), Access::Read);
+        assert_eq!(classify("GET", &["nope"]), Access::Read);
+        assert_eq!(classify("GET", &[]), Access::Read);
+    }
+
+    #[test]
+    fn roles_match_the_issue() {
+        use Access::*;
+        use Role::*;
+        let table = [
+            (Read, [true, true, true]),
+            (CreateOrder, [true, false, true]),
+            (KitchenAction, [false, true, true]),
+            (Cancel, [false, false, true]),
+        ];
+        for (access, want) in table {
+            for (role, ok) in [Pos, Kitchen, Manager].into_iter().zip(want) {
+                assert_eq!(access.allows(role), ok, "{access:?} {role}");
+            }
+        }
+        assert_eq!(Cancel.roles(), vec![Manager]);
+        assert_eq!("kitchen".parse::<Role>(), Ok(Kitchen));
+        assert!("chef".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn anonymous_works_on_loopback_only_and_only_when_allowed() {
+        for access in [Access::Read, Access::CreateOrder, Access::Cancel] {
+            assert_eq!(
+                decide(access, &facts(true, false, Caller::Anonymous), ON),
+                Decision::Allow
+            );
+            assert!(matches!(
+                decide(access, &facts(false, false, Caller::Anonymous), ON),
+                Decision::Unauthorized(_)
+            ));
+            assert!(matches!(
+                decide(access, &facts(true, false, Caller::Anonymous), OFF),
+                Decision::Unauthorized(_)
+            ));
+        }
+        // Open routes stay open from anywhere, whatever the credentials.
+        for caller in [Caller::Anonymous, Caller::Rejected] {
+            assert_eq!(
+                decide(Access::Open, &facts(false, true, caller), OFF),
+                Decision::Allow
+            );
+        }
+    }
+
+    #[test]
+    fn a_proxy_or_a_web_page_does_not_count_as_the_box() {
+        let mut f = facts(true, false, Caller::Anonymous);
+        f.forwarded = true;
+        assert!(matches!(
+            decide(Access::Read, &f, ON),
+            Decision::Unauthorized(_)
+        ));
+        // A page open on the box may read (CORS keeps foreign pages from the
+        // answer) but never change anything without a token.
+        let page = facts(true, true, Caller::Anonymous);
+        assert_eq!(decide(Access::Read, &page, ON), Decision::Allow);
+        for a in [Access::CreateOrder, Access::KitchenAction, Access::Cancel] {
+            assert!(matches!(decide(a, &page, ON), Decision::Unauthorized(_)));
+        }
+    }
+
+    #[test]
+    fn tokens_decide_by_role_and_bad_tokens_are_never_anonymous() {
+        let f = |c| facts(false, false, c);
+        assert_eq!(
+            decide(Access::CreateOrder, &f(token(Role::Pos)), OFF),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(Access::Cancel, &f(token(Role::Kitchen)), OFF),
+            Decision::Forbidden {
+                role: Role::Kitchen,
+                allowed: vec![Role::Manager]
+            }
+        );
+        assert!(matches!(
+            decide(Access::Read, &facts(true, false, Caller::Rejected), ON),
+            Decision::Unauthorized(_)
+        ));
+    }
+
+    #[test]
+    fn authorization_header_parsing() {
+        let t = token_from_bytes([7; 32]);
+        assert_eq!(parse_authorization(None), Credential::None);
+        assert_eq!(
+            parse_authorization(Some(format!("Bearer {t}").as_bytes())),
+            Credential::Bearer(t.clone())
+        );
+        assert_eq!(
+            parse_authorization(Some(format!("bearer   {t} ").as_bytes())),
+            Credential::Bearer(t.clone())
+        );
+        for bad in [
+            "Basic dXNlcjpwYXNz".to_string(),
+            "Bearer".to_string(),
+            "Bearer ".to_string(),
+            format!("Bearer {t}x"),
+            format!("Bearer {}", t.to_uppercase()),
+            t.clone(),
+        ] {
+            assert_eq!(
+                parse_authorization(Some(bad.as_bytes())),
+                Credential::Malformed,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_authorization(Some(&[0xff, 0xfe])),
+            Credential::Malformed
+        );
+    }
+
+    #[test]
+    fn tokens_hashes_and_names() {
+        let a = token_from_bytes([0xab; 32]);
+        assert!(a.starts_with("rsk_abab") && a.len() == 68);
+        assert_ne!(token_from_bytes([1; 32]), token_from_bytes([2; 32]));
+        let h = hash_token(&a);
+        assert_eq!(h.len(), 64);
+        assert!(!h.contains(&a[4..]));
+        assert!(hashes_equal(&h, &hash_token(&a)));
+        assert!(!hashes_equal(&h, &hash_token(&token_from_bytes([1; 32]))));
+        assert!(!hashes_equal(&h, "short"));
+        // A known SHA-256 vector, so the stored format never changes by accident.
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(check_token_name("kds-grill_1.a").is_ok());
+        assert!(check_token_name("").is_err());
+        assert!(check_token_name("a b").is_err());
+        assert!(check_token_name(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        for ip in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "10.213.0.2",
+            "0.0.0.0",
+            "::",
+            "192.168.1.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn only_the_own_display_page_and_configured_origins_pass() {
+        let none: Vec<String> = vec![];
+        assert!(origin_allowed(
+            "http://box.local:3002",
+            Some("box.local:3000"),
+            3002,
+            &none
+        ));
+        assert!(origin_allowed(
+            "http://[::1]:3002",
+            Some("[::1]:3000"),
+            3002,
+            &none
+        ));
+        assert!(!origin_allowed(
+            "http://evil.example:3002",
+            Some("box.local:3000"),
+            3002,
+            &none
+        ));
+        assert!(!origin_allowed(
+            "http://box.local:8080",
+            Some("box.local:3000"),
+            3002,
+            &none
+        ));
+        assert!(!origin_allowed("null", Some("box:3000"), 3002, &none));
+        assert!(!origin_allowed("http://box:3002", None, 3002, &none));
+        let cfg = vec!["https://pos.example.com".to_string()];
+        assert!(origin_allowed(
+            "https://POS.example.com:443",
+            Some("box:3000"),
+            3002,
+            &cfg
+        ));
+        assert!(!origin_allowed(
+            "http://pos.example.com",
+            Some("box:3000"),
+            3002,
+            &cfg
+        ));
+        assert_eq!(
+            parse_origin("http://a:1/"),
+            Some(("http".into(), "a".into(), 1))
+        );
+        assert_eq!(parse_origin("ftp://a"), None);
+        assert_eq!(parse_origin("http://u@a"), None);
+        assert_eq!(parse_origin("http://a:99999"), None);
+    }
+
+    #[test]
+    fn failures_slow_down_and_are_forgotten() {
+        let mut t = Throttle::default();
+        let ip: IpAddr = "10.213.0.2".parse().unwrap();
+        let other: IpAddr = "10.213.0.3".parse().unwrap();
+        let t0 = Instant::now();
+        let delays: Vec<Duration> = (0..8)
+            .map(|i| t.failure(ip, t0 + Duration::from_secs(i)).0)
+            .collect();
+        assert_eq!(delays[0], Duration::from_millis(200));
+        assert_eq!(delays[1], Duration::from_millis(400));
+        assert!(delays.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(delays[7], Duration::from_secs(5));
+        assert_eq!(Throttle::delay(1000), Duration::from_secs(5));
+        // Another address is not slowed by the first one's failures.
+        assert_eq!(t.failure(other, t0).0, Duration::from_millis(200));
+        // A quiet minute forgets; a success forgets at once.
+        let later = t0 + Duration::from_secs(8) + Throttle::WINDOW;
+        assert_eq!(t.failure(ip, later), (Duration::from_millis(200), 1));
+        t.success(ip);
+        assert_eq!(t.len(), 1);
+    }
+}
