@@ -54,6 +54,9 @@ EXPECTED_FILES=(
     /usr/share/doc/restaurant-system/README.md /usr/share/doc/restaurant-system/install.md
     /usr/share/doc/restaurant-system/copyright
     /usr/share/doc/restaurant-system/examples/kitchen-worker.toml
+    /usr/share/doc/restaurant-system/security.md
+    /usr/share/doc/restaurant-system/examples/mosquitto/restaurant.conf
+    /usr/share/doc/restaurant-system/examples/mosquitto/restaurant.acl
 )
 
 passed=0
