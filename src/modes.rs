@@ -245,7 +245,7 @@ async fn start_parts(
             heartbeat: Duration::from_secs(30),
             cooking: cfg.kitchen.cooking_seconds,
         });
-        kitchen::register(&store, &wcfg)
+        let lease = kitchen::register(&store, &wcfg)
             .instrument(span.clone())
             .await?;
         let k = Kitchen {
@@ -254,6 +254,7 @@ async fn start_parts(
             rabbit: cfg.rabbitmq.clone(),
             relay: relay.clone().expect("writing modes have a relay"),
             link: LinkState::default(),
+            lease,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         tasks.spawn(k.run(shutdown.clone(), tx).instrument(span));

@@ -11,6 +11,7 @@ pub mod money;
 pub mod order;
 pub mod speed;
 pub mod status;
+pub mod worker;
 
 pub use money::Cents;
 pub use order::{FieldError, Item, OrderType, ValidOrder};

@@ -169,50 +169,29 @@ pub struct HistoryEntry {
     pub changed_by: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkerRow {
-    pub name: String,
-    pub order_types: String,
-    pub status: String,
-    pub orders_processed: i64,
-    pub last_seen: DateTime<Utc>,
-    pub heartbeat_interval_secs: i64,
+pub use crate::domain::worker::{Registered, WorkerRegistration, WorkerRow};
+
+/// Held for a kitchen worker's lifetime: the name's liveness lock (see
+/// `domain::worker`). The server or the kernel releases it when the process
+/// dies, however it dies; dropping it releases it too.
+#[derive(Clone)]
+pub struct WorkerLease {
+    held: bool,
+    _guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
-impl WorkerRow {
-    /// A worker counts as online only while its heartbeats are fresh: a crashed
-    /// worker's row still says "online", but its last_seen ages past 2 intervals.
-    pub fn is_online(&self, now: DateTime<Utc>) -> bool {
-        self.status == "online" && !self.is_stale(now)
+impl WorkerLease {
+    pub fn new(held: bool, guard: Option<Arc<dyn std::any::Any + Send + Sync>>) -> Self {
+        WorkerLease {
+            held,
+            _guard: guard,
+        }
     }
 
-    pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
-        let limit = chrono::Duration::seconds(2 * self.heartbeat_interval_secs.max(1));
-        now - self.last_seen > limit
+    /// True when this process holds the lock: no other live process has the name.
+    pub fn held(&self) -> bool {
+        self.held
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct WorkerRegistration {
-    pub name: String,
-    pub order_types: String,
-    pub heartbeat_interval_secs: i64,
-    pub now: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Registered {
-    New,
-    /// The row existed and was offline.
-    Returned,
-    /// The row said online, but its heartbeat was stale (a crash or power cut).
-    TakenOver {
-        last_seen: DateTime<Utc>,
-    },
-    /// Refused: a live worker with this name is online.
-    AlreadyOnline {
-        last_seen: DateTime<Utc>,
-    },
 }
 
 /// A message waiting in the outbox.
@@ -260,6 +239,10 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     ) -> Result<Vec<TicketTimes>, StoreError>;
 
     async fn workers(&self) -> Result<Vec<WorkerRow>, StoreError>;
+    /// Takes the worker name's liveness lock when it is free (`held()` says
+    /// whether it was); keep the lease for as long as the worker runs.
+    async fn worker_lease(&self, name: &str) -> Result<WorkerLease, StoreError>;
+    /// Registers per `domain::worker::decide`; a refusal writes nothing.
     async fn register_worker(&self, reg: &WorkerRegistration) -> Result<Registered, StoreError>;
     async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError>;

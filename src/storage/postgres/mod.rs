@@ -28,6 +28,8 @@ pub struct PgStore {
     relay_pool: Pool,
     /// Order intake, batched (group commit): see `intake`.
     intake: Intake,
+    /// For the kitchen workers' liveness-lock sessions (`worker_lease`).
+    lease_config: tokio_postgres::Config,
     owner: String,
 }
 
@@ -44,12 +46,14 @@ impl PgStore {
             pg.password(pw.expose());
         }
         let pool = build_pool(pg.clone(), cfg.pool_size)?;
+        let lease_config = pg.clone();
         pg.options("-c synchronous_commit=off");
         let relay_pool = build_pool(pg, 2)?;
         let store = PgStore {
             intake: Intake::start(pool.clone(), owner.clone()),
             pool,
             relay_pool,
+            lease_config,
             owner,
         };
         store.migrate().await?;
@@ -97,6 +101,106 @@ impl PgStore {
         }
         tx.commit().await.map_err(pg_err)
     }
+}
+
+/// A session of its own for a worker name's advisory lock: PostgreSQL
+/// releases the lock when the session ends, so when the worker process dies.
+struct LeaseSession {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseSession {
+    async fn open(pg: &tokio_postgres::Config) -> Result<Self, StoreError> {
+        let (client, conn) = pg.connect(NoTls).await.map_err(pg_err)?;
+        let connection = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(LeaseSession { client, connection })
+    }
+
+    fn is_gone(&self) -> bool {
+        self.client.is_closed() || self.connection.is_finished()
+    }
+
+    async fn try_lock(&self, key: &str) -> Result<bool, StoreError> {
+        let row = self
+            .client
+            .query_one(
+                "select pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&key],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get(0))
+    }
+}
+
+/// Keeps the lease's session open until `stop`. When the session is lost (a
+/// database restart) it opens a new one and takes the lock again; when the
+/// lock was not ours (taken over from a hung holder), it takes it once free.
+async fn hold_lease(
+    pg: tokio_postgres::Config,
+    key: String,
+    mut session: LeaseSession,
+    mut held: bool,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    // A fixed pause between attempts: one session per worker, no thundering herd.
+    let pause = || tokio::time::sleep(Duration::from_secs(2));
+    loop {
+        if held && !session.is_gone() {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = &mut session.connection => {}
+            }
+        } else {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+        loop {
+            if session.is_gone() {
+                match LeaseSession::open(&pg).await {
+                    Ok(s) => session = s,
+                    Err(e) => {
+                        tracing::warn!(action = "worker_lock_lost", error = %e, "Worker name lock lost with its database session; reconnecting");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = pause() => continue,
+                        }
+                    }
+                }
+            }
+            match session.try_lock(&key).await {
+                Ok(h) => {
+                    if h != held {
+                        tracing::info!(
+                            action = "worker_lock",
+                            held = h,
+                            "Worker name lock {}",
+                            if h {
+                                "taken"
+                            } else {
+                                "held by another session"
+                            }
+                        );
+                    }
+                    held = h;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(action = "worker_lock_lost", error = %e, "Could not take the worker name lock; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = pause() => {}
+                    }
+                }
+            }
+        }
+    }
+    session.connection.abort();
 }
 
 /// A pool that connects lazily and replaces dead connections, so a restarted
@@ -472,6 +576,24 @@ impl Store for PgStore {
         rows.iter().map(worker_row).collect()
     }
 
+    async fn worker_lease(&self, name: &str) -> Result<WorkerLease, StoreError> {
+        let key = format!(
+            "restaurant-system worker {}",
+            crate::domain::worker::lock_key(name)
+        );
+        let session = LeaseSession::open(&self.lease_config).await?;
+        let held = session.try_lock(&key).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(hold_lease(
+            self.lease_config.clone(),
+            key,
+            session,
+            held,
+            stop.clone(),
+        ));
+        Ok(WorkerLease::new(held, Some(Arc::new(stop.drop_guard()))))
+    }
+
     async fn register_worker(&self, reg: &WorkerRegistration) -> Result<Registered, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
@@ -480,18 +602,10 @@ impl Store for PgStore {
             Some(r) => Some(worker_row(&r)?),
             None => None,
         };
-        let outcome = match &existing {
-            None => Registered::New,
-            Some(w) if w.is_online(reg.now) => {
-                return Ok(Registered::AlreadyOnline {
-                    last_seen: w.last_seen,
-                })
-            }
-            Some(w) if w.status == "online" => Registered::TakenOver {
-                last_seen: w.last_seen,
-            },
-            Some(_) => Registered::Returned,
-        };
+        let outcome = crate::domain::worker::decide(existing.as_ref(), reg);
+        if matches!(outcome, Registered::AlreadyOnline { .. }) {
+            return Ok(outcome);
+        }
         let interval = reg.heartbeat_interval_secs as i32;
         tx.execute(
             "insert into workers (name, type, status, last_seen, heartbeat_interval) values ($1, $2, 'online', $3, $4)

@@ -643,6 +643,35 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn worker_lease(&self, name: &str) -> Result<WorkerLease, StoreError> {
+        // An exclusive flock on a file beside the database: the kernel drops it
+        // when the process dies, however it dies.
+        let mut file = self.path.as_os_str().to_owned();
+        file.push(format!(
+            ".worker-{}.lock",
+            crate::domain::worker::lock_key(name)
+        ));
+        let file = PathBuf::from(file);
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&file)
+                .map_err(|e| StoreError::Unavailable(format!("opening {}: {e}", file.display())))?;
+            match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => Ok(WorkerLease::new(true, Some(Arc::new(lock)))),
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(WorkerLease::new(false, None)),
+                Err((_, e)) => Err(StoreError::Unavailable(format!(
+                    "locking {}: {e}",
+                    file.display()
+                ))),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Query(format!("worker lock task: {e}")))?
+    }
+
     async fn register_worker(&self, reg: &WorkerRegistration) -> Result<Registered, StoreError> {
         let reg = reg.clone();
         self.write(move |c| {
@@ -651,18 +680,10 @@ impl Store for SqliteStore {
                 .query_row(&sql, [&reg.name], worker_row)
                 .optional()
                 .map_err(sql_err)?;
-            let outcome = match &existing {
-                None => Registered::New,
-                Some(w) if w.is_online(reg.now) => {
-                    return Ok(Registered::AlreadyOnline {
-                        last_seen: w.last_seen,
-                    })
-                }
-                Some(w) if w.status == "online" => Registered::TakenOver {
-                    last_seen: w.last_seen,
-                },
-                Some(_) => Registered::Returned,
-            };
+            let outcome = crate::domain::worker::decide(existing.as_ref(), &reg);
+            if matches!(outcome, Registered::AlreadyOnline { .. }) {
+                return Ok(outcome);
+            }
             c.execute(
                 "insert into workers (created_at, name, type, status, last_seen, heartbeat_interval) values (?1, ?2, ?3, 'online', ?1, ?4)
                  on conflict(name) do update set type = excluded.type, status = 'online', last_seen = excluded.last_seen, heartbeat_interval = excluded.heartbeat_interval",
