@@ -47,10 +47,16 @@ EXPECTED_FILES=(
     "$UNIT_DIR/restaurant-order.service" "$UNIT_DIR/restaurant-tracking.service"
     "$UNIT_DIR/restaurant-notifier.service" "$UNIT_DIR/restaurant-display-bridge.service"
     "$UNIT_DIR/restaurant-kitchen@.service" "$UNIT_DIR/restaurant-system.target"
+    "$UNIT_DIR/restaurant-.service.d/hardening.conf"
     /usr/share/man/man1/restaurant-system.1.gz
+    /usr/share/doc/restaurant-system/changelog.Debian.gz
+    /usr/share/lintian/overrides/restaurant-system
     /usr/share/doc/restaurant-system/README.md /usr/share/doc/restaurant-system/install.md
     /usr/share/doc/restaurant-system/copyright
     /usr/share/doc/restaurant-system/examples/kitchen-worker.toml
+    /usr/share/doc/restaurant-system/security.md
+    /usr/share/doc/restaurant-system/examples/mosquitto/restaurant.conf
+    /usr/share/doc/restaurant-system/examples/mosquitto/restaurant.acl
 )
 
 passed=0
@@ -313,9 +319,10 @@ done
 # ---------------------------------------------------------------------------------------------
 # Every unit's ExecStart, as systemd would start it
 
-# unit_values UNIT KEY: every value of KEY= in the unit file, one per line.
+# unit_values UNIT KEY: every value of KEY= in the unit file and the drop-in every
+# restaurant-*.service unit gets (restaurant-.service.d/), one per line.
 unit_values() {
-    sed -n "s/^$2=//p" "$UNIT_DIR/$1"
+    sed -n "s/^$2=//p" "$UNIT_DIR/$1" "$UNIT_DIR"/restaurant-.service.d/*.conf
 }
 
 # unit_env UNIT: the unit's EnvironmentFile= contents (for the test instance) as KEY=VALUE lines.

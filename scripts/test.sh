@@ -123,6 +123,7 @@ stage compose 300 check_compose
 stage clippy 1800 cargo clippy --all-targets -- -D warnings
 stage test 1800 cargo test --all-targets --no-fail-fast
 optional_stage deb 1200 packaging/test-deb.sh
+optional_stage systemd 1500 packaging/test-systemd.sh
 optional_stage fault 1800 tests/fault/run.sh
 optional_stage prometheus 600 tests/prometheus/run.sh
 optional_stage container 1200 tests/container/run.sh

@@ -281,7 +281,7 @@ async fn start_parts(
             heartbeat: Duration::from_secs(30),
             cooking: cfg.kitchen.cooking_seconds,
         });
-        kitchen::register(&store, &wcfg)
+        let lease = kitchen::register(&store, &wcfg)
             .instrument(span.clone())
             .await?;
         let k = Kitchen {
@@ -291,6 +291,7 @@ async fn start_parts(
             relay: relay.clone().expect("writing modes have a relay"),
             link: LinkState::new("kitchen consumer", Peer::RabbitMq),
             poison: Default::default(),
+            lease,
         };
         let link = k.link.clone();
         tasks.spawn(k.run(shutdown.clone()).instrument(span));

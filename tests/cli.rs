@@ -422,6 +422,60 @@ async fn duplicate_online_worker(b: Backend) {
     assert!(again.stop().await.success());
 }
 
+/// A worker killed with SIGKILL (a crash, `systemctl kill -s KILL`, a power
+/// cut) and restarted at once finds its row still "online" with a fresh
+/// heartbeat: it is accepted, because its liveness lock died with the killed
+/// process. A second live worker with that name is still refused (exit 1).
+async fn killed_worker_restarts_at_once(b: Backend) {
+    let env = TestEnv::new(b);
+    let ch = env.amqp_with_topology().await;
+    // The default heartbeat (30 s): the killed worker's row stays fresh for a minute.
+    let cmd = || {
+        let mut c = env.command();
+        c.args(["--mode=kitchen-worker", "--worker-name=chef_anna"]);
+        c
+    };
+    let mut first = Proc::spawn("first chef_anna", cmd());
+    wait_consuming(&ch, 1).await;
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(Duration::from_secs(30)).await;
+    let store = env.open_store().await;
+    let w = store.workers().await.unwrap();
+    assert!(
+        w[0].is_online(chrono::Utc::now()),
+        "the killed worker's row is still online and fresh: {w:?}"
+    );
+
+    let mut again = Proc::spawn("restarted chef_anna", cmd());
+    let log = again
+        .wait_log("worker_registered", Duration::from_secs(30), |_| true)
+        .await;
+    assert!(
+        log["details"]["stale_since"].is_string(),
+        "says it took over the dead worker's row: {log}"
+    );
+    wait_consuming(&ch, 1).await;
+    assert!(
+        again.child.try_wait().unwrap().is_none(),
+        "restarted worker died: {:?}",
+        again.stderr()
+    );
+
+    let mut dup = Proc::spawn("duplicate chef_anna", cmd());
+    let st = dup.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(st.code(), Some(1), "{:?}", dup.stderr());
+    assert!(
+        dup.stderr().join("\n").contains("already online"),
+        "{:?}",
+        dup.stderr()
+    );
+    assert!(
+        again.child.try_wait().unwrap().is_none(),
+        "the live worker is unharmed"
+    );
+    assert!(again.stop().await.success());
+}
+
 /// A row left "online" by a worker that died (its heartbeat stopped long ago)
 /// is taken over by a new worker of that name, with an INFO line saying so.
 async fn stale_online_worker_taken_over(b: Backend) {
@@ -433,6 +487,7 @@ async fn stale_online_worker_taken_over(b: Backend) {
         order_types: "dine_in,takeout,delivery".into(),
         heartbeat_interval_secs: 30,
         now: long_ago,
+        name_lock_held: true,
     };
     assert_eq!(store.register_worker(&reg).await.unwrap(), Registered::New);
     let w = store.workers().await.unwrap();
@@ -613,5 +668,6 @@ backend_tests!(
     migrate_subcommand,
     duplicate_online_worker,
     stale_online_worker_taken_over,
+    killed_worker_restarts_at_once,
     sigterm_mid_cooking,
 );

@@ -896,6 +896,12 @@ async fn no_token_in_any_log_line(b: Backend) {
         delays.windows(2).all(|w| w[1] > w[0]),
         "failed attempts are not slowed down more each time: {delays:?}"
     );
+    // The audit line of the accepted order names the token, not the token itself.
+    let audit = p
+        .wait_log("request_authorized", Duration::from_secs(5), |_| true)
+        .await;
+    assert_eq!(audit["details"]["token_name"], "mgr");
+    assert_eq!(audit["details"]["role"], "manager");
     // Revocation and the CLI list write log lines too (the CLI's own output aside).
     let _ = cli(&env, &["token", "list"]);
     let _ = cli(&env, &["token", "revoke", "mgr"]);

@@ -167,7 +167,7 @@ impl Relay {
                         tracing::debug!(
                             action = if m.exchange == ORDERS_EXCHANGE { "order_published" } else { "notification_published" },
                             request_id = %m.request_id,
-                            message_id = %m.message_id,
+                            amqp_message_id = %m.message_id,
                             routing_key = %m.routing_key,
                             "Message published to '{}'", m.exchange
                         );

@@ -6,9 +6,13 @@
 pub mod access;
 pub mod error;
 pub mod events;
+pub mod field_error;
+pub mod kitchen_notes;
 pub mod money;
 pub mod order;
+pub mod speed;
 pub mod status;
+pub mod worker;
 
 pub use money::Cents;
 pub use order::{FieldError, Item, OrderType, ValidOrder};

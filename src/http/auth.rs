@@ -167,8 +167,21 @@ impl Guard {
         };
         match access::decide(access_class, &facts, self.settings.policy) {
             Decision::Allow => {
-                if matches!(facts.caller, Caller::Token { .. }) {
+                if let Caller::Token { name, role } = &facts.caller {
                     self.throttle_lock().success(peer.ip());
+                    // The audit trail: which token changed what (joined to the
+                    // request's other lines by its request id).
+                    if access_class.changes_state() {
+                        tracing::info!(
+                            action = "request_authorized",
+                            source = %peer.ip(),
+                            token_name = %name,
+                            role = %role,
+                            method,
+                            path = %seg.join("/"),
+                            "Change requested with a token"
+                        );
+                    }
                 }
                 Ok(facts.caller)
             }

@@ -5,7 +5,7 @@
 //! `DB_*` and `RABBITMQ_*` names plus `RESTAURANT_<SECTION>__<KEY>` for everything.
 //! Unknown keys are errors, so a typo never silently falls back to a default.
 
-use figment::providers::{Env, Format, Serialized, Toml, Yaml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
@@ -414,7 +414,7 @@ impl Config {
                 Some("yaml" | "yml")
             );
             fig = if yaml {
-                fig.merge(Yaml::file_exact(path))
+                fig.merge(YamlFile(path.to_path_buf()))
             } else {
                 fig.merge(Toml::file_exact(path))
             };
@@ -550,6 +550,59 @@ impl Config {
 }
 
 /// Turns figment's error into one readable line per problem: key, source, reason.
+/// A YAML config file (the spec's `config.yaml`) as a figment provider.
+struct YamlFile(PathBuf);
+
+impl figment::Provider for YamlFile {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("YAML file").source(self.0.as_path())
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let text = std::fs::read_to_string(&self.0)
+            .map_err(|e| format!("reading {}: {e}", self.0.display()))?;
+        let docs = yaml_rust2::YamlLoader::load_from_str(&text)
+            .map_err(|e| format!("{}: {e}", self.0.display()))?;
+        let value = match docs.first() {
+            Some(doc) => yaml_to_json(doc)?,
+            None => serde_json::Value::Object(Default::default()),
+        };
+        Serialized::defaults(value).data()
+    }
+}
+
+fn yaml_to_json(y: &yaml_rust2::Yaml) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    use yaml_rust2::Yaml;
+    Ok(match y {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(r) => r
+            .parse::<f64>()
+            .map(Value::from)
+            .map_err(|_| format!("not a number: {r}"))?,
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(a) => Value::Array(a.iter().map(yaml_to_json).collect::<Result<_, _>>()?),
+        Yaml::Hash(h) => {
+            let mut m = serde_json::Map::new();
+            for (k, v) in h {
+                let key = match k {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Integer(i) => i.to_string(),
+                    Yaml::Boolean(b) => b.to_string(),
+                    other => return Err(format!("unsupported YAML key {other:?}")),
+                };
+                m.insert(key, yaml_to_json(v)?);
+            }
+            Value::Object(m)
+        }
+        Yaml::Alias(_) | Yaml::BadValue => return Err("unsupported YAML value".into()),
+    })
+}
+
 fn describe(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {

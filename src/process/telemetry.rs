@@ -27,6 +27,48 @@ use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+/// Fields named differently in code (and so in the journal, where a field is
+/// its name upper-cased) than in the spec's JSON lines, because the spec's
+/// name is one journald keeps for itself: `priority` would become a second
+/// `PRIORITY` (the syslog level), and `journalctl -p alert` would list every
+/// small order; `message_id` would be read as a journal catalog id. Pairs of
+/// (name in code and journal, name in the JSON line).
+const SPEC_NAMES: &[(&str, &str)] = &[
+    ("order_priority", "priority"),
+    ("amqp_message_id", "message_id"),
+];
+
+/// True when a field of ours, upper-cased as tracing-journald writes it,
+/// would clash with a field journald or tracing-journald sets themselves.
+pub fn journal_reserved(field: &str) -> bool {
+    let f = field.to_ascii_uppercase().replace('.', "_");
+    const EXACT: &[&str] = &[
+        "MESSAGE",
+        "MESSAGE_ID",
+        "PRIORITY",
+        "ERRNO",
+        "INVOCATION_ID",
+        "USER_INVOCATION_ID",
+        "DOCUMENTATION",
+        "TID",
+        "UNIT",
+        "USER_UNIT",
+        "TARGET",
+        "SPAN_NAME",
+    ];
+    const PREFIXES: &[&str] = &["_", "CODE_", "SYSLOG_", "OBJECT_", "COREDUMP_", "SPAN_"];
+    EXACT.contains(&f.as_str()) || PREFIXES.iter().any(|p| f.starts_with(p))
+}
+
+/// Renames our journal-safe field names back to the spec's, for JSON lines.
+fn to_spec_names(fields: &mut Map<String, Value>) {
+    for (ours, spec) in SPEC_NAMES {
+        if let Some(v) = fields.remove(*ours) {
+            fields.insert((*spec).to_string(), v);
+        }
+    }
+}
+
 /// The span every mode runs in: names the service on each of its log lines.
 pub fn service_span(service: &'static str) -> tracing::Span {
     tracing::info_span!("service", service = service)
@@ -198,6 +240,7 @@ where
         let mut c = Collect::default();
         event.record(&mut c);
         let mut fields = c.fields;
+        to_spec_names(&mut fields);
 
         // Inherit service and request_id from the enclosing spans, innermost first.
         let mut service = None;
@@ -267,5 +310,138 @@ where
             // One write per line, so lines from several threads never interleave.
             let _ = std::io::stdout().lock().write_all(&buf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journald_names_are_recognised() {
+        for f in [
+            "priority",
+            "message_id",
+            "code_line",
+            "syslog_identifier",
+            "errno",
+            "target",
+        ] {
+            assert!(journal_reserved(f), "{f}");
+        }
+        for f in [
+            "action",
+            "order_number",
+            "order_priority",
+            "request_id",
+            "worker",
+        ] {
+            assert!(!journal_reserved(f), "{f}");
+        }
+    }
+
+    #[test]
+    fn json_lines_keep_the_spec_names() {
+        let mut m = Map::new();
+        m.insert("order_priority".into(), 10.into());
+        m.insert("order_number".into(), "ORD_20261125_001".into());
+        to_spec_names(&mut m);
+        assert_eq!(m.get("priority"), Some(&Value::from(10)));
+        assert!(!m.contains_key("order_priority"));
+        assert_eq!(m.len(), 2);
+    }
+
+    /// The field names given to tracing's macros in `src` (before the message).
+    fn logged_field_names() -> Vec<(String, String)> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).expect("reading src").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let macros = [
+            "info!(", "warn!(", "error!(", "debug!(", "trace!(", "_span!(", "event!(",
+        ];
+        let mut found = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("reading a source file");
+            for m in macros {
+                for (at, _) in text.match_indices(m) {
+                    for arg in top_level_args(&text[at + m.len()..]) {
+                        let arg = arg.trim();
+                        if arg.starts_with('"') {
+                            break; // the message; what follows are format arguments
+                        }
+                        let name = arg.trim_start_matches(['%', '?']);
+                        let name = match name.split_once('=') {
+                            Some((n, v)) if !v.starts_with('=') => n.trim(),
+                            Some(_) => continue,
+                            None => name,
+                        };
+                        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+                        if !name.is_empty() && name.chars().all(ident) {
+                            found.push((file.display().to_string(), name.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// The comma-separated arguments up to the closing parenthesis.
+    fn top_level_args(s: &str) -> Vec<&str> {
+        let (mut depth, mut in_str, mut escaped, mut start) = (0i32, false, false, 0);
+        let mut args = Vec::new();
+        for (i, c) in s.char_indices() {
+            if in_str {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => in_str = true,
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' if depth == 0 => {
+                    args.push(&s[start..i]);
+                    return args;
+                }
+                ')' | ']' | '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    args.push(&s[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        args
+    }
+
+    #[test]
+    fn no_logged_field_collides_with_journald() {
+        let names = logged_field_names();
+        let all: Vec<&str> = names.iter().map(|(_, n)| n.as_str()).collect();
+        // The scan really sees the fields (so an empty scan cannot pass).
+        for f in ["action", "order_number", "order_priority", "worker"] {
+            assert!(all.contains(&f), "{f} not found among {all:?}");
+        }
+        let clashes: Vec<_> = names
+            .iter()
+            .filter(|(_, n)| n != "message" && journal_reserved(n))
+            .collect();
+        assert!(clashes.is_empty(), "fields journald reserves: {clashes:?}");
     }
 }

@@ -87,7 +87,7 @@ impl OrderApi {
             action = "order_created",
             order_number = %created.order_number,
             total_amount = created.total.as_f64(),
-            priority = created.priority,
+            order_priority = created.priority,
             "Order created successfully"
         );
         let mut resp = json_response(

@@ -13,6 +13,8 @@ mod tokens;
 
 use crate::domain::error::Class;
 use crate::domain::events::{OrderMessage, StatusUpdate, ORDERS_EXCHANGE};
+use crate::domain::kitchen_notes::Allergen;
+use crate::domain::speed::TicketTimes;
 use crate::domain::{Cents, Item, OrderStatus, OrderType, TransitionError, ValidOrder};
 use crate::process::config::{DatabaseConfig, StorageBackend};
 use async_trait::async_trait;
@@ -170,6 +172,8 @@ pub struct OrderView {
     pub estimated_completion: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub version: i64,
+    /// The order's note for the kitchen (issue 13).
+    pub notes: Option<String>,
 }
 
 impl OrderView {
@@ -193,6 +197,7 @@ impl OrderView {
             estimated_completion: None,
             completed_at: None,
             version: 1,
+            notes: m.notes.clone(),
         })
     }
 
@@ -227,50 +232,29 @@ pub struct HistoryEntry {
     pub changed_by: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkerRow {
-    pub name: String,
-    pub order_types: String,
-    pub status: String,
-    pub orders_processed: i64,
-    pub last_seen: DateTime<Utc>,
-    pub heartbeat_interval_secs: i64,
+pub use crate::domain::worker::{Registered, WorkerRegistration, WorkerRow};
+
+/// Held for a kitchen worker's lifetime: the name's liveness lock (see
+/// `domain::worker`). The server or the kernel releases it when the process
+/// dies, however it dies; dropping it releases it too.
+#[derive(Clone)]
+pub struct WorkerLease {
+    held: bool,
+    _guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
-impl WorkerRow {
-    /// A worker counts as online only while its heartbeats are fresh: a crashed
-    /// worker's row still says "online", but its last_seen ages past 2 intervals.
-    pub fn is_online(&self, now: DateTime<Utc>) -> bool {
-        self.status == "online" && !self.is_stale(now)
+impl WorkerLease {
+    pub fn new(held: bool, guard: Option<Arc<dyn std::any::Any + Send + Sync>>) -> Self {
+        WorkerLease {
+            held,
+            _guard: guard,
+        }
     }
 
-    pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
-        let limit = chrono::Duration::seconds(2 * self.heartbeat_interval_secs.max(1));
-        now - self.last_seen > limit
+    /// True when this process holds the lock: no other live process has the name.
+    pub fn held(&self) -> bool {
+        self.held
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct WorkerRegistration {
-    pub name: String,
-    pub order_types: String,
-    pub heartbeat_interval_secs: i64,
-    pub now: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Registered {
-    New,
-    /// The row existed and was offline.
-    Returned,
-    /// The row said online, but its heartbeat was stale (a crash or power cut).
-    TakenOver {
-        last_seen: DateTime<Utc>,
-    },
-    /// Refused: a live worker with this name is online.
-    AlreadyOnline {
-        last_seen: DateTime<Utc>,
-    },
 }
 
 /// A message waiting in the outbox.
@@ -310,8 +294,20 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     async fn history(&self, order_number: &str) -> Result<Option<Vec<HistoryEntry>>, StoreError>;
     /// Orders on the kitchen board (received, cooking, ready), oldest first.
     async fn open_orders(&self) -> Result<Vec<OrderView>, StoreError>;
+    /// The times of every order received in `[from, to)`, for the
+    /// speed-of-service report: when it first became ready and was first
+    /// completed after that, from the status log.
+    async fn ticket_times(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<TicketTimes>, StoreError>;
 
     async fn workers(&self) -> Result<Vec<WorkerRow>, StoreError>;
+    /// Takes the worker name's liveness lock when it is free (`held()` says
+    /// whether it was); keep the lease for as long as the worker runs.
+    async fn worker_lease(&self, name: &str) -> Result<WorkerLease, StoreError>;
+    /// Registers per `domain::worker::decide`; a refusal writes nothing.
     async fn register_worker(&self, reg: &WorkerRegistration) -> Result<Registered, StoreError>;
     async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
@@ -391,4 +387,74 @@ fn status_update(t: &Transition, old: OrderStatus, order: &OrderView) -> StatusU
 fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v)
         .map_err(|e| StoreError::caused_by(Class::Permanent, "encoding message", e))
+}
+
+/// An item's kitchen details as stored (migration 004, the same on both
+/// backends): the note, the modifiers as a JSON array, the allergens as a
+/// comma-separated list; NULL when there are none.
+fn item_detail_columns(item: &Item) -> (Option<String>, Option<String>, Option<String>) {
+    let modifiers = (!item.modifiers.is_empty())
+        .then(|| serde_json::to_string(&item.modifiers).unwrap_or_default());
+    let allergens = (!item.allergens.is_empty()).then(|| Allergen::join(&item.allergens));
+    (item.notes.clone(), modifiers, allergens)
+}
+
+/// The inverse of `item_detail_columns`.
+fn item_from_columns(
+    name: String,
+    quantity: i64,
+    price: Cents,
+    notes: Option<String>,
+    modifiers: Option<String>,
+    allergens: Option<String>,
+) -> Result<Item, StoreError> {
+    let modifiers = match modifiers {
+        Some(json) => serde_json::from_str(&json).map_err(|e| {
+            StoreError::new(
+                crate::domain::error::Class::Permanent,
+                format!("bad modifiers in database: {e}"),
+            )
+        })?,
+        None => Vec::new(),
+    };
+    Ok(Item {
+        notes,
+        modifiers,
+        allergens: allergens
+            .as_deref()
+            .map(Allergen::split)
+            .unwrap_or_default(),
+        ..Item::new(name, quantity, price)
+    })
+}
+
+/// The speed-of-service query's row, the same on both backends.
+const TICKET_TIMES_SELECT: &str = "select o.type, o.processed_by, o.created_at,
+    (select min(l.changed_at) from order_status_log l where l.order_id = o.id and l.status = 'ready'),
+    (select min(l.changed_at) from order_status_log l where l.order_id = o.id and l.status = 'completed')
+    from orders o";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Cents;
+
+    #[test]
+    fn item_details_round_trip_through_their_columns() {
+        let item = Item {
+            notes: Some("well done".into()),
+            modifiers: vec!["no onions".into(), "a \"quoted\", comma".into()],
+            allergens: vec![Allergen::Gluten, Allergen::Nuts],
+            ..Item::new("Burger", 2, Cents(1250))
+        };
+        let (n, m, a) = item_detail_columns(&item);
+        assert_eq!(a.as_deref(), Some("gluten,nuts"));
+        assert_eq!(
+            item_from_columns("Burger".into(), 2, Cents(1250), n, m, a).unwrap(),
+            item
+        );
+        let plain = Item::new("Fries", 1, Cents(450));
+        assert_eq!(item_detail_columns(&plain), (None, None, None));
+        assert!(item_from_columns("x".into(), 1, Cents(1), None, Some("{".into()), None).is_err());
+    }
 }

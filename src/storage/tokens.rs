@@ -48,6 +48,10 @@ pub trait TokenStore: Send + Sync {
 
 /// A role as stored; the table's CHECK keeps anything else out.
 pub(super) fn parse_role(s: &str) -> Result<Role, StoreError> {
-    s.parse()
-        .map_err(|e: String| StoreError::new(crate::domain::error::Class::Permanent, format!("api_tokens.role: {e}")))
+    s.parse().map_err(|e: String| {
+        StoreError::new(
+            crate::domain::error::Class::Permanent,
+            format!("api_tokens.role: {e}"),
+        )
+    })
 }

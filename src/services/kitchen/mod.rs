@@ -17,7 +17,8 @@ use crate::domain::status::{kitchen_step, KitchenStep};
 use crate::domain::{OrderStatus, OrderType};
 use crate::process::config::{CookingSeconds, RabbitConfig};
 use crate::storage::{
-    Registered, SharedStore, StoreError, Transition, TransitionOutcome, WorkerRegistration,
+    Registered, SharedStore, StoreError, Transition, TransitionOutcome, WorkerLease,
+    WorkerRegistration,
 };
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -68,14 +69,27 @@ pub enum WorkerError {
 }
 
 /// Registers the worker row. Refuses a name whose worker is alive; takes over
-/// one whose heartbeat is stale (a crash or a power cut left it "online").
-pub async fn register(store: &SharedStore, cfg: &WorkerConfig) -> Result<(), WorkerError> {
+/// one whose process is gone (a crash or a power cut left it "online"), as
+/// `domain::worker::decide` says. The returned lease must live as long as the
+/// worker: it is the proof of life a restarted worker of that name checks.
+pub async fn register(store: &SharedStore, cfg: &WorkerConfig) -> Result<WorkerLease, WorkerError> {
     let types: Vec<&str> = cfg.handled_types().iter().map(|t| t.as_str()).collect();
+    // A server drops a killed process's session lock a moment after the
+    // process died; a few tries before refusing cover a restart at once.
+    let mut lease = store.worker_lease(&cfg.name).await?;
+    for pause_ms in [250, 500, 1000] {
+        if lease.held() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        lease = store.worker_lease(&cfg.name).await?;
+    }
     let reg = WorkerRegistration {
         name: cfg.name.clone(),
         order_types: types.join(","),
         heartbeat_interval_secs: cfg.heartbeat.as_secs().max(1) as i64,
         now: Utc::now(),
+        name_lock_held: lease.held(),
     };
     match store.register_worker(&reg).await? {
         Registered::AlreadyOnline { last_seen } => {
@@ -91,13 +105,13 @@ pub async fn register(store: &SharedStore, cfg: &WorkerConfig) -> Result<(), Wor
                 action = "worker_registered",
                 worker = %cfg.name,
                 stale_since = %last_seen,
-                "Took over a stale 'online' registration (its heartbeat had stopped)"
+                "Took over a stale 'online' registration (its previous process is gone)"
             );
-            Ok(())
+            Ok(lease)
         }
         Registered::New | Registered::Returned => {
             tracing::info!(action = "worker_registered", worker = %cfg.name, types = %reg.order_types, "Worker registered");
-            Ok(())
+            Ok(lease)
         }
     }
 }
@@ -111,6 +125,8 @@ pub struct Kitchen {
     pub link: LinkState,
     /// Failures per order message, for the poison-message cap.
     pub poison: Arc<Mutex<PoisonCap>>,
+    /// Released when the worker stops (after it marked itself offline).
+    pub lease: WorkerLease,
 }
 
 impl Kitchen {

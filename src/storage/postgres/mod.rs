@@ -30,6 +30,8 @@ pub struct PgStore {
     relay_pool: Pool,
     /// Order intake, batched (group commit): see `intake`.
     intake: Intake,
+    /// For the kitchen workers' liveness-lock sessions (`worker_lease`).
+    lease_config: tokio_postgres::Config,
     owner: String,
 }
 
@@ -46,12 +48,14 @@ impl PgStore {
             pg.password(pw.expose());
         }
         let pool = build_pool(pg.clone(), cfg.pool_size)?;
+        let lease_config = pg.clone();
         pg.options("-c synchronous_commit=off");
         let relay_pool = build_pool(pg, 2)?;
         let store = PgStore {
             intake: Intake::start(pool.clone(), owner.clone()),
             pool,
             relay_pool,
+            lease_config,
             owner,
         };
         store.migrate().await?;
@@ -119,6 +123,106 @@ impl PgStore {
         }
         tx.commit().await.map_err(pg_err)
     }
+}
+
+/// A session of its own for a worker name's advisory lock: PostgreSQL
+/// releases the lock when the session ends, so when the worker process dies.
+struct LeaseSession {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseSession {
+    async fn open(pg: &tokio_postgres::Config) -> Result<Self, StoreError> {
+        let (client, conn) = pg.connect(NoTls).await.map_err(pg_err)?;
+        let connection = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(LeaseSession { client, connection })
+    }
+
+    fn is_gone(&self) -> bool {
+        self.client.is_closed() || self.connection.is_finished()
+    }
+
+    async fn try_lock(&self, key: &str) -> Result<bool, StoreError> {
+        let row = self
+            .client
+            .query_one(
+                "select pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&key],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get(0))
+    }
+}
+
+/// Keeps the lease's session open until `stop`. When the session is lost (a
+/// database restart) it opens a new one and takes the lock again; when the
+/// lock was not ours (taken over from a hung holder), it takes it once free.
+async fn hold_lease(
+    pg: tokio_postgres::Config,
+    key: String,
+    mut session: LeaseSession,
+    mut held: bool,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    // A fixed pause between attempts: one session per worker, no thundering herd.
+    let pause = || tokio::time::sleep(Duration::from_secs(2));
+    loop {
+        if held && !session.is_gone() {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = &mut session.connection => {}
+            }
+        } else {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+        loop {
+            if session.is_gone() {
+                match LeaseSession::open(&pg).await {
+                    Ok(s) => session = s,
+                    Err(e) => {
+                        tracing::warn!(action = "worker_lock_lost", error = %e, "Worker name lock lost with its database session; reconnecting");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = pause() => continue,
+                        }
+                    }
+                }
+            }
+            match session.try_lock(&key).await {
+                Ok(h) => {
+                    if h != held {
+                        tracing::info!(
+                            action = "worker_lock",
+                            held = h,
+                            "Worker name lock {}",
+                            if h {
+                                "taken"
+                            } else {
+                                "held by another session"
+                            }
+                        );
+                    }
+                    held = h;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(action = "worker_lock_lost", error = %e, "Could not take the worker name lock; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = pause() => {}
+                    }
+                }
+            }
+        }
+    }
+    session.connection.abort();
 }
 
 /// A pool that connects lazily and replaces dead connections, so a restarted
@@ -206,7 +310,7 @@ fn sqlstate_class(code: &SqlState) -> Class {
     }
 }
 
-const ORDER_COLUMNS: &str = "o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address, (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by, o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version";
+const ORDER_COLUMNS: &str = "o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address, (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by, o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version, o.notes";
 
 fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
     let parse = |s: String| StoreError::new(Class::Permanent, s);
@@ -239,6 +343,7 @@ fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
             estimated_completion: r.try_get(12).map_err(pg_err)?,
             completed_at: r.try_get(13).map_err(pg_err)?,
             version: r.try_get(14).map_err(pg_err)?,
+            notes: r.try_get(15).map_err(pg_err)?,
         },
     ))
 }
@@ -248,23 +353,27 @@ async fn items_of(c: &Object, ids: &[i32]) -> Result<Vec<(i32, Item)>, StoreErro
     // Prepared once per connection: every order read runs it.
     let st = c
         .prepare_cached(
-            "select name, quantity, (price * 100)::bigint, order_id from order_items where order_id = any($1) order by order_id, id",
+            "select name, quantity, (price * 100)::bigint, notes, modifiers, allergens, order_id from order_items where order_id = any($1) order by order_id, id",
         )
         .await
         .map_err(pg_err)?;
     let rows = c.query(&st, &[&ids]).await.map_err(pg_err)?;
     rows.iter()
-        .map(|r| Ok((r.try_get(3).map_err(pg_err)?, item_row(r)?)))
+        .map(|r| Ok((r.try_get(6).map_err(pg_err)?, item_row(r)?)))
         .collect()
 }
 
-/// An item from a row whose first columns are name, quantity, price in cents.
+/// An item from a row whose first columns are name, quantity, price in
+/// cents, notes, modifiers, allergens.
 fn item_row(r: &Row) -> Result<Item, StoreError> {
-    Ok(Item {
-        name: r.try_get(0).map_err(pg_err)?,
-        quantity: i64::from(r.try_get::<_, i32>(1).map_err(pg_err)?),
-        price: Cents(r.try_get(2).map_err(pg_err)?),
-    })
+    item_from_columns(
+        r.try_get(0).map_err(pg_err)?,
+        i64::from(r.try_get::<_, i32>(1).map_err(pg_err)?),
+        Cents(r.try_get(2).map_err(pg_err)?),
+        r.try_get(3).map_err(pg_err)?,
+        r.try_get(4).map_err(pg_err)?,
+        r.try_get(5).map_err(pg_err)?,
+    )
 }
 
 async fn load_order(c: &Object, number: &str) -> Result<Option<OrderView>, StoreError> {
@@ -327,7 +436,7 @@ with cur as (
     returning o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
         (o.total_amount * 100)::bigint as total_cents, o.priority, o.status, o.processed_by,
         o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version,
-        cur.status as old_status
+        o.notes, cur.status as old_status
 ), w as (
     update workers set orders_processed = orders_processed + 1
     where name = $5 and exists (select 1 from o where o.status = 'ready' and o.old_status = 'cooking')
@@ -347,7 +456,7 @@ with cur as (
 )
 select o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
     o.total_cents, o.priority, o.status, o.processed_by, o.created_at, o.updated_at,
-    o.estimated_completion, o.completed_at, o.version, cur.status
+    o.estimated_completion, o.completed_at, o.version, o.notes, cur.status
 from cur left join o on true
 "#;
 
@@ -424,7 +533,7 @@ impl Store for PgStore {
             return Ok(TransitionOutcome::NotFound);
         };
         let old: OrderStatus = row
-            .try_get::<_, String>(15)
+            .try_get::<_, String>(16)
             .map_err(pg_err)?
             .parse()
             .map_err(|e: String| {
@@ -517,11 +626,56 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn ticket_times(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<TicketTimes>, StoreError> {
+        let c = self.client().await?;
+        let sql = format!(
+            "{TICKET_TIMES_SELECT} where o.created_at >= $1 and o.created_at < $2 order by o.id"
+        );
+        let rows = c.query(&sql, &[&from, &to]).await.map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(TicketTimes {
+                    order_type: r
+                        .try_get::<_, String>(0)
+                        .map_err(pg_err)?
+                        .parse()
+                        .map_err(|e| StoreError::new(crate::domain::error::Class::Permanent, e))?,
+                    worker: r.try_get(1).map_err(pg_err)?,
+                    received_at: r.try_get(2).map_err(pg_err)?,
+                    ready_at: r.try_get(3).map_err(pg_err)?,
+                    completed_at: r.try_get(4).map_err(pg_err)?,
+                })
+            })
+            .collect()
+    }
+
     async fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
         let c = self.client().await?;
         let sql = format!("select {WORKER_COLUMNS} from workers order by name");
         let rows = c.query(&sql, &[]).await.map_err(pg_err)?;
         rows.iter().map(worker_row).collect()
+    }
+
+    async fn worker_lease(&self, name: &str) -> Result<WorkerLease, StoreError> {
+        let key = format!(
+            "restaurant-system worker {}",
+            crate::domain::worker::lock_key(name)
+        );
+        let session = LeaseSession::open(&self.lease_config).await?;
+        let held = session.try_lock(&key).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(hold_lease(
+            self.lease_config.clone(),
+            key,
+            session,
+            held,
+            stop.clone(),
+        ));
+        Ok(WorkerLease::new(held, Some(Arc::new(stop.drop_guard()))))
     }
 
     async fn register_worker(&self, reg: &WorkerRegistration) -> Result<Registered, StoreError> {
@@ -532,18 +686,10 @@ impl Store for PgStore {
             Some(r) => Some(worker_row(&r)?),
             None => None,
         };
-        let outcome = match &existing {
-            None => Registered::New,
-            Some(w) if w.is_online(reg.now) => {
-                return Ok(Registered::AlreadyOnline {
-                    last_seen: w.last_seen,
-                })
-            }
-            Some(w) if w.status == "online" => Registered::TakenOver {
-                last_seen: w.last_seen,
-            },
-            Some(_) => Registered::Returned,
-        };
+        let outcome = crate::domain::worker::decide(existing.as_ref(), reg);
+        if matches!(outcome, Registered::AlreadyOnline { .. }) {
+            return Ok(outcome);
+        }
         let interval = reg.heartbeat_interval_secs as i32;
         tx.execute(
             "insert into workers (name, type, status, last_seen, heartbeat_interval) values ($1, $2, 'online', $3, $4)

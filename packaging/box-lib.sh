@@ -1,0 +1,68 @@
+# packaging/box-lib.sh: a Debian 12 "kitchen box" booted with systemd-nspawn (systemd as PID 1),
+# for packaging/test-systemd.sh. Sourced after scripts/lib.sh.
+#
+# The box's root file system is built once with debootstrap (minbase, systemd, and the servers a
+# kitchen PC runs: RabbitMQ, Mosquitto, PostgreSQL) and cached OUTSIDE the repository, under
+# $RS_BOX_CACHE (default /var/cache/restaurant-system-test), keyed by a hash of what goes into
+# it: a CI machine builds it once (a few minutes), every later run copies it (seconds).
+
+RS_BOX_CACHE=${RS_BOX_CACHE:-/var/cache/restaurant-system-test}
+RS_BOX_SUITE=bookworm
+RS_BOX_MIRROR=${RS_BOX_MIRROR:-http://deb.debian.org/debian}
+RS_BOX_HOSTNAME=kitchen-box
+# debootstrap --include (what makes it boot) and what apt then installs into the tree.
+RS_BOX_BASE=systemd,systemd-sysv,dbus,adduser
+RS_BOX_PACKAGES=(rabbitmq-server mosquitto mosquitto-clients postgresql curl jq sqlite3 procps
+    ca-certificates)
+# Bump when the way the box is made changes (so the cache key changes).
+RS_BOX_RECIPE=2
+
+box_cache_key() {
+    printf '%s\n' "$RS_BOX_SUITE" "$RS_BOX_MIRROR" "$RS_BOX_BASE" "${RS_BOX_PACKAGES[*]}" \
+        "$RS_BOX_RECIPE" | sha256sum | cut -c1-16
+}
+
+# box_image: prints the cached root directory, building it first when missing.
+box_image() {
+    local key dir tmp
+    key=$(box_cache_key)
+    dir="$RS_BOX_CACHE/box-$key"
+    if [[ -f "$dir/.complete" ]]; then
+        echo "$dir"
+        return 0
+    fi
+    need_apt debootstrap systemd-container >&2
+    install -d -m 0755 "$RS_BOX_CACHE"
+    tmp="$dir.tmp.$$"
+    rm -rf "$tmp"
+    log "building the box image $dir (debootstrap $RS_BOX_SUITE, once per machine; a few minutes)"
+    if ! debootstrap --variant=minbase --include="$RS_BOX_BASE" "$RS_BOX_SUITE" "$tmp" \
+        "$RS_BOX_MIRROR" >"$tmp.log" 2>&1; then
+        tail -n 20 "$tmp.log" >&2
+        rm -rf "$tmp"
+        die "debootstrap failed (log above)"
+    fi
+    # What an installer writes: debootstrap leaves no /etc/hosts, and RabbitMQ's node name
+    # (rabbit@HOSTNAME) must resolve.
+    printf '127.0.0.1 localhost %s\n::1 localhost ip6-localhost\n' "$RS_BOX_HOSTNAME" >"$tmp/etc/hosts"
+    echo "$RS_BOX_HOSTNAME" >"$tmp/etc/hostname"
+    # The servers go in with the host's network, before the box is ever booted with its own.
+    # Nothing starts during the install: systemd is not running in the tree.
+    if ! systemd-nspawn --register=no --keep-unit -q -D "$tmp" --hostname="$RS_BOX_HOSTNAME" /bin/sh -c \
+        "apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q -y install --no-install-recommends ${RS_BOX_PACKAGES[*]} && apt-get clean" \
+        >>"$tmp.log" 2>&1 </dev/null; then
+        tail -n 20 "$tmp.log" >&2
+        rm -rf "$tmp"
+        die "installing ${RS_BOX_PACKAGES[*]} into the box failed (log above)"
+    fi
+    # Made next to this machine's PostgreSQL, the cluster got the next free port: the box's
+    # own is on the standard one (packaging/test-systemd.sh sets it too, for older images).
+    sed -i 's/^port = [0-9]*/port = 5432/' "$tmp"/etc/postgresql/*/main/postgresql.conf
+    # No getty on a console nobody reads; a quicker boot.
+    ln -sf /dev/null "$tmp/etc/systemd/system/console-getty.service"
+    touch "$tmp/.complete"
+    rm -rf "$dir"
+    mv "$tmp" "$dir"
+    mv "$tmp.log" "$dir.log"
+    echo "$dir"
+}
