@@ -761,9 +761,55 @@ async fn state_from_messages_is_the_stored_state(b: Backend) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// 5. notes, modifiers and allergens reach the retained ticket (issue 13)
+// ---------------------------------------------------------------------------
+
+async fn kitchen_details_reach_the_retained_ticket(b: Backend) {
+    let mqtt = Mosquitto::start();
+    let env = TestEnv::new(b);
+    let cfg = bridge_cfg(&env, &mqtt);
+    let app = env.start_with(Mode::All, None, &cfg).await;
+    let http = reqwest::Client::new();
+    let n = place(
+        &http,
+        &app.order_url(),
+        &json!({"customer_name": "Ana Lopez", "order_type": "dine_in", "table_number": 3,
+                "notes": "Birthday: candle on the dessert",
+                "items": [{"name": "Satay", "quantity": 1, "price": 9.0,
+                           "modifiers": ["sauce on the side"], "notes": "mild",
+                           "allergens": ["peanuts", "soya"]},
+                          {"name": "Water", "quantity": 1, "price": 2.0}]}),
+    )
+    .await;
+    let topic = format!("{PREFIX}/orders/{n}");
+    // A real client connected after the fact reads it from the retained store.
+    let port = mqtt.port;
+    let state = eventually(Duration::from_secs(20), "the retained ticket", || {
+        let topic = topic.clone();
+        async move {
+            let board = mosquitto_sub(port, 1).await;
+            board
+                .get(&topic)
+                .filter(|p| !p.is_empty())
+                .map(|p| json_of(p))
+        }
+    })
+    .await;
+    assert_eq!(state["notes"], "Birthday: candle on the dessert");
+    assert_eq!(
+        state["items"],
+        json!([{"name": "Satay", "quantity": 1, "price": 9.0, "notes": "mild",
+                "modifiers": ["sauce on the side"], "allergens": ["peanuts", "soya"]},
+               {"name": "Water", "quantity": 1, "price": 2.0}])
+    );
+    app.stop().await;
+}
+
 backend_tests!(
     order_is_retained_then_cleared,
     restart_delivers_every_change_in_order,
     broker_restart_restores_the_board,
-    state_from_messages_is_the_stored_state
+    state_from_messages_is_the_stored_state,
+    kitchen_details_reach_the_retained_ticket
 );

@@ -339,7 +339,8 @@ impl GenOrder {
                         m.insert("price".into(), p.json());
                     }
                     if it.extra {
-                        m.insert("notes".into(), json!("extra cheese"));
+                        // An unknown field (`notes` is a known one since issue 13).
+                        m.insert("garnish".into(), json!("extra cheese"));
                     }
                     Value::Object(m)
                 })

@@ -103,6 +103,8 @@ pub fn classify(method: &str, seg: &[&str]) -> Access {
         // The page and its settings; `config.json` holds the MQTT read account
         // only for a paired page (decided by the route, which sees the caller).
         (_, ["display", ..]) => Access::Open,
+        // The customer board's static files (it reads the board over MQTT).
+        (_, ["board", ..]) => Access::Open,
         ("POST", ["orders"]) => Access::CreateOrder,
         ("POST", ["orders", _, "complete" | "recall"]) => Access::KitchenAction,
         ("POST", ["orders", _, "cancel"]) => Access::Cancel,
@@ -421,6 +423,8 @@ mod tests {
         assert_eq!(classify("GET", &["openapi.yaml"]), Access::Open);
         assert_eq!(classify("GET", &["display"]), Access::Open);
         assert_eq!(classify("GET", &["display", "config.json"]), Access::Open);
+        assert_eq!(classify("GET", &["board"]), Access::Open);
+        assert_eq!(classify("GET", &["board", "board.js"]), Access::Open);
         assert_eq!(classify("POST", &["orders"]), Access::CreateOrder);
         assert_eq!(classify("GET", &["orders"]), Access::Read);
         assert_eq!(

@@ -31,6 +31,11 @@ pub struct OrderMessage {
     /// order without reading it back from the database).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
+    /// The order's note for the kitchen (additive, issue 13; items carry
+    /// their own notes, modifiers and allergens). Absent when there is none,
+    /// so an order without kitchen details has the same message as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
 }
 
 impl OrderMessage {
@@ -45,6 +50,7 @@ impl OrderMessage {
             total_amount: order.total,
             priority: order.priority,
             created_at: Some(created_at),
+            notes: order.notes.clone(),
         }
     }
 
@@ -124,6 +130,21 @@ mod tests {
         let msg = OrderMessage::decode(v.to_string().as_bytes()).unwrap();
         assert_eq!(msg.total_amount, Cents(11193));
         assert_eq!(msg.routing_key(), "kitchen.delivery.10");
+        assert_eq!(serde_json::to_value(&msg).unwrap(), v);
+    }
+
+    #[test]
+    fn kitchen_details_travel_in_the_order_message() {
+        let v = json!({
+            "order_number": "ORD_20241216_002", "customer_name": "Ann",
+            "order_type": "takeout", "table_number": null, "delivery_address": null,
+            "items": [{"name": "Burger", "quantity": 1, "price": 12.5, "notes": "well done",
+                       "modifiers": ["no onions"], "allergens": ["gluten", "nuts"]}],
+            "total_amount": 12.5, "priority": 1, "notes": "at the bar"
+        });
+        let msg = OrderMessage::decode(v.to_string().as_bytes()).unwrap();
+        assert_eq!(msg.notes.as_deref(), Some("at the bar"));
+        assert_eq!(msg.items[0].modifiers, ["no onions"]);
         assert_eq!(serde_json::to_value(&msg).unwrap(), v);
     }
 

@@ -5,8 +5,11 @@
 
 pub mod access;
 pub mod events;
+pub mod field_error;
+pub mod kitchen_notes;
 pub mod money;
 pub mod order;
+pub mod speed;
 pub mod status;
 pub mod worker;
 

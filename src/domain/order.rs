@@ -4,6 +4,8 @@
 //! so that every problem (a wrong type included) is reported with the field's
 //! path and the rule it broke, all of them at once.
 
+pub use super::field_error::FieldError;
+use super::kitchen_notes::{self, Allergen};
 use super::money::Cents;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -53,11 +55,33 @@ impl FromStr for OrderType {
     }
 }
 
+/// One line of an order. The kitchen details (issue 13) are left out of the
+/// JSON when empty, so an order without them has the spec's exact shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     pub name: String,
     pub quantity: i64,
     pub price: Cents,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modifiers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allergens: Vec<Allergen>,
+}
+
+impl Item {
+    /// An item without kitchen details.
+    pub fn new(name: impl Into<String>, quantity: i64, price: Cents) -> Item {
+        Item {
+            name: name.into(),
+            quantity,
+            price,
+            notes: None,
+            modifiers: Vec::new(),
+            allergens: Vec::new(),
+        }
+    }
 }
 
 /// An order that passed every rule. Only `validate` builds one.
@@ -70,22 +94,8 @@ pub struct ValidOrder {
     pub items: Vec<Item>,
     pub total: Cents,
     pub priority: i32,
-}
-
-/// One broken rule, naming the field (a path such as `items[2].price`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
+    /// The order's note for the kitchen (issue 13).
+    pub notes: Option<String>,
 }
 
 /// Priority from the total: 10 above $100, 5 from $50 to $100, else 1.
@@ -121,12 +131,13 @@ pub fn is_order_number(s: &str) -> bool {
         && seq.bytes().all(|b| b.is_ascii_digit())
 }
 
-const KNOWN_FIELDS: [&str; 5] = [
+const KNOWN_FIELDS: [&str; 6] = [
     "customer_name",
     "order_type",
     "table_number",
     "delivery_address",
     "items",
+    "notes",
 ];
 const KNOWN_ITEM_FIELDS: [&str; 3] = ["name", "quantity", "price"];
 
@@ -261,6 +272,7 @@ pub fn validate(body: &Value) -> Result<ValidOrder, Vec<FieldError>> {
     }
 
     let items = validate_items(obj, &mut errors);
+    let notes = kitchen_notes::validate_order_notes(obj, &mut errors);
 
     match (customer_name, order_type, items) {
         (Some(customer_name), Some(order_type), Some(items)) if errors.is_empty() => {
@@ -273,6 +285,7 @@ pub fn validate(body: &Value) -> Result<ValidOrder, Vec<FieldError>> {
                 total,
                 priority: priority_for(total),
                 items,
+                notes,
             })
         }
         _ => Err(errors),
@@ -343,7 +356,9 @@ fn validate_items(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
             continue;
         };
         for key in item.keys() {
-            if !KNOWN_ITEM_FIELDS.contains(&key.as_str()) {
+            if !KNOWN_ITEM_FIELDS.contains(&key.as_str())
+                && !kitchen_notes::ITEM_FIELDS.contains(&key.as_str())
+            {
                 errors.push(FieldError::new(path(key), "unknown field"));
             }
         }
@@ -419,11 +434,15 @@ fn validate_items(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
                 None
             }
         };
+        let details = kitchen_notes::validate_item_details(i, item, errors);
         if let (Some(name), Some(quantity), Some(price)) = (name, quantity, price) {
             items.push(Item {
                 name,
                 quantity,
                 price,
+                notes: details.notes,
+                modifiers: details.modifiers,
+                allergens: details.allergens,
             });
         }
     }
@@ -624,6 +643,42 @@ mod tests {
         );
         assert_eq!(f(json!({"order_type": "pickup"})), ["order_type"]);
         assert_eq!(f(json!({})), ["order_type"]);
+    }
+
+    #[test]
+    fn kitchen_details_are_optional_validated_and_kept() {
+        let o = validate(&json!({"customer_name": "Ann", "order_type": "takeout",
+            "notes": "Customer waits at the bar",
+            "items": [{"name": "Burger", "quantity": 2, "price": 12.5, "notes": "well done",
+                       "modifiers": ["no onions"], "allergens": ["sesame", "gluten"]},
+                      {"name": "Fries", "quantity": 1, "price": 4.5}]}))
+        .unwrap();
+        assert_eq!(o.notes.as_deref(), Some("Customer waits at the bar"));
+        assert_eq!(o.items[0].notes.as_deref(), Some("well done"));
+        assert_eq!(o.items[0].modifiers, ["no onions"]);
+        assert_eq!(o.items[0].allergens, [Allergen::Gluten, Allergen::Sesame]);
+        assert_eq!(o.items[1], Item::new("Fries", 1, Cents(450)));
+        assert_eq!(o.total, Cents(2950));
+        // Every broken rule at once, each naming its field, alongside the old rules.
+        let errs = fields(json!({"customer_name": "Ann", "order_type": "takeout",
+            "notes": "x".repeat(281),
+            "items": [{"name": "", "quantity": 1, "price": 1.0, "allergens": ["avocado"],
+                       "modifiers": ["ok", ""], "notes": "y".repeat(141)}]}));
+        assert_eq!(
+            errs,
+            [
+                "items[0].name",
+                "items[0].notes",
+                "items[0].modifiers[1]",
+                "items[0].allergens[0]",
+                "notes"
+            ]
+        );
+        // Without details, the item serialises in the spec's shape.
+        assert_eq!(
+            serde_json::to_value(Item::new("P", 1, Cents(100))).unwrap(),
+            json!({"name": "P", "quantity": 1, "price": 1.0})
+        );
     }
 
     #[test]

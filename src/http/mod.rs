@@ -142,6 +142,34 @@ pub fn segments(req: &Request<Incoming>) -> Vec<String> {
         .collect()
 }
 
+/// The value of query parameter `name` (the first one), percent-decoded. A `+`
+/// stays a `+` (these are not form bodies: `+01:00` in a time means what it
+/// says). None when absent or not UTF-8 after decoding.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<Result<String, ()>> {
+    let raw = query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)?
+        .1;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|&b| (b as char).to_digit(16));
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(String::from_utf8(out).map_err(|_| ()))
+}
+
 /// Reads a JSON body: 415 unless it is JSON, 413 over the limit, 408 when the
 /// client is too slow, 400 when it does not parse.
 pub async fn read_json(req: Request<Incoming>, ctx: &RequestCtx) -> Result<Value, ApiError> {
@@ -402,5 +430,28 @@ pub fn store_error(e: StoreError, action: &'static str, what: &str) -> ApiError 
         ApiError::unavailable("database unavailable, try again shortly")
     } else {
         ApiError::internal()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn query_params_are_percent_decoded() {
+        let q = Some("from=2026-11-25T10%3A00%3A00%2B01%3A00&to=2026-11-26&x");
+        assert_eq!(
+            query_param(q, "from"),
+            Some(Ok("2026-11-25T10:00:00+01:00".into()))
+        );
+        assert_eq!(query_param(q, "to"), Some(Ok("2026-11-26".into())));
+        assert_eq!(query_param(q, "x"), Some(Ok(String::new())));
+        assert_eq!(query_param(q, "y"), None);
+        assert_eq!(query_param(None, "from"), None);
+        assert_eq!(
+            query_param(Some("a=1+2%zz%4"), "a"),
+            Some(Ok("1+2%zz%4".into()))
+        );
+        assert_eq!(query_param(Some("a=%ff"), "a"), Some(Err(())));
     }
 }

@@ -1,11 +1,13 @@
-//! The tracking service's API: read-only views of orders and workers, plus the
-//! kitchen display page (static files embedded in the binary).
+//! The tracking service's API: read-only views of orders and workers, the
+//! speed-of-service report, plus the kitchen display page and the customer
+//! order board (static files embedded in the binary).
 
 use crate::domain::access::{Caller, Role, HOW_TO_GET_A_TOKEN};
 use crate::domain::order::is_order_number;
+use crate::domain::speed;
 use crate::http::{
-    bad_order_number, health_response, json_response, segments, static_response, store_error,
-    ApiError, RequestCtx, Resp, Routes, OPENAPI,
+    bad_order_number, health_response, json_response, query_param, segments, static_response,
+    store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
 };
 use crate::process::config::DisplayConfig;
 use crate::storage::SharedStore;
@@ -48,6 +50,30 @@ const PAGE: &[(&str, &str, &[u8])] = &[
     ),
 ];
 
+/// The customer order board (`/board`): its own files, and the same MQTT client.
+const BOARD: &[(&str, &str, &[u8])] = &[
+    (
+        "",
+        "text/html; charset=utf-8",
+        include_bytes!("../../web/src/board.html"),
+    ),
+    (
+        "board.js",
+        "text/javascript",
+        include_bytes!("../../web/src/board.js"),
+    ),
+    (
+        "board.css",
+        "text/css",
+        include_bytes!("../../web/src/board.css"),
+    ),
+    (
+        "mqtt.min.js",
+        "text/javascript",
+        include_bytes!("../../web/dist/mqtt.min.js"),
+    ),
+];
+
 #[async_trait::async_trait]
 impl Routes for TrackingApi {
     async fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> Result<Resp, ApiError> {
@@ -57,6 +83,9 @@ impl Routes for TrackingApi {
             let known = matches!(
                 seg.as_slice(),
                 ["orders", _, "status" | "history"]
+                    | ["orders", _]
+                    | ["reports", "speed-of-service"]
+                    | ["board", ..]
                     | ["workers", "status"]
                     | ["health"]
                     | ["openapi.yaml"]
@@ -71,6 +100,10 @@ impl Routes for TrackingApi {
         match seg.as_slice() {
             ["orders", n, "status"] => self.status(n).await,
             ["orders", n, "history"] => self.history(n).await,
+            ["orders", n] => self.whole_order(n).await,
+            ["reports", "speed-of-service"] => self.speed_of_service(req.uri().query()).await,
+            ["board"] => file(BOARD, "").ok_or_else(|| ApiError::not_found("no such file")),
+            ["board", name] => file(BOARD, name).ok_or_else(|| ApiError::not_found("no such file")),
             ["workers", "status"] => self.workers().await,
             ["health"] => Ok(self.health().await),
             ["openapi.yaml"] => Ok(static_response("application/yaml", OPENAPI)),
@@ -90,13 +123,15 @@ impl Routes for TrackingApi {
     }
 }
 
-fn page(name: &str) -> Resp {
-    let (_, ct, body) = PAGE
+fn file(files: &[(&str, &'static str, &'static [u8])], name: &str) -> Option<Resp> {
+    files
         .iter()
         .find(|(n, _, _)| *n == name)
-        .copied()
-        .unwrap_or(PAGE[0]);
-    static_response(ct, body)
+        .map(|(_, ct, body)| static_response(ct, body))
+}
+
+fn page(name: &str) -> Resp {
+    file(PAGE, name).unwrap_or_else(|| static_response(PAGE[0].1, PAGE[0].2))
 }
 
 impl TrackingApi {
@@ -133,6 +168,88 @@ impl TrackingApi {
             .map_err(|e| store_error(e, "db_query_failed", "Order history query failed"))?
             .ok_or_else(|| ApiError::not_found(format!("order {number} not found")))?;
         Ok(json_response(StatusCode::OK, &history))
+    }
+
+    /// The whole order: what was ordered, with the kitchen details, and where it is.
+    async fn whole_order(&self, number: &str) -> Result<Resp, ApiError> {
+        if !is_order_number(number) {
+            return Err(bad_order_number(number));
+        }
+        let o = self
+            .store
+            .order(number)
+            .await
+            .map_err(|e| store_error(e, "db_query_failed", "Order query failed"))?
+            .ok_or_else(|| ApiError::not_found(format!("order {number} not found")))?;
+        // Every field always present (null or empty), unlike the messages, which
+        // leave out what an order does not have.
+        let items: Vec<_> = o
+            .items
+            .iter()
+            .map(|i| {
+                json!({
+                    "name": i.name,
+                    "quantity": i.quantity,
+                    "price": i.price,
+                    "notes": i.notes,
+                    "modifiers": i.modifiers,
+                    "allergens": i.allergens,
+                })
+            })
+            .collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "order_number": o.order_number,
+                "customer_name": o.customer_name,
+                "order_type": o.order_type,
+                "table_number": o.table_number,
+                "delivery_address": o.delivery_address,
+                "notes": o.notes,
+                "items": items,
+                "total_amount": o.total_amount,
+                "priority": o.priority,
+                "status": o.status,
+                "processed_by": o.processed_by,
+                "created_at": o.created_at,
+                "updated_at": o.updated_at,
+                "estimated_completion": o.estimated_completion,
+                "version": o.version,
+            }),
+        ))
+    }
+
+    async fn speed_of_service(&self, query: Option<&str>) -> Result<Resp, ApiError> {
+        let mut errors = Vec::new();
+        let mut param = |name: &str| match query_param(query, name) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(())) => {
+                errors.push(json!({"field": name, "message": "must be UTF-8 text"}));
+                None
+            }
+            None => None,
+        };
+        let (from, to) = (param("from"), param("to"));
+        if !errors.is_empty() {
+            return Err(bad_range(errors));
+        }
+        let (from, to) = speed::parse_range(from.as_deref(), to.as_deref(), chrono::Utc::now())
+            .map_err(|errs| {
+                bad_range(
+                    errs.into_iter()
+                        .map(|e| json!({"field": e.field, "message": e.message}))
+                        .collect(),
+                )
+            })?;
+        let tickets = self
+            .store
+            .ticket_times(from, to)
+            .await
+            .map_err(|e| store_error(e, "db_query_failed", "Speed-of-service query failed"))?;
+        Ok(json_response(
+            StatusCode::OK,
+            &speed::report(from, to, &tickets),
+        ))
     }
 
     async fn workers(&self) -> Result<Resp, ApiError> {
@@ -218,4 +335,8 @@ impl TrackingApi {
         );
         Ok(r)
     }
+}
+
+fn bad_range(details: Vec<serde_json::Value>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid report range").with_details(details)
 }

@@ -24,6 +24,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "003_api_tokens",
         sql: include_str!("../../migrations/postgres/003_api_tokens.sql"),
     },
+    Migration {
+        version: 4,
+        name: "004_kitchen_notes",
+        sql: include_str!("../../migrations/postgres/004_kitchen_notes.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -41,5 +46,10 @@ pub const SQLITE: &[Migration] = &[
         version: 3,
         name: "003_api_tokens",
         sql: include_str!("../../migrations/sqlite/003_api_tokens.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "004_kitchen_notes",
+        sql: include_str!("../../migrations/sqlite/004_kitchen_notes.sql"),
     },
 ];

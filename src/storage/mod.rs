@@ -12,6 +12,8 @@ pub mod sqlite;
 mod tokens;
 
 use crate::domain::events::{OrderMessage, StatusUpdate, ORDERS_EXCHANGE};
+use crate::domain::kitchen_notes::Allergen;
+use crate::domain::speed::TicketTimes;
 use crate::domain::{Cents, Item, OrderStatus, OrderType, TransitionError, ValidOrder};
 use crate::process::config::{DatabaseConfig, StorageBackend};
 use async_trait::async_trait;
@@ -107,6 +109,8 @@ pub struct OrderView {
     pub estimated_completion: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub version: i64,
+    /// The order's note for the kitchen (issue 13).
+    pub notes: Option<String>,
 }
 
 impl OrderView {
@@ -130,6 +134,7 @@ impl OrderView {
             estimated_completion: None,
             completed_at: None,
             version: 1,
+            notes: m.notes.clone(),
         })
     }
 
@@ -224,6 +229,14 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     async fn history(&self, order_number: &str) -> Result<Option<Vec<HistoryEntry>>, StoreError>;
     /// Orders on the kitchen board (received, cooking, ready), oldest first.
     async fn open_orders(&self) -> Result<Vec<OrderView>, StoreError>;
+    /// The times of every order received in `[from, to)`, for the
+    /// speed-of-service report: when it first became ready and was first
+    /// completed after that, from the status log.
+    async fn ticket_times(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<TicketTimes>, StoreError>;
 
     async fn workers(&self) -> Result<Vec<WorkerRow>, StoreError>;
     /// Takes the worker name's liveness lock when it is free (`held()` says
@@ -308,4 +321,70 @@ fn status_update(t: &Transition, old: OrderStatus, order: &OrderView) -> StatusU
 
 fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Query(format!("encoding message: {e}")))
+}
+
+/// An item's kitchen details as stored (migration 004, the same on both
+/// backends): the note, the modifiers as a JSON array, the allergens as a
+/// comma-separated list; NULL when there are none.
+fn item_detail_columns(item: &Item) -> (Option<String>, Option<String>, Option<String>) {
+    let modifiers = (!item.modifiers.is_empty())
+        .then(|| serde_json::to_string(&item.modifiers).unwrap_or_default());
+    let allergens = (!item.allergens.is_empty()).then(|| Allergen::join(&item.allergens));
+    (item.notes.clone(), modifiers, allergens)
+}
+
+/// The inverse of `item_detail_columns`.
+fn item_from_columns(
+    name: String,
+    quantity: i64,
+    price: Cents,
+    notes: Option<String>,
+    modifiers: Option<String>,
+    allergens: Option<String>,
+) -> Result<Item, StoreError> {
+    let modifiers = match modifiers {
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| StoreError::Query(format!("bad modifiers in database: {e}")))?,
+        None => Vec::new(),
+    };
+    Ok(Item {
+        notes,
+        modifiers,
+        allergens: allergens
+            .as_deref()
+            .map(Allergen::split)
+            .unwrap_or_default(),
+        ..Item::new(name, quantity, price)
+    })
+}
+
+/// The speed-of-service query's row, the same on both backends.
+const TICKET_TIMES_SELECT: &str = "select o.type, o.processed_by, o.created_at,
+    (select min(l.changed_at) from order_status_log l where l.order_id = o.id and l.status = 'ready'),
+    (select min(l.changed_at) from order_status_log l where l.order_id = o.id and l.status = 'completed')
+    from orders o";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Cents;
+
+    #[test]
+    fn item_details_round_trip_through_their_columns() {
+        let item = Item {
+            notes: Some("well done".into()),
+            modifiers: vec!["no onions".into(), "a \"quoted\", comma".into()],
+            allergens: vec![Allergen::Gluten, Allergen::Nuts],
+            ..Item::new("Burger", 2, Cents(1250))
+        };
+        let (n, m, a) = item_detail_columns(&item);
+        assert_eq!(a.as_deref(), Some("gluten,nuts"));
+        assert_eq!(
+            item_from_columns("Burger".into(), 2, Cents(1250), n, m, a).unwrap(),
+            item
+        );
+        let plain = Item::new("Fries", 1, Cents(450));
+        assert_eq!(item_detail_columns(&plain), (None, None, None));
+        assert!(item_from_columns("x".into(), 1, Cents(1), None, Some("{".into()), None).is_err());
+    }
 }

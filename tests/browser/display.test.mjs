@@ -212,7 +212,11 @@ function mixedOrder(i) {
     items.push({ name, quantity: 1 + ((i + k) % 3), price });
   }
   if (i % 5 === 0) items.push({ name: 'Ribeye', quantity: 3, price: 42.0 }); // > $100: rush
+  // Kitchen details (issue 13) on some tickets.
+  if (i % 4 === 1) Object.assign(items[0], { modifiers: ['no onions', 'extra cheese'], allergens: ['gluten', 'milk'] });
+  if (i % 6 === 2) items[0].notes = 'well done';
   const order = { customer_name: NAMES[i % NAMES.length], order_type: type, items };
+  if (i % 5 === 3) order.notes = 'Birthday: candle on the dessert';
   if (type === 'dine_in') order.table_number = 2 + i;
   if (type === 'delivery') order.delivery_address = `${10 + i} Harbour Road, Flat ${i + 1}`;
   return order;
@@ -315,6 +319,55 @@ async function main() {
     fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
     await page.screenshot({ path: SCREENSHOT });
     log(`saved ${SCREENSHOT}`);
+  });
+
+  await runner.test('allergens, modifiers and notes reach the real ticket and GET /orders/{n}', async () => {
+    const num = await postOrder({
+      customer_name: 'Ana Lopez', order_type: 'takeout', notes: 'Customer waits at the bar',
+      items: [{ name: 'Satay', quantity: 1, price: 9.0, modifiers: ['sauce on the side'], notes: 'mild', allergens: ['peanuts', 'soya'] }],
+    });
+    const t = page.locator(`article.ticket[data-order="${num}"]`);
+    await t.waitFor({ timeout: 10000 });
+    const band = (await t.locator('.t-allergens').textContent()).toUpperCase();
+    assert(band.includes('PEANUTS') && band.includes('SOYA'), `allergen band: ${band}`);
+    const text = await t.innerText();
+    assert(text.includes('sauce on the side') && text.includes('mild') && text.includes('Customer waits at the bar'), `ticket: ${text}`);
+    const r = await fetch(`http://127.0.0.1:${env.ports.tracking}/orders/${num}`);
+    const o = await r.json();
+    assert(r.ok && o.items[0].allergens.join() === 'peanuts,soya' && o.notes === 'Customer waits at the bar', `GET /orders/${num}: ${JSON.stringify(o)}`);
+  });
+
+  await runner.test('the header shows the ticket time of the last hour (real report)', async () => {
+    await waitFor('a ticket time in the header', async () => /^\d\d:\d\d$/.test(await page.locator('#speed .v').textContent()), 20000, 250);
+    const avg = Number(await page.locator('#speed').getAttribute('data-avg-seconds'));
+    const r = await fetch(`http://127.0.0.1:${env.ports.tracking}/reports/speed-of-service`);
+    const rep = await r.json();
+    assert(r.ok && rep.overall.received_to_ready.count > 0, `report: ${JSON.stringify(rep.overall)}`);
+    assert(avg > 0 && avg < 120, `header average ${avg} s`);
+    log(`header ticket time ${await page.locator('#speed .v').textContent()} (${avg} s over ${await page.locator('#speed').getAttribute('data-count')} tickets)`);
+  });
+
+  await runner.test('the customer board (/board) shows preparing and ready orders from the real system', async () => {
+    const board = await env.browser.newPage({ viewport: { width: 1920, height: 1080 } });
+    try {
+      board.on('pageerror', (e) => pageErrors.push(`board: ${e.message}`));
+      const resp = await board.goto(`http://127.0.0.1:${env.ports.tracking}/board`);
+      assert(resp && resp.ok(), `GET /board answered ${resp && resp.status()}`);
+      await board.waitForSelector('body[data-synced="true"]', { timeout: 10000 });
+      const num = await postOrder({ customer_name: 'Wei Chen', order_type: 'takeout', items: [{ name: 'Pad Thai', quantity: 1, price: 14 }] });
+      const short = num.slice(num.lastIndexOf('_') + 1);
+      await board.waitForSelector(`#preparing .num[data-order="${num}"], #ready .num[data-order="${num}"]`, { timeout: 10000 });
+      const tileText = await board.locator(`.num[data-order="${num}"]`).textContent();
+      assert(tileText === short, `tile shows ${tileText}, expected ${short}`);
+      await board.waitForSelector(`#ready .num.just-ready[data-order="${num}"]`, { timeout: 20000 });
+      await board.screenshot({ path: path.join(ROOT, 'target', 'customer-board-live.png') });
+      // Bumped (over HTTP: on the busy kitchen board it may sit on a "+N more" strip): gone.
+      const r = await fetch(`http://127.0.0.1:${env.ports.order}/orders/${num}/complete`, { method: 'POST' });
+      assert(r.ok, `POST /orders/${num}/complete answered ${r.status}`);
+      await board.waitForSelector(`.num[data-order="${num}"]`, { state: 'detached', timeout: 10000 });
+    } finally {
+      await board.close();
+    }
   });
 
   await runner.test('broker restart: banner while down, board rebuilt without a reload', async () => {

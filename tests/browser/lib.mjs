@@ -4,6 +4,7 @@
 import { chromium } from 'playwright-core';
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -224,4 +225,34 @@ export function pageRecorder() {
       else note(r.target);
     }
   }).observe(document, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'] });
+}
+
+// ---- a static server shaped like the tracking service's page routes ------------------------------
+// /display, /display/<file>, /display/config.json (from `config()`), /board, /board/<file>; the
+// committed web/ files, taken from where the tracking service embeds them (src/http/tracking.rs).
+// `extra(url, res)` may answer other paths (return true when it did).
+export const pageFile = (f) => path.join(ROOT, 'web', f === 'mqtt.min.js' ? 'dist' : 'src', f);
+const PAGE_TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.css': 'text/css' };
+
+export function startPageServer(port, config, extra = () => false) {
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://localhost');
+    const p = url.pathname.replace(/\/+$/, '');
+    if (p === '/display/config.json') {
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(JSON.stringify(config()));
+      return;
+    }
+    if (extra(url, res)) return;
+    const m = /^\/(display|board)(?:\/([a-z.]+))?$/.exec(p);
+    const file = m && (m[2] || (m[1] === 'display' ? 'index.html' : 'board.html'));
+    if (file && fs.existsSync(pageFile(file))) {
+      res.writeHead(200, { 'content-type': PAGE_TYPES[path.extname(file)] || 'application/octet-stream' });
+      res.end(fs.readFileSync(pageFile(file)));
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.end('not found');
+  });
+  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
 }

@@ -11,16 +11,13 @@
 
 import mqtt from 'mqtt';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  ROOT, PREFIX, Runner, assert, freePorts, launchBrowser, log, pageRecorder, sleep,
-  startMosquitto, stopProcess, waitFor,
+  PREFIX, Runner, assert, freePorts, launchBrowser, log, pageFile, pageRecorder, sleep,
+  startMosquitto, startPageServer, stopProcess, waitFor,
 } from './lib.mjs';
 
-// Where the tracking service takes each file from (see src/services/tracking_api.rs).
-const pageFile = (f) => path.join(ROOT, 'web', f === 'mqtt.min.js' ? 'dist' : 'src', f);
 const runner = new Runner();
 const env = { tmp: null, ports: {}, mosquitto: null, server: null, browser: null, client: null, skewMs: 0 };
 
@@ -61,37 +58,16 @@ function publish(topic, payload, { retain = true } = {}) {
 const publishOrder = (o) => publish(`orders/${o.order_number}`, o);
 const clearOrder = (num) => publish(`orders/${num}`, '');
 
-// ---- a static server shaped like the tracking service's /display routes -------------------------
-const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.css': 'text/css' };
-
-function startServer(port) {
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url, 'http://localhost');
-    const p = url.pathname.replace(/\/+$/, '');
-    if (p === '/display/config.json') {
-      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-      res.end(JSON.stringify({
-        mqtt_ws_url: `ws://127.0.0.1:${env.ports.ws}`,
-        topic_prefix: 'restaurant',
-        site: 'main',
-        order_service_url: '',
-        yellow_after_seconds: 300,
-        red_after_seconds: 480,
-        server_time: iso(serverNow()),
-      }));
-      return;
-    }
-    const file = p === '/display' ? 'index.html' : p.startsWith('/display/') ? p.slice('/display/'.length) : null;
-    if (file && /^[a-z.]+$/.test(file) && fs.existsSync(pageFile(file))) {
-      res.writeHead(200, { 'content-type': TYPES[path.extname(file)] || 'application/octet-stream' });
-      res.end(fs.readFileSync(pageFile(file)));
-      return;
-    }
-    res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end('not found');
-  });
-  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
-}
+// ---- the page's settings, as the tracking service serves them --------------------------------------
+const pageConfig = () => ({
+  mqtt_ws_url: `ws://127.0.0.1:${env.ports.ws}`,
+  topic_prefix: 'restaurant',
+  site: 'main',
+  order_service_url: '',
+  yellow_after_seconds: 300,
+  red_after_seconds: 480,
+  server_time: iso(serverNow()),
+});
 
 // ---- page helpers ---------------------------------------------------------------------------------
 async function openPage(query = '') {
@@ -145,7 +121,7 @@ async function main() {
       assert(fs.existsSync(pageFile(f)), `${pageFile(f)} is missing (mqtt.min.js: run bash web/build.sh)`);
     }
     env.mosquitto = await startMosquitto(env.tmp, mqttPort, ws);
-    env.server = await startServer(httpPort);
+    env.server = await startPageServer(httpPort, pageConfig);
     env.client = await mqtt.connectAsync(`mqtt://127.0.0.1:${mqttPort}`, { clientId: `rs-page-test-${process.pid}`, reconnectPeriod: 300 });
     env.browser = await launchBrowser();
     log(`ports ${JSON.stringify(env.ports)}`);

@@ -3,13 +3,17 @@
 # playwright-core:
 #   page.test.mjs     the page's own logic: web/dist served like /display, a private Mosquitto,
 #                     retained payloads published by the test (no Rust services needed)
+#   kds.test.mjs      issue 13's pages the same way: ticket notes/modifiers/allergens, 40 open
+#                     orders at 1920x1080 and 1280x800 with nothing hidden without a "+N more"
+#                     marker, the header's ticket time, the customer board (/board); saves
+#                     target/kds-board-*.png and target/customer-board.png
 #   display.test.mjs  the whole system, started by the test itself (private Mosquitto with a
 #                     WebSockets listener, a fresh RabbitMQ vhost, restaurant-system --mode=all
 #                     on SQLite); saves target/display-board.png (SCREENSHOT=docs/display-board.png to refresh the README one)
 # Installs what is missing: chromium, mosquitto, node/npm (apt), the pinned npm packages.
 #
 #   tests/browser/run.sh                 both (RS_BIN=path/to/restaurant-system picks the binary)
-#   tests/browser/run.sh page|display    one of them
+#   tests/browser/run.sh page|kds|display   one of them
 #
 # The whole-system test needs a built binary (cargo build [--release]).
 set -euo pipefail
@@ -25,9 +29,9 @@ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt no
 
 which=${1:-all}
 case "$which" in
-    all) suites=(page display) ;;
-    page | display) suites=("$which") ;;
-    *) die "usage: tests/browser/run.sh [all|page|display]" ;;
+    all) suites=(page kds display) ;;
+    page | kds | display) suites=("$which") ;;
+    *) die "usage: tests/browser/run.sh [all|page|kds|display]" ;;
 esac
 
 if [[ " ${suites[*]} " == *" display "* ]]; then

@@ -21,6 +21,10 @@
   // Also how soon a display whose token was revoked notices it while idle.
   const CONFIG_REFRESH_MS = 60 * 1000;
   const TOKEN_KEY = 'kds-token';
+  // The header's rolling ticket time: tickets received in the last hour, refreshed this often.
+  const SPEED_WINDOW_MS = 3600 * 1000;
+  const SPEED_REFRESH_MS = 30 * 1000;
+  const MORE_LIST_MAX = 12; // order numbers named on a "+N more" marker
 
   const params = new URLSearchParams(location.search);
   const station = TYPE_LABEL[params.get('station')] ? params.get('station') : null;
@@ -210,6 +214,8 @@
     state.orders.set(num, o);
     if (o.status === 'completed') addRecall(o);
     else removeRecall(num);
+    // A ticket just became ready: the ticket time moved; refresh it soon (once per burst).
+    if (!retained && o.status === 'ready' && prev && prev.status !== 'ready') refreshSpeedSoon();
     if (OPEN.has(o.status)) {
       if (!retained && (!prev || !OPEN.has(prev.status)) && isNewTicket(o)) announce(o);
       state.known.add(num);
@@ -441,10 +447,20 @@
 
     const items = h('ul', { class: 'items' });
     for (const it of Array.isArray(o.items) ? o.items : []) {
-      items.append(h('li', {},
+      const li = h('li', {},
         h('span', { class: 'qty', text: String(it.quantity ?? 1) }),
-        h('span', { class: 'name', text: String(it.name ?? '?') })));
+        h('span', { class: 'name', text: String(it.name ?? '?') }));
+      for (const m of strings(it.modifiers)) li.append(h('span', { class: 'i-detail i-mod', text: m }));
+      if (typeof it.notes === 'string' && it.notes) li.append(h('span', { class: 'i-detail i-note', text: it.notes }));
+      const al = strings(it.allergens);
+      if (al.length) {
+        li.append(h('span', { class: 'i-detail' },
+          ...al.map((a) => h('span', { class: 'i-allergen', 'data-allergen': a, text: a }))));
+      }
+      items.append(li);
     }
+    const allergens = orderAllergens(o);
+    if (allergens.length) classes.push('has-allergens');
     const where = whereText(o);
     const foot = h('footer', { class: 't-foot' },
       h('span', { class: 't-status', text: STATUS_LABEL[o.status] || o.status }),
@@ -469,15 +485,27 @@
       h('span', { class: 't-num', text: `#${shortNumber(o.order_number)}` }),
       prio >= 10 ? h('span', { class: 'badge badge-rush', text: 'RUSH' }) : prio >= 5 ? h('span', { class: 'badge badge-prio', text: 'PRIO' }) : null,
       h('span', { class: 'timer', 'data-created': o.created_at })),
+    allergens.length ? h('div', { class: 't-allergens', role: 'alert', text: `Allergens: ${allergens.join(', ')}` }) : null,
     h('div', { class: 't-meta' },
       h('span', { class: 't-type', text: TYPE_LABEL[o.order_type] || o.order_type }),
       where ? h('span', { class: 't-where', text: where }) : null,
       o.customer_name ? h('span', { class: 't-cust', text: o.customer_name }) : null),
+    typeof o.notes === 'string' && o.notes ? h('div', { class: 't-notes', text: o.notes }) : null,
     items,
     foot,
     h('div', { class: 't-full', text: o.order_number }));
     updateTimer(el);
     return el;
+  }
+
+  // Payload lists are shown only as plain strings (an older bridge sends none at all).
+  const strings = (v) => (Array.isArray(v) ? v.filter((x) => typeof x === 'string' && x) : []);
+
+  // Every allergen of any item, once, for the ticket's red band.
+  function orderAllergens(o) {
+    const all = new Set();
+    for (const it of Array.isArray(o.items) ? o.items : []) strings(it.allergens).forEach((a) => all.add(a));
+    return [...all];
   }
 
   function ticketKey(o) {
@@ -521,15 +549,18 @@
       if (station && t.id !== station) continue;
       board.append(h('section', { class: 'column', 'data-type': t.id },
         h('h2', {}, h('span', { text: t.label }), h('span', { class: 'count', text: '0' })),
-        h('div', { class: 'tickets' })));
+        h('div', { class: 'tickets' }),
+        h('div', { class: 'more', role: 'status', hidden: true })));
     }
   }
 
   function render() {
     const open = [...state.orders.values()].filter((o) => OPEN.has(o.status) && visible(o));
     const keep = new Set();
+    const lists = [];
     for (const col of board.querySelectorAll('.column')) {
       const list = open.filter((o) => o.order_type === col.dataset.type).sort(compareTickets);
+      lists.push([col, list]);
       const box = col.querySelector('.tickets');
       list.forEach((o, i) => {
         keep.add(o.order_number);
@@ -556,6 +587,91 @@
     renderAllDay(open);
     renderRecall();
     renderStatus();
+    shareWidth(lists);
+    for (const [col, list] of lists) fitColumn(col, list);
+  }
+
+  // ---- a board that never scrolls -------------------------------------------------------
+  // Tickets flow in lanes at least LANE_MIN px wide. The expo view shares the board's lanes
+  // by load: every station with tickets gets one, each further lane goes to the station with
+  // the most tickets per lane, and an empty station shrinks to its heading.
+  const LANE_MIN = 270;
+  const GAP = 10;
+  const COLUMN_PAD = 20; // .column padding, both sides
+  const EMPTY_COLUMN = 150;
+
+  function shareWidth(lists) {
+    const style = getComputedStyle(board);
+    const inner = board.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    const boardGap = parseFloat(style.columnGap) || 0;
+    const busy = lists.filter(([, list]) => list.length);
+    const empty = lists.length - busy.length;
+    const free = inner - boardGap * (lists.length - 1) - empty * EMPTY_COLUMN - busy.length * (COLUMN_PAD - GAP);
+    const total = Math.max(busy.length, Math.floor(free / (LANE_MIN + GAP)));
+    const lanes = new Map(busy.map(([col]) => [col, 1]));
+    for (let left = busy.length ? total - busy.length : 0; left > 0; left -= 1) {
+      let best = null;
+      for (const [col, list] of busy) {
+        if (!best || list.length / lanes.get(col) > best[1].length / lanes.get(best[0])) best = [col, list];
+      }
+      lanes.set(best[0], lanes.get(best[0]) + 1);
+    }
+    for (const [col] of lists) col.style.setProperty('--lanes', String(lanes.get(col) || 1));
+    if (!station) {
+      board.style.gridTemplateColumns = lists
+        .map(([col]) => (lanes.has(col) ? `minmax(0, ${lanes.get(col)}fr)` : `${EMPTY_COLUMN}px`))
+        .join(' ');
+    }
+  }
+
+  // Shows the tickets in order until the column is full; the rest are hidden and counted on
+  // a "+N more" strip at the foot of the column, which names them and the oldest one's age.
+  // Measured after layout, so it holds for any screen size, font or ticket length.
+  function fitColumn(col, list) {
+    const box = col.querySelector('.tickets');
+    const more = col.querySelector('.more');
+    const els = list.map((o) => elements.get(o.order_number).el);
+    for (const el of els) {
+      el.hidden = false;
+      el.classList.remove('clipped');
+    }
+    more.hidden = true;
+    const firstCut = () => {
+      const limit = box.getBoundingClientRect();
+      return els.findIndex((el) => {
+        const r = el.getBoundingClientRect();
+        return r.right > limit.right + 0.5 || r.bottom > limit.bottom + 0.5;
+      });
+    };
+    let k = firstCut();
+    // The strip takes height from the tickets, and its text length depends on how many it
+    // names: settle in a few rounds (hiding tickets never grows the strip's box).
+    for (let round = 0; k >= 0 && round < 4; round += 1) {
+      els.forEach((el) => { el.hidden = false; });
+      fillMarker(more, list.slice(k));
+      more.hidden = false;
+      const next = firstCut();
+      els.forEach((el, i) => { el.hidden = i >= k; });
+      if (next < 0 || next >= k) break;
+      k = next;
+    }
+    const shown = k >= 0 ? k : els.length;
+    if (k >= 0) fillMarker(more, list.slice(k));
+    // A single ticket taller than the column is cut at its height: mark it.
+    for (const el of els.slice(0, shown)) el.classList.toggle('clipped', el.scrollHeight > el.clientHeight + 1);
+    col.dataset.shown = String(shown);
+    col.dataset.hidden = String(els.length - shown);
+  }
+
+  function fillMarker(more, hidden) {
+    const nums = hidden.map((o) => `#${shortNumber(o.order_number)}`);
+    const oldest = Math.min(...hidden.map((o) => Date.parse(o.created_at) || Infinity));
+    more.dataset.count = String(hidden.length);
+    more.dataset.orders = hidden.map((o) => o.order_number).join(' ');
+    more.replaceChildren(
+      h('span', { class: 'more-n', text: `+${hidden.length} more` }),
+      h('span', { class: 'more-list', text: nums.slice(0, MORE_LIST_MAX).join(' ') + (nums.length > MORE_LIST_MAX ? ' …' : '') }),
+      Number.isFinite(oldest) ? h('span', { class: 'more-age', text: `oldest waiting ${fmtElapsed(serverNow() - oldest)}` }) : null);
   }
 
   function renderAllDay(open) {
@@ -646,6 +762,33 @@
       }));
     }
     document.title = `Kitchen — ${station ? TYPE_LABEL[station] : 'Expo'}`;
+  }
+
+  // ---- rolling ticket time (GET /reports/speed-of-service on the tracking service) ------
+  let speedTimer = null;
+  function refreshSpeedSoon() {
+    if (speedTimer) return;
+    speedTimer = setTimeout(() => { speedTimer = null; refreshSpeed(); }, 2000);
+  }
+
+  async function refreshSpeed() {
+    const el = $('speed');
+    const to = serverNow() + 60000;
+    const from = serverNow() - SPEED_WINDOW_MS;
+    const q = `from=${encodeURIComponent(new Date(from).toISOString())}&to=${encodeURIComponent(new Date(to).toISOString())}`;
+    try {
+      const r = await fetch(`/reports/speed-of-service?${q}`, { cache: 'no-store', headers: authHeaders() });
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      const stats = (await r.json()).overall.received_to_ready;
+      const avg = Number(stats.avg_seconds);
+      el.querySelector('.v').textContent = stats.count > 0 && Number.isFinite(avg) ? fmtElapsed(avg * 1000) : '--:--';
+      el.dataset.avgSeconds = stats.count > 0 ? String(avg) : '';
+      el.dataset.count = String(stats.count);
+      el.title = `Average received → ready over the last hour: ${stats.count} ticket${stats.count === 1 ? '' : 's'}`
+        + (stats.count ? `, median ${fmtElapsed(stats.p50_seconds * 1000)}, 90% within ${fmtElapsed(stats.p90_seconds * 1000)}` : '');
+    } catch (e) {
+      el.title = `Ticket time unavailable (${e.message})`;
+    }
   }
 
   // ---- configuration and connection ---------------------------------------------------
@@ -743,6 +886,9 @@
     render();
     connect();
     setInterval(tick, 1000);
+    refreshSpeed();
+    setInterval(refreshSpeed, SPEED_REFRESH_MS);
+    window.addEventListener('resize', scheduleRender);
     setInterval(async () => {
       try {
         const cfg = await loadConfig();

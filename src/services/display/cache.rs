@@ -93,14 +93,11 @@ mod tests {
             order_type: OrderType::Takeout,
             table_number: None,
             delivery_address: None,
-            items: vec![Item {
-                name: "Soup".into(),
-                quantity: 1,
-                price: Cents(500),
-            }],
+            items: vec![Item::new("Soup", 1, Cents(500))],
             total_amount: Cents(500),
             priority: 1,
             created_at: Some(Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()),
+            notes: None,
         }
     }
 

@@ -78,6 +78,9 @@ struct OrderState<'a> {
     estimated_completion: Option<String>,
     version: i64,
     server_time: String,
+    /// Issue 13 (added field): only when the order has a note.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notes: Option<&'a str>,
 }
 
 pub fn order_state(o: &OrderView, now: DateTime<Utc>) -> Vec<u8> {
@@ -97,6 +100,7 @@ pub fn order_state(o: &OrderView, now: DateTime<Utc>) -> Vec<u8> {
         estimated_completion: opt_timestamp(o.estimated_completion),
         version: o.version,
         server_time: timestamp(now),
+        notes: o.notes.as_deref(),
     };
     // Serialising plain data cannot fail.
     serde_json::to_vec(&s).unwrap_or_default()
@@ -219,11 +223,7 @@ mod tests {
             order_type: OrderType::DineIn,
             table_number: Some(12),
             delivery_address: None,
-            items: vec![Item {
-                name: "Steak".into(),
-                quantity: 1,
-                price: Cents(2999),
-            }],
+            items: vec![Item::new("Steak", 1, Cents(2999))],
             total_amount: Cents(2999),
             priority: 1,
             status: OrderStatus::Cooking,
@@ -233,7 +233,27 @@ mod tests {
             estimated_completion: Some(at(30, 0)),
             completed_at: None,
             version: 2,
+            notes: None,
         }
+    }
+
+    #[test]
+    fn kitchen_details_are_added_fields_of_the_order_state() {
+        let plain: serde_json::Value =
+            serde_json::from_slice(&order_state(&view(), at(21, 0))).unwrap();
+        assert!(plain.get("notes").is_none() && plain["items"][0].get("allergens").is_none());
+        let mut v = view();
+        v.notes = Some("at the bar".into());
+        v.items[0].modifiers = vec!["no onions".into()];
+        v.items[0].allergens = vec![crate::domain::kitchen_notes::Allergen::Nuts];
+        v.items[0].notes = Some("rare".into());
+        let p: serde_json::Value = serde_json::from_slice(&order_state(&v, at(21, 0))).unwrap();
+        assert_eq!(p["notes"], "at the bar");
+        assert_eq!(
+            p["items"][0],
+            json!({"name": "Steak", "quantity": 1, "price": 29.99, "notes": "rare",
+                   "modifiers": ["no onions"], "allergens": ["nuts"]})
+        );
     }
 
     #[test]
@@ -289,6 +309,7 @@ mod tests {
             total_amount: Cents(2999),
             priority: 1,
             created_at: None,
+            notes: None,
         };
         let e = serde_json::to_value(Event::created(&msg, Some(&view()), at(59, 0))).unwrap();
         assert_eq!(

@@ -14,7 +14,7 @@
 use super::{pg_err, pool_err};
 use crate::domain::events::{OrderMessage, ORDERS_EXCHANGE};
 use crate::domain::ValidOrder;
-use crate::storage::{order_outbox, to_json, StoreError};
+use crate::storage::{item_detail_columns, order_outbox, to_json, StoreError};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
@@ -140,6 +140,10 @@ async fn insert(pool: &Pool, owner: &str, batch: &[Job]) -> Result<Vec<String>, 
                 &cols.item_price,
                 &ORDERS_EXCHANGE,
                 &owner,
+                &cols.notes,
+                &cols.item_notes,
+                &cols.item_modifiers,
+                &cols.item_allergens,
             ],
         )
         .await
@@ -171,6 +175,10 @@ struct Columns {
     item_name: Vec<String>,
     item_qty: Vec<i32>,
     item_price: Vec<i64>,
+    notes: Vec<Option<String>>,
+    item_notes: Vec<Option<String>>,
+    item_modifiers: Vec<Option<String>>,
+    item_allergens: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -190,7 +198,12 @@ impl Columns {
         self.payload.push(to_json(&msg)?);
         self.prio.push(i16::from(prio));
         self.request_id.push(job.request_id.clone());
+        self.notes.push(o.notes.clone());
         for item in &o.items {
+            let (notes, modifiers, allergens) = item_detail_columns(item);
+            self.item_notes.push(notes);
+            self.item_modifiers.push(modifiers);
+            self.item_allergens.push(allergens);
             self.item_order.push(idx);
             self.item_name.push(item.name.clone());
             self.item_qty.push(item.quantity as i32);
@@ -205,8 +218,9 @@ impl Columns {
 /// takes the next number (`ORD_YYYYMMDD_NNN`, see `domain::order::order_number`),
 /// and the order, its items, its first history row and its outbox message (the
 /// JSON of `OrderMessage` with the number filled in) are written. Order-level
-/// arrays ($4-$13) have one element per order; item arrays ($14-$17) one per
-/// item, with the 1-based index of its order. Returns the numbers in batch
+/// arrays ($4-$13, and $20 the notes) have one element per order; item arrays
+/// ($14-$17, and $21-$23 the kitchen details) one per item, with the 1-based
+/// index of its order. Returns the numbers in batch
 /// order. `bench/order_tx.sql` is the one-order case, for pgbench.
 const CREATE_ORDERS_SQL: &str = r#"
 with c as (
@@ -220,21 +234,21 @@ with c as (
              then lpad((c.last - $3::int + t.idx)::text, 3, '0')
              else (c.last - $3::int + t.idx)::text end as number
     from c, unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::bigint[], $9::int[],
-                   $10::text[], $11::text[], $12::smallint[], $13::text[])
+                   $10::text[], $11::text[], $12::smallint[], $13::text[], $20::text[])
         with ordinality as t(customer_name, type, table_number, delivery_address, total_cents,
-                             priority, routing_key, payload, prio, request_id, idx)
+                             priority, routing_key, payload, prio, request_id, notes, idx)
 ), o as (
     insert into orders (created_at, updated_at, number, customer_name, type, table_number,
-                        delivery_address, total_amount, priority, status, version)
+                        delivery_address, total_amount, priority, status, version, notes)
     select $2, $2, number, customer_name, type, table_number, delivery_address,
-           total_cents / 100.0, priority, 'received', 1
+           total_cents / 100.0, priority, 'received', 1, notes
     from n order by idx
     returning id, number
 ), i as (
-    insert into order_items (created_at, order_id, name, quantity, price)
-    select $2, o.id, t.name, t.quantity, t.price_cents / 100.0
-    from unnest($14::int[], $15::text[], $16::int[], $17::bigint[])
-        with ordinality as t(order_idx, name, quantity, price_cents, k)
+    insert into order_items (created_at, order_id, name, quantity, price, notes, modifiers, allergens)
+    select $2, o.id, t.name, t.quantity, t.price_cents / 100.0, t.notes, t.modifiers, t.allergens
+    from unnest($14::int[], $15::text[], $16::int[], $17::bigint[], $21::text[], $22::text[], $23::text[])
+        with ordinality as t(order_idx, name, quantity, price_cents, notes, modifiers, allergens, k)
     join n on n.idx = t.order_idx
     join o on o.number = n.number
     order by t.k

@@ -258,7 +258,7 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-const ORDER_COLUMNS: &str = "o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address, (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by, o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version";
+const ORDER_COLUMNS: &str = "o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address, (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by, o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version, o.notes";
 
 fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
     let parse = |s: String| StoreError::Query(s);
@@ -291,6 +291,7 @@ fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
             estimated_completion: r.try_get(12).map_err(pg_err)?,
             completed_at: r.try_get(13).map_err(pg_err)?,
             version: r.try_get(14).map_err(pg_err)?,
+            notes: r.try_get(15).map_err(pg_err)?,
         },
     ))
 }
@@ -298,18 +299,21 @@ fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
 async fn load_items<C: GenericClient>(c: &C, order_id: i32) -> Result<Vec<Item>, StoreError> {
     let rows = c
         .query(
-            "select name, quantity, (price * 100)::bigint from order_items where order_id = $1 order by id",
+            "select name, quantity, (price * 100)::bigint, notes, modifiers, allergens from order_items where order_id = $1 order by id",
             &[&order_id],
         )
         .await
         .map_err(pg_err)?;
     rows.iter()
         .map(|r| {
-            Ok(Item {
-                name: r.try_get(0).map_err(pg_err)?,
-                quantity: i64::from(r.try_get::<_, i32>(1).map_err(pg_err)?),
-                price: Cents(r.try_get(2).map_err(pg_err)?),
-            })
+            item_from_columns(
+                r.try_get(0).map_err(pg_err)?,
+                i64::from(r.try_get::<_, i32>(1).map_err(pg_err)?),
+                Cents(r.try_get(2).map_err(pg_err)?),
+                r.try_get(3).map_err(pg_err)?,
+                r.try_get(4).map_err(pg_err)?,
+                r.try_get(5).map_err(pg_err)?,
+            )
         })
         .collect()
 }
@@ -370,7 +374,7 @@ with cur as (
     returning o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
         (o.total_amount * 100)::bigint as total_cents, o.priority, o.status, o.processed_by,
         o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version,
-        cur.status as old_status
+        o.notes, cur.status as old_status
 ), w as (
     update workers set orders_processed = orders_processed + 1
     where name = $5 and exists (select 1 from o where o.status = 'ready' and o.old_status = 'cooking')
@@ -390,7 +394,7 @@ with cur as (
 )
 select o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
     o.total_cents, o.priority, o.status, o.processed_by, o.created_at, o.updated_at,
-    o.estimated_completion, o.completed_at, o.version, cur.status
+    o.estimated_completion, o.completed_at, o.version, o.notes, cur.status
 from cur left join o on true
 "#;
 
@@ -467,7 +471,7 @@ impl Store for PgStore {
             return Ok(TransitionOutcome::NotFound);
         };
         let old: OrderStatus = row
-            .try_get::<_, String>(15)
+            .try_get::<_, String>(16)
             .map_err(pg_err)?
             .parse()
             .map_err(|e: String| StoreError::Query(format!("bad status in database: {e}")))?;
@@ -536,6 +540,33 @@ impl Store for PgStore {
             out.push(v);
         }
         Ok(out)
+    }
+
+    async fn ticket_times(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<TicketTimes>, StoreError> {
+        let c = self.client().await?;
+        let sql = format!(
+            "{TICKET_TIMES_SELECT} where o.created_at >= $1 and o.created_at < $2 order by o.id"
+        );
+        let rows = c.query(&sql, &[&from, &to]).await.map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(TicketTimes {
+                    order_type: r
+                        .try_get::<_, String>(0)
+                        .map_err(pg_err)?
+                        .parse()
+                        .map_err(StoreError::Query)?,
+                    worker: r.try_get(1).map_err(pg_err)?,
+                    received_at: r.try_get(2).map_err(pg_err)?,
+                    ready_at: r.try_get(3).map_err(pg_err)?,
+                    completed_at: r.try_get(4).map_err(pg_err)?,
+                })
+            })
+            .collect()
     }
 
     async fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {

@@ -268,7 +268,7 @@ fn parse_col<T: std::str::FromStr<Err = String>>(s: String) -> rusqlite::Result<
     })
 }
 
-const ORDER_COLUMNS: &str = "id, number, customer_name, type, table_number, delivery_address, total_cents, priority, status, processed_by, created_at, updated_at, estimated_completion, completed_at, version";
+const ORDER_COLUMNS: &str = "id, number, customer_name, type, table_number, delivery_address, total_cents, priority, status, processed_by, created_at, updated_at, estimated_completion, completed_at, version, notes";
 
 fn order_row(r: &Row) -> rusqlite::Result<(i64, OrderView)> {
     Ok((
@@ -289,30 +289,43 @@ fn order_row(r: &Row) -> rusqlite::Result<(i64, OrderView)> {
             estimated_completion: opt_ts(r.get(12)?)?,
             completed_at: opt_ts(r.get(13)?)?,
             version: r.get(14)?,
+            notes: r.get(15)?,
         },
     ))
 }
 
-fn load_items(conn: &Connection, order_id: i64) -> rusqlite::Result<Vec<Item>> {
-    let mut st = conn.prepare_cached(
-        "select name, quantity, price_cents from order_items where order_id = ?1 order by id",
-    )?;
-    let rows = st.query_map([order_id], |r| {
-        Ok(Item {
-            name: r.get(0)?,
-            quantity: r.get(1)?,
-            price: Cents(r.get(2)?),
+fn load_items(conn: &Connection, order_id: i64) -> Result<Vec<Item>, StoreError> {
+    let mut st = conn
+        .prepare_cached(
+            "select name, quantity, price_cents, notes, modifiers, allergens from order_items where order_id = ?1 order by id",
+        )
+        .map_err(sql_err)?;
+    let rows = st
+        .query_map([order_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                Cents(r.get(2)?),
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
         })
-    })?;
-    rows.collect()
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(sql_err)?;
+    rows.into_iter()
+        .map(|(name, qty, price, notes, mods, allergens)| {
+            item_from_columns(name, qty, price, notes, mods, allergens)
+        })
+        .collect()
 }
 
-fn load_order(conn: &Connection, number: &str) -> rusqlite::Result<Option<(i64, OrderView)>> {
+fn load_order(conn: &Connection, number: &str) -> Result<Option<(i64, OrderView)>, StoreError> {
     let sql = format!("select {ORDER_COLUMNS} from orders where number = ?1");
     let found = conn
-        .prepare_cached(&sql)?
-        .query_row([number], order_row)
-        .optional()?;
+        .prepare_cached(&sql)
+        .and_then(|mut st| st.query_row([number], order_row).optional())
+        .map_err(sql_err)?;
     match found {
         Some((id, mut view)) => {
             view.items = load_items(conn, id)?;
@@ -355,7 +368,7 @@ fn create_order_tx(
     let number = order_number(day, seq);
     let now_s = ts(now);
     conn.prepare_cached(
-        "insert into orders (created_at, updated_at, number, customer_name, type, table_number, delivery_address, total_cents, priority, status, version) values (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'received', 1)",
+        "insert into orders (created_at, updated_at, number, customer_name, type, table_number, delivery_address, total_cents, priority, status, version, notes) values (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'received', 1, ?9)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -366,7 +379,8 @@ fn create_order_tx(
             order.table_number,
             order.delivery_address,
             order.total.0,
-            order.priority
+            order.priority,
+            order.notes
         ])
     })
     .map_err(sql_err)?;
@@ -374,16 +388,20 @@ fn create_order_tx(
     {
         let mut st = conn
             .prepare_cached(
-                "insert into order_items (created_at, order_id, name, quantity, price_cents) values (?1, ?2, ?3, ?4, ?5)",
+                "insert into order_items (created_at, order_id, name, quantity, price_cents, notes, modifiers, allergens) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .map_err(sql_err)?;
         for item in &order.items {
+            let (notes, modifiers, allergens) = item_detail_columns(item);
             st.execute(params![
                 now_s,
                 order_id,
                 item.name,
                 item.quantity,
-                item.price.0
+                item.price.0,
+                notes,
+                modifiers,
+                allergens
             ])
             .map_err(sql_err)?;
         }
@@ -418,7 +436,7 @@ fn transition_tx(
     owner: &str,
     t: &Transition,
 ) -> Result<TransitionOutcome, StoreError> {
-    let Some((id, current)) = load_order(conn, &t.order_number).map_err(sql_err)? else {
+    let Some((id, current)) = load_order(conn, &t.order_number)? else {
         return Ok(TransitionOutcome::NotFound);
     };
     let old = current.status;
@@ -461,8 +479,7 @@ fn transition_tx(
     .and_then(|mut st| st.execute(params![now, id, t.to.as_str(), t.changed_by, t.notes]))
     .map_err(sql_err)?;
 
-    let (_, order) = load_order(conn, &t.order_number)
-        .map_err(sql_err)?
+    let (_, order) = load_order(conn, &t.order_number)?
         .ok_or_else(|| StoreError::Query("order vanished inside its transaction".into()))?;
     let update = status_update(t, old, &order);
     insert_outbox(
@@ -538,7 +555,7 @@ impl Store for SqliteStore {
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError> {
         let n = order_number.to_string();
-        self.read(move |c| Ok(load_order(c, &n).map_err(sql_err)?.map(|(_, v)| v)))
+        self.read(move |c| Ok(load_order(c, &n)?.map(|(_, v)| v)))
             .await
     }
 
@@ -582,10 +599,35 @@ impl Store for SqliteStore {
                 .map_err(sql_err)?;
             rows.into_iter()
                 .map(|(id, mut v)| {
-                    v.items = load_items(c, id).map_err(sql_err)?;
+                    v.items = load_items(c, id)?;
                     Ok(v)
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn ticket_times(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<TicketTimes>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "{TICKET_TIMES_SELECT} where o.created_at >= ?1 and o.created_at < ?2 order by o.id"
+            );
+            let mut st = c.prepare_cached(&sql).map_err(sql_err)?;
+            st.query_map(params![ts(from), ts(to)], |r| {
+                Ok(TicketTimes {
+                    order_type: parse_col(r.get(0)?)?,
+                    worker: r.get(1)?,
+                    received_at: parse_ts(&r.get::<_, String>(2)?)?,
+                    ready_at: opt_ts(r.get(3)?)?,
+                    completed_at: opt_ts(r.get(4)?)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(sql_err)
         })
         .await
     }
