@@ -351,6 +351,9 @@ async function main() {
     const board = await env.browser.newPage({ viewport: { width: 1920, height: 1080 } });
     try {
       board.on('pageerror', (e) => pageErrors.push(`board: ${e.message}`));
+      // A screen paired once at /display keeps its kitchen token in the browser; the board
+      // uses it to get the broker's read account (docs/mqtt.md, "The customer order board").
+      await board.addInitScript((t) => localStorage.setItem('kds-token', t), env.kdsToken);
       const resp = await board.goto(`http://127.0.0.1:${env.ports.tracking}/board`);
       assert(resp && resp.ok(), `GET /board answered ${resp && resp.status()}`);
       await board.waitForSelector('body[data-synced="true"]', { timeout: 10000 });
