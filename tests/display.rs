@@ -12,6 +12,7 @@
 //!    the database holds, through every change.
 mod common;
 
+use common::mosquitto::{free_port, spawn_and_wait};
 use common::{eventually, spec_orders, Backend, TestEnv};
 use restaurant_system::modes::Mode;
 use restaurant_system::process::config::Config;
@@ -19,8 +20,7 @@ use restaurant_system::services::kitchen::WorkerConfig;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -30,26 +30,6 @@ const PREFIX: &str = "restaurant/main";
 // ---------------------------------------------------------------------------
 // A private Mosquitto
 // ---------------------------------------------------------------------------
-
-fn mosquitto_binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter()
-        .map(|d| d.join("mosquitto"))
-        .find(|p| p.is_file())
-        .expect(
-            "the mosquitto binary is missing (looked in PATH and /usr/sbin): install it with \
-             `apt-get install mosquitto mosquitto-clients`, or run `bash scripts/test.sh`",
-        )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// A Mosquitto of the test's own, killed on drop.
 struct Mosquitto {
@@ -87,36 +67,7 @@ impl Mosquitto {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("mosquitto.log"))
-            .expect("mosquitto log file");
-        let child = Command::new(mosquitto_binary())
-            .arg("-c")
-            .arg(self.dir.path().join("mosquitto.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting mosquitto");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "mosquitto exited ({status}): {}",
-                    std::fs::read_to_string(self.dir.path().join("mosquitto.log"))
-                        .unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on port {} within 10 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child = Some(spawn_and_wait(self.dir.path(), self.port));
     }
 
     /// Kills the broker (SIGKILL: no goodbye to anyone).

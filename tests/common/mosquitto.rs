@@ -2,7 +2,7 @@
 //! (`packaging/mosquitto/restaurant.conf` and `restaurant.acl`), on free ports,
 //! with its own password file, so tests exercise exactly what an admin installs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,39 @@ pub fn mosquitto_binary() -> PathBuf {
             "the mosquitto binary is missing (looked in PATH and /usr/sbin): install it with \
              `apt-get install mosquitto mosquitto-clients`, or run `bash scripts/test.sh`",
         )
+}
+
+/// Starts `mosquitto -c DIR/mosquitto.conf` (stderr to DIR/mosquitto.log) and
+/// waits until it listens on `port`; panics with its log if it exits first.
+pub fn spawn_and_wait(dir: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("mosquitto.log"))
+        .expect("mosquitto log file");
+    let mut child = Command::new(mosquitto_binary())
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting mosquitto");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "mosquitto exited ({status}): {}",
+                std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on port {port} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 pub fn free_port() -> u16 {
@@ -140,32 +173,7 @@ impl SecureBroker {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("mosquitto.log"))
-            .expect("mosquitto log file");
-        let child = Command::new(mosquitto_binary())
-            .arg("-c")
-            .arg(self.dir.path().join("mosquitto.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting mosquitto");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("mosquitto exited ({status}): {}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on port {} within 10 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child = Some(spawn_and_wait(self.dir.path(), self.port));
     }
 
     pub fn log(&self) -> String {
