@@ -148,10 +148,14 @@ boot_box() {
         tail -n 20 "$work/boot-$boots.log" >&2
         return 1
     fi
-    # The first calls can come before the box's systemd answers on its bus.
+    # The first calls can come before the box's systemd answers on its bus: systemctl then says
+    # "offline" (no bus yet) at once, even with --wait, so that is a state to wait out too.
     for ((i = 0; i < 120; i++)); do
         state=$(timeout 120 nsenter -t "$box_pid" -a env -i PATH="$BOX_PATH" systemctl is-system-running --wait 2>/dev/null || true)
-        [[ -n "$state" && "$state" != initializing && "$state" != starting ]] && break
+        case "$state" in
+            "" | initializing | starting | offline) ;;
+            *) break ;;
+        esac
         sleep 0.5
     done
     echo "system state: $state"
