@@ -11,9 +11,7 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
@@ -28,33 +26,11 @@ pub enum Role {
     Manager,
 }
 
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Pos, Role::Kitchen, Role::Manager];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Pos => "pos",
-            Role::Kitchen => "kitchen",
-            Role::Manager => "manager",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role '{s}': use pos, kitchen or manager"))
-    }
-}
+names!(Role, |s| format!("unknown role '{s}': use pos, kitchen or manager"), {
+    Pos => "pos",
+    Kitchen => "kitchen",
+    Manager => "manager",
+});
 
 /// The access class of a route: what a caller needs to use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

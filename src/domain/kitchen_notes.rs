@@ -8,8 +8,6 @@
 use super::field_error::FieldError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::fmt;
-use std::str::FromStr;
 
 pub const ORDER_NOTES_MAX: usize = 280;
 pub const ITEM_NOTES_MAX: usize = 140;
@@ -36,43 +34,24 @@ pub enum Allergen {
     Sulphites,
 }
 
+names!(Allergen, |s| format!("unknown allergen '{s}'"), {
+    Celery => "celery",
+    Gluten => "gluten",
+    Crustaceans => "crustaceans",
+    Eggs => "eggs",
+    Fish => "fish",
+    Lupin => "lupin",
+    Milk => "milk",
+    Molluscs => "molluscs",
+    Mustard => "mustard",
+    Nuts => "nuts",
+    Peanuts => "peanuts",
+    Sesame => "sesame",
+    Soya => "soya",
+    Sulphites => "sulphites",
+});
+
 impl Allergen {
-    pub const ALL: [Allergen; 14] = [
-        Allergen::Celery,
-        Allergen::Gluten,
-        Allergen::Crustaceans,
-        Allergen::Eggs,
-        Allergen::Fish,
-        Allergen::Lupin,
-        Allergen::Milk,
-        Allergen::Molluscs,
-        Allergen::Mustard,
-        Allergen::Nuts,
-        Allergen::Peanuts,
-        Allergen::Sesame,
-        Allergen::Soya,
-        Allergen::Sulphites,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Allergen::Celery => "celery",
-            Allergen::Gluten => "gluten",
-            Allergen::Crustaceans => "crustaceans",
-            Allergen::Eggs => "eggs",
-            Allergen::Fish => "fish",
-            Allergen::Lupin => "lupin",
-            Allergen::Milk => "milk",
-            Allergen::Molluscs => "molluscs",
-            Allergen::Mustard => "mustard",
-            Allergen::Nuts => "nuts",
-            Allergen::Peanuts => "peanuts",
-            Allergen::Sesame => "sesame",
-            Allergen::Soya => "soya",
-            Allergen::Sulphites => "sulphites",
-        }
-    }
-
     /// Comma-separated names, for storage (one text column on both backends).
     pub fn join(list: &[Allergen]) -> String {
         list.iter()
@@ -84,22 +63,6 @@ impl Allergen {
     /// The inverse of `join`; unknown names (never written by us) are skipped.
     pub fn split(s: &str) -> Vec<Allergen> {
         s.split(',').filter_map(|p| p.parse().ok()).collect()
-    }
-}
-
-impl fmt::Display for Allergen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Allergen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Allergen::ALL
-            .into_iter()
-            .find(|a| a.as_str() == s)
-            .ok_or_else(|| format!("unknown allergen '{s}'"))
     }
 }
 

@@ -10,8 +10,6 @@ use super::money::Cents;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::fmt;
-use std::str::FromStr;
 
 pub const MAX_ITEMS: usize = 20;
 pub const MIN_PRICE: Cents = Cents(1);
@@ -25,35 +23,11 @@ pub enum OrderType {
     Delivery,
 }
 
-impl OrderType {
-    pub const ALL: [OrderType; 3] = [OrderType::DineIn, OrderType::Takeout, OrderType::Delivery];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderType::DineIn => "dine_in",
-            OrderType::Takeout => "takeout",
-            OrderType::Delivery => "delivery",
-        }
-    }
-}
-
-impl fmt::Display for OrderType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for OrderType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OrderType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown order type '{s}' (expected dine_in, takeout or delivery)")
-            })
-    }
-}
+names!(OrderType, |s| format!("unknown order type '{s}' (expected dine_in, takeout or delivery)"), {
+    DineIn => "dine_in",
+    Takeout => "takeout",
+    Delivery => "delivery",
+});
 
 /// One line of an order. The kitchen details (issue 13) are left out of the
 /// JSON when empty, so an order without them has the spec's exact shape.

@@ -2,8 +2,6 @@
 //! transition is legal; storage applies it atomically (compare-and-set).
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -15,25 +13,15 @@ pub enum OrderStatus {
     Cancelled,
 }
 
+names!(OrderStatus, |s| format!("unknown order status '{s}'"), {
+    Received => "received",
+    Cooking => "cooking",
+    Ready => "ready",
+    Completed => "completed",
+    Cancelled => "cancelled",
+});
+
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 5] = [
-        OrderStatus::Received,
-        OrderStatus::Cooking,
-        OrderStatus::Ready,
-        OrderStatus::Completed,
-        OrderStatus::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Received => "received",
-            OrderStatus::Cooking => "cooking",
-            OrderStatus::Ready => "ready",
-            OrderStatus::Completed => "completed",
-            OrderStatus::Cancelled => "cancelled",
-        }
-    }
-
     /// Open orders are on the kitchen board; closed ones are history.
     pub fn is_open(self) -> bool {
         matches!(
@@ -70,22 +58,6 @@ impl OrderStatus {
                 requested: to,
             })
         }
-    }
-}
-
-impl fmt::Display for OrderStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for OrderStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OrderStatus::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown order status '{s}'"))
     }
 }
 

@@ -482,6 +482,22 @@ fn item_from_columns(
     })
 }
 
+/// Gives each of `orders` (whose database ids are `ids`, in the same order)
+/// its items, read for all of them at once as `(order id, item)` in order.
+fn attach_items<I: std::hash::Hash + Eq + Copy>(
+    orders: &mut [OrderView],
+    ids: &[I],
+    items: Vec<(I, Item)>,
+) {
+    let at: std::collections::HashMap<I, usize> =
+        ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    for (order_id, item) in items {
+        if let Some(&i) = at.get(&order_id) {
+            orders[i].items.push(item);
+        }
+    }
+}
+
 /// The speed-of-service query's row, the same on both backends.
 const TICKET_TIMES_SELECT: &str = "select o.type, o.processed_by, o.created_at,
     (select min(l.changed_at) from order_status_log l where l.order_id = o.id and l.status = 'ready'),

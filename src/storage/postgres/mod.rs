@@ -620,13 +620,7 @@ impl Store for PgStore {
         let (ids, mut out): (Vec<i32>, Vec<OrderView>) =
             rows.iter().map(order_row).collect::<Result<_, _>>()?;
         // Every open order's items in one query, not one query per order.
-        let at: std::collections::HashMap<i32, usize> =
-            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        for (order_id, item) in items_of(&c, &ids).await? {
-            if let Some(&i) = at.get(&order_id) {
-                out[i].items.push(item);
-            }
-        }
+        attach_items(&mut out, &ids, items_of(&c, &ids).await?);
         Ok(out)
     }
 

@@ -339,28 +339,39 @@ fn order_row(r: &Row) -> rusqlite::Result<(i64, OrderView)> {
     ))
 }
 
-fn load_items(conn: &Connection, order_id: i64) -> Result<Vec<Item>, StoreError> {
+/// The items of the orders `ids`, each with its order's id, in order: one
+/// query however many orders (the ids travel as one JSON array).
+fn items_of(conn: &Connection, ids: &[i64]) -> Result<Vec<(i64, Item)>, StoreError> {
+    let ids = serde_json::to_string(ids)
+        .map_err(|e| StoreError::caused_by(Class::Permanent, "encoding order ids", e))?;
     let mut st = conn
         .prepare_cached(
-            "select name, quantity, price_cents, notes, modifiers, allergens from order_items where order_id = ?1 order by id",
+            "select name, quantity, price_cents, notes, modifiers, allergens, order_id from order_items
+             where order_id in (select value from json_each(?1)) order by order_id, id",
         )
         .map_err(sql_err)?;
     let rows = st
-        .query_map([order_id], |r| {
+        .query_map([ids], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                Cents(r.get(2)?),
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, Option<String>>(5)?,
+                r.get::<_, i64>(6)?,
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    Cents(r.get(2)?),
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ),
             ))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(sql_err)?;
     rows.into_iter()
-        .map(|(name, qty, price, notes, mods, allergens)| {
-            item_from_columns(name, qty, price, notes, mods, allergens)
+        .map(|(id, (name, qty, price, notes, mods, allergens))| {
+            Ok((
+                id,
+                item_from_columns(name, qty, price, notes, mods, allergens)?,
+            ))
         })
         .collect()
 }
@@ -373,7 +384,7 @@ fn load_order(conn: &Connection, number: &str) -> Result<Option<(i64, OrderView)
         .map_err(sql_err)?;
     match found {
         Some((id, mut view)) => {
-            view.items = load_items(conn, id)?;
+            view.items = items_of(conn, &[id])?.into_iter().map(|(_, i)| i).collect();
             Ok(Some((id, view)))
         }
         None => Ok(None),
@@ -702,16 +713,13 @@ impl Store for SqliteStore {
                 "select {ORDER_COLUMNS} from orders where status in ('received', 'cooking', 'ready') order by id"
             );
             let mut st = c.prepare_cached(&sql).map_err(sql_err)?;
-            let rows = st
+            let (ids, mut orders): (Vec<i64>, Vec<OrderView>) = st
                 .query_map([], order_row)
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .and_then(|rows| rows.collect::<rusqlite::Result<_>>())
                 .map_err(sql_err)?;
-            rows.into_iter()
-                .map(|(id, mut v)| {
-                    v.items = load_items(c, id)?;
-                    Ok(v)
-                })
-                .collect()
+            // Every open order's items in one query, not one query per order.
+            attach_items(&mut orders, &ids, items_of(c, &ids)?);
+            Ok(orders)
         })
         .await
     }
