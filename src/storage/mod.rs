@@ -325,6 +325,18 @@ pub struct OutboxMessage {
     pub request_id: String,
 }
 
+/// One step of the outbox relay (see `Store::claim_outbox`): delete the rows
+/// `published`, then lease up to `limit` rows until `until`: this process's
+/// own, and other processes' created before `orphaned_before`.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxClaim<'a> {
+    pub published: &'a [i64],
+    pub limit: i64,
+    pub now: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub orphaned_before: DateTime<Utc>,
+}
+
 #[async_trait]
 pub trait Store: TokenStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
@@ -377,8 +389,19 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     async fn worker_lease(&self, name: &str) -> Result<WorkerLease, StoreError>;
     /// Registers per `domain::worker::decide`; a refusal writes nothing.
     async fn register_worker(&self, reg: &WorkerRegistration) -> Result<Registered, StoreError>;
-    async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
-    async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.set_worker(name, now, "online").await
+    }
+    async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.set_worker(name, now, "offline").await
+    }
+    /// Marks worker `name` as `status` (online: a heartbeat), seen at `now`.
+    async fn set_worker(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        status: &'static str,
+    ) -> Result<(), StoreError>;
 
     /// Deletes `published` (rows whose publish the broker confirmed), then
     /// leases up to `limit` unsent outbox rows, oldest first, for `lease`:
@@ -392,7 +415,21 @@ pub trait Store: TokenStore + Send + Sync + 'static {
         limit: usize,
         lease: Duration,
         now: DateTime<Utc>,
-    ) -> Result<Vec<OutboxMessage>, StoreError>;
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let until =
+            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        self.lease_outbox(&OutboxClaim {
+            published,
+            limit: limit as i64,
+            now,
+            until,
+            orphaned_before: now - ORPHAN_AFTER,
+        })
+        .await
+    }
+    /// The backend's half of `claim_outbox`, its bounds computed.
+    async fn lease_outbox(&self, claim: &OutboxClaim<'_>)
+        -> Result<Vec<OutboxMessage>, StoreError>;
     /// Removes rows whose publish the broker confirmed.
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
     /// Gives leased rows back after a failed publish, for an immediate retry.

@@ -37,7 +37,19 @@ pub trait TokenStore: Send + Sync {
         role: Role,
         token_hash: &str,
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        self.insert_token(&TokenRow {
+            name: name.to_string(),
+            role,
+            token_hash: token_hash.to_string(),
+            created_at: now,
+            last_used_at: None,
+        })
+        .await
+    }
+    /// Writes `row` (never used yet) unless its name is taken: the backend's
+    /// half of `create_token`.
+    async fn insert_token(&self, row: &TokenRow) -> Result<bool, StoreError>;
     /// Every token, by name.
     async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
     /// Deletes the token; false when there was none by that name.

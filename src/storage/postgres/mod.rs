@@ -66,23 +66,6 @@ impl PgStore {
         self.pool.get().await.map_err(pool_err)
     }
 
-    /// Marks worker `name` as `status` (online: a heartbeat), seen at `now`.
-    async fn set_worker(
-        &self,
-        name: &str,
-        now: DateTime<Utc>,
-        status: &str,
-    ) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        c.execute(
-            "update workers set last_seen = $1, status = $3 where name = $2",
-            &[&now, &name, &status],
-        )
-        .await
-        .map_err(pg_err)?;
-        Ok(())
-    }
-
     async fn relay_client(&self) -> Result<Object, StoreError> {
         self.relay_pool.get().await.map_err(pool_err)
     }
@@ -700,24 +683,27 @@ impl Store for PgStore {
         Ok(outcome)
     }
 
-    async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.set_worker(name, now, "online").await
-    }
-
-    async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.set_worker(name, now, "offline").await
-    }
-
-    async fn claim_outbox(
+    async fn set_worker(
         &self,
-        published: &[i64],
-        limit: usize,
-        lease: Duration,
+        name: &str,
         now: DateTime<Utc>,
+        status: &'static str,
+    ) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "update workers set last_seen = $1, status = $3 where name = $2",
+            &[&now, &name, &status],
+        )
+        .await
+        .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn lease_outbox(
+        &self,
+        claim: &OutboxClaim<'_>,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let c = self.relay_client().await?;
-        let until =
-            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
         let st = c
             .prepare_cached(
                 "with gone as (delete from outbox where id = any($6))
@@ -734,12 +720,12 @@ impl Store for PgStore {
             .query(
                 &st,
                 &[
-                    &until,
-                    &now,
-                    &(limit as i64),
+                    &claim.until,
+                    &claim.now,
+                    &claim.limit,
                     &self.owner,
-                    &(now - ORPHAN_AFTER),
-                    &published,
+                    &claim.orphaned_before,
+                    &claim.published,
                 ],
             )
             .await

@@ -2,24 +2,17 @@
 
 use super::super::tokens::{parse_role, TokenRow, TokenStore};
 use super::*;
-use crate::domain::access::Role;
 use async_trait::async_trait;
 
 #[async_trait]
 impl TokenStore for PgStore {
-    async fn create_token(
-        &self,
-        name: &str,
-        role: Role,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    async fn insert_token(&self, row: &TokenRow) -> Result<bool, StoreError> {
         let c = self.client().await?;
         let n = c
             .execute(
                 "insert into api_tokens (name, role, token_hash, created_at) values ($1, $2, $3, $4) \
                  on conflict (name) do nothing",
-                &[&name, &role.as_str(), &token_hash, &now],
+                &[&row.name, &row.role.as_str(), &row.token_hash, &row.created_at],
             )
             .await
             .map_err(pg_err)?;

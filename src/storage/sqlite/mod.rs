@@ -81,25 +81,6 @@ impl SqliteStore {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Marks worker `name` as `status` (online: a heartbeat), seen at `now`.
-    async fn set_worker(
-        &self,
-        name: &str,
-        now: DateTime<Utc>,
-        status: &'static str,
-    ) -> Result<(), StoreError> {
-        let name = name.to_string();
-        self.write(move |c| {
-            c.execute(
-                "update workers set last_seen = ?1, status = ?3 where name = ?2",
-                params![ts(now), name, status],
-            )
-            .map(|_| ())
-            .map_err(sql_err)
-        })
-        .await
-    }
-
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -822,27 +803,33 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.set_worker(name, now, "online").await
-    }
-
-    async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.set_worker(name, now, "offline").await
-    }
-
-    async fn claim_outbox(
+    async fn set_worker(
         &self,
-        published: &[i64],
-        limit: usize,
-        lease: Duration,
+        name: &str,
         now: DateTime<Utc>,
+        status: &'static str,
+    ) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.write(move |c| {
+            c.execute(
+                "update workers set last_seen = ?1, status = ?3 where name = ?2",
+                params![ts(now), name, status],
+            )
+            .map(|_| ())
+            .map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn lease_outbox(
+        &self,
+        claim: &OutboxClaim<'_>,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
-        let until =
-            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        let k = *claim;
         // Look before leasing: the relay polls twice a second, and an idle poll
         // should be a read, not a write transaction with its fsync.
-        let (owner, orphans, now_s) = (self.owner.clone(), ts(now - ORPHAN_AFTER), ts(now));
-        let waiting = !published.is_empty()
+        let (owner, orphans, now_s) = (self.owner.clone(), ts(k.orphaned_before), ts(k.now));
+        let waiting = !k.published.is_empty()
             || self
             .read(move |c| {
                 c.prepare_cached(
@@ -856,7 +843,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let owner = self.owner.clone();
-        let published = published.to_vec();
+        let published = k.published.to_vec();
+        let (until, now, limit, orphans) = (ts(k.until), ts(k.now), k.limit, ts(k.orphaned_before));
         self.write(move |c| {
             delete_published(c, &published)?;
             let mut st = c
@@ -869,7 +857,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(sql_err)?;
             let mut rows = st
-                .query_map(params![ts(until), ts(now), limit as i64, owner, ts(now - ORPHAN_AFTER)], |r| {
+                .query_map(params![until, now, limit, owner, orphans], |r| {
                     Ok(OutboxMessage {
                         id: r.get(0)?,
                         exchange: r.get(1)?,

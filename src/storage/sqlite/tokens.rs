@@ -2,24 +2,17 @@
 
 use super::super::tokens::{parse_role, TokenRow, TokenStore};
 use super::*;
-use crate::domain::access::Role;
 use async_trait::async_trait;
 
 #[async_trait]
 impl TokenStore for SqliteStore {
-    async fn create_token(
-        &self,
-        name: &str,
-        role: Role,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let (name, hash) = (name.to_string(), token_hash.to_string());
+    async fn insert_token(&self, row: &TokenRow) -> Result<bool, StoreError> {
+        let row = row.clone();
         self.write(move |c| {
             c.execute(
                 "insert into api_tokens (name, role, token_hash, created_at) values (?1, ?2, ?3, ?4) \
                  on conflict (name) do nothing",
-                params![name, role.as_str(), hash, ts(now)],
+                params![row.name, row.role.as_str(), row.token_hash, ts(row.created_at)],
             )
             .map(|n| n == 1)
             .map_err(sql_err)
