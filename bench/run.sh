@@ -7,7 +7,7 @@
 # It installs and starts what it needs when missing (PostgreSQL with pgbench, RabbitMQ, Mosquitto;
 # see scripts/lib.sh), builds the release binary and the benchmark program (examples/bench), and
 # runs it twice: for PostgreSQL and then SQLite, the limit the machine gives (bench/order_tx.sql
-# through pgbench; a rusqlite loop), then the real binary on a fresh database and a fresh RabbitMQ
+# through pgbench; the library SQLite store, one order at a time), then the real binary on a fresh database and a fresh RabbitMQ
 # vhost under open-loop load: first with --mode=all, then the intake alone (--intake-only). Figures are printed, written as JSON to target/bench/ and,
 # for a full run, appended to docs/BENCHMARKS.md. It asserts nothing about speed; it fails only when
 # it could not measure. Any other flag is passed to the program (see

@@ -1,5 +1,6 @@
 //! What the hardware gives, measured in the same run: the order transaction
-//! straight at the database (pgbench for PostgreSQL, a tight rusqlite loop for
+//! straight at the database (pgbench replaying the intake statement for
+//! PostgreSQL; the library's own SQLite store, one order at a time, for
 //! SQLite), persistent publishing to RabbitMQ with confirms, and one hop
 //! through Mosquitto.
 
@@ -12,16 +13,15 @@ use restaurant_system::broker::lapin::options::{
 use restaurant_system::broker::lapin::types::{AMQPValue, FieldTable};
 use restaurant_system::broker::lapin::{BasicProperties, Confirmation};
 use restaurant_system::domain::events::OrderMessage;
-use restaurant_system::domain::order::{order_number, validate, ValidOrder};
+use restaurant_system::domain::order::{validate, ValidOrder};
+use restaurant_system::process::config::{DatabaseConfig, Secret, StorageBackend};
+use restaurant_system::storage::{self, sqlite::SqliteStore, Store};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-pub const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/001_init.sql");
-pub const POSTGRES_SCHEMA: &str = include_str!("../../migrations/postgres/001_init.sql");
 
 /// A transaction (or publish) rate limit and its latency.
 #[derive(Debug, Clone, Serialize)]
@@ -39,10 +39,20 @@ pub struct TxLimit {
 
 // ---- PostgreSQL: pgbench ------------------------------------------------------
 
-/// Creates the schema in `db` (a fresh database).
+/// Creates the schema in `db` (a fresh database) with the daemon's own
+/// migrations: the same tables and columns bench/order_tx.sql writes.
 pub async fn pg_schema(servers: &Servers, db: &str) -> Result<()> {
-    let c = servers.pg_connect(db).await?;
-    c.batch_execute(POSTGRES_SCHEMA).await?;
+    let cfg = DatabaseConfig {
+        backend: StorageBackend::Postgres,
+        host: Some(servers.pg_host.clone()),
+        port: servers.pg_port,
+        user: servers.pg_user.clone(),
+        password: servers.pg_password.clone().map(Secret::new),
+        database: db.to_string(),
+        pool_size: 1,
+        ..DatabaseConfig::default()
+    };
+    storage::open(&cfg).await.map_err(|e| format!("{e:?}"))?;
     Ok(())
 }
 
@@ -117,83 +127,15 @@ pub fn pgbench(
     })
 }
 
-// ---- SQLite: a tight rusqlite loop --------------------------------------------
+// ---- SQLite: the library's store, one order at a time ------------------------
 
-fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-/// The statements of `create_order_tx` in src/storage/sqlite/mod.rs, one
-/// transaction per order (no group commit): the bare per-order cost.
-fn sqlite_order_tx(conn: &rusqlite::Connection, order: &ValidOrder) -> rusqlite::Result<()> {
-    use rusqlite::params;
-    let now = chrono::Utc::now();
-    let day = now.date_naive();
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let seq: i64 = conn
-        .prepare_cached(
-            "insert into daily_order_counters (date, last) values (?1, 1) on conflict(date) do update set last = last + 1 returning last",
-        )?
-        .query_row([day.to_string()], |r| r.get(0))?;
-    let number = order_number(day, seq);
-    let now_s = ts(now);
-    conn.prepare_cached(
-        "insert into orders (created_at, updated_at, number, customer_name, type, table_number, delivery_address, total_cents, priority, status, version) values (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'received', 1)",
-    )?
-    .execute(params![
-        now_s,
-        number,
-        order.customer_name,
-        order.order_type.as_str(),
-        order.table_number,
-        order.delivery_address,
-        order.total.0,
-        order.priority
-    ])?;
-    let order_id = conn.last_insert_rowid();
-    {
-        let mut st = conn.prepare_cached(
-            "insert into order_items (created_at, order_id, name, quantity, price_cents) values (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for item in &order.items {
-            st.execute(params![
-                now_s,
-                order_id,
-                item.name,
-                item.quantity,
-                item.price.0
-            ])?;
-        }
-    }
-    conn.prepare_cached(
-        "insert into order_status_log (created_at, order_id, status, changed_by, changed_at) values (?1, ?2, 'received', 'order-service', ?1)",
-    )?
-    .execute(params![now_s, order_id])?;
-    let msg = OrderMessage::new(number.clone(), order, now);
-    let payload = serde_json::to_string(&msg).expect("json");
-    conn.prepare_cached(
-        "insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id) values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        now_s,
-        "orders_topic",
-        msg.routing_key(),
-        payload,
-        1,
-        number,
-        "0f8fad5b-d9cb-469f-a165-70867728950e"
-    ])?;
-    conn.execute_batch("COMMIT")
-}
-
-/// Runs the order transaction back to back on one connection for `dur`
-/// (WAL, synchronous=FULL: what the daemon uses).
-pub fn sqlite_limit(path: &Path, dur: Duration) -> Result<TxLimit> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
-    )?;
-    conn.execute_batch(SQLITE_SCHEMA)?;
+/// Stores orders back to back for `dur` through the daemon's own SQLite store
+/// (`SqliteStore::create_order`: WAL, synchronous=FULL), one at a time, so
+/// each is its own transaction (no group commit): the bare per-order cost.
+pub async fn sqlite_limit(path: &Path, dur: Duration) -> Result<TxLimit> {
+    let store = SqliteStore::open(path, "bench-limit".into())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let mut rng = rand::rng();
     let orders: Vec<ValidOrder> = (0..64)
         .map(|_| {
@@ -207,7 +149,15 @@ pub fn sqlite_limit(path: &Path, dur: Duration) -> Result<TxLimit> {
     let mut lat = Vec::new();
     while start.elapsed() < dur {
         let t = Instant::now();
-        sqlite_order_tx(&conn, &orders[lat.len() % orders.len()])?;
+        let order = &orders[lat.len() % orders.len()];
+        store
+            .create_order(
+                order,
+                "0f8fad5b-d9cb-469f-a165-70867728950e",
+                chrono::Utc::now(),
+            )
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         lat.push(t.elapsed());
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -216,7 +166,7 @@ pub fn sqlite_limit(path: &Path, dur: Duration) -> Result<TxLimit> {
         _ => None,
     };
     Ok(TxLimit {
-        what: "rusqlite order transaction, WAL, synchronous=FULL, 1 connection".into(),
+        what: "SqliteStore::create_order, WAL, synchronous=FULL, 1 order at a time".into(),
         clients: 1,
         per_second: lat.len() as f64 / elapsed,
         count: lat.len() as u64,

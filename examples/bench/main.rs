@@ -368,12 +368,12 @@ async fn measure_limit(
             say(&format!("postgres limit failed: {e}"));
         }
     } else {
-        say(&format!("sqlite limit: rusqlite loop, {limit_secs} s"));
+        say(&format!(
+            "sqlite limit: the library's store, {limit_secs} s"
+        ));
         let path = dir.join("limit.db");
-        let secs = Duration::from_secs(limit_secs);
-        match tokio::task::spawn_blocking(move || limits::sqlite_limit(&path, secs)).await {
-            Ok(Ok(l)) => rep.limit.push(l),
-            Ok(Err(e)) => rep.limit_error = Some(e.to_string()),
+        match limits::sqlite_limit(&path, Duration::from_secs(limit_secs)).await {
+            Ok(l) => rep.limit.push(l),
             Err(e) => rep.limit_error = Some(e.to_string()),
         }
     }

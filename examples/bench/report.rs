@@ -91,7 +91,7 @@ pub struct ModeReport {
 #[derive(Debug, Default, Serialize)]
 pub struct Ratios {
     /// Sustained orders/s over the bare transaction rate at 8 clients (PostgreSQL)
-    /// or the rusqlite loop (SQLite).
+    /// or the library SQLite store one order at a time (SQLite).
     pub sustained_vs_db: Option<f64>,
     /// PostgreSQL: over pgbench with 1 client.
     pub sustained_vs_db_1client: Option<f64>,
@@ -170,7 +170,7 @@ pub fn p99(l: &Option<Latency>) -> Option<f64> {
 }
 
 /// The bare transaction rate the sustained rate is held against: pgbench at 8
-/// clients, or the rusqlite loop.
+/// clients, or the library SQLite store one order at a time.
 fn db_limit(rep: &BackendReport) -> Option<&TxLimit> {
     rep.limit.iter().find(|l| l.clients == 8).or_else(|| {
         rep.limit
@@ -280,7 +280,7 @@ pub fn targets(rep: &BackendReport, s: &Settings) -> Vec<Target> {
         limited_by: if pg {
             "pgbench at 8 clients".into()
         } else {
-            "rusqlite loop, one transaction per order".into()
+            "SqliteStore::create_order, one order at a time".into()
         },
     });
     let e2e = step(rep, 100).and_then(|s| p99(&s.e2e_mqtt));

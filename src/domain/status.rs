@@ -1,5 +1,5 @@
-//! The order status state machine. Every mode asks this one place whether a
-//! transition is legal; storage applies it atomically (compare-and-set).
+//! The order status state machine. Every transition is checked here, through
+//! `transition::decide`, which the stores persist with a compare-and-set.
 
 use serde::{Deserialize, Serialize};
 

@@ -2,9 +2,11 @@
 //! moves them received -> cooking -> ready.
 //!
 //! Redelivery is harmless by construction: each step is a compare-and-set
-//! transition in the database (`storage::Store::transition`), and what to do with
-//! a message is decided from the order's current status (`domain::status::kitchen_step`),
-//! not from the message. A message that can never succeed goes to the dead-letter
+//! transition in the database (`storage::Store::transition_from`, starting from
+//! the state the worker knows: `received` at version 1 from the message, then
+//! what the first step returned), and when the order is elsewhere, what to do
+//! is decided from its current status (`domain::status::kitchen_step`), not
+//! from the message. A message that can never succeed goes to the dead-letter
 //! queue with its reason; a transient failure is requeued after a pause.
 
 use crate::broker::delivery::{Outcome, PoisonCap};

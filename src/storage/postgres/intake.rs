@@ -264,3 +264,27 @@ with c as (
 )
 select number from n order by idx
 "#;
+
+#[cfg(test)]
+mod tests {
+    /// `bench/order_tx.sql` (pgbench's replay of intake) writes the same
+    /// columns as the statement the daemon runs.
+    #[test]
+    fn the_bench_script_writes_what_intake_writes() {
+        let script = include_str!("../../../bench/order_tx.sql");
+        let inserts: Vec<&str> = super::CREATE_ORDERS_SQL
+            .split("insert into ")
+            .skip(1)
+            .map(|s| &s[..s.find(')').map_or(s.len(), |i| i + 1)])
+            .collect();
+        assert_eq!(inserts.len(), 5);
+        let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let script = squash(script);
+        for cols in inserts {
+            assert!(
+                script.contains(&squash(&format!("insert into {cols}"))),
+                "bench/order_tx.sql lacks: insert into {cols}"
+            );
+        }
+    }
+}
