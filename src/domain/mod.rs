@@ -13,6 +13,7 @@ pub mod money;
 pub mod order;
 pub mod speed;
 pub mod status;
+pub mod transition;
 pub mod worker;
 
 pub use money::Cents;

@@ -536,75 +536,116 @@ fn create_order_tx(
     })
 }
 
+/// A status change in the writer's transaction: read the order unless the
+/// caller knows its state, decide (`domain::transition::decide`), and persist
+/// the decision with a compare-and-set on `(status, version)`; when that
+/// misses (another process wrote the file meanwhile, or the guess was wrong),
+/// read and decide again.
 fn transition_tx(
     conn: &Connection,
     owner: &str,
     t: &Transition,
+    known: Option<&OrderState>,
 ) -> Result<TransitionOutcome, StoreError> {
-    let Some((id, current)) = load_order(conn, &t.order_number)? else {
-        return Ok(TransitionOutcome::NotFound);
-    };
-    let old = current.status;
-    if let Err(e) = old.check(t.to) {
-        return Ok(TransitionOutcome::Rejected(e));
+    let mut guess = known.cloned();
+    for _ in 0..CAS_TRIES {
+        let fresh = guess.is_none();
+        let cur = match guess.take() {
+            Some(s) => s,
+            None => match order_state(conn, &t.order_number)? {
+                Some(s) => s,
+                None => return Ok(TransitionOutcome::NotFound),
+            },
+        };
+        let d = match decide_on(t, &cur, fresh) {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => return Ok(TransitionOutcome::Rejected(e)),
+        };
+        if let Some(order) = persist_transition(conn, owner, t, &cur, &d)? {
+            return Ok(TransitionOutcome::Applied {
+                old: cur.status,
+                order: Box::new(order),
+            });
+        }
     }
-    let now = ts(t.now);
-    let cooking = t.to == OrderStatus::Cooking;
-    let cooked = t.to == OrderStatus::Ready && old == OrderStatus::Cooking;
-    conn.prepare_cached(
-        "update orders set status = ?1, updated_at = ?2, version = version + 1,
-            processed_by = case when ?3 then ?4 else processed_by end,
-            estimated_completion = case when ?3 then ?5 else estimated_completion end,
-            completed_at = case when ?6 then ?2 else completed_at end
-         where id = ?7 and status = ?8",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            t.to.as_str(),
-            now,
-            cooking,
-            t.changed_by,
-            t.estimated_completion.map(ts),
-            cooked,
-            id,
-            old.as_str()
-        ])
-    })
-    .map_err(sql_err)?;
-    if cooked {
+    Err(cas_exhausted(&t.order_number))
+}
+
+/// The order's columns without its items.
+fn order_state(conn: &Connection, number: &str) -> Result<Option<OrderState>, StoreError> {
+    let sql = format!("select {ORDER_COLUMNS} from orders where number = ?1");
+    conn.prepare_cached(&sql)
+        .and_then(|mut st| st.query_row([number], order_row).optional())
+        .map(|found| found.map(|(_, v)| v.state()))
+        .map_err(sql_err)
+}
+
+/// Writes what `d` decided on `cur`: the order (only if it is still in `cur`),
+/// the worker's count, the history row and the outbox message. None when the
+/// compare-and-set missed; nothing was written then.
+fn persist_transition(
+    conn: &Connection,
+    owner: &str,
+    t: &Transition,
+    cur: &OrderState,
+    d: &Decision,
+) -> Result<Option<OrderView>, StoreError> {
+    let s = &d.state;
+    let sql = format!(
+        "update orders set status = ?1, version = ?2, updated_at = ?3, processed_by = ?4,
+            estimated_completion = ?5, completed_at = ?6
+         where number = ?7 and status = ?8 and version = ?9
+         returning {ORDER_COLUMNS}"
+    );
+    let updated = conn
+        .prepare_cached(&sql)
+        .and_then(|mut st| {
+            st.query_row(
+                params![
+                    s.status.as_str(),
+                    s.version,
+                    ts(s.updated_at),
+                    s.processed_by,
+                    s.estimated_completion.map(ts),
+                    s.completed_at.map(ts),
+                    cur.order_number,
+                    cur.status.as_str(),
+                    cur.version,
+                ],
+                order_row,
+            )
+            .optional()
+        })
+        .map_err(sql_err)?;
+    let Some((id, order)) = updated else {
+        return Ok(None);
+    };
+    let u = &d.update;
+    if d.finishes_cooking() {
         conn.prepare_cached(
             "update workers set orders_processed = orders_processed + 1 where name = ?1",
         )
-        .and_then(|mut st| st.execute([&t.changed_by]))
+        .and_then(|mut st| st.execute([&u.changed_by]))
         .map_err(sql_err)?;
     }
+    let now = ts(u.timestamp);
     conn.prepare_cached(
         "insert into order_status_log (created_at, order_id, status, changed_by, changed_at, notes) values (?1, ?2, ?3, ?4, ?1, ?5)",
     )
-    .and_then(|mut st| st.execute(params![now, id, t.to.as_str(), t.changed_by, t.notes]))
+    .and_then(|mut st| st.execute(params![now, id, u.new_status.as_str(), u.changed_by, t.notes]))
     .map_err(sql_err)?;
-
-    let (_, order) = load_order(conn, &t.order_number)?.ok_or_else(|| {
-        StoreError::new(
-            crate::domain::error::Class::Permanent,
-            "order vanished inside its transaction",
-        )
-    })?;
-    let update = status_update(t, old, &order);
     insert_outbox(
         conn,
         owner,
-        t.now,
+        u.timestamp,
         (NOTIFICATIONS_EXCHANGE, "", 0),
-        &to_json(&update)?,
-        &update.event_id(),
+        &to_json(u)?,
+        &u.event_id(),
         &t.request_id,
     )
     .map_err(sql_err)?;
-    Ok(TransitionOutcome::Applied {
-        old,
-        order: Box::new(order),
-    })
+    Ok(Some(order))
 }
 
 fn worker_row(r: &Row) -> rusqlite::Result<WorkerRow> {
@@ -681,10 +722,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError> {
+    async fn transition_from(
+        &self,
+        t: &Transition,
+        known: Option<&OrderState>,
+    ) -> Result<TransitionOutcome, StoreError> {
         let t = t.clone();
+        let known = known.cloned();
         let owner = self.owner.clone();
-        self.write(move |c| transition_tx(c, &owner, &t)).await
+        self.write(move |c| transition_tx(c, &owner, &t, known.as_ref()))
+            .await
     }
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError> {
