@@ -41,6 +41,7 @@ pub mod access;
 pub mod error;
 pub mod events;
 pub mod field_error;
+pub mod idempotency;
 pub mod kitchen_notes;
 pub mod money;
 pub mod order;

@@ -131,6 +131,30 @@ pub struct CreatedOrder {
     pub priority: i32,
 }
 
+/// An `Idempotency-Key` as the stores keep it (issue 14, migration 005).
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// Whose key: see `domain::idempotency::scope`.
+    pub scope: String,
+    pub key: String,
+    /// Fingerprint of the request body: see `domain::idempotency::request_hash`.
+    pub request_hash: String,
+    /// After this, the key is ignored (and swept): a new request makes a new order.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The answer to `create_order_keyed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyedOutcome {
+    /// A new order, committed together with its key.
+    Created(CreatedOrder),
+    /// The key was already used, with the same body: the original order's
+    /// answer. Nothing was written.
+    Replayed(CreatedOrder),
+    /// The key was already used with another body. Nothing was written.
+    Mismatch,
+}
+
 /// A requested status change.
 #[derive(Debug, Clone)]
 pub struct Transition {
@@ -351,6 +375,22 @@ pub trait Store: TokenStore + Send + Sync + 'static {
         request_id: &str,
         now: DateTime<Utc>,
     ) -> Result<CreatedOrder, StoreError>;
+
+    /// `create_order` under an idempotency key: the key row is written in the
+    /// order's transaction (a unique key per scope). A key already stored and
+    /// not expired is answered from its row instead, and nothing is written; a
+    /// concurrent request with the same key waits for the first one's commit
+    /// and then reads its answer.
+    async fn create_order_keyed(
+        &self,
+        order: &ValidOrder,
+        request_id: &str,
+        now: DateTime<Utc>,
+        key: &IdempotencyKey,
+    ) -> Result<KeyedOutcome, StoreError>;
+
+    /// Deletes the keys expired at `now`; returns how many.
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Applies a status change if the state machine allows it from the order's
     /// current status, with its log row and outbox message, atomically: reads

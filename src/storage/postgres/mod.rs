@@ -507,6 +507,27 @@ impl Store for PgStore {
         })
     }
 
+    /// Not batched: see `intake::create_keyed`.
+    async fn create_order_keyed(
+        &self,
+        order: &ValidOrder,
+        request_id: &str,
+        now: DateTime<Utc>,
+        key: &IdempotencyKey,
+    ) -> Result<KeyedOutcome, StoreError> {
+        intake::create_keyed(&self.pool, &self.owner, order, request_id, now, key).await
+    }
+
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "delete from idempotency_keys where expires_at <= $1",
+            &[&now],
+        )
+        .await
+        .map_err(pg_err)
+    }
+
     /// One statement, one commit when `known` is right (see
     /// TRANSITION_SQL); otherwise read, decide and try again.
     async fn transition_from(

@@ -388,6 +388,66 @@ fn insert_outbox(
     Ok(())
 }
 
+/// `create_order_tx` under an idempotency key. On the writer thread, so jobs
+/// with one key run one after another: a second one (even in the same batch)
+/// finds the first one's row. An expired row is replaced.
+fn create_order_keyed_tx(
+    conn: &Connection,
+    owner: &str,
+    order: &ValidOrder,
+    request_id: &str,
+    now: DateTime<Utc>,
+    key: &IdempotencyKey,
+) -> Result<KeyedOutcome, StoreError> {
+    let found: Option<(String, Option<String>, i64, i32, String)> = conn
+        .prepare_cached(
+            "select request_hash, order_number, total_cents, priority, expires_at from idempotency_keys where scope = ?1 and key = ?2",
+        )
+        .and_then(|mut st| {
+            st.query_row([&key.scope, &key.key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()
+        })
+        .map_err(sql_err)?;
+    if let Some((hash, number, total, priority, expires_at)) = found {
+        if expires_at > ts(now) {
+            if hash != key.request_hash {
+                return Ok(KeyedOutcome::Mismatch);
+            }
+            let order_number = number.ok_or_else(|| {
+                StoreError::new(Class::Permanent, "idempotency key without its order")
+            })?;
+            return Ok(KeyedOutcome::Replayed(CreatedOrder {
+                order_number,
+                total: Cents(total),
+                priority,
+            }));
+        }
+        conn.prepare_cached("delete from idempotency_keys where scope = ?1 and key = ?2")
+            .and_then(|mut st| st.execute([&key.scope, &key.key]))
+            .map_err(sql_err)?;
+    }
+    let created = create_order_tx(conn, owner, order, request_id, now)?;
+    conn.prepare_cached(
+        "insert into idempotency_keys (scope, key, request_hash, order_number, total_cents, priority, created_at, expires_at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            key.scope,
+            key.key,
+            key.request_hash,
+            created.order_number,
+            created.total.0,
+            created.priority,
+            ts(now),
+            ts(key.expires_at)
+        ])
+    })
+    .map_err(sql_err)?;
+    Ok(KeyedOutcome::Created(created))
+}
+
 fn create_order_tx(
     conn: &Connection,
     owner: &str,
@@ -627,6 +687,31 @@ impl Store for SqliteStore {
         let owner = self.owner.clone();
         self.write(move |c| create_order_tx(c, &owner, &order, &request_id, now))
             .await
+    }
+
+    async fn create_order_keyed(
+        &self,
+        order: &ValidOrder,
+        request_id: &str,
+        now: DateTime<Utc>,
+        key: &IdempotencyKey,
+    ) -> Result<KeyedOutcome, StoreError> {
+        let order = order.clone();
+        let request_id = request_id.to_string();
+        let owner = self.owner.clone();
+        let key = key.clone();
+        self.write(move |c| create_order_keyed_tx(c, &owner, &order, &request_id, now, &key))
+            .await
+    }
+
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            c.prepare_cached("delete from idempotency_keys where expires_at <= ?1")
+                .and_then(|mut st| st.execute([ts(now)]))
+                .map(|n| n as u64)
+                .map_err(sql_err)
+        })
+        .await
     }
 
     async fn transition_from(
