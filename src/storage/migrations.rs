@@ -8,58 +8,27 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const POSTGRES: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "001_init",
-        sql: include_str!("../../migrations/postgres/001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "002_outbox_owner",
-        sql: include_str!("../../migrations/postgres/002_outbox_owner.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "003_api_tokens",
-        sql: include_str!("../../migrations/postgres/003_api_tokens.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "004_kitchen_notes",
-        sql: include_str!("../../migrations/postgres/004_kitchen_notes.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "005_idempotency_keys",
-        sql: include_str!("../../migrations/postgres/005_idempotency_keys.sql"),
-    },
-];
+/// The migrations, one list for both backends (they define the same tables):
+/// migration `N => NAME` is `migrations/{postgres,sqlite}/NAME.sql`.
+macro_rules! migrations {
+    ($($version:literal => $name:literal),+ $(,)?) => {
+        pub const POSTGRES: &[Migration] = &[$(Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../../migrations/postgres/", $name, ".sql")),
+        }),+];
+        pub const SQLITE: &[Migration] = &[$(Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../../migrations/sqlite/", $name, ".sql")),
+        }),+];
+    };
+}
 
-pub const SQLITE: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "001_init",
-        sql: include_str!("../../migrations/sqlite/001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "002_outbox_owner",
-        sql: include_str!("../../migrations/sqlite/002_outbox_owner.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "003_api_tokens",
-        sql: include_str!("../../migrations/sqlite/003_api_tokens.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "004_kitchen_notes",
-        sql: include_str!("../../migrations/sqlite/004_kitchen_notes.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "005_idempotency_keys",
-        sql: include_str!("../../migrations/sqlite/005_idempotency_keys.sql"),
-    },
-];
+migrations! {
+    1 => "001_init",
+    2 => "002_outbox_owner",
+    3 => "003_api_tokens",
+    4 => "004_kitchen_notes",
+    5 => "005_idempotency_keys",
+}

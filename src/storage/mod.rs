@@ -184,29 +184,6 @@ impl Transition {
 /// missing (another change won each time) before it gives up with a conflict.
 const CAS_TRIES: usize = 8;
 
-/// Decides `t` on `cur`, which was either just read (`fresh`) or is the
-/// caller's guess. A refusal is final only on a state just read: on a guess,
-/// `Ok(None)` says to read the order and decide again.
-fn decide_on(
-    t: &Transition,
-    cur: &OrderState,
-    fresh: bool,
-) -> Result<Option<Decision>, TransitionError> {
-    match crate::domain::transition::decide(cur, &t.change()) {
-        Ok(d) => Ok(Some(d)),
-        Err(e) if fresh => Err(e),
-        Err(_) => Ok(None),
-    }
-}
-
-/// The error when the compare-and-set missed `CAS_TRIES` times in a row.
-fn cas_exhausted(number: &str) -> StoreError {
-    StoreError::new(
-        Class::Conflict,
-        format!("order {number} kept changing during the transition"),
-    )
-}
-
 #[derive(Debug, Clone)]
 pub enum TransitionOutcome {
     Applied {
@@ -406,7 +383,54 @@ pub trait Store: TokenStore + Send + Sync + 'static {
         &self,
         t: &Transition,
         known: Option<&OrderState>,
-    ) -> Result<TransitionOutcome, StoreError>;
+    ) -> Result<TransitionOutcome, StoreError> {
+        let mut guess = known.cloned();
+        for _ in 0..CAS_TRIES {
+            // A refusal is final only on a state just read, not on a guess.
+            let fresh = guess.is_none();
+            let cur = match guess.take() {
+                Some(s) => s,
+                None => match self.order_state(&t.order_number).await? {
+                    Some(s) => s,
+                    None => return Ok(TransitionOutcome::NotFound),
+                },
+            };
+            let d = match crate::domain::transition::decide(&cur, &t.change()) {
+                Ok(d) => d,
+                Err(e) if fresh => return Ok(TransitionOutcome::Rejected(e)),
+                Err(_) => continue,
+            };
+            if let Some(order) = self.persist_transition(t, &cur, &d).await? {
+                return Ok(TransitionOutcome::Applied {
+                    old: cur.status,
+                    order: Box::new(order),
+                });
+            }
+        }
+        Err(StoreError::new(
+            Class::Conflict,
+            format!(
+                "order {} kept changing during the transition",
+                t.order_number
+            ),
+        ))
+    }
+
+    /// The order's state (its columns without the items), for `transition_from`.
+    async fn order_state(&self, order_number: &str) -> Result<Option<OrderState>, StoreError>;
+
+    /// The backend's half of `transition_from`: writes what `d` decided on
+    /// `cur` (the order's new columns, the worker's count when it finishes a
+    /// cooking, the history row, the outbox row with `d.update` as its payload
+    /// and its event id as the message id), only if the order is still at
+    /// `cur`'s status and version. The order as updated (without its items), or
+    /// None when the compare-and-set missed and nothing was written.
+    async fn persist_transition(
+        &self,
+        t: &Transition,
+        cur: &OrderState,
+        d: &Decision,
+    ) -> Result<Option<OrderView>, StoreError>;
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError>;
     /// Only the order's status: the cheap check a worker makes while cooking.

@@ -426,61 +426,6 @@ with done as (
 select * from done
 "#;
 
-impl PgStore {
-    /// Tries to persist `d`, decided on `cur`; the order as updated, or None
-    /// when the compare-and-set missed.
-    async fn persist_transition(
-        &self,
-        c: &Object,
-        t: &Transition,
-        cur: &OrderState,
-        d: &Decision,
-    ) -> Result<Option<OrderView>, StoreError> {
-        let st = c.prepare_cached(TRANSITION_SQL).await.map_err(pg_err)?;
-        let s = &d.state;
-        let row = c
-            .query_opt(
-                &st,
-                &[
-                    &cur.order_number,
-                    &cur.status.as_str(),
-                    &cur.version,
-                    &s.status.as_str(),
-                    &s.version,
-                    &s.updated_at,
-                    &s.processed_by,
-                    &s.estimated_completion,
-                    &s.completed_at,
-                    &d.finishes_cooking(),
-                    &d.update.changed_by,
-                    &t.notes,
-                    &to_json(&d.update)?,
-                    &d.update.event_id(),
-                    &NOTIFICATIONS_EXCHANGE,
-                    &t.request_id,
-                    &self.owner,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
-        row.map(|r| order_row(&r).map(|(_, o)| o)).transpose()
-    }
-}
-
-/// The order's columns without its items.
-async fn order_state(c: &Object, number: &str) -> Result<Option<OrderState>, StoreError> {
-    let st = c
-        .prepare_cached(&format!(
-            "select {ORDER_COLUMNS} from orders o where o.number = $1"
-        ))
-        .await
-        .map_err(pg_err)?;
-    match c.query_opt(&st, &[&number]).await.map_err(pg_err)? {
-        Some(row) => Ok(Some(order_row(&row)?.1.state())),
-        None => Ok(None),
-    }
-}
-
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> Backend {
@@ -528,37 +473,56 @@ impl Store for PgStore {
         .map_err(pg_err)
     }
 
-    /// One statement, one commit when `known` is right (see
-    /// TRANSITION_SQL); otherwise read, decide and try again.
-    async fn transition_from(
+    /// One statement, one commit: see TRANSITION_SQL.
+    async fn persist_transition(
         &self,
         t: &Transition,
-        known: Option<&OrderState>,
-    ) -> Result<TransitionOutcome, StoreError> {
+        cur: &OrderState,
+        d: &Decision,
+    ) -> Result<Option<OrderView>, StoreError> {
         let c = self.client().await?;
-        let mut guess = known.cloned();
-        for _ in 0..CAS_TRIES {
-            let fresh = guess.is_none();
-            let cur = match guess.take() {
-                Some(s) => s,
-                None => match order_state(&c, &t.order_number).await? {
-                    Some(s) => s,
-                    None => return Ok(TransitionOutcome::NotFound),
-                },
-            };
-            let d = match decide_on(t, &cur, fresh) {
-                Ok(Some(d)) => d,
-                Ok(None) => continue,
-                Err(e) => return Ok(TransitionOutcome::Rejected(e)),
-            };
-            if let Some(order) = self.persist_transition(&c, t, &cur, &d).await? {
-                return Ok(TransitionOutcome::Applied {
-                    old: cur.status,
-                    order: Box::new(order),
-                });
-            }
+        let st = c.prepare_cached(TRANSITION_SQL).await.map_err(pg_err)?;
+        let s = &d.state;
+        let row = c
+            .query_opt(
+                &st,
+                &[
+                    &cur.order_number,
+                    &cur.status.as_str(),
+                    &cur.version,
+                    &s.status.as_str(),
+                    &s.version,
+                    &s.updated_at,
+                    &s.processed_by,
+                    &s.estimated_completion,
+                    &s.completed_at,
+                    &d.finishes_cooking(),
+                    &d.update.changed_by,
+                    &t.notes,
+                    &to_json(&d.update)?,
+                    &d.update.event_id(),
+                    &NOTIFICATIONS_EXCHANGE,
+                    &t.request_id,
+                    &self.owner,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        row.map(|r| order_row(&r).map(|(_, o)| o)).transpose()
+    }
+
+    async fn order_state(&self, order_number: &str) -> Result<Option<OrderState>, StoreError> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(&format!(
+                "select {ORDER_COLUMNS} from orders o where o.number = $1"
+            ))
+            .await
+            .map_err(pg_err)?;
+        match c.query_opt(&st, &[&order_number]).await.map_err(pg_err)? {
+            Some(row) => Ok(Some(order_row(&row)?.1.state())),
+            None => Ok(None),
         }
-        Err(cas_exhausted(&t.order_number))
     }
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError> {

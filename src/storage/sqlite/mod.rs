@@ -528,42 +528,6 @@ fn create_order_tx(
     })
 }
 
-/// A status change in the writer's transaction: read the order unless the
-/// caller knows its state, decide (`domain::transition::decide`), and persist
-/// the decision with a compare-and-set on `(status, version)`; when that
-/// misses (another process wrote the file meanwhile, or the guess was wrong),
-/// read and decide again.
-fn transition_tx(
-    conn: &Connection,
-    owner: &str,
-    t: &Transition,
-    known: Option<&OrderState>,
-) -> Result<TransitionOutcome, StoreError> {
-    let mut guess = known.cloned();
-    for _ in 0..CAS_TRIES {
-        let fresh = guess.is_none();
-        let cur = match guess.take() {
-            Some(s) => s,
-            None => match order_state(conn, &t.order_number)? {
-                Some(s) => s,
-                None => return Ok(TransitionOutcome::NotFound),
-            },
-        };
-        let d = match decide_on(t, &cur, fresh) {
-            Ok(Some(d)) => d,
-            Ok(None) => continue,
-            Err(e) => return Ok(TransitionOutcome::Rejected(e)),
-        };
-        if let Some(order) = persist_transition(conn, owner, t, &cur, &d)? {
-            return Ok(TransitionOutcome::Applied {
-                old: cur.status,
-                order: Box::new(order),
-            });
-        }
-    }
-    Err(cas_exhausted(&t.order_number))
-}
-
 /// The order's columns without its items.
 fn order_state(conn: &Connection, number: &str) -> Result<Option<OrderState>, StoreError> {
     let sql = format!("select {ORDER_COLUMNS} from orders where number = ?1");
@@ -714,15 +678,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn transition_from(
+    async fn order_state(&self, order_number: &str) -> Result<Option<OrderState>, StoreError> {
+        let n = order_number.to_string();
+        self.read(move |c| order_state(c, &n)).await
+    }
+
+    /// On the writer thread, in its transaction: see `persist_transition`.
+    async fn persist_transition(
         &self,
         t: &Transition,
-        known: Option<&OrderState>,
-    ) -> Result<TransitionOutcome, StoreError> {
-        let t = t.clone();
-        let known = known.cloned();
+        cur: &OrderState,
+        d: &Decision,
+    ) -> Result<Option<OrderView>, StoreError> {
+        let (t, cur, d) = (t.clone(), cur.clone(), d.clone());
         let owner = self.owner.clone();
-        self.write(move |c| transition_tx(c, &owner, &t, known.as_ref()))
+        self.write(move |c| persist_transition(c, &owner, &t, &cur, &d))
             .await
     }
 
