@@ -388,16 +388,16 @@ fn insert_outbox(
     Ok(())
 }
 
-/// `create_order_tx` under an idempotency key. On the writer thread, so jobs
-/// with one key run one after another: a second one (even in the same batch)
-/// finds the first one's row. An expired row is replaced.
-fn create_order_keyed_tx(
+/// `create` (the order's own transaction, `create_order_tx`) under an
+/// idempotency key: the key's stored answer when there is one, else the new
+/// order and its key row. On the writer thread, so jobs with one key run one
+/// after another: a second one (even in the same batch) finds the first one's
+/// row. An expired row is replaced.
+fn keyed_tx(
     conn: &Connection,
-    owner: &str,
-    order: &ValidOrder,
-    request_id: &str,
-    now: DateTime<Utc>,
     key: &IdempotencyKey,
+    now: DateTime<Utc>,
+    create: impl FnOnce() -> Result<CreatedOrder, StoreError>,
 ) -> Result<KeyedOutcome, StoreError> {
     let found: Option<(String, Option<String>, i64, i32, String)> = conn
         .prepare_cached(
@@ -428,7 +428,7 @@ fn create_order_keyed_tx(
             .and_then(|mut st| st.execute([&key.scope, &key.key]))
             .map_err(sql_err)?;
     }
-    let created = create_order_tx(conn, owner, order, request_id, now)?;
+    let created = create()?;
     conn.prepare_cached(
         "insert into idempotency_keys (scope, key, request_hash, order_number, total_cents, priority, created_at, expires_at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
@@ -664,8 +664,12 @@ impl Store for SqliteStore {
         let request_id = request_id.to_string();
         let owner = self.owner.clone();
         let key = key.clone();
-        self.write(move |c| create_order_keyed_tx(c, &owner, &order, &request_id, now, &key))
-            .await
+        self.write(move |c| {
+            keyed_tx(c, &key, now, || {
+                create_order_tx(c, &owner, &order, &request_id, now)
+            })
+        })
+        .await
     }
 
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
