@@ -372,7 +372,60 @@ async fn store_keys_behave_alike(b: Backend) {
     );
 }
 
+/// The real binary's log lines: a keyed order's `order_created` carries the
+/// key cut to 16 characters, a replay says `order_replayed`, and no line holds
+/// the whole key.
+async fn keys_stay_short_in_log_lines(b: Backend) {
+    let env = TestEnv::new(b);
+    let mut cmd = env.command();
+    cmd.args(["--mode=order-service", "--port=0"]);
+    let mut p = common::Proc::spawn("order-service", cmd);
+    let url = format!("http://127.0.0.1:{}", p.port().await);
+    let http = reqwest::Client::new();
+    let key = format!("till-3:{}", "x".repeat(120));
+    let body = takeout("Log Reader", 1, 6.0);
+    for _ in 0..2 {
+        let (s, _, v) = post_keyed(&http, &url, &key, &body).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let created = p
+        .wait_log("order_created", Duration::from_secs(10), |_| true)
+        .await;
+    assert_eq!(
+        created["details"]["idempotency_key"], "till-3:xxxxxxxxx…",
+        "{created}"
+    );
+    p.wait_log("order_replayed", Duration::from_secs(10), |v| {
+        v["details"]["idempotency_key"] == "till-3:xxxxxxxxx…"
+    })
+    .await;
+    // Without a key, order_created has no such field.
+    let (s, _, _) = post_json_plain(&http, &url, &body).await;
+    assert_eq!(s, 200);
+    let plain = p
+        .wait_log("order_created", Duration::from_secs(10), |v| {
+            v["details"].get("idempotency_key").is_none()
+        })
+        .await;
+    assert!(plain["details"]["order_number"].is_string(), "{plain}");
+    p.stop().await;
+    let all = [p.stdout(), p.stderr()].concat();
+    assert!(
+        !all.iter().any(|l| l.contains(&key)),
+        "a log line holds the whole key"
+    );
+}
+
+async fn post_json_plain(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    common::post_json(http, &format!("{url}/orders"), body).await
+}
+
 backend_tests!(
+    keys_stay_short_in_log_lines,
     store_keys_behave_alike,
     replay_and_mismatch,
     bad_keys,

@@ -121,6 +121,8 @@ impl OrderApi {
             items = order.items.len(),
             "Valid order received"
         );
+        // Keys are not secrets, but log lines stay short: at most 16 characters.
+        let shown = key.as_deref().map(idempotency::for_log);
         let (created, replayed) = match key {
             None => {
                 let created = self
@@ -144,6 +146,7 @@ impl OrderApi {
                 order_number = %created.order_number,
                 total_amount = created.total.as_f64(),
                 order_priority = created.priority,
+                idempotency_key = shown.as_deref(),
                 "Order created successfully"
             );
         }
@@ -198,14 +201,7 @@ impl OrderApi {
             .await
             .map_err(|e| store_error(e, "db_transaction_failed", "Could not store the order"))?;
         match outcome {
-            KeyedOutcome::Created(c) => {
-                tracing::debug!(
-                    action = "idempotency_key_stored",
-                    order_number = %c.order_number,
-                    idempotency_key = %shown,
-                );
-                Ok((c, false))
-            }
+            KeyedOutcome::Created(c) => Ok((c, false)),
             KeyedOutcome::Replayed(c) => {
                 tracing::info!(
                     action = "order_replayed",
