@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod telemetry;

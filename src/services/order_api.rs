@@ -4,6 +4,7 @@
 use crate::broker::relay::Relay;
 use crate::domain::order::{is_order_number, validate};
 use crate::domain::OrderStatus;
+use crate::process::metrics;
 use crate::http::{
     bad_order_number, health_response, json_response, read_json, segments, static_response,
     store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
@@ -51,6 +52,10 @@ impl Routes for OrderApi {
     fn guard(&self) -> Option<&std::sync::Arc<crate::http::auth::Guard>> {
         Some(&self.guard)
     }
+
+    fn metrics(&self) -> bool {
+        true
+    }
 }
 
 impl OrderApi {
@@ -83,6 +88,8 @@ impl OrderApi {
             .map_err(|e| store_error(e, "db_transaction_failed", "Could not store the order"))?;
         // The order and its message are committed together; the relay publishes it.
         self.relay.wake();
+        ::metrics::counter!(metrics::ORDERS_CREATED, "order_type" => order.order_type.as_str())
+            .increment(1);
         tracing::info!(
             action = "order_created",
             order_number = %created.order_number,
