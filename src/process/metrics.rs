@@ -114,11 +114,7 @@ fn describe() {
         "Outbox relay: one batch published and confirmed by RabbitMQ"
     );
     describe_counter!(ORDERS_COOKED, "Orders a kitchen worker moved to ready");
-    describe_histogram!(
-        TICKET_TIME,
-        Unit::Seconds,
-        "Ticket time, received to ready"
-    );
+    describe_histogram!(TICKET_TIME, Unit::Seconds, "Ticket time, received to ready");
     describe_gauge!(
         LINK_UP,
         "1 while every link of this process to the server is up"

@@ -4,11 +4,11 @@
 use crate::broker::relay::Relay;
 use crate::domain::order::{is_order_number, validate};
 use crate::domain::OrderStatus;
-use crate::process::metrics;
 use crate::http::{
     bad_order_number, health_response, json_response, read_json, segments, static_response,
     store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
 };
+use crate::process::metrics;
 use crate::storage::{SharedStore, Transition, TransitionOutcome};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};

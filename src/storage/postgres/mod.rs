@@ -800,6 +800,9 @@ impl Store for PgStore {
             .query_one("select count(*), min(created_at) from outbox", &[])
             .await
             .map_err(pg_err)?;
-        Ok((row.try_get(0).map_err(pg_err)?, row.try_get(1).map_err(pg_err)?))
+        Ok((
+            row.try_get(0).map_err(pg_err)?,
+            row.try_get(1).map_err(pg_err)?,
+        ))
     }
 }
