@@ -5,7 +5,9 @@
 //! Tokens are looked up in an in-memory copy of `api_tokens`, re-read when it
 //! is older than `MAX_AGE`: a revoked token stops working within a second, in
 //! every running service, without a restart, and a busy service reads the
-//! table at most twice a second. Requests without a token never touch it.
+//! table at most twice a second. An unknown token makes it look again (at most
+//! every `MISS_RELOAD`), so a token just made works at once. Requests without a
+//! token never touch it.
 
 use super::{json_response, ApiError, Resp};
 use crate::domain::access::{
@@ -26,6 +28,8 @@ use std::time::{Duration, Instant};
 /// How old the copy of the token table may get (revocation takes effect within this).
 const MAX_AGE: Duration = Duration::from_millis(500);
 /// How often `last_used_at` is written back (at most).
+/// How often an unknown token may make the guard re-read the token table.
+const MISS_RELOAD: Duration = Duration::from_millis(100);
 const TOUCH_EVERY: Duration = Duration::from_secs(10);
 
 /// What the edge needs from the config.
@@ -57,6 +61,21 @@ struct Cache {
     touched: Option<Instant>,
 }
 
+impl Cache {
+    /// The name and role of the token with this hash. Compares with every row,
+    /// without stopping at a match: the time taken does not depend on which
+    /// token (if any) matched.
+    fn find(&self, presented: &str) -> Option<(String, Role)> {
+        self.rows.iter().fold(None, |found, (name, role, hash)| {
+            if hashes_equal(hash, presented) {
+                Some((name.clone(), *role))
+            } else {
+                found
+            }
+        })
+    }
+}
+
 impl Guard {
     pub fn new(store: SharedStore, settings: AuthSettings) -> Arc<Guard> {
         Arc::new(Guard {
@@ -80,26 +99,16 @@ impl Guard {
         let presented = hash_token(token);
         let mut cache = self.cache.lock().await;
         if cache.loaded.is_none_or(|t| t.elapsed() > MAX_AGE) {
-            let rows = self.store.tokens().await.map_err(|e| {
-                tracing::error!(action = "token_table_unreadable", error = %e, "Cannot read the token table");
-                ApiError::unavailable("database unavailable, try again shortly")
-            })?;
-            cache.rows = rows
-                .into_iter()
-                .map(|r| (r.name, r.role, r.token_hash))
-                .collect();
-            cache.loaded = Some(Instant::now());
-            self.flush_used(&mut cache);
+            self.reload(&mut cache).await?;
         }
-        // Compare with every row, without stopping at a match: the time taken
-        // does not depend on which token (if any) matched.
-        let found = cache.rows.iter().fold(None, |found, (name, role, hash)| {
-            if hashes_equal(hash, &presented) {
-                Some((name.clone(), *role))
-            } else {
-                found
-            }
-        });
+        let mut found = cache.find(&presented);
+        // A token made a moment ago by `token create` is not in a cache loaded
+        // before it: look again, at most every MISS_RELOAD, so that a new device
+        // pairs at once while a stream of wrong tokens costs few reads.
+        if found.is_none() && cache.loaded.is_some_and(|t| t.elapsed() > MISS_RELOAD) {
+            self.reload(&mut cache).await?;
+            found = cache.find(&presented);
+        }
         Ok(match found {
             Some((name, role)) => {
                 cache.used.insert(name.clone(), Utc::now());
@@ -107,6 +116,20 @@ impl Guard {
             }
             None => Caller::Rejected,
         })
+    }
+
+    async fn reload(&self, cache: &mut Cache) -> Result<(), ApiError> {
+        let rows = self.store.tokens().await.map_err(|e| {
+            tracing::error!(action = "token_table_unreadable", error = %e, "Cannot read the token table");
+            ApiError::unavailable("database unavailable, try again shortly")
+        })?;
+        cache.rows = rows
+            .into_iter()
+            .map(|r| (r.name, r.role, r.token_hash))
+            .collect();
+        cache.loaded = Some(Instant::now());
+        self.flush_used(cache);
+        Ok(())
     }
 
     /// Writes `last_used_at` back now and then, off the request's path.
