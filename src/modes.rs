@@ -313,6 +313,7 @@ async fn start_parts(
             store: store.clone(),
             relay: relay.clone().expect("writing modes have a relay"),
             guard: guard.clone(),
+            idempotency: order_api::Idempotency::new(cfg.orders.idempotency_ttl_seconds),
         };
         let addr = bind(cfg.http.order_port);
         let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));

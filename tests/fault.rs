@@ -1,6 +1,9 @@
 //! The fault suite (issue 6), scenarios 1-3: a server restarts or a worker is
 //! killed while orders pour in, and still no order is lost and no transition
-//! happens twice.
+//! happens twice. Scenario 4 (issue 14): the order service dies between an
+//! order's commit and its answer (failpoint `crash_after_commit`), or
+//! PostgreSQL restarts, under load whose clients retry with an
+//! `Idempotency-Key`: every order is stored exactly once.
 //!
 //!   bash tests/fault/run.sh
 //!   cargo test --test fault -- --ignored --test-threads=1 --nocapture
@@ -24,8 +27,8 @@ mod servers;
 
 use common::{Backend, TestEnv};
 use harness::{
-    check_idle, check_running, notification_counts, place_orders, stop_all, wait_unhealthy, Answer,
-    Db, Placed, Proc, Report, Setup,
+    check_idle, check_running, doubled, notification_counts, place_orders, place_orders_keyed,
+    stop_all, wait_unhealthy, Answer, Db, Keyed, Placed, Proc, Report, Setup,
 };
 use restaurant_system::process::config::{Secret, StorageBackend};
 use servers::{free_port, PrivatePostgres, PrivateRabbit};
@@ -448,6 +451,228 @@ async fn worker_sigkill_postgres() {
 async fn worker_sigkill_sqlite() {
     let _one = SERIAL.lock().await;
     bounded("worker-sigkill [sqlite]", worker_sigkill(Backend::Sqlite)).await;
+}
+
+// ---------------------------------------------------------------------------
+// 4. Idempotent retries (issue 14): the process or the database dies between
+//    the commit and the answer; clients retry with their Idempotency-Key
+
+const KEYED_ORDERS: usize = 120;
+const KEYED_RATE: f64 = 30.0;
+/// The order service aborts right after this many intake commits.
+const CRASH_AT_COMMIT: usize = 40;
+/// How long a client keeps retrying one order.
+const RETRY_LIMIT: Duration = Duration::from_secs(60);
+
+/// The checks both keyed scenarios share: every request ended in a 200, every
+/// order is stored exactly once and reached ready, the answer names it.
+fn assert_keyed(
+    r: &Report,
+    outcome: &[Result<(), String>],
+    keyed: &[Keyed],
+    facts: &[harness::OrderFacts],
+) {
+    assert_common(r, outcome);
+    let p = r.problems();
+    assert_eq!(
+        r.accepted, r.placed,
+        "a keyed order never got its 200:\n{p}"
+    );
+    assert_eq!(doubled(facts), 0, "an order was stored twice:\n{p}");
+    assert_eq!(
+        facts.len(),
+        keyed.len(),
+        "orders in the database vs requests:\n{p}"
+    );
+}
+
+fn keyed_report(
+    scenario: &str,
+    backend: &str,
+    keyed: &[Keyed],
+    facts: &[harness::OrderFacts],
+) -> Report {
+    let placed: Vec<Placed> = keyed.iter().map(|k| k.placed.clone()).collect();
+    let retried = keyed.iter().filter(|k| k.attempts > 1).count();
+    let requests: usize = keyed.iter().map(|k| k.attempts).sum();
+    let replayed = keyed.iter().filter(|k| k.replayed).count();
+    Report::new(scenario, backend, &placed, facts)
+        .with("orders_in_db", facts.len())
+        .with("doubled", doubled(facts))
+        .with("requests", requests)
+        .with("retried_orders", retried)
+        .with("answered_by_replay", replayed)
+}
+
+/// The order service aborts (failpoint `crash_after_commit`) right after an
+/// order's commit, before its answer; its clients get no answer, retry with
+/// their keys against the restarted service, and get their orders: the ones
+/// committed before the crash as replays, none lost, none doubled.
+async fn crash_after_commit(b: Backend) {
+    let mut env = TestEnv::new(b);
+    let c = &mut env.cfg.kitchen.cooking_seconds;
+    (c.dine_in, c.takeout, c.delivery) = (0.1, 0.1, 0.1);
+    let cfg = env.cfg.clone();
+    let mut setup = Setup::new(&format!("crash-after-commit-{}", label(b)), &cfg);
+    let db = Db::of(&cfg);
+    let failpoint = format!("crash_after_commit:{CRASH_AT_COMMIT}");
+    setup.set_env("RESTAURANT_FAILPOINT", Some(&failpoint));
+    let (mut doomed, url) = order_service(&setup).await;
+    setup.set_env("RESTAURANT_FAILPOINT", None);
+    let mut chef = kitchen(&setup, "chef_a", &["--prefetch=10"]).await;
+
+    let (tx, rx) = tokio::sync::watch::channel(url);
+    let load = tokio::spawn(place_orders_keyed(
+        rx,
+        KEYED_ORDERS,
+        KEYED_RATE,
+        RETRY_LIMIT,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = doomed.exit_status() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the order service did not reach its failpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let died = Instant::now();
+    let (mut order, url) = order_service(&setup).await;
+    let restart = format!("{:.1}", died.elapsed().as_secs_f64());
+    tx.send(url).expect("the load is listening");
+    let keyed = load.await.expect("load task");
+
+    let accepted: HashSet<String> = keyed
+        .iter()
+        .filter_map(|k| match &k.placed.answer {
+            Answer::Accepted(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect();
+    let waited = Instant::now();
+    db.wait_ready(&accepted, READY_LIMIT).await;
+    let settle = format!("{:.1}", waited.elapsed().as_secs_f64());
+    let outcome = check_and_stop(vec![&mut order, &mut chef]).await;
+    let facts = db.orders().await.expect("reading the final orders");
+    use std::os::unix::process::ExitStatusExt;
+    let r = keyed_report("crash-after-commit", label(b), &keyed, &facts)
+        .with("failpoint", &failpoint)
+        .with("died_by_signal", status.signal().unwrap_or(0))
+        .with("restarted_after_s", &restart)
+        .with("all_ready_after_load_s", &settle);
+    r.print();
+    assert_keyed(&r, &outcome, &keyed, &facts);
+    assert_eq!(
+        status.signal(),
+        Some(nix::sys::signal::Signal::SIGABRT as i32),
+        "the order service should have aborted at its failpoint: {status}"
+    );
+    assert!(
+        keyed.iter().any(|k| k.replayed && k.attempts > 1),
+        "no retry was answered by a replay: the crash did not fall between a commit and its answer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite (about a minute): run tests/fault/run.sh"]
+async fn crash_after_commit_postgres() {
+    let _one = SERIAL.lock().await;
+    bounded(
+        "crash-after-commit [postgres]",
+        crash_after_commit(Backend::Postgres),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite (about a minute): run tests/fault/run.sh"]
+async fn crash_after_commit_sqlite() {
+    let _one = SERIAL.lock().await;
+    bounded(
+        "crash-after-commit [sqlite]",
+        crash_after_commit(Backend::Sqlite),
+    )
+    .await;
+}
+
+/// PostgreSQL restarts twice (fast, then immediate: a crash) under keyed load
+/// whose clients retry every 503 and lost answer with their keys: every order
+/// is stored exactly once and every client ends with its order.
+async fn db_restart_keyed() {
+    let mut env = TestEnv::new(Backend::Sqlite);
+    let pg = tokio::task::spawn_blocking(PrivatePostgres::start)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let d = &mut env.cfg.database;
+    d.backend = StorageBackend::Postgres;
+    d.host = Some("127.0.0.1".into());
+    d.port = pg.port;
+    d.user = "postgres".into();
+    d.password = None;
+    d.database = "postgres".into();
+    let c = &mut env.cfg.kitchen.cooking_seconds;
+    (c.dine_in, c.takeout, c.delivery) = (0.1, 0.1, 0.1);
+    let cfg = env.cfg.clone();
+    let setup = Setup::new("db-restart-keyed-postgres", &cfg);
+    let (mut order, url) = order_service(&setup).await;
+    let mut chef = kitchen(&setup, "chef_a", &["--prefetch=10"]).await;
+
+    let started = tokio::time::Instant::now();
+    let (_tx, rx) = tokio::sync::watch::channel(url);
+    let load = tokio::spawn(place_orders_keyed(
+        rx,
+        KEYED_ORDERS,
+        KEYED_RATE,
+        RETRY_LIMIT,
+    ));
+    let mut pg = pg;
+    let mut outages = Vec::new();
+    for (at, mode) in [(1.0, "fast"), (3.5, "immediate")] {
+        tokio::time::sleep_until(started + Duration::from_secs_f64(at)).await;
+        let down_at = Instant::now();
+        pg = blocking(pg, move |pg| pg.stop_server(mode)).await;
+        tokio::time::sleep_until((down_at + Duration::from_secs(2)).into()).await;
+        pg = blocking(pg, |pg| pg.start_server()).await;
+        outages.push(format!("{:.1}", down_at.elapsed().as_secs_f64()));
+    }
+    let keyed = load.await.expect("load task");
+
+    let db = Db::of(&cfg);
+    let accepted: HashSet<String> = keyed
+        .iter()
+        .filter_map(|k| match &k.placed.answer {
+            Answer::Accepted(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect();
+    let waited = Instant::now();
+    db.wait_ready(&accepted, READY_LIMIT).await;
+    let settle = format!("{:.1}", waited.elapsed().as_secs_f64());
+    let outcome = check_and_stop(vec![&mut order, &mut chef]).await;
+    let facts = db.orders().await.expect("reading the final orders");
+    let r = keyed_report("db-restart-keyed", "postgres", &keyed, &facts)
+        .with("restarts", "fast,immediate")
+        .with("outage_s", outages.join(","))
+        .with("all_ready_after_load_s", &settle);
+    r.print();
+    if r.lost > 0 || r.stray > 0 || doubled(&facts) > 0 {
+        eprintln!("private PostgreSQL log:\n{}", pg.log_tail(40));
+    }
+    assert_keyed(&r, &outcome, &keyed, &facts);
+    assert!(
+        keyed.iter().any(|k| k.attempts > 1),
+        "no request was retried: the outages were not exercised"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite (private servers, about a minute): run tests/fault/run.sh"]
+async fn db_restart_keyed_postgres() {
+    let _one = SERIAL.lock().await;
+    bounded("db-restart-keyed [postgres]", db_restart_keyed()).await;
 }
 
 // ---------------------------------------------------------------------------

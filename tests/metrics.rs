@@ -224,7 +224,8 @@ async fn orders_created_and_request_durations(b: Backend) {
     let (mut p, base) = spawn(&env, "order-service", &[]).await;
     let before = scrape(&base).await;
     let http = reqwest::Client::new();
-    // 3 takeout, 1 dine-in, 1 delivery; and one invalid order that creates nothing.
+    // 3 takeout, 1 dine-in, 1 delivery; one invalid order and one replayed
+    // keyed order that create nothing.
     let mut numbers = Vec::new();
     for body in spec_orders()
         .into_iter()
@@ -239,6 +240,17 @@ async fn orders_created_and_request_durations(b: Backend) {
     )
     .await;
     assert_eq!(status, 400);
+    // A retry under the same Idempotency-Key creates nothing, so counts nothing.
+    for _ in 0..2 {
+        let r = http
+            .post(format!("{base}/orders"))
+            .header("Idempotency-Key", "pos-1-retry")
+            .json(&takeout("C", 1, 3.0))
+            .send()
+            .await
+            .expect("keyed POST");
+        assert_eq!(r.status().as_u16(), 200);
+    }
     let (status, _, _) = common::post_json(
         &http,
         &format!("{base}/orders/{}/cancel", numbers[0]),
@@ -248,7 +260,7 @@ async fn orders_created_and_request_durations(b: Backend) {
     assert_eq!(status, 200);
 
     let after = scrape(&base).await;
-    for (t, n) in [("takeout", 3.0), ("dine_in", 1.0), ("delivery", 1.0)] {
+    for (t, n) in [("takeout", 4.0), ("dine_in", 1.0), ("delivery", 1.0)] {
         let moved = after.value(CREATED, &[("order_type", t)])
             - before.value(CREATED, &[("order_type", t)]);
         assert_eq!(moved, n, "{t}: {}", after.text);
@@ -260,7 +272,7 @@ async fn orders_created_and_request_durations(b: Backend) {
     };
     assert_eq!(
         count(&[("route", "/orders"), ("method", "POST"), ("status", "200")]),
-        5.0,
+        7.0,
         "{}",
         after.text
     );

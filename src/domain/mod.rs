@@ -7,11 +7,13 @@ pub mod access;
 pub mod error;
 pub mod events;
 pub mod field_error;
+pub mod idempotency;
 pub mod kitchen_notes;
 pub mod money;
 pub mod order;
 pub mod speed;
 pub mod status;
+pub mod transition;
 pub mod worker;
 
 pub use money::Cents;

@@ -23,6 +23,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub display: DisplayConfig,
     pub kitchen: KitchenConfig,
+    pub orders: OrdersConfig,
     pub http: HttpConfig,
     pub security: SecurityConfig,
     pub metrics: MetricsConfig,
@@ -331,6 +332,26 @@ impl Default for HttpConfig {
     }
 }
 
+/// Order intake (issue 14).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    /// How long an `Idempotency-Key` is remembered: a retry with the same key
+    /// within this time gets the original answer (default 24 h).
+    pub idempotency_ttl_seconds: u64,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        OrdersConfig {
+            idempotency_ttl_seconds: 86_400,
+        }
+    }
+}
+
+/// The longest `orders.idempotency_ttl_seconds` accepted: 30 days.
+pub const MAX_IDEMPOTENCY_TTL: u64 = 30 * 86_400;
+
 /// Who may call the HTTP APIs (issue 11, docs/security.md).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -530,6 +551,12 @@ impl Config {
                 }
             }
         }
+        if !(1..=MAX_IDEMPOTENCY_TTL).contains(&self.orders.idempotency_ttl_seconds) {
+            return bad(format!(
+                "orders.idempotency_ttl_seconds must be between 1 and {MAX_IDEMPOTENCY_TTL} (30 days), got {}",
+                self.orders.idempotency_ttl_seconds
+            ));
+        }
         if self.http.max_concurrent == 0 {
             return bad("http.max_concurrent must be at least 1".into());
         }
@@ -706,6 +733,13 @@ mod tests {
         let e = load_str("[kitchen.cooking_seconds]\ntakeout = -1\n").unwrap_err();
         assert!(e.to_string().contains("takeout"));
         assert!(load_str("[log]\nlevel = \"loud!!\"\n").is_err());
+        for ttl in ["0", "2592001"] {
+            let e = load_str(&format!("[orders]\nidempotency_ttl_seconds = {ttl}\n")).unwrap_err();
+            assert!(e.to_string().contains("idempotency_ttl_seconds"), "{e}");
+        }
+        let c = load_str("[orders]\nidempotency_ttl_seconds = 2\n").unwrap();
+        assert_eq!(c.orders.idempotency_ttl_seconds, 2);
+        assert_eq!(Config::default().orders.idempotency_ttl_seconds, 86_400);
     }
 
     #[test]

@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod daemon;
+pub mod failpoint;
 pub mod metrics;
 pub mod telemetry;

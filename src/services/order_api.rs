@@ -2,18 +2,24 @@
 //! transitions (complete = the display's bump, cancel, recall).
 
 use crate::broker::relay::Relay;
+use crate::domain::idempotency;
 use crate::domain::order::{is_order_number, validate};
 use crate::domain::OrderStatus;
+use crate::domain::ValidOrder;
 use crate::http::{
     bad_order_number, health_response, json_response, read_json, segments, static_response,
     store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
 };
+use crate::process::failpoint;
 use crate::process::metrics;
-use crate::storage::{SharedStore, Transition, TransitionOutcome};
+use crate::storage::{
+    CreatedOrder, IdempotencyKey, KeyedOutcome, SharedStore, Transition, TransitionOutcome,
+};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 pub const SERVICE: &str = "order-service";
 
@@ -21,7 +27,45 @@ pub struct OrderApi {
     pub store: SharedStore,
     pub relay: Relay,
     pub guard: std::sync::Arc<crate::http::auth::Guard>,
+    pub idempotency: Idempotency,
 }
+
+/// How `Idempotency-Key`s are kept (issue 14).
+pub struct Idempotency {
+    /// A key is remembered this long (`orders.idempotency_ttl_seconds`).
+    pub ttl: chrono::Duration,
+    /// Unix seconds of the last sweep of expired keys.
+    last_sweep: AtomicI64,
+}
+
+impl Idempotency {
+    pub fn new(ttl_seconds: u64) -> Self {
+        Idempotency {
+            ttl: chrono::Duration::seconds(i64::try_from(ttl_seconds).unwrap_or(i64::MAX / 1000)),
+            last_sweep: AtomicI64::new(0),
+        }
+    }
+
+    /// True at most once per sweep interval: SWEEP_EVERY, or the TTL when it is
+    /// shorter (so a test's short TTL is swept too).
+    fn sweep_due(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        let every = SWEEP_EVERY.min(self.ttl.num_seconds().max(1));
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        now.timestamp() - last >= every
+            && self
+                .last_sweep
+                .compare_exchange(last, now.timestamp(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// Expired keys are deleted by keyed intake at most this often (seconds): one
+/// indexed delete, off the request's path.
+const SWEEP_EVERY: i64 = 300;
+
+/// The header telling a client its answer is a replay of an earlier request
+/// (the same name as payment APIs use).
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 #[async_trait::async_trait]
 impl Routes for OrderApi {
@@ -60,6 +104,7 @@ impl Routes for OrderApi {
 
 impl OrderApi {
     async fn create(&self, req: Request<Incoming>, ctx: &RequestCtx) -> Result<Resp, ApiError> {
+        let key = idempotency_key(&req)?;
         let body = read_json(req, ctx).await?;
         let order = validate(&body).map_err(|errors| {
             tracing::error!(
@@ -81,22 +126,35 @@ impl OrderApi {
             items = order.items.len(),
             "Valid order received"
         );
-        let created = self
-            .store
-            .create_order(&order, &ctx.request_id, chrono::Utc::now())
-            .await
-            .map_err(|e| store_error(e, "db_transaction_failed", "Could not store the order"))?;
-        // The order and its message are committed together; the relay publishes it.
-        self.relay.wake();
-        ::metrics::counter!(metrics::ORDERS_CREATED, "order_type" => order.order_type.as_str())
-            .increment(1);
-        tracing::info!(
-            action = "order_created",
-            order_number = %created.order_number,
-            total_amount = created.total.as_f64(),
-            order_priority = created.priority,
-            "Order created successfully"
-        );
+        let (created, replayed) = match key {
+            None => {
+                let created = self
+                    .store
+                    .create_order(&order, &ctx.request_id, chrono::Utc::now())
+                    .await
+                    .map_err(|e| {
+                        store_error(e, "db_transaction_failed", "Could not store the order")
+                    })?;
+                (created, false)
+            }
+            Some(key) => self.create_keyed(&order, &body, key, ctx).await?,
+        };
+        if !replayed {
+            // The fault suite's "died between the commit and the answer".
+            failpoint::hit("crash_after_commit");
+            // The order and its message are committed together; the relay publishes it.
+            self.relay.wake();
+            // Counted once per order: a replayed key created nothing.
+            ::metrics::counter!(metrics::ORDERS_CREATED, "order_type" => order.order_type.as_str())
+                .increment(1);
+            tracing::info!(
+                action = "order_created",
+                order_number = %created.order_number,
+                total_amount = created.total.as_f64(),
+                order_priority = created.priority,
+                "Order created successfully"
+            );
+        }
         let mut resp = json_response(
             StatusCode::OK,
             &json!({
@@ -108,7 +166,79 @@ impl OrderApi {
         if let Ok(v) = HeaderValue::from_str(&format!("/orders/{}/status", created.order_number)) {
             resp.headers_mut().insert(LOCATION, v);
         }
+        if replayed {
+            resp.headers_mut()
+                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+        }
         Ok(resp)
+    }
+
+    /// Intake under an `Idempotency-Key`: the new order, or (replayed = true)
+    /// the answer of the order this caller already made with this key and body.
+    async fn create_keyed(
+        &self,
+        order: &ValidOrder,
+        body: &serde_json::Value,
+        key: String,
+        ctx: &RequestCtx,
+    ) -> Result<(CreatedOrder, bool), ApiError> {
+        let now = chrono::Utc::now();
+        let scope = idempotency::scope(&ctx.caller);
+        let shown = idempotency::for_log(&key);
+        let k = IdempotencyKey {
+            scope,
+            key,
+            request_hash: idempotency::request_hash(body),
+            expires_at: now + self.idempotency.ttl,
+        };
+        if self.idempotency.sweep_due(now) {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                match store.sweep_idempotency_keys(now).await {
+                    Ok(n) => tracing::debug!(action = "idempotency_keys_swept", count = n),
+                    Err(e) => tracing::warn!(action = "idempotency_sweep_failed", error = %e),
+                }
+            });
+        }
+        let outcome = self
+            .store
+            .create_order_keyed(order, &ctx.request_id, now, &k)
+            .await
+            .map_err(|e| store_error(e, "db_transaction_failed", "Could not store the order"))?;
+        match outcome {
+            KeyedOutcome::Created(c) => {
+                tracing::debug!(
+                    action = "idempotency_key_stored",
+                    order_number = %c.order_number,
+                    idempotency_key = %shown,
+                );
+                Ok((c, false))
+            }
+            KeyedOutcome::Replayed(c) => {
+                tracing::info!(
+                    action = "order_replayed",
+                    order_number = %c.order_number,
+                    idempotency_key = %shown,
+                    "Repeated request answered with its original order"
+                );
+                Ok((c, true))
+            }
+            KeyedOutcome::Mismatch => {
+                tracing::warn!(
+                    action = "idempotency_key_reused",
+                    idempotency_key = %shown,
+                    "Idempotency-Key reused with another body"
+                );
+                Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Idempotency-Key was already used with a different request body",
+                )
+                .with_details(vec![json!({
+                    "field": idempotency::HEADER,
+                    "message": "a key can only repeat the request it was first sent with; use a new key for a new order",
+                })]))
+            }
+        }
     }
 
     async fn transition(
@@ -176,4 +306,28 @@ impl OrderApi {
         };
         health_response(SERVICE, &[("database", db), ("rabbitmq", mq)])
     }
+}
+
+/// The request's `Idempotency-Key`, if any; 400 when it is not a valid key.
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
+    let mut values = req.headers().get_all(idempotency::HEADER).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid {} header", idempotency::HEADER),
+        )
+        .with_details(vec![json!({
+            "field": idempotency::HEADER,
+            "message": idempotency::KEY_RULE,
+        })])
+    };
+    if values.next().is_some() {
+        return Err(bad());
+    }
+    idempotency::parse_key(v.as_bytes())
+        .map(|k| Some(k.to_string()))
+        .ok_or_else(bad)
 }

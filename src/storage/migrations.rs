@@ -29,6 +29,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "004_kitchen_notes",
         sql: include_str!("../../migrations/postgres/004_kitchen_notes.sql"),
     },
+    Migration {
+        version: 5,
+        name: "005_idempotency_keys",
+        sql: include_str!("../../migrations/postgres/005_idempotency_keys.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -51,5 +56,10 @@ pub const SQLITE: &[Migration] = &[
         version: 4,
         name: "004_kitchen_notes",
         sql: include_str!("../../migrations/sqlite/004_kitchen_notes.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "005_idempotency_keys",
+        sql: include_str!("../../migrations/sqlite/005_idempotency_keys.sql"),
     },
 ];

@@ -2,8 +2,10 @@
 //!
 //! Every write that changes an order also writes the message announcing it into
 //! the `outbox` table, in the same transaction (see `broker::relay`). Status
-//! changes are compare-and-set: the transition is checked against the order's
-//! current status inside the transaction, so a redelivered message can never
+//! changes are decided by `domain::transition::decide` (the new state and its
+//! Status Update, built in Rust) and persisted with a compare-and-set on the
+//! order's `(status, version)`: when another change won meanwhile, the store
+//! reads the order again and decides again, so a redelivered message can never
 //! apply the same change twice.
 
 mod migrations;
@@ -15,6 +17,7 @@ use crate::domain::error::Class;
 use crate::domain::events::{OrderMessage, StatusUpdate, ORDERS_EXCHANGE};
 use crate::domain::kitchen_notes::Allergen;
 use crate::domain::speed::TicketTimes;
+use crate::domain::transition::{Change, Decision, OrderState};
 use crate::domain::{Cents, Item, OrderStatus, OrderType, TransitionError, ValidOrder};
 use crate::process::config::{DatabaseConfig, StorageBackend};
 use async_trait::async_trait;
@@ -128,6 +131,30 @@ pub struct CreatedOrder {
     pub priority: i32,
 }
 
+/// An `Idempotency-Key` as the stores keep it (issue 14, migration 005).
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// Whose key: see `domain::idempotency::scope`.
+    pub scope: String,
+    pub key: String,
+    /// Fingerprint of the request body: see `domain::idempotency::request_hash`.
+    pub request_hash: String,
+    /// After this, the key is ignored (and swept): a new request makes a new order.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The answer to `create_order_keyed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyedOutcome {
+    /// A new order, committed together with its key.
+    Created(CreatedOrder),
+    /// The key was already used, with the same body: the original order's
+    /// answer. Nothing was written.
+    Replayed(CreatedOrder),
+    /// The key was already used with another body. Nothing was written.
+    Mismatch,
+}
+
 /// A requested status change.
 #[derive(Debug, Clone)]
 pub struct Transition {
@@ -139,6 +166,45 @@ pub struct Transition {
     /// For `-> cooking`: when the order will be ready.
     pub estimated_completion: Option<DateTime<Utc>>,
     pub notes: Option<String>,
+}
+
+impl Transition {
+    /// The change as the domain decides it.
+    pub fn change(&self) -> Change {
+        Change {
+            to: self.to,
+            by: self.changed_by.clone(),
+            at: self.now,
+            estimated_completion: self.estimated_completion,
+        }
+    }
+}
+
+/// How many times a store tries a transition whose compare-and-set keeps
+/// missing (another change won each time) before it gives up with a conflict.
+const CAS_TRIES: usize = 8;
+
+/// Decides `t` on `cur`, which was either just read (`fresh`) or is the
+/// caller's guess. A refusal is final only on a state just read: on a guess,
+/// `Ok(None)` says to read the order and decide again.
+fn decide_on(
+    t: &Transition,
+    cur: &OrderState,
+    fresh: bool,
+) -> Result<Option<Decision>, TransitionError> {
+    match crate::domain::transition::decide(cur, &t.change()) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if fresh => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The error when the compare-and-set missed `CAS_TRIES` times in a row.
+fn cas_exhausted(number: &str) -> StoreError {
+    StoreError::new(
+        Class::Conflict,
+        format!("order {number} kept changing during the transition"),
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -201,27 +267,41 @@ impl OrderView {
         })
     }
 
-    /// Applies the change `u` announces, the same way the stores do (see
-    /// `transition` in each backend). Only the next version applies: for any
-    /// other (a gap, a duplicate) it returns false and leaves the view as it was.
+    /// Applies the change `u` announces with `domain::transition::apply`,
+    /// the function whose decisions the stores persist. Only the next version
+    /// applies: for any other (a gap, a duplicate) it returns false and leaves
+    /// the view as it was.
     pub fn apply(&mut self, u: &StatusUpdate) -> bool {
-        if u.order_number != self.order_number
-            || u.version != self.version + 1
-            || u.old_status != self.status
-        {
-            return false;
+        match crate::domain::transition::apply(&self.state(), u) {
+            Some(next) => {
+                self.set_state(next);
+                true
+            }
+            None => false,
         }
-        if u.new_status == OrderStatus::Cooking {
-            self.processed_by = Some(u.changed_by.clone());
+    }
+
+    /// The part of the order a status change reads.
+    pub fn state(&self) -> OrderState {
+        OrderState {
+            order_number: self.order_number.clone(),
+            order_type: self.order_type,
+            status: self.status,
+            version: self.version,
+            processed_by: self.processed_by.clone(),
+            updated_at: self.updated_at,
+            estimated_completion: self.estimated_completion,
+            completed_at: self.completed_at,
         }
-        if u.new_status == OrderStatus::Ready && u.old_status == OrderStatus::Cooking {
-            self.completed_at = Some(u.timestamp);
-        }
-        self.status = u.new_status;
-        self.updated_at = u.timestamp;
-        self.estimated_completion = u.estimated_completion;
-        self.version = u.version;
-        true
+    }
+
+    fn set_state(&mut self, s: OrderState) {
+        self.status = s.status;
+        self.version = s.version;
+        self.processed_by = s.processed_by;
+        self.updated_at = s.updated_at;
+        self.estimated_completion = s.estimated_completion;
+        self.completed_at = s.completed_at;
     }
 }
 
@@ -284,9 +364,37 @@ pub trait Store: TokenStore + Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<CreatedOrder, StoreError>;
 
+    /// `create_order` under an idempotency key: the key row is written in the
+    /// order's transaction (a unique key per scope). A key already stored and
+    /// not expired is answered from its row instead, and nothing is written; a
+    /// concurrent request with the same key waits for the first one's commit
+    /// and then reads its answer.
+    async fn create_order_keyed(
+        &self,
+        order: &ValidOrder,
+        request_id: &str,
+        now: DateTime<Utc>,
+        key: &IdempotencyKey,
+    ) -> Result<KeyedOutcome, StoreError>;
+
+    /// Deletes the keys expired at `now`; returns how many.
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
     /// Applies a status change if the state machine allows it from the order's
-    /// current status, with its log row and outbox message, atomically.
-    async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError>;
+    /// current status, with its log row and outbox message, atomically: reads
+    /// the order, decides (`domain::transition::decide`), compare-and-sets.
+    async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError> {
+        self.transition_from(t, None).await
+    }
+
+    /// Like `transition`, starting from `known`, the state the caller believes
+    /// the order is in (the kitchen holds the order it cooks): the store tries
+    /// the compare-and-set at once and reads the order only when it misses.
+    async fn transition_from(
+        &self,
+        t: &Transition,
+        known: Option<&OrderState>,
+    ) -> Result<TransitionOutcome, StoreError>;
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError>;
     /// Only the order's status: the cheap check a worker makes while cooking.
@@ -371,20 +479,6 @@ fn order_outbox(msg: &OrderMessage) -> (String, String, u8) {
         msg.routing_key(),
         msg.priority.clamp(0, 10) as u8,
     )
-}
-
-/// The status update announcing an applied transition.
-fn status_update(t: &Transition, old: OrderStatus, order: &OrderView) -> StatusUpdate {
-    StatusUpdate {
-        order_number: order.order_number.clone(),
-        old_status: old,
-        new_status: t.to,
-        changed_by: t.changed_by.clone(),
-        timestamp: t.now,
-        estimated_completion: order.estimated_completion,
-        version: order.version,
-        order_type: Some(order.order_type),
-    }
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {

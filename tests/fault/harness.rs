@@ -106,6 +106,15 @@ impl Setup {
         }
     }
 
+    /// Sets (Some) or removes (None) an environment variable for the
+    /// processes started from now on (e.g. `RESTAURANT_FAILPOINT`).
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
     /// Starts `restaurant-system <args>` and waits (60 s at most) until it says
     /// READY=1 on its notify socket, as it would to systemd.
     pub async fn start(&self, name: &str, args: &[&str]) -> Proc {
@@ -432,6 +441,114 @@ pub async fn place_orders(order_url: String, n: usize, rate: f64) -> Vec<Placed>
     }
     out.sort_by_key(|p| p.index);
     out
+}
+
+/// A keyed order's fate: its last answer, after `attempts` requests with one
+/// `Idempotency-Key`, and whether that answer was a replay.
+#[derive(Debug, Clone)]
+pub struct Keyed {
+    pub placed: Placed,
+    pub attempts: usize,
+    pub replayed: bool,
+}
+
+/// One order with `Idempotency-Key: fault-<i>`, retried as a POS would:
+/// after no answer or a 503, 250 ms later, with the same key and body, against
+/// the order service's current address (`url` changes when it is restarted),
+/// until an answer other than 503 or `limit`.
+async fn place_keyed(
+    http: reqwest::Client,
+    url: tokio::sync::watch::Receiver<String>,
+    i: usize,
+    limit: Duration,
+) -> Keyed {
+    let deadline = Instant::now() + limit;
+    let key = format!("fault-{i}");
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let target = format!("{}/orders", url.borrow().clone());
+        let sent = http
+            .post(&target)
+            .header("Idempotency-Key", &key)
+            .json(&order_body(i))
+            .send()
+            .await;
+        let (answer, replayed) = match sent {
+            Err(e) => (Answer::Failed(e.to_string()), false),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let replayed = resp.headers().contains_key("idempotent-replayed");
+                let retry_after = resp.headers().contains_key("retry-after");
+                let body: Option<serde_json::Value> = resp.json().await.ok();
+                let answer = match (
+                    status,
+                    body.as_ref().and_then(|b| b["order_number"].as_str()),
+                ) {
+                    (200, Some(n)) => Answer::Accepted(n.to_string()),
+                    (200, None) => Answer::Failed(format!("200 without an order number: {body:?}")),
+                    _ => Answer::Refused {
+                        status,
+                        retry_after,
+                        json_error: body.as_ref().is_some_and(|b| b["error"].is_string()),
+                    },
+                };
+                (answer, replayed)
+            }
+        };
+        let retry = matches!(
+            answer,
+            Answer::Failed(_) | Answer::Refused { status: 503, .. }
+        );
+        if !retry || Instant::now() >= deadline {
+            return Keyed {
+                placed: Placed {
+                    index: i,
+                    name: customer_name(i),
+                    answer,
+                },
+                attempts,
+                replayed,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `place_orders` with an `Idempotency-Key` per order and retries (see
+/// `place_keyed`).
+pub async fn place_orders_keyed(
+    url: tokio::sync::watch::Receiver<String>,
+    n: usize,
+    rate: f64,
+    limit: Duration,
+) -> Vec<Keyed> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        tick.tick().await;
+        tasks.spawn(place_keyed(http.clone(), url.clone(), i, limit));
+    }
+    let mut out = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        out.push(r.expect("order task panicked"));
+    }
+    out.sort_by_key(|k| k.placed.index);
+    out
+}
+
+/// Orders stored more than once for one customer (= one request): each
+/// extra order counts.
+pub fn doubled(facts: &[OrderFacts]) -> usize {
+    let mut per: HashMap<&str, usize> = HashMap::new();
+    for f in facts {
+        *per.entry(f.customer_name.as_str()).or_default() += 1;
+    }
+    per.values().map(|c| c - 1).sum()
 }
 
 /// GET `url` and return the status and body text (None: no answer).

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The fault suite, issue 6 scenarios 1-3 (tests/fault.rs): RabbitMQ restart, PostgreSQL restart
-# and kitchen-worker SIGKILL, each under load, with one summary line per scenario.
+# and kitchen-worker SIGKILL, each under load, with one summary line per scenario; and issue 14's
+# scenario 4: the order service aborting between a commit and its answer
+# (RESTAURANT_FAILPOINT=crash_after_commit:N), and PostgreSQL restarting, under load whose clients
+# retry with an Idempotency-Key (every order exactly once).
 #
 #   bash tests/fault/run.sh            # every scenario (about 3 minutes)
 #   bash tests/fault/run.sh broker     # only the tests whose name contains "broker"

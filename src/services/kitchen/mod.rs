@@ -14,6 +14,7 @@ use crate::broker::topology::{self, kitchen_queue, REASON_HEADER, REQUEST_ID_HEA
 use crate::broker::{connect, connection_lost};
 use crate::domain::events::{OrderMessage, ORDERS_EXCHANGE};
 use crate::domain::status::{kitchen_step, KitchenStep};
+use crate::domain::transition::OrderState;
 use crate::domain::{OrderStatus, OrderType};
 use crate::process::config::{CookingSeconds, RabbitConfig};
 use crate::process::metrics;
@@ -329,16 +330,23 @@ impl Kitchen {
         }
         let cook_time = self.cfg.cooking.for_type(msg.order_type);
         let n = &msg.order_number;
-        // Loops only when another process changed the order between our read and
-        // our write (the compare-and-set said no): read again and decide again.
-        // The common case costs one transaction: try received -> cooking. Only
-        // when the order is no longer `received` (a redelivery) do we look at
-        // where it is, and let `kitchen_step` say what that means.
+        // The common case costs one statement: the message says the order was
+        // received (version 1), so try received -> cooking from there at once.
+        // Only when the order is no longer there (a redelivery) does the store
+        // read where it is, and `kitchen_step` says what that means.
+        let fresh = OrderState::received(
+            n.clone(),
+            msg.order_type,
+            msg.created_at.unwrap_or_else(Utc::now),
+        );
         let eta = Utc::now() + chrono::Duration::from_std(cook_time).unwrap_or_default();
-        let until = match self.change(n, OrderStatus::Cooking, Some(eta), rid).await {
-            Ok(TransitionOutcome::Applied { .. }) => {
+        let cooking = match self
+            .change(&fresh, OrderStatus::Cooking, Some(eta), rid)
+            .await
+        {
+            Ok(TransitionOutcome::Applied { order, .. }) => {
                 tracing::debug!(action = "order_processing_started", order_number = %n, "Cooking started");
-                eta
+                order.state()
             }
             Ok(TransitionOutcome::NotFound) => {
                 return Outcome::DeadLetter(format!("unknown order {n}"))
@@ -347,7 +355,7 @@ impl Kitchen {
             Ok(TransitionOutcome::Rejected(e)) => match kitchen_step(e.current) {
                 KitchenStep::AlreadyDone => return Outcome::Ack,
                 KitchenStep::ResumeCooking => match self.store.order(n).await {
-                    Ok(Some(o)) => o.estimated_completion.unwrap_or_else(Utc::now),
+                    Ok(Some(o)) => o.state(),
                     Ok(None) => return Outcome::DeadLetter(format!("unknown order {n}")),
                     Err(e) => return failed(&e),
                 },
@@ -358,11 +366,12 @@ impl Kitchen {
                 }
             },
         };
+        let until = cooking.estimated_completion.unwrap_or_else(Utc::now);
         if self.cook_until(n, until).await == Cooked::Cancelled {
             tracing::info!(action = "order_cancelled", order_number = %n, "Order cancelled while cooking; stopped");
             return Outcome::Ack;
         }
-        match self.change(n, OrderStatus::Ready, None, rid).await {
+        match self.change(&cooking, OrderStatus::Ready, None, rid).await {
             Ok(TransitionOutcome::Applied { .. }) => {
                 tracing::debug!(action = "order_completed", order_number = %n, "Order ready");
                 ::metrics::counter!(metrics::ORDERS_COOKED, "worker" => self.cfg.name.clone())
@@ -381,15 +390,17 @@ impl Kitchen {
         }
     }
 
+    /// Moves the order, believed to be in state `known`, to `to`: one
+    /// compare-and-set when the belief is right, a read and a retry when not.
     async fn change(
         &self,
-        n: &str,
+        known: &OrderState,
         to: OrderStatus,
         eta: Option<chrono::DateTime<Utc>>,
         rid: &str,
     ) -> Result<TransitionOutcome, StoreError> {
         let t = Transition {
-            order_number: n.to_string(),
+            order_number: known.order_number.clone(),
             to,
             changed_by: self.cfg.name.clone(),
             request_id: rid.to_string(),
@@ -397,7 +408,7 @@ impl Kitchen {
             estimated_completion: eta,
             notes: None,
         };
-        let out = self.store.transition(&t).await?;
+        let out = self.store.transition_from(&t, Some(known)).await?;
         if matches!(out, TransitionOutcome::Applied { .. }) {
             self.relay.wake();
         }

@@ -14,11 +14,15 @@
 use super::{pg_err, pool_err};
 use crate::domain::error::Class;
 use crate::domain::events::{OrderMessage, ORDERS_EXCHANGE};
-use crate::domain::ValidOrder;
-use crate::storage::{item_detail_columns, order_outbox, to_json, StoreError};
-use chrono::{DateTime, Utc};
+use crate::domain::{Cents, ValidOrder};
+use crate::storage::{
+    item_detail_columns, order_outbox, to_json, CreatedOrder, IdempotencyKey, KeyedOutcome,
+    StoreError,
+};
+use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
 
 /// Orders per statement at most.
 const MAX_BATCH: usize = 64;
@@ -111,42 +115,16 @@ fn no_number() -> StoreError {
 
 async fn insert(pool: &Pool, owner: &str, batch: &[Job]) -> Result<Vec<String>, StoreError> {
     let now = batch.first().map(|j| j.now).ok_or_else(no_number)?;
-    let n = batch.len() as i32;
     let mut cols = Columns::default();
     for (idx, job) in batch.iter().enumerate() {
-        cols.push(idx as i32 + 1, job, now)?;
+        cols.push(idx as i32 + 1, &job.order, &job.request_id, now)?;
     }
     let c = pool.get().await.map_err(pool_err)?;
     let st = c.prepare_cached(CREATE_ORDERS_SQL).await.map_err(pg_err)?;
+    let day = now.date_naive();
+    let n = batch.len() as i32;
     let rows = c
-        .query(
-            &st,
-            &[
-                &now.date_naive(),
-                &now,
-                &n,
-                &cols.customer,
-                &cols.kind,
-                &cols.table,
-                &cols.address,
-                &cols.total,
-                &cols.priority,
-                &cols.routing_key,
-                &cols.payload,
-                &cols.prio,
-                &cols.request_id,
-                &cols.item_order,
-                &cols.item_name,
-                &cols.item_qty,
-                &cols.item_price,
-                &ORDERS_EXCHANGE,
-                &owner,
-                &cols.notes,
-                &cols.item_notes,
-                &cols.item_modifiers,
-                &cols.item_allergens,
-            ],
-        )
+        .query(&st, &cols.params(&day, &now, &n, &owner))
         .await
         .map_err(pg_err)?;
     let numbers = rows
@@ -157,6 +135,116 @@ async fn insert(pool: &Pool, owner: &str, batch: &[Job]) -> Result<Vec<String>, 
         return Err(no_number());
     }
     Ok(numbers)
+}
+
+/// One order under an idempotency key, in its own transaction (not batched:
+/// keyed requests are retries' insurance, not the hot path, and the batch
+/// path stays as it was). The key row goes in first: its primary key makes a
+/// concurrent request with the same key wait here until this transaction ends,
+/// and then find our row (committed) or insert its own (we rolled back). The
+/// order goes in with the same statement as the batch path, then the key row
+/// gets the order's answer, and all commit together.
+pub async fn create_keyed(
+    pool: &Pool,
+    owner: &str,
+    order: &ValidOrder,
+    request_id: &str,
+    now: DateTime<Utc>,
+    key: &IdempotencyKey,
+) -> Result<KeyedOutcome, StoreError> {
+    let mut c = pool.get().await.map_err(pool_err)?;
+    // An expired key is no key: remove it (its own statement, committed even if
+    // the order below fails; a sweep would remove it anyway).
+    c.execute(
+        "delete from idempotency_keys where scope = $1 and key = $2 and expires_at <= $3",
+        &[&key.scope, &key.key, &now],
+    )
+    .await
+    .map_err(pg_err)?;
+    let tx = c.transaction().await.map_err(pg_err)?;
+    let claimed = tx
+        .execute(
+            "insert into idempotency_keys (scope, key, request_hash, created_at, expires_at)
+             values ($1, $2, $3, $4, $5) on conflict (scope, key) do nothing",
+            &[
+                &key.scope,
+                &key.key,
+                &key.request_hash,
+                &now,
+                &key.expires_at,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+    if claimed == 0 {
+        // Someone else's committed row (the insert waited for its commit).
+        let row = tx
+            .query_opt(
+                "select request_hash, order_number, total_cents, priority, expires_at > $3
+                 from idempotency_keys where scope = $1 and key = $2",
+                &[&key.scope, &key.key, &now],
+            )
+            .await
+            .map_err(pg_err)?;
+        tx.rollback().await.map_err(pg_err)?;
+        let Some(row) = row else {
+            // Swept between the two statements: the client may simply retry.
+            return Err(StoreError::new(
+                Class::Transient,
+                "idempotency key changed meanwhile",
+            ));
+        };
+        let hash: String = row.try_get(0).map_err(pg_err)?;
+        let number: Option<String> = row.try_get(1).map_err(pg_err)?;
+        let live: bool = row.try_get(4).map_err(pg_err)?;
+        if !live {
+            // Expired just now, after our delete: as above.
+            return Err(StoreError::new(
+                Class::Transient,
+                "idempotency key expired meanwhile",
+            ));
+        }
+        if hash != key.request_hash {
+            return Ok(KeyedOutcome::Mismatch);
+        }
+        return Ok(KeyedOutcome::Replayed(CreatedOrder {
+            order_number: number.ok_or_else(no_number)?,
+            total: Cents(row.try_get(2).map_err(pg_err)?),
+            priority: row.try_get(3).map_err(pg_err)?,
+        }));
+    }
+    let mut cols = Columns::default();
+    cols.push(1, order, request_id, now)?;
+    let st = tx.prepare_cached(CREATE_ORDERS_SQL).await.map_err(pg_err)?;
+    let day = now.date_naive();
+    let rows = tx
+        .query(&st, &cols.params(&day, &now, &1, &owner))
+        .await
+        .map_err(pg_err)?;
+    let number: String = rows
+        .first()
+        .ok_or_else(no_number)?
+        .try_get(0)
+        .map_err(pg_err)?;
+    tx.execute(
+        "update idempotency_keys set order_number = $3, total_cents = $4, priority = $5
+         where scope = $1 and key = $2",
+        &[
+            &key.scope,
+            &key.key,
+            &number,
+            &order.total.0,
+            &order.priority,
+        ],
+    )
+    .await
+    .map_err(pg_err)?;
+    tx.commit().await.map_err(pg_err)?;
+    Ok(KeyedOutcome::Created(CreatedOrder {
+        order_number: number,
+        total: order.total,
+        priority: order.priority,
+    }))
 }
 
 /// The statement's array parameters, one element per order or per item.
@@ -184,8 +272,13 @@ struct Columns {
 
 impl Columns {
     /// Adds order number `idx` of the batch, stored at `now` (the batch's time).
-    fn push(&mut self, idx: i32, job: &Job, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let o = &job.order;
+    fn push(
+        &mut self,
+        idx: i32,
+        o: &ValidOrder,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         // Built with an empty number; the statement fills it in.
         let msg = OrderMessage::new(String::new(), o, now);
         let (_, key, prio) = order_outbox(&msg);
@@ -198,7 +291,7 @@ impl Columns {
         self.routing_key.push(key);
         self.payload.push(to_json(&msg)?);
         self.prio.push(i16::from(prio));
-        self.request_id.push(job.request_id.clone());
+        self.request_id.push(request_id.to_string());
         self.notes.push(o.notes.clone());
         for item in &o.items {
             let (notes, modifiers, allergens) = item_detail_columns(item);
@@ -211,6 +304,42 @@ impl Columns {
             self.item_price.push(item.price.0);
         }
         Ok(())
+    }
+
+    /// CREATE_ORDERS_SQL's parameters, in order: the day, the time, the
+    /// number of orders, these columns, the exchange and the outbox owner.
+    fn params<'a>(
+        &'a self,
+        day: &'a NaiveDate,
+        now: &'a DateTime<Utc>,
+        n: &'a i32,
+        owner: &'a &str,
+    ) -> [&'a (dyn ToSql + Sync); 23] {
+        [
+            day,
+            now,
+            n,
+            &self.customer,
+            &self.kind,
+            &self.table,
+            &self.address,
+            &self.total,
+            &self.priority,
+            &self.routing_key,
+            &self.payload,
+            &self.prio,
+            &self.request_id,
+            &self.item_order,
+            &self.item_name,
+            &self.item_qty,
+            &self.item_price,
+            &ORDERS_EXCHANGE,
+            owner,
+            &self.notes,
+            &self.item_notes,
+            &self.item_modifiers,
+            &self.item_allergens,
+        ]
     }
 }
 

@@ -414,51 +414,89 @@ fn worker_row(r: &Row) -> Result<WorkerRow, StoreError> {
 
 const WORKER_COLUMNS: &str = "name, type, status, orders_processed, last_seen, heartbeat_interval";
 
-/// A status change, in one statement (one round trip, one commit): lock the
-/// order, update it only if its current status is one the change may come
-/// from ($7, from the domain's state machine), count the worker's cooked order,
-/// and write the history row and the outbox message. The message ($10) is
-/// built in Rust; the statement fills in the three fields that depend on the
-/// row (old status, version, estimated completion) and its id, which is
-/// `StatusUpdate::event_id`. Returns the updated order and, last, the status it
-/// had; an order not in an allowed status returns only that status (the
-/// order's columns are null), an unknown order returns no row.
+/// Persists a status change decided in Rust (`domain::transition::decide`),
+/// in one statement (one round trip, one commit): update the order only if it
+/// is still in the state the decision started from ($2 status, $3 version),
+/// count the worker's cooked order, write the history row and the outbox
+/// message ($13, the Status Update as built in Rust, with its event id $14).
+/// Returns the updated order, or no row when the compare-and-set missed (the
+/// order changed meanwhile, or there is no such order). No status rules and no
+/// message building here: only what was decided.
 const TRANSITION_SQL: &str = r#"
-with cur as (
-    select id, status from orders where number = $1 for update
-), o as (
-    update orders o set status = $2, updated_at = $3, version = o.version + 1,
-        processed_by = case when $4 then $5 else o.processed_by end,
-        estimated_completion = case when $4 then $6 else o.estimated_completion end,
-        completed_at = case when $2 = 'ready' and cur.status = 'cooking' then $3 else o.completed_at end
-    from cur
-    where o.id = cur.id and cur.status = any($7::text[])
+with done as (
+    update orders o set status = $4, version = $5, updated_at = $6, processed_by = $7,
+        estimated_completion = $8, completed_at = $9
+    where o.number = $1 and o.status = $2 and o.version = $3
     returning o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
-        (o.total_amount * 100)::bigint as total_cents, o.priority, o.status, o.processed_by,
-        o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version,
-        o.notes, cur.status as old_status
+        (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by,
+        o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version, o.notes
 ), w as (
     update workers set orders_processed = orders_processed + 1
-    where name = $5 and exists (select 1 from o where o.status = 'ready' and o.old_status = 'cooking')
+    where $10 and name = $11 and exists (select 1 from done)
 ), l as (
     insert into order_status_log (created_at, order_id, status, changed_by, changed_at, notes)
-    select $3, o.id, $2, $5, $3, $8 from o
+    select $6, done.id, $4, $11, $6, $12 from done
 ), x as (
     insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner)
-    select $3, $9, '',
-        ($10::text::jsonb || jsonb_build_object(
-            'old_status', o.old_status,
-            'version', o.version,
-            'estimated_completion', o.estimated_completion,
-            'order_type', o.type))::text,
-        0, o.number || ':' || $2 || ':' || o.version, $11, $12
-    from o
+    select $6, $15, '', $13, 0, $14, $16, $17 from done
 )
-select o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
-    o.total_cents, o.priority, o.status, o.processed_by, o.created_at, o.updated_at,
-    o.estimated_completion, o.completed_at, o.version, o.notes, cur.status
-from cur left join o on true
+select * from done
 "#;
+
+impl PgStore {
+    /// Tries to persist `d`, decided on `cur`; the order as updated, or None
+    /// when the compare-and-set missed.
+    async fn persist_transition(
+        &self,
+        c: &Object,
+        t: &Transition,
+        cur: &OrderState,
+        d: &Decision,
+    ) -> Result<Option<OrderView>, StoreError> {
+        let st = c.prepare_cached(TRANSITION_SQL).await.map_err(pg_err)?;
+        let s = &d.state;
+        let row = c
+            .query_opt(
+                &st,
+                &[
+                    &cur.order_number,
+                    &cur.status.as_str(),
+                    &cur.version,
+                    &s.status.as_str(),
+                    &s.version,
+                    &s.updated_at,
+                    &s.processed_by,
+                    &s.estimated_completion,
+                    &s.completed_at,
+                    &d.finishes_cooking(),
+                    &d.update.changed_by,
+                    &t.notes,
+                    &to_json(&d.update)?,
+                    &d.update.event_id(),
+                    &NOTIFICATIONS_EXCHANGE,
+                    &t.request_id,
+                    &self.owner,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        row.map(|r| order_row(&r).map(|(_, o)| o)).transpose()
+    }
+}
+
+/// The order's columns without its items.
+async fn order_state(c: &Object, number: &str) -> Result<Option<OrderState>, StoreError> {
+    let st = c
+        .prepare_cached(&format!(
+            "select {ORDER_COLUMNS} from orders o where o.number = $1"
+        ))
+        .await
+        .map_err(pg_err)?;
+    match c.query_opt(&st, &[&number]).await.map_err(pg_err)? {
+        Some(row) => Ok(Some(order_row(&row)?.1.state())),
+        None => Ok(None),
+    }
+}
 
 #[async_trait]
 impl Store for PgStore {
@@ -486,71 +524,58 @@ impl Store for PgStore {
         })
     }
 
-    /// One statement, one commit: see TRANSITION_SQL.
-    async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError> {
+    /// Not batched: see `intake::create_keyed`.
+    async fn create_order_keyed(
+        &self,
+        order: &ValidOrder,
+        request_id: &str,
+        now: DateTime<Utc>,
+        key: &IdempotencyKey,
+    ) -> Result<KeyedOutcome, StoreError> {
+        intake::create_keyed(&self.pool, &self.owner, order, request_id, now, key).await
+    }
+
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let c = self.client().await?;
-        // The statuses this change may come from, decided by the domain's state
-        // machine; the statement applies it only from one of them.
-        let from: Vec<&str> = OrderStatus::ALL
-            .iter()
-            .filter(|s| s.check(t.to).is_ok())
-            .map(|s| s.as_str())
-            .collect();
-        // The message as far as it is known before the statement runs; the
-        // statement fills in what depends on the row (see TRANSITION_SQL).
-        let template = StatusUpdate {
-            order_number: t.order_number.clone(),
-            old_status: t.to,
-            new_status: t.to,
-            changed_by: t.changed_by.clone(),
-            timestamp: t.now,
-            estimated_completion: None,
-            version: 0,
-            order_type: None,
-        };
-        let st = c.prepare_cached(TRANSITION_SQL).await.map_err(pg_err)?;
-        let row = c
-            .query_opt(
-                &st,
-                &[
-                    &t.order_number,
-                    &t.to.as_str(),
-                    &t.now,
-                    &(t.to == OrderStatus::Cooking),
-                    &t.changed_by,
-                    &t.estimated_completion,
-                    &from,
-                    &t.notes,
-                    &NOTIFICATIONS_EXCHANGE,
-                    &to_json(&template)?,
-                    &t.request_id,
-                    &self.owner,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
-        let Some(row) = row else {
-            return Ok(TransitionOutcome::NotFound);
-        };
-        let old: OrderStatus = row
-            .try_get::<_, String>(16)
-            .map_err(pg_err)?
-            .parse()
-            .map_err(|e: String| {
-                StoreError::new(Class::Permanent, format!("bad status in database: {e}"))
-            })?;
-        if row.try_get::<_, Option<i32>>(0).map_err(pg_err)?.is_none() {
-            // The order was there but not in a status this change comes from.
-            return Ok(TransitionOutcome::Rejected(TransitionError {
-                current: old,
-                requested: t.to,
-            }));
+        c.execute(
+            "delete from idempotency_keys where expires_at <= $1",
+            &[&now],
+        )
+        .await
+        .map_err(pg_err)
+    }
+
+    /// One statement, one commit when `known` is right (see
+    /// TRANSITION_SQL); otherwise read, decide and try again.
+    async fn transition_from(
+        &self,
+        t: &Transition,
+        known: Option<&OrderState>,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let c = self.client().await?;
+        let mut guess = known.cloned();
+        for _ in 0..CAS_TRIES {
+            let fresh = guess.is_none();
+            let cur = match guess.take() {
+                Some(s) => s,
+                None => match order_state(&c, &t.order_number).await? {
+                    Some(s) => s,
+                    None => return Ok(TransitionOutcome::NotFound),
+                },
+            };
+            let d = match decide_on(t, &cur, fresh) {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e) => return Ok(TransitionOutcome::Rejected(e)),
+            };
+            if let Some(order) = self.persist_transition(&c, t, &cur, &d).await? {
+                return Ok(TransitionOutcome::Applied {
+                    old: cur.status,
+                    order: Box::new(order),
+                });
+            }
         }
-        let (_, order) = order_row(&row)?;
-        Ok(TransitionOutcome::Applied {
-            old,
-            order: Box::new(order),
-        })
+        Err(cas_exhausted(&t.order_number))
     }
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError> {

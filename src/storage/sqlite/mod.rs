@@ -396,6 +396,66 @@ fn insert_outbox(
     Ok(())
 }
 
+/// `create_order_tx` under an idempotency key. On the writer thread, so jobs
+/// with one key run one after another: a second one (even in the same batch)
+/// finds the first one's row. An expired row is replaced.
+fn create_order_keyed_tx(
+    conn: &Connection,
+    owner: &str,
+    order: &ValidOrder,
+    request_id: &str,
+    now: DateTime<Utc>,
+    key: &IdempotencyKey,
+) -> Result<KeyedOutcome, StoreError> {
+    let found: Option<(String, Option<String>, i64, i32, String)> = conn
+        .prepare_cached(
+            "select request_hash, order_number, total_cents, priority, expires_at from idempotency_keys where scope = ?1 and key = ?2",
+        )
+        .and_then(|mut st| {
+            st.query_row([&key.scope, &key.key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()
+        })
+        .map_err(sql_err)?;
+    if let Some((hash, number, total, priority, expires_at)) = found {
+        if expires_at > ts(now) {
+            if hash != key.request_hash {
+                return Ok(KeyedOutcome::Mismatch);
+            }
+            let order_number = number.ok_or_else(|| {
+                StoreError::new(Class::Permanent, "idempotency key without its order")
+            })?;
+            return Ok(KeyedOutcome::Replayed(CreatedOrder {
+                order_number,
+                total: Cents(total),
+                priority,
+            }));
+        }
+        conn.prepare_cached("delete from idempotency_keys where scope = ?1 and key = ?2")
+            .and_then(|mut st| st.execute([&key.scope, &key.key]))
+            .map_err(sql_err)?;
+    }
+    let created = create_order_tx(conn, owner, order, request_id, now)?;
+    conn.prepare_cached(
+        "insert into idempotency_keys (scope, key, request_hash, order_number, total_cents, priority, created_at, expires_at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            key.scope,
+            key.key,
+            key.request_hash,
+            created.order_number,
+            created.total.0,
+            created.priority,
+            ts(now),
+            ts(key.expires_at)
+        ])
+    })
+    .map_err(sql_err)?;
+    Ok(KeyedOutcome::Created(created))
+}
+
 fn create_order_tx(
     conn: &Connection,
     owner: &str,
@@ -476,75 +536,116 @@ fn create_order_tx(
     })
 }
 
+/// A status change in the writer's transaction: read the order unless the
+/// caller knows its state, decide (`domain::transition::decide`), and persist
+/// the decision with a compare-and-set on `(status, version)`; when that
+/// misses (another process wrote the file meanwhile, or the guess was wrong),
+/// read and decide again.
 fn transition_tx(
     conn: &Connection,
     owner: &str,
     t: &Transition,
+    known: Option<&OrderState>,
 ) -> Result<TransitionOutcome, StoreError> {
-    let Some((id, current)) = load_order(conn, &t.order_number)? else {
-        return Ok(TransitionOutcome::NotFound);
-    };
-    let old = current.status;
-    if let Err(e) = old.check(t.to) {
-        return Ok(TransitionOutcome::Rejected(e));
+    let mut guess = known.cloned();
+    for _ in 0..CAS_TRIES {
+        let fresh = guess.is_none();
+        let cur = match guess.take() {
+            Some(s) => s,
+            None => match order_state(conn, &t.order_number)? {
+                Some(s) => s,
+                None => return Ok(TransitionOutcome::NotFound),
+            },
+        };
+        let d = match decide_on(t, &cur, fresh) {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => return Ok(TransitionOutcome::Rejected(e)),
+        };
+        if let Some(order) = persist_transition(conn, owner, t, &cur, &d)? {
+            return Ok(TransitionOutcome::Applied {
+                old: cur.status,
+                order: Box::new(order),
+            });
+        }
     }
-    let now = ts(t.now);
-    let cooking = t.to == OrderStatus::Cooking;
-    let cooked = t.to == OrderStatus::Ready && old == OrderStatus::Cooking;
-    conn.prepare_cached(
-        "update orders set status = ?1, updated_at = ?2, version = version + 1,
-            processed_by = case when ?3 then ?4 else processed_by end,
-            estimated_completion = case when ?3 then ?5 else estimated_completion end,
-            completed_at = case when ?6 then ?2 else completed_at end
-         where id = ?7 and status = ?8",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            t.to.as_str(),
-            now,
-            cooking,
-            t.changed_by,
-            t.estimated_completion.map(ts),
-            cooked,
-            id,
-            old.as_str()
-        ])
-    })
-    .map_err(sql_err)?;
-    if cooked {
+    Err(cas_exhausted(&t.order_number))
+}
+
+/// The order's columns without its items.
+fn order_state(conn: &Connection, number: &str) -> Result<Option<OrderState>, StoreError> {
+    let sql = format!("select {ORDER_COLUMNS} from orders where number = ?1");
+    conn.prepare_cached(&sql)
+        .and_then(|mut st| st.query_row([number], order_row).optional())
+        .map(|found| found.map(|(_, v)| v.state()))
+        .map_err(sql_err)
+}
+
+/// Writes what `d` decided on `cur`: the order (only if it is still in `cur`),
+/// the worker's count, the history row and the outbox message. None when the
+/// compare-and-set missed; nothing was written then.
+fn persist_transition(
+    conn: &Connection,
+    owner: &str,
+    t: &Transition,
+    cur: &OrderState,
+    d: &Decision,
+) -> Result<Option<OrderView>, StoreError> {
+    let s = &d.state;
+    let sql = format!(
+        "update orders set status = ?1, version = ?2, updated_at = ?3, processed_by = ?4,
+            estimated_completion = ?5, completed_at = ?6
+         where number = ?7 and status = ?8 and version = ?9
+         returning {ORDER_COLUMNS}"
+    );
+    let updated = conn
+        .prepare_cached(&sql)
+        .and_then(|mut st| {
+            st.query_row(
+                params![
+                    s.status.as_str(),
+                    s.version,
+                    ts(s.updated_at),
+                    s.processed_by,
+                    s.estimated_completion.map(ts),
+                    s.completed_at.map(ts),
+                    cur.order_number,
+                    cur.status.as_str(),
+                    cur.version,
+                ],
+                order_row,
+            )
+            .optional()
+        })
+        .map_err(sql_err)?;
+    let Some((id, order)) = updated else {
+        return Ok(None);
+    };
+    let u = &d.update;
+    if d.finishes_cooking() {
         conn.prepare_cached(
             "update workers set orders_processed = orders_processed + 1 where name = ?1",
         )
-        .and_then(|mut st| st.execute([&t.changed_by]))
+        .and_then(|mut st| st.execute([&u.changed_by]))
         .map_err(sql_err)?;
     }
+    let now = ts(u.timestamp);
     conn.prepare_cached(
         "insert into order_status_log (created_at, order_id, status, changed_by, changed_at, notes) values (?1, ?2, ?3, ?4, ?1, ?5)",
     )
-    .and_then(|mut st| st.execute(params![now, id, t.to.as_str(), t.changed_by, t.notes]))
+    .and_then(|mut st| st.execute(params![now, id, u.new_status.as_str(), u.changed_by, t.notes]))
     .map_err(sql_err)?;
-
-    let (_, order) = load_order(conn, &t.order_number)?.ok_or_else(|| {
-        StoreError::new(
-            crate::domain::error::Class::Permanent,
-            "order vanished inside its transaction",
-        )
-    })?;
-    let update = status_update(t, old, &order);
     insert_outbox(
         conn,
         owner,
-        t.now,
+        u.timestamp,
         (NOTIFICATIONS_EXCHANGE, "", 0),
-        &to_json(&update)?,
-        &update.event_id(),
+        &to_json(u)?,
+        &u.event_id(),
         &t.request_id,
     )
     .map_err(sql_err)?;
-    Ok(TransitionOutcome::Applied {
-        old,
-        order: Box::new(order),
-    })
+    Ok(Some(order))
 }
 
 fn worker_row(r: &Row) -> rusqlite::Result<WorkerRow> {
@@ -596,10 +697,41 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn transition(&self, t: &Transition) -> Result<TransitionOutcome, StoreError> {
-        let t = t.clone();
+    async fn create_order_keyed(
+        &self,
+        order: &ValidOrder,
+        request_id: &str,
+        now: DateTime<Utc>,
+        key: &IdempotencyKey,
+    ) -> Result<KeyedOutcome, StoreError> {
+        let order = order.clone();
+        let request_id = request_id.to_string();
         let owner = self.owner.clone();
-        self.write(move |c| transition_tx(c, &owner, &t)).await
+        let key = key.clone();
+        self.write(move |c| create_order_keyed_tx(c, &owner, &order, &request_id, now, &key))
+            .await
+    }
+
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            c.prepare_cached("delete from idempotency_keys where expires_at <= ?1")
+                .and_then(|mut st| st.execute([ts(now)]))
+                .map(|n| n as u64)
+                .map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn transition_from(
+        &self,
+        t: &Transition,
+        known: Option<&OrderState>,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let t = t.clone();
+        let known = known.cloned();
+        let owner = self.owner.clone();
+        self.write(move |c| transition_tx(c, &owner, &t, known.as_ref()))
+            .await
     }
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError> {

@@ -1,0 +1,434 @@
+//! Store conformance (issue 12): the same tests, through the `Store` trait,
+//! against both backends. Whatever one backend does, the other does alike:
+//! the same answers, the same rows, byte for byte the same outbox messages.
+mod common;
+
+use chrono::{DateTime, TimeZone, Utc};
+use common::{Backend, TestEnv};
+use restaurant_system::domain::access::Role;
+use restaurant_system::domain::events::{StatusUpdate, NOTIFICATIONS_EXCHANGE};
+use restaurant_system::domain::order::validate;
+use restaurant_system::domain::transition::OrderState;
+use restaurant_system::domain::{OrderStatus, OrderType, TransitionError, ValidOrder};
+use restaurant_system::storage::{
+    OutboxMessage, Registered, SharedStore, Transition, TransitionOutcome, WorkerRegistration,
+};
+use serde_json::json;
+use std::time::Duration;
+use OrderStatus::*;
+
+/// A fixed clock (`ms` after 10:00 on 2026-01-15): every row and message of a scenario is the same on both backends.
+fn at(ms: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 15, 10, 0, 0).unwrap() + chrono::Duration::milliseconds(ms)
+}
+
+fn order(body: serde_json::Value) -> ValidOrder {
+    validate(&body).expect("a valid order")
+}
+
+fn takeout(customer: &str) -> ValidOrder {
+    order(json!({"customer_name": customer, "order_type": "takeout",
+                 "items": [{"name": "Fries", "quantity": 1, "price": 4.5}]}))
+}
+
+fn change(n: &str, to: OrderStatus, by: &str, now: DateTime<Utc>) -> Transition {
+    Transition {
+        order_number: n.to_string(),
+        to,
+        changed_by: by.to_string(),
+        request_id: format!("rid-{to}"),
+        now,
+        estimated_completion: (to == Cooking).then(|| now + chrono::Duration::seconds(90)),
+        notes: None,
+    }
+}
+
+/// Takes every message waiting in the outbox (and deletes those `done`).
+async fn outbox(store: &SharedStore, done: &[i64]) -> Vec<OutboxMessage> {
+    store
+        .claim_outbox(done, 100, Duration::from_secs(30), Utc::now())
+        .await
+        .expect("claim outbox")
+}
+
+async fn applied(store: &SharedStore, t: &Transition) -> (OrderStatus, i64) {
+    match store.transition(t).await.expect("transition") {
+        TransitionOutcome::Applied { old, order } => (old, order.version),
+        other => panic!("-> {} not applied: {other:?}", t.to),
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+async fn create_and_read_back(b: Backend) {
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let created = store
+        .create_order(&takeout("Ann"), "rid-1", at(0))
+        .await
+        .expect("create");
+    assert_eq!(created.order_number, "ORD_20260115_001");
+    let second = store
+        .create_order(&takeout("Bob"), "rid-2", at(1))
+        .await
+        .unwrap();
+    assert_eq!(second.order_number, "ORD_20260115_002");
+    let v = store.order(&created.order_number).await.unwrap().unwrap();
+    assert_eq!((v.status, v.version, v.created_at), (Received, 1, at(0)));
+    assert_eq!(v.customer_name, "Ann");
+    assert_eq!(v.items.len(), 1);
+    assert_eq!(
+        store.status(&created.order_number).await.unwrap(),
+        Some(Received)
+    );
+    assert_eq!(store.order("ORD_20260115_999").await.unwrap(), None);
+    assert_eq!(store.status("ORD_20260115_999").await.unwrap(), None);
+    let msgs = outbox(&store, &[]).await;
+    assert_eq!(msgs.len(), 2, "one message per order");
+    assert_eq!(msgs[0].message_id, created.order_number);
+    assert_eq!(msgs[0].routing_key, "kitchen.takeout.1");
+}
+
+async fn transition_chain_writes_what_the_domain_decided(b: Backend) {
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let n = store
+        .create_order(&takeout("Ann"), "rid-1", at(0))
+        .await
+        .unwrap()
+        .order_number;
+    let mut done: Vec<i64> = outbox(&store, &[]).await.iter().map(|m| m.id).collect();
+    let steps = [
+        (Cooking, "chef_a", 1_000),
+        (Ready, "chef_b", 2_250),
+        (Completed, "order-service", 3_500),
+        (Ready, "order-service", 4_750),
+        (Completed, "order-service", 6_000),
+    ];
+    let mut old = Received;
+    for (i, (to, by, ms)) in steps.into_iter().enumerate() {
+        let version = i as i64 + 2;
+        assert_eq!(
+            applied(&store, &change(&n, to, by, at(ms))).await,
+            (old, version)
+        );
+        let msgs = outbox(&store, &done).await;
+        assert_eq!(msgs.len(), 1, "one message for -> {to}");
+        let m = &msgs[0];
+        done = vec![m.id];
+        assert_eq!(m.exchange, NOTIFICATIONS_EXCHANGE);
+        assert_eq!((m.routing_key.as_str(), m.priority), ("", 0));
+        assert_eq!(m.message_id, format!("{n}:{to}:{version}"));
+        assert_eq!(m.request_id, format!("rid-{to}"));
+        // The payload is the same bytes on both backends: built by the domain.
+        let eta = "2026-01-15T10:01:31Z";
+        let ts = at(ms).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        assert_eq!(
+            m.payload,
+            format!(
+                r#"{{"order_number":"{n}","old_status":"{old}","new_status":"{to}","changed_by":"{by}","timestamp":"{ts}","estimated_completion":"{eta}","version":{version},"order_type":"takeout"}}"#
+            )
+        );
+        let u = StatusUpdate::decode(m.payload.as_bytes()).unwrap();
+        assert_eq!(u.event_id(), m.message_id);
+        old = to;
+    }
+    let v = store.order(&n).await.unwrap().unwrap();
+    assert_eq!((v.status, v.version), (Completed, 6));
+    assert_eq!(v.processed_by.as_deref(), Some("chef_a"));
+    assert_eq!(v.estimated_completion, Some(at(91_000)));
+    assert_eq!(v.completed_at, Some(at(2_250)), "when it was cooked");
+    assert_eq!(v.updated_at, at(6_000));
+    let history: Vec<_> = store
+        .history(&n)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.status, h.changed_by, h.timestamp))
+        .collect();
+    assert_eq!(history.len(), 6);
+    assert_eq!(history[0].0, Received);
+    assert_eq!(history[0].2, at(0));
+    for (h, (to, by, ms)) in history[1..].iter().zip(steps) {
+        assert_eq!(h, &(to, by.to_string(), at(ms)));
+    }
+    assert_eq!(store.history("ORD_20260115_999").await.unwrap(), None);
+}
+
+async fn refusals_write_nothing(b: Backend) {
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let n = store
+        .create_order(&takeout("Ann"), "rid-1", at(0))
+        .await
+        .unwrap()
+        .order_number;
+    let before = store.outbox_len().await.unwrap();
+    match store.transition(&change(&n, Completed, "x", at(1))).await {
+        Ok(TransitionOutcome::Rejected(e)) => assert_eq!(
+            e,
+            TransitionError {
+                current: Received,
+                requested: Completed
+            }
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let unknown = change("ORD_20260115_999", Cooking, "x", at(1));
+    assert!(matches!(
+        store.transition(&unknown).await,
+        Ok(TransitionOutcome::NotFound)
+    ));
+    let guess = OrderState::received("ORD_20260115_999".into(), OrderType::Takeout, at(0));
+    assert!(matches!(
+        store.transition_from(&unknown, Some(&guess)).await,
+        Ok(TransitionOutcome::NotFound)
+    ));
+    assert_eq!(store.outbox_len().await.unwrap(), before);
+    let v = store.order(&n).await.unwrap().unwrap();
+    assert_eq!((v.status, v.version), (Received, 1));
+    assert_eq!(store.history(&n).await.unwrap().unwrap().len(), 1);
+}
+
+async fn a_wrong_guess_is_read_again(b: Backend) {
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let n = store
+        .create_order(&takeout("Ann"), "rid-1", at(0))
+        .await
+        .unwrap()
+        .order_number;
+    let stale = OrderState::received(n.clone(), OrderType::Takeout, at(0));
+    applied(&store, &change(&n, Cooking, "chef_a", at(1))).await;
+    // Believed received; really cooking: -> cooking is refused from the real state.
+    match store
+        .transition_from(&change(&n, Cooking, "chef_b", at(2)), Some(&stale))
+        .await
+        .unwrap()
+    {
+        TransitionOutcome::Rejected(e) => assert_eq!(e.current, Cooking),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Believed received; -> cancelled is legal from the real state too.
+    match store
+        .transition_from(&change(&n, Cancelled, "order-service", at(3)), Some(&stale))
+        .await
+        .unwrap()
+    {
+        TransitionOutcome::Applied { old, order } => {
+            assert_eq!((old, order.status, order.version), (Cooking, Cancelled, 3));
+            assert_eq!(order.processed_by.as_deref(), Some("chef_a"));
+        }
+        other => panic!("expected it applied, got {other:?}"),
+    }
+}
+
+async fn concurrent_transitions_from_one_state_one_wins(b: Backend) {
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    for round in 0..5 {
+        let n = store
+            .create_order(&takeout("Ann"), "rid-1", at(round))
+            .await
+            .unwrap()
+            .order_number;
+        let known = OrderState::received(n.clone(), OrderType::Takeout, at(0));
+        let (ta, tb) = (
+            change(&n, Cooking, "chef_a", at(10)),
+            change(&n, Cooking, "chef_b", at(10)),
+        );
+        // Both believe the order is received, as two kitchens would.
+        let (a, b2) = tokio::join!(
+            store.transition_from(&ta, Some(&known)),
+            store.transition_from(&tb, Some(&known))
+        );
+        let outcomes = [a.unwrap(), b2.unwrap()];
+        let wins = outcomes
+            .iter()
+            .filter(|o| matches!(o, TransitionOutcome::Applied { .. }))
+            .count();
+        assert_eq!(wins, 1, "exactly one kitchen starts cooking: {outcomes:?}");
+        assert!(outcomes.iter().any(|o| matches!(o,
+            TransitionOutcome::Rejected(e) if e.current == Cooking)));
+        // Two reads-then-CAS from the same state (two displays bumping).
+        let (c1, c2) = (
+            change(&n, Cancelled, "order-service", at(20)),
+            change(&n, Cancelled, "order-service", at(20)),
+        );
+        let (a, b2) = tokio::join!(store.transition(&c1), store.transition(&c2));
+        let wins = [a.unwrap(), b2.unwrap()]
+            .iter()
+            .filter(|o| matches!(o, TransitionOutcome::Applied { .. }))
+            .count();
+        assert_eq!(wins, 1, "exactly one cancel applies");
+        let v = store.order(&n).await.unwrap().unwrap();
+        assert_eq!((v.status, v.version), (Cancelled, 3));
+        assert_eq!(store.history(&n).await.unwrap().unwrap().len(), 3);
+    }
+    // One order message and two status updates per round, no more.
+    assert_eq!(store.outbox_len().await.unwrap(), 15);
+}
+
+async fn open_orders_carry_their_kitchen_details(b: Backend) {
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let detailed = order(json!({
+        "customer_name": "Ana", "order_type": "dine_in", "table_number": 3,
+        "notes": "Birthday",
+        "items": [{"name": "Satay", "quantity": 2, "price": 9.0, "notes": "mild",
+                   "modifiers": ["sauce on the side", "no \"chili\", please"],
+                   "allergens": ["peanuts", "soya"]},
+                  {"name": "Water", "quantity": 1, "price": 2.0}]}));
+    let a = store
+        .create_order(&detailed, "r", at(0))
+        .await
+        .unwrap()
+        .order_number;
+    let gone = store
+        .create_order(&takeout("Bob"), "r", at(1))
+        .await
+        .unwrap()
+        .order_number;
+    let c = store
+        .create_order(&takeout("Cy"), "r", at(2))
+        .await
+        .unwrap()
+        .order_number;
+    applied(&store, &change(&gone, Cancelled, "order-service", at(3))).await;
+    applied(&store, &change(&c, Cooking, "chef_a", at(4))).await;
+    let open = store.open_orders().await.unwrap();
+    let numbers: Vec<_> = open.iter().map(|o| o.order_number.as_str()).collect();
+    assert_eq!(
+        numbers,
+        [a.as_str(), c.as_str()],
+        "open orders, oldest first"
+    );
+    assert_eq!(
+        open[0].items, detailed.items,
+        "items with notes, modifiers, allergens"
+    );
+    assert_eq!(open[0].notes.as_deref(), Some("Birthday"));
+    assert_eq!(open[0].table_number, Some(3));
+    assert_eq!(open[1].items, takeout("Cy").items);
+    assert_eq!(open[1].status, Cooking);
+    assert_eq!(open[0], store.order(&a).await.unwrap().unwrap());
+}
+
+async fn workers_register_beat_and_count(b: Backend) {
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let reg = |now| WorkerRegistration {
+        name: "chef_a".into(),
+        order_types: "dine_in,takeout".into(),
+        heartbeat_interval_secs: 10,
+        now,
+        name_lock_held: true,
+    };
+    assert_eq!(
+        store.register_worker(&reg(at(0))).await.unwrap(),
+        Registered::New
+    );
+    let w = store.workers().await.unwrap();
+    assert_eq!(w.len(), 1);
+    assert_eq!(
+        (
+            w[0].name.as_str(),
+            w[0].order_types.as_str(),
+            w[0].status.as_str()
+        ),
+        ("chef_a", "dine_in,takeout", "online")
+    );
+    assert_eq!(
+        (w[0].orders_processed, w[0].heartbeat_interval_secs),
+        (0, 10)
+    );
+    store.heartbeat("chef_a", at(5_000)).await.unwrap();
+    assert_eq!(store.workers().await.unwrap()[0].last_seen, at(5_000));
+    // A second live process under the name is refused.
+    let other = WorkerRegistration {
+        name_lock_held: false,
+        ..reg(at(6_000))
+    };
+    assert_eq!(
+        store.register_worker(&other).await.unwrap(),
+        Registered::AlreadyOnline {
+            last_seen: at(5_000)
+        }
+    );
+    // Cooking one order to ready counts it for the worker that finished it.
+    let n = store
+        .create_order(&takeout("Ann"), "r", at(0))
+        .await
+        .unwrap()
+        .order_number;
+    applied(&store, &change(&n, Cooking, "chef_a", at(1))).await;
+    applied(&store, &change(&n, Ready, "chef_a", at(2))).await;
+    applied(&store, &change(&n, Completed, "chef_a", at(3))).await;
+    applied(&store, &change(&n, Ready, "chef_a", at(4))).await;
+    assert_eq!(store.workers().await.unwrap()[0].orders_processed, 1);
+    store.worker_offline("chef_a", at(7_000)).await.unwrap();
+    let w = &store.workers().await.unwrap()[0];
+    assert_eq!((w.status.as_str(), w.last_seen), ("offline", at(7_000)));
+    assert_eq!(
+        store.register_worker(&reg(at(8_000))).await.unwrap(),
+        Registered::Returned
+    );
+    let lease = store.worker_lease("chef_a").await.unwrap();
+    assert!(lease.held());
+}
+
+async fn tokens_round_trip(b: Backend) {
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    assert!(store
+        .create_token("display-1", Role::Kitchen, "hash-1", at(0))
+        .await
+        .unwrap());
+    assert!(!store
+        .create_token("display-1", Role::Manager, "hash-2", at(1))
+        .await
+        .unwrap());
+    assert!(store
+        .create_token("admin", Role::Manager, "hash-3", at(2))
+        .await
+        .unwrap());
+    store
+        .touch_tokens(&[("display-1".to_string(), at(5))])
+        .await
+        .unwrap();
+    let rows = store.tokens().await.unwrap();
+    let seen: Vec<_> = rows
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_str(),
+                t.role,
+                t.token_hash.as_str(),
+                t.created_at,
+                t.last_used_at,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("admin", Role::Manager, "hash-3", at(2), None),
+            ("display-1", Role::Kitchen, "hash-1", at(0), Some(at(5))),
+        ]
+    );
+    assert!(store.revoke_token("admin").await.unwrap());
+    assert!(!store.revoke_token("admin").await.unwrap());
+    assert_eq!(store.tokens().await.unwrap().len(), 1);
+}
+
+backend_tests!(
+    create_and_read_back,
+    transition_chain_writes_what_the_domain_decided,
+    refusals_write_nothing,
+    a_wrong_guess_is_read_again,
+    concurrent_transitions_from_one_state_one_wins,
+    open_orders_carry_their_kitchen_details,
+    workers_register_beat_and_count,
+    tokens_round_trip
+);
