@@ -79,6 +79,11 @@ struct Args {
     /// outbox relay only: no kitchen, no bridge, no end-to-end figures).
     #[arg(long)]
     intake_only: bool,
+    /// Pin every daemon process the benchmark starts to these CPUs (taskset
+    /// list syntax, e.g. "0"): the one-core profile (bench/one-core.sh) runs the
+    /// servers and the daemon on CPU 0 and this program on the other.
+    #[arg(long, env = "BENCH_DAEMON_CPUS")]
+    daemon_cpus: Option<String>,
     /// Measure the limits only (no daemon).
     #[arg(long)]
     only_limits: bool,
@@ -129,6 +134,9 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<()> {
     let began = Instant::now();
+    if let Some(cpus) = &args.daemon_cpus {
+        system::pin_daemons(cpus);
+    }
     if !args.bin.is_file() {
         return Err(format!(
             "{} not found: build it with `cargo build --release` (bench/run.sh does)",

@@ -283,17 +283,23 @@ pub fn targets(rep: &BackendReport, s: &Settings) -> Vec<Target> {
             "rusqlite loop, one transaction per order".into()
         },
     });
+    // Issue 15: relative to what its three hops cost in the same run (was: <= 20 ms).
     let e2e = step(rep, 100).and_then(|s| p99(&s.e2e_mqtt));
+    let vs_hops = rep.ratios.e2e_mqtt_p99_vs_hops;
     t.push(Target {
         target: "POST -> retained MQTT p99 at 100 orders/s".into(),
-        goal: "<= 20 ms".into(),
+        goal: "<= 2x the sum of the hops' p99".into(),
         measured: if rep.mqtt_bridge {
-            format!("{} ms", fmt_opt(e2e, 2))
+            format!(
+                "{} ms ({}x the hops' sum)",
+                fmt_opt(e2e, 2),
+                fmt_opt(vs_hops, 1)
+            )
         } else {
             "n/a (display bridge not available)".into()
         },
         met: if rep.mqtt_bridge {
-            e2e.map(|e| e <= 20.0)
+            vs_hops.map(|r| r <= 2.0)
         } else {
             None
         },
