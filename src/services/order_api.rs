@@ -11,6 +11,7 @@ use crate::http::{
     store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
 };
 use crate::process::failpoint;
+use crate::process::metrics;
 use crate::storage::{
     CreatedOrder, IdempotencyKey, KeyedOutcome, SharedStore, Transition, TransitionOutcome,
 };
@@ -95,6 +96,10 @@ impl Routes for OrderApi {
     fn guard(&self) -> Option<&std::sync::Arc<crate::http::auth::Guard>> {
         Some(&self.guard)
     }
+
+    fn metrics(&self) -> bool {
+        true
+    }
 }
 
 impl OrderApi {
@@ -141,6 +146,9 @@ impl OrderApi {
             failpoint::hit("crash_after_commit");
             // The order and its message are committed together; the relay publishes it.
             self.relay.wake();
+            // Counted once per order: a replayed key created nothing.
+            ::metrics::counter!(metrics::ORDERS_CREATED, "order_type" => order.order_type.as_str())
+                .increment(1);
             tracing::info!(
                 action = "order_created",
                 order_number = %created.order_number,
