@@ -9,10 +9,11 @@
 //! 2. a kitchen worker's `[metrics] port`: `/health`, and orders cooked and
 //!    ticket times after cooking;
 //! 3. who may scrape: from off the box (`anonymous_loopback = false` makes
-//!    loopback count as off the box; a `Forwarded` header from a reverse
+//!    loopback count as off the box; an `X-Forwarded-For` header from a reverse
 //!    proxy does too) a token of any role is needed, on the order service, the
-//!    display bridge's health port and the worker's metrics port alike; the
-//!    answer without one is the same 401 JSON as the API's.
+//!    display bridge's health port and the worker's and notifier's metrics
+//!    ports alike; the answer without one is the same 401 JSON as the API's;
+//! 4. `--mode=all` has one endpoint (the order service's port).
 mod common;
 
 use common::{place_order, spec_orders, takeout, wait_status, Backend, Proc, TestEnv};
@@ -486,7 +487,21 @@ async fn off_the_box_a_token_is_needed(b: Backend) {
     )
     .await;
     only_with_a_token(&worker_base, &tokens, "worker metrics port").await;
-    for p in [&mut order, &mut open_order, &mut bridge, &mut worker] {
+    // The notifier's, likewise.
+    let (mut notifier, notifier_base) = spawn(
+        &env,
+        "notification-subscriber",
+        &[closed[0], ("RESTAURANT_METRICS__PORT", "0")],
+    )
+    .await;
+    only_with_a_token(&notifier_base, &tokens, "notifier metrics port").await;
+    for p in [
+        &mut order,
+        &mut open_order,
+        &mut bridge,
+        &mut worker,
+        &mut notifier,
+    ] {
         p.stop().await;
     }
 }
