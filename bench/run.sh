@@ -3,6 +3,7 @@
 #
 #   bash bench/run.sh            # full run (about 15-25 minutes), appends to docs/BENCHMARKS.md
 #   bash bench/run.sh --short    # a few seconds per step (CI: scripts/test.sh runs it)
+#   bash bench/run.sh --one-core # only the one-core profile (bench/one-core.sh; a full run ends with it)
 #
 # It installs and starts what it needs when missing (PostgreSQL with pgbench, RabbitMQ, Mosquitto;
 # see scripts/lib.sh), builds the release binary and the benchmark program (examples/bench), and
@@ -24,10 +25,12 @@ source scripts/lib.sh
 export RS_LOG_TAG="bench"
 
 short=0
+one_core=0
 pass=()
 for arg in "$@"; do
     case "$arg" in
     --short) short=1 ;;
+    --one-core) one_core=1 ;;
     -h | --help)
         sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
         exit 0
@@ -66,6 +69,14 @@ if [[ -n "$(git status --porcelain -- src migrations Cargo.toml Cargo.lock 2>/de
 fi
 export BENCH_COMMIT="$commit"
 
+# The one-core profile (issue 15): the servers and the daemon on one CPU, the load on the other.
+one_core_args=()
+[[ $short -eq 1 ]] && one_core_args+=(--short)
+[[ $short -eq 0 && -n "${BENCH_DOC-docs/BENCHMARKS.md}" ]] && one_core_args+=(--doc "${BENCH_DOC-docs/BENCHMARKS.md}")
+if [[ $one_core -eq 1 ]]; then
+    exec bash bench/one-core.sh "${one_core_args[@]}"
+fi
+
 args=(--bin target/release/restaurant-system --out target/bench --pgbench-script bench/order_tx.sql)
 if [[ $short -eq 1 ]]; then
     args+=(--short)
@@ -83,3 +94,7 @@ intake=(--intake-only)
 [[ $short -eq 1 ]] && intake+=(--rates 500,1000 --burst 100)
 log "target/release/examples/bench ${args[*]} ${intake[*]} ${pass[*]:-}"
 target/release/examples/bench "${args[@]}" "${intake[@]}" "${pass[@]}"
+if [[ $short -eq 0 ]]; then
+    log "the one-core profile (bench/one-core.sh ${one_core_args[*]})"
+    bash bench/one-core.sh "${one_core_args[@]}"
+fi

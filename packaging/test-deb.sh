@@ -55,8 +55,14 @@ EXPECTED_FILES=(
     /usr/share/doc/restaurant-system/copyright
     /usr/share/doc/restaurant-system/examples/kitchen-worker.toml
     /usr/share/doc/restaurant-system/security.md
+    /usr/share/doc/restaurant-system/metrics.md
+    /usr/share/doc/restaurant-system/examples/prometheus/prometheus.yml
+    /usr/share/doc/restaurant-system/examples/prometheus/restaurant-alerts.yml
     /usr/share/doc/restaurant-system/examples/mosquitto/restaurant.conf
     /usr/share/doc/restaurant-system/examples/mosquitto/restaurant.acl
+    /usr/share/doc/restaurant-system/examples/small-box/rabbitmq-env.conf
+    /usr/share/doc/restaurant-system/examples/small-box/rabbitmq.conf
+    /usr/share/doc/restaurant-system/examples/small-box/postgresql.conf
 )
 
 passed=0

@@ -56,6 +56,8 @@ pub struct Running {
     pub order_addr: Option<SocketAddr>,
     pub tracking_addr: Option<SocketAddr>,
     pub bridge_addr: Option<SocketAddr>,
+    /// The `[metrics] port` listener of a kitchen worker or the notifier.
+    pub metrics_addr: Option<SocketAddr>,
     pub store: SharedStore,
     tasks: Tasks,
 }
@@ -178,6 +180,8 @@ pub async fn start(
     opts: Options,
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
+    // One recorder per process, whatever runs in it (docs/metrics.md).
+    crate::process::metrics::install();
     let store = open_store(cfg, &shutdown).await?;
     let all = Tasks {
         work: TaskTracker::new(),
@@ -208,6 +212,7 @@ async fn start_parts(
         order_addr: None,
         tracking_addr: None,
         bridge_addr: None,
+        metrics_addr: None,
         store: store.clone(),
         tasks: all.clone(),
     };
@@ -239,6 +244,7 @@ async fn start_parts(
             display_port: cfg.http.tracking_port,
         },
     );
+    tasks.spawn(services::metrics::probe(store.clone(), shutdown.clone()));
     let writes = matches!(mode, Mode::OrderService | Mode::KitchenWorker | Mode::All);
     let relay = writes.then(|| {
         Relay::new(
@@ -271,6 +277,8 @@ async fn start_parts(
         }
     }
 
+    // The consumer of a mode without HTTP, for its metrics port's `/health`.
+    let mut consumer_link = None;
     // Workers first: a duplicate name must fail before anything else listens.
     if matches!(mode, Mode::KitchenWorker | Mode::All) {
         let span = service_span(kitchen::SERVICE);
@@ -296,6 +304,9 @@ async fn start_parts(
         let link = k.link.clone();
         tasks.spawn(k.run(shutdown.clone()).instrument(span));
         services::ready(&link, &shutdown, "waiting for RabbitMQ (kitchen queues)").await?;
+        if mode == Mode::KitchenWorker {
+            consumer_link = Some(link);
+        }
     }
     if matches!(mode, Mode::OrderService | Mode::All) {
         let api = OrderApi {
@@ -315,6 +326,7 @@ async fn start_parts(
             mqtt_prefix: cfg.mqtt.topic_prefix.clone(),
             mqtt_site: cfg.mqtt.site.clone(),
             guard: guard.clone(),
+            metrics: mode == Mode::TrackingService,
         };
         let addr = bind(cfg.http.tracking_port);
         let api = Api(tracking_api::SERVICE, "Tracking Service", Arc::new(api));
@@ -331,6 +343,9 @@ async fn start_parts(
         let link = sub.link.clone();
         tasks.spawn(sub.run(shutdown.clone()).instrument(span.clone()));
         services::ready(&link, &shutdown, "waiting for RabbitMQ (notifications)").await?;
+        if mode == Mode::NotificationSubscriber {
+            consumer_link = Some(link);
+        }
         span.in_scope(|| {
             tracing::info!(
                 action = "service_started",
@@ -341,10 +356,34 @@ async fn start_parts(
     if mode == Mode::DisplayBridge || (mode == Mode::All && cfg.mqtt.enabled) {
         let span = service_span(display::SERVICE);
         let addr = bind(cfg.http.bridge_port);
-        let bridge = display::start(cfg, store.clone(), addr, limits, shutdown.clone(), &tasks)
-            .instrument(span)
-            .await?;
+        let edge = display::Edge {
+            guard: guard.clone(),
+            metrics: mode == Mode::DisplayBridge,
+        };
+        let bridge = display::start(
+            cfg,
+            store.clone(),
+            addr,
+            limits,
+            edge,
+            shutdown.clone(),
+            &tasks,
+        )
+        .instrument(span)
+        .await?;
         running.bridge_addr = Some(bridge);
+    }
+    // The modes without HTTP get a metrics listener when asked for one.
+    if let (Some(port), Some(rabbit)) = (cfg.metrics.port, consumer_link) {
+        let service = mode.service_name();
+        let routes = services::metrics::MetricsPort {
+            service,
+            store: store.clone(),
+            rabbit,
+            guard: guard.clone(),
+        };
+        let api = Api(service, "Metrics endpoint", Arc::new(routes));
+        running.metrics_addr = Some(api.listen(bind(port), limits, &shutdown, &tasks).await?);
     }
     Ok(running)
 }

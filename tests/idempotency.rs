@@ -281,7 +281,152 @@ async fn expired_keys_make_new_orders(b: Backend) {
     app.stop().await;
 }
 
+/// The same through the `Store` trait, with a fixed clock: both backends
+/// answer alike, the outbox holds one message per order made, an expired key
+/// is replaced, and the sweep removes exactly the expired rows.
+async fn store_keys_behave_alike(b: Backend) {
+    use chrono::TimeZone;
+    use restaurant_system::domain::order::validate;
+    use restaurant_system::storage::{IdempotencyKey, KeyedOutcome};
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let t0 = chrono::Utc.with_ymd_and_hms(2026, 1, 15, 10, 0, 0).unwrap();
+    let secs = chrono::Duration::seconds;
+    let order = validate(&takeout("Store Key", 1, 4.5)).expect("valid");
+    let key = |k: &str, hash: &str, now: chrono::DateTime<chrono::Utc>| IdempotencyKey {
+        scope: "anonymous".into(),
+        key: k.into(),
+        request_hash: hash.into(),
+        expires_at: now + secs(60),
+    };
+    let first = store
+        .create_order_keyed(&order, "rid-1", t0, &key("k1", "h1", t0))
+        .await
+        .expect("create");
+    let KeyedOutcome::Created(created) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(created.order_number, "ORD_20260115_001");
+    let again = store
+        .create_order_keyed(
+            &order,
+            "rid-2",
+            t0 + secs(1),
+            &key("k1", "h1", t0 + secs(1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, KeyedOutcome::Replayed(created.clone()));
+    let other = store
+        .create_order_keyed(
+            &order,
+            "rid-3",
+            t0 + secs(2),
+            &key("k1", "h2", t0 + secs(2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(other, KeyedOutcome::Mismatch);
+    // Another scope's "k1" is another key.
+    let mut theirs = key("k1", "h1", t0 + secs(3));
+    theirs.scope = "token:till-1".into();
+    let made = store
+        .create_order_keyed(&order, "rid-4", t0 + secs(3), &theirs)
+        .await
+        .unwrap();
+    assert!(
+        matches!(made, KeyedOutcome::Created(ref c) if c.order_number == "ORD_20260115_002"),
+        "{made:?}"
+    );
+    // Past its expiry (t0 + 60 s) the key makes a new order.
+    let late = store
+        .create_order_keyed(
+            &order,
+            "rid-5",
+            t0 + secs(61),
+            &key("k1", "h2", t0 + secs(61)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(late, KeyedOutcome::Created(ref c) if c.order_number == "ORD_20260115_003"),
+        "{late:?}"
+    );
+    assert_eq!(
+        store.outbox_len().await.unwrap(),
+        3,
+        "one message per order made"
+    );
+    // At t0 + 70 s, only the token's key (expired at t0 + 63 s) has expired.
+    assert_eq!(
+        store.sweep_idempotency_keys(t0 + secs(70)).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.sweep_idempotency_keys(t0 + secs(70)).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.sweep_idempotency_keys(t0 + secs(200)).await.unwrap(),
+        1
+    );
+}
+
+/// The real binary's log lines: a keyed order's `order_created` carries the
+/// key cut to 16 characters, a replay says `order_replayed`, and no line holds
+/// the whole key.
+async fn keys_stay_short_in_log_lines(b: Backend) {
+    let env = TestEnv::new(b);
+    let mut cmd = env.command();
+    cmd.args(["--mode=order-service", "--port=0"]);
+    let mut p = common::Proc::spawn("order-service", cmd);
+    let url = format!("http://127.0.0.1:{}", p.port().await);
+    let http = reqwest::Client::new();
+    let key = format!("till-3:{}", "x".repeat(120));
+    let body = takeout("Log Reader", 1, 6.0);
+    for _ in 0..2 {
+        let (s, _, v) = post_keyed(&http, &url, &key, &body).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let created = p
+        .wait_log("order_created", Duration::from_secs(10), |_| true)
+        .await;
+    assert_eq!(
+        created["details"]["idempotency_key"], "till-3:xxxxxxxxx…",
+        "{created}"
+    );
+    p.wait_log("order_replayed", Duration::from_secs(10), |v| {
+        v["details"]["idempotency_key"] == "till-3:xxxxxxxxx…"
+    })
+    .await;
+    // Without a key, order_created has no such field.
+    let (s, _, _) = post_json_plain(&http, &url, &body).await;
+    assert_eq!(s, 200);
+    let plain = p
+        .wait_log("order_created", Duration::from_secs(10), |v| {
+            v["details"].get("idempotency_key").is_none()
+        })
+        .await;
+    assert!(plain["details"]["order_number"].is_string(), "{plain}");
+    p.stop().await;
+    let all = [p.stdout(), p.stderr()].concat();
+    assert!(
+        !all.iter().any(|l| l.contains(&key)),
+        "a log line holds the whole key"
+    );
+}
+
+async fn post_json_plain(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    common::post_json(http, &format!("{url}/orders"), body).await
+}
+
 backend_tests!(
+    keys_stay_short_in_log_lines,
+    store_keys_behave_alike,
     replay_and_mismatch,
     bad_keys,
     concurrent_requests_make_one_order,

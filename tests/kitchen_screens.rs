@@ -91,7 +91,13 @@ async fn details_are_stored_returned_and_published(b: Backend) {
 
     // The Order Messages in the kitchen's queue.
     let ch = env.amqp().await;
-    let msgs = get_all(&ch, "kitchen_takeout_queue").await;
+    // The relay publishes after the commit, not before the answer: wait for both.
+    let mut msgs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while msgs.len() < 2 && tokio::time::Instant::now() < deadline {
+        msgs.extend(get_all(&ch, "kitchen_takeout_queue").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(msgs.len(), 2, "two order messages");
     let by_number: std::collections::HashMap<String, Value> = msgs
         .iter()

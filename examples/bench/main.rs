@@ -75,10 +75,20 @@ struct Args {
     /// by the database round trips of two status changes).
     #[arg(long, default_value_t = 1)]
     prefetch: u16,
+    /// Kitchen workers draining the burst (issue 15: two at prefetch 1): the
+    /// rate steps run with --mode=all's own worker; this many minus one
+    /// `--mode=kitchen-worker` processes join it for the burst.
+    #[arg(long, default_value_t = 2)]
+    burst_workers: u16,
     /// Diagnosis: run --mode=order-service instead of --mode=all (intake and
     /// outbox relay only: no kitchen, no bridge, no end-to-end figures).
     #[arg(long)]
     intake_only: bool,
+    /// Pin every daemon process the benchmark starts to these CPUs (taskset
+    /// list syntax, e.g. "0"): the one-core profile (bench/one-core.sh) runs the
+    /// servers and the daemon on CPU 0 and this program on the other.
+    #[arg(long, env = "BENCH_DAEMON_CPUS")]
+    daemon_cpus: Option<String>,
     /// Measure the limits only (no daemon).
     #[arg(long)]
     only_limits: bool,
@@ -129,6 +139,9 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<()> {
     let began = Instant::now();
+    if let Some(cpus) = &args.daemon_cpus {
+        system::pin_daemons(cpus);
+    }
     if !args.bin.is_file() {
         return Err(format!(
             "{} not found: build it with `cargo build --release` (bench/run.sh does)",
@@ -160,6 +173,11 @@ async fn run(args: Args) -> Result<()> {
         cooking_seconds: 0.0,
         log_level: "info",
         kitchen_prefetch: args.prefetch,
+        burst_workers: if args.intake_only {
+            0
+        } else {
+            args.burst_workers.max(1)
+        },
         mode: if args.intake_only {
             "order-service"
         } else {
@@ -601,12 +619,20 @@ async fn measure_system(
     ));
 
     let stop = CancellationToken::new();
+    let helpers = ExtraWorkers {
+        bin,
+        config: &env.config,
+        env: env.with(&extra),
+        dir,
+        prefetch: settings.kitchen_prefetch,
+    };
     let r = drive(
         settings,
         servers,
         prefix,
         order_port,
         &mut daemon,
+        &helpers,
         &stop,
         dir,
         rep,
@@ -633,6 +659,9 @@ async fn measure_system(
         let mut topics: Vec<String> = rep_created_topics(rep, prefix);
         topics.push(format!("{prefix}/bridge/status"));
         topics.push(format!("{prefix}/workers/bench_chef"));
+        for i in 2..=settings.burst_workers {
+            topics.push(format!("{prefix}/workers/bench_chef_{i}"));
+        }
         if let Err(e) = load::clear_retained(servers, topics).await {
             say(&format!("clearing retained messages under {prefix}: {e}"));
         }
@@ -767,6 +796,39 @@ async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> (bool,
     (true, t.elapsed().as_secs_f64())
 }
 
+/// What starts the burst's extra kitchen workers: the daemon's own settings,
+/// `--mode=kitchen-worker` under another name.
+struct ExtraWorkers<'a> {
+    bin: &'a Path,
+    config: &'a Path,
+    env: Vec<(String, String)>,
+    dir: &'a Path,
+    prefetch: u16,
+}
+
+impl ExtraWorkers<'_> {
+    async fn start(&self, i: u16) -> Result<Daemon> {
+        let name = format!("bench_chef_{i}");
+        let args = vec![
+            "--config".to_string(),
+            self.config.display().to_string(),
+            "--mode=kitchen-worker".into(),
+            format!("--worker-name={name}"),
+            format!("--prefetch={}", self.prefetch),
+        ];
+        start_daemon(
+            self.bin,
+            &args,
+            &self.env,
+            self.dir,
+            &name,
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| format!("kitchen worker {name} did not start: {e}").into())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     settings: &Settings,
@@ -774,6 +836,7 @@ async fn drive(
     prefix: &str,
     order_port: u16,
     daemon: &mut Daemon,
+    helpers: &ExtraWorkers<'_>,
     stop: &CancellationToken,
     dir: &Path,
     rep: &mut BackendReport,
@@ -931,11 +994,18 @@ async fn drive(
         ));
     }
 
+    // The kitchen drains the burst with `burst_workers` workers (issue 15's
+    // measure: two at prefetch 1), the extra ones started now, on a quiet system.
+    let mut extra_workers = Vec::new();
+    for i in 2..=settings.burst_workers {
+        extra_workers.push(helpers.start(i).await?);
+    }
+
     // The burst: a rush of orders as fast as the connections allow.
     let n = settings.burst;
     say(&format!(
-        "{}: burst of {n} orders ({} connections)",
-        rep.backend, settings.burst_concurrency
+        "{}: burst of {n} orders ({} connections, {} kitchen workers)",
+        rep.backend, settings.burst_concurrency, settings.burst_workers
     ));
     let t = Instant::now();
     let phase = load::burst(&client, &url, n, settings.burst_concurrency).await;
@@ -986,6 +1056,9 @@ async fn drive(
         phase.ok,
         retained.map_or("n/a".into(), |r| r.to_string())
     ));
+    for w in extra_workers {
+        w.stop(Duration::from_secs(30)).await;
+    }
     rep.cpu_s_per_1000_orders = ratio(
         daemon.cpu_seconds().zip(cpu_start).map(|(b, a)| b - a),
         Some((rep.orders_total - orders_start) as f64 / 1000.0),

@@ -135,6 +135,13 @@ impl Drop for Vhost {
     }
 }
 
+/// The CPUs every daemon is pinned to (--daemon-cpus), if any.
+static DAEMON_CPUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn pin_daemons(cpus: &str) {
+    let _ = DAEMON_CPUS.set(cpus.to_string());
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -189,7 +196,15 @@ pub async fn start_daemon(
     let err_path = dir.join(format!("{name}.err"));
     let out = std::fs::File::create(&out_path).map_err(|e| fail(e.to_string()))?;
     let err = std::fs::File::create(&err_path).map_err(|e| fail(e.to_string()))?;
-    let mut cmd = Command::new(bin);
+    // taskset execs the daemon: the pid (and /proc readings) stay the daemon's.
+    let mut cmd = match DAEMON_CPUS.get() {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

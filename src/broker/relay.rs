@@ -14,6 +14,7 @@ use super::topology::{self, REQUEST_ID_HEADER};
 use super::{connect, connection_lost};
 use crate::domain::events::ORDERS_EXCHANGE;
 use crate::process::config::RabbitConfig;
+use crate::process::metrics;
 use crate::storage::{OutboxMessage, SharedStore};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -32,6 +33,8 @@ const POLL: Duration = Duration::from_millis(500);
 /// Confirmed rows are deleted with the next claim; when no new commit comes
 /// within this time, the relay claims (and deletes) anyway.
 const FLUSH: Duration = Duration::from_millis(20);
+/// The outbox gauges (rows pending, age of the oldest) are read this often.
+const STATS_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Relay {
@@ -67,8 +70,37 @@ impl Relay {
     /// waiting; what it cannot publish stays in the outbox for the next start
     /// (or another process's relay).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut sup = Supervisor::new(self.link.clone());
-        while sup.next(self.session(&shutdown).await, &shutdown).await {}
+        let relayed = CancellationToken::new();
+        let relay = async {
+            let mut sup = Supervisor::new(self.link.clone());
+            while sup.next(self.session(&shutdown).await, &shutdown).await {}
+            relayed.cancel();
+        };
+        // The gauges keep moving while RabbitMQ is away: that is when the
+        // backlog grows and the alert should see it.
+        tokio::join!(relay, self.outbox_gauges(&relayed));
+    }
+
+    /// Sets the outbox gauges every `STATS_EVERY` until `stop`.
+    async fn outbox_gauges(&self, stop: &CancellationToken) {
+        loop {
+            match self.store.outbox_stats().await {
+                Ok((pending, oldest)) => {
+                    let age = oldest
+                        .map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1e3)
+                        .unwrap_or(0.0);
+                    ::metrics::gauge!(metrics::OUTBOX_PENDING).set(pending as f64);
+                    ::metrics::gauge!(metrics::OUTBOX_OLDEST_AGE).set(age);
+                }
+                Err(e) => {
+                    tracing::debug!(action = "outbox_stats_failed", error = %e, "Outbox not readable")
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(STATS_EVERY) => {}
+            }
+        }
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> SessionEnd {
@@ -151,7 +183,10 @@ impl Relay {
                 return Ok(());
             }
             let full = batch.len() == BATCH;
-            match publish_batch(ch, &batch).await {
+            let started = std::time::Instant::now();
+            let result = publish_batch(ch, &batch).await;
+            ::metrics::histogram!(metrics::RELAY_PUBLISH).record(started.elapsed().as_secs_f64());
+            match result {
                 Ok((sent, refused)) => {
                     if !refused.is_empty() {
                         tracing::error!(

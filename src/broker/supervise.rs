@@ -15,6 +15,7 @@
 //! - the link state `/health` reads, and readiness ([`LinkState::wait_up`]).
 
 use super::backoff::Backoff;
+use crate::process::metrics::{self, LinkKind};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -48,6 +49,12 @@ pub enum Peer {
 }
 
 impl Peer {
+    fn metric(self) -> LinkKind {
+        match self {
+            Peer::RabbitMq => LinkKind::RabbitMq,
+            Peer::Mqtt => LinkKind::Mqtt,
+        }
+    }
     fn name(self) -> &'static str {
         match self {
             Peer::RabbitMq => "RabbitMQ",
@@ -95,6 +102,14 @@ struct Link {
     outage: Mutex<Outage>,
 }
 
+/// The `restaurant_link_up` gauge counts live links: a dropped one leaves it.
+impl Drop for Link {
+    fn drop(&mut self) {
+        let up = i64::from(*self.phase.borrow() == Phase::Up);
+        metrics::link_changed(self.peer.metric(), -1, -up);
+    }
+}
+
 /// Whether a component holds a working link right now (read by `/health`), and
 /// the bookkeeping behind its once-per-outage log lines.
 #[derive(Clone)]
@@ -103,6 +118,7 @@ pub struct LinkState(Arc<Link>);
 impl LinkState {
     /// `what` names the component in log lines ("outbox relay", "kitchen consumer").
     pub fn new(what: impl Into<String>, peer: Peer) -> Self {
+        metrics::link_changed(peer.metric(), 1, 0);
         LinkState(Arc::new(Link {
             what: what.into(),
             peer,
@@ -143,7 +159,9 @@ impl LinkState {
         o.failures = 0;
         o.up_since = Some(Instant::now());
         drop(o);
-        self.0.phase.send_replace(Phase::Up);
+        if self.0.phase.send_replace(Phase::Up) != Phase::Up {
+            metrics::link_changed(peer.metric(), 0, 1);
+        }
     }
 
     /// Waits until the link is up. Err when its supervisor stopped first.
@@ -166,6 +184,7 @@ impl LinkState {
             let changed = *p == Phase::Up;
             if changed {
                 *p = Phase::Down;
+                metrics::link_changed(self.0.peer.metric(), 0, -1);
             }
             changed
         });
@@ -193,7 +212,9 @@ impl LinkState {
     }
 
     fn stopped(&self) {
-        self.0.phase.send_replace(Phase::Stopped);
+        if self.0.phase.send_replace(Phase::Stopped) == Phase::Up {
+            metrics::link_changed(self.0.peer.metric(), 0, -1);
+        }
     }
 }
 

@@ -312,7 +312,7 @@ impl Guard {
         );
         resp_headers.insert(
             "access-control-expose-headers",
-            HeaderValue::from_static("x-request-id, location"),
+            HeaderValue::from_static("x-request-id, location, idempotent-replayed"),
         );
         resp_headers.insert("access-control-max-age", HeaderValue::from_static("600"));
     }

@@ -11,6 +11,7 @@
 pub mod auth;
 
 use crate::domain::error::Class;
+use crate::process::metrics;
 use crate::storage::StoreError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -55,6 +56,12 @@ pub trait Routes: Send + Sync + 'static {
     /// bridge's health port).
     fn guard(&self) -> Option<&Arc<auth::Guard>> {
         None
+    }
+    /// Whether this listener answers `GET /metrics` (issue 14): every HTTP
+    /// service does, except the second and third listener of `--mode=all`
+    /// (one endpoint per process, one recorder).
+    fn metrics(&self) -> bool {
+        false
     }
 }
 
@@ -307,6 +314,9 @@ async fn handle(
     permits: Arc<Semaphore>,
     limits: Limits,
 ) -> Resp {
+    let started = std::time::Instant::now();
+    let route = metrics::route_label(req.uri().path());
+    let method = metrics::method_label(req.method().as_str());
     let rid = request_id(&req);
     let span = tracing::info_span!("request", request_id = %rid);
     let guard = routes.guard().cloned();
@@ -351,14 +361,26 @@ async fn handle(
         };
         // Over the limit: answer at once rather than queue behind slow requests.
         // Health checks are exempt, so a busy service is not reported as down.
+        // So is the metrics scrape: a busy service is when it matters most.
         let _permit = permits.try_acquire();
-        if _permit.is_err() && req.uri().path() != "/health" {
+        if _permit.is_err() && route != "/health" && route != "/metrics" {
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many requests in flight",
             );
             e.retry_after = Some(1);
             return e.into_response();
+        }
+        if route == "/metrics" && routes.metrics() {
+            if req.method() != Method::GET {
+                return ApiError::method_not_allowed("GET").into_response();
+            }
+            let mut r = Response::new(Full::new(Bytes::from(metrics::render())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            return r;
         }
         let ctx = RequestCtx {
             request_id: rid.clone(),
@@ -382,6 +404,13 @@ async fn handle(
     if let Some(g) = &guard {
         g.cors_headers(origin.as_ref(), host.as_ref(), h);
     }
+    ::metrics::histogram!(
+        metrics::HTTP_DURATION,
+        "route" => route,
+        "method" => method,
+        "status" => metrics::status_label(resp.status().as_u16()),
+    )
+    .record(started.elapsed().as_secs_f64());
     resp
 }
 

@@ -26,6 +26,7 @@ pub struct Config {
     pub orders: OrdersConfig,
     pub http: HttpConfig,
     pub security: SecurityConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -72,6 +73,16 @@ fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         Raw::F(f) => f.to_string(),
         Raw::B(b) => b.to_string(),
     })
+}
+
+/// Prometheus metrics (issue 14, docs/metrics.md). Every HTTP service answers
+/// `GET /metrics` on its own port; `port` gives the modes without one (a
+/// kitchen worker, the notifier) a listener for `/metrics` and `/health`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Off when absent (the default): such a mode listens on no port.
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -527,6 +538,19 @@ impl Config {
         if self.display.mqtt_password.is_some() && self.display.mqtt_username.is_empty() {
             return bad("display.mqtt_password needs display.mqtt_username".into());
         }
+        if let Some(p) = self.metrics.port.filter(|p| *p != 0) {
+            for (key, port) in [
+                ("http.order_port", self.http.order_port),
+                ("http.tracking_port", self.http.tracking_port),
+                ("http.bridge_port", self.http.bridge_port),
+            ] {
+                if port == p {
+                    return bad(format!(
+                        "metrics.port {p} is also {key}: give the metrics listener a port of its own"
+                    ));
+                }
+            }
+        }
         if !(1..=MAX_IDEMPOTENCY_TTL).contains(&self.orders.idempotency_ttl_seconds) {
             return bad(format!(
                 "orders.idempotency_ttl_seconds must be between 1 and {MAX_IDEMPOTENCY_TTL} (30 days), got {}",
@@ -691,6 +715,17 @@ mod tests {
         let c = load_str("[rabbitmq]\npassword = \"hunter2\"\n").unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(c.rabbitmq.password.expose(), "hunter2");
+    }
+
+    #[test]
+    fn the_metrics_port_is_off_by_default_and_checked() {
+        assert_eq!(Config::default().metrics.port, None);
+        let c = load_str("[metrics]\nport = 9464\n").unwrap();
+        assert_eq!(c.metrics.port, Some(9464));
+        let e = load_str("[metrics]\nport = 3000\n").unwrap_err();
+        assert!(e.to_string().contains("metrics.port"), "{e}");
+        assert!(load_str("[metrics]\nport = 70000\n").is_err());
+        assert!(load_str("[metrics]\nprot = 1\n").is_err());
     }
 
     #[test]

@@ -4,4 +4,5 @@
 pub mod config;
 pub mod daemon;
 pub mod failpoint;
+pub mod metrics;
 pub mod telemetry;

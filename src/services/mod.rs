@@ -7,6 +7,7 @@
 
 pub mod display;
 pub mod kitchen;
+pub mod metrics;
 pub mod notifier;
 pub mod order_api;
 pub mod tracking_api;

@@ -11,6 +11,7 @@ use crate::http::{
     store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
 };
 use crate::process::failpoint;
+use crate::process::metrics;
 use crate::storage::{
     CreatedOrder, IdempotencyKey, KeyedOutcome, SharedStore, Transition, TransitionOutcome,
 };
@@ -95,6 +96,10 @@ impl Routes for OrderApi {
     fn guard(&self) -> Option<&std::sync::Arc<crate::http::auth::Guard>> {
         Some(&self.guard)
     }
+
+    fn metrics(&self) -> bool {
+        true
+    }
 }
 
 impl OrderApi {
@@ -121,6 +126,8 @@ impl OrderApi {
             items = order.items.len(),
             "Valid order received"
         );
+        // Keys are not secrets, but log lines stay short: at most 16 characters.
+        let shown = key.as_deref().map(idempotency::for_log);
         let (created, replayed) = match key {
             None => {
                 let created = self
@@ -139,11 +146,15 @@ impl OrderApi {
             failpoint::hit("crash_after_commit");
             // The order and its message are committed together; the relay publishes it.
             self.relay.wake();
+            // Counted once per order: a replayed key created nothing.
+            ::metrics::counter!(metrics::ORDERS_CREATED, "order_type" => order.order_type.as_str())
+                .increment(1);
             tracing::info!(
                 action = "order_created",
                 order_number = %created.order_number,
                 total_amount = created.total.as_f64(),
                 order_priority = created.priority,
+                idempotency_key = shown.as_deref(),
                 "Order created successfully"
             );
         }
@@ -198,14 +209,7 @@ impl OrderApi {
             .await
             .map_err(|e| store_error(e, "db_transaction_failed", "Could not store the order"))?;
         match outcome {
-            KeyedOutcome::Created(c) => {
-                tracing::debug!(
-                    action = "idempotency_key_stored",
-                    order_number = %c.order_number,
-                    idempotency_key = %shown,
-                );
-                Ok((c, false))
-            }
+            KeyedOutcome::Created(c) => Ok((c, false)),
             KeyedOutcome::Replayed(c) => {
                 tracing::info!(
                     action = "order_replayed",

@@ -23,6 +23,8 @@ pub struct TrackingApi {
     pub mqtt_prefix: String,
     pub mqtt_site: String,
     pub guard: std::sync::Arc<crate::http::auth::Guard>,
+    /// Whether this listener is the process's `/metrics` endpoint.
+    pub metrics: bool,
 }
 
 /// The display page: our own files from `web/src/`, and the MQTT client that
@@ -120,6 +122,10 @@ impl Routes for TrackingApi {
 
     fn guard(&self) -> Option<&std::sync::Arc<crate::http::auth::Guard>> {
         Some(&self.guard)
+    }
+
+    fn metrics(&self) -> bool {
+        self.metrics
     }
 }
 

@@ -500,6 +500,9 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
     /// How many messages wait in the outbox (for health and tests).
     async fn outbox_len(&self) -> Result<i64, StoreError>;
+    /// How many messages wait in the outbox, and when the oldest was written
+    /// (the relay's gauges, docs/metrics.md).
+    async fn outbox_stats(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
 }
 
 /// Opens the configured backend and applies migrations.

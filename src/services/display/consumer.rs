@@ -24,6 +24,7 @@ use crate::broker::topology::{self, DISPLAY_QUEUE};
 use crate::broker::{connect, connection_lost};
 use crate::domain::events::{OrderMessage, StatusUpdate, NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE};
 use crate::process::config::RabbitConfig;
+use crate::process::metrics;
 use crate::storage::{OrderView, SharedStore};
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -204,6 +205,15 @@ impl Consumer {
                 order_number = %n,
                 "Order not in the database; publishing its event only"
             ),
+        }
+        // The lag: how far behind the events the screens are.
+        let happened = match &msg {
+            Msg::Created(m) => m.created_at,
+            Msg::Changed(u) => Some(u.timestamp),
+        };
+        if let Some(t) = happened {
+            let lag = (Utc::now() - t).num_milliseconds().max(0) as f64 / 1e3;
+            ::metrics::gauge!(metrics::BRIDGE_LAG).set(lag);
         }
         let event = match &msg {
             Msg::Created(m) => Event::created(m, view.as_ref(), Utc::now()),

@@ -46,11 +46,13 @@ const PRESENCE_REFRESH: Duration = Duration::from_secs(5);
 /// Starts the bridge. Returns the health port's address once the bridge
 /// consumes its queue (so nothing published after this is missed); the MQTT
 /// broker may still be unreachable, in which case it keeps retrying.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     cfg: &Config,
     store: SharedStore,
     addr: SocketAddr,
     limits: Limits,
+    edge: Edge,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<SocketAddr, StartError> {
@@ -61,6 +63,7 @@ pub async fn start(
         rabbit: rabbit_link.clone(),
         mqtt: mqtt_link.clone(),
         broker: format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port),
+        edge,
     };
     let server = http::serve(addr, Arc::new(health), limits, shutdown.clone())
         .await
@@ -119,16 +122,35 @@ pub async fn start(
     Ok(bound)
 }
 
-/// `GET /health`: database, RabbitMQ and MQTT, 503 when any is down.
+/// What the bridge's health port shares with the other listeners: the
+/// process's guard (its `/metrics` is a read route like any other: open to
+/// loopback as configured, a token from anywhere else), and whether it is the
+/// process's metrics endpoint.
+pub struct Edge {
+    pub guard: Arc<http::auth::Guard>,
+    pub metrics: bool,
+}
+
+/// `GET /health`: database, RabbitMQ and MQTT, 503 when any is down; and
+/// `GET /metrics` (answered by the HTTP edge).
 struct Health {
     store: SharedStore,
     rabbit: LinkState,
     mqtt: LinkState,
     broker: String,
+    edge: Edge,
 }
 
 #[async_trait::async_trait]
 impl Routes for Health {
+    fn guard(&self) -> Option<&Arc<http::auth::Guard>> {
+        Some(&self.edge.guard)
+    }
+
+    fn metrics(&self) -> bool {
+        self.edge.metrics
+    }
+
     async fn handle(&self, req: Request<Incoming>, _ctx: RequestCtx) -> Result<Resp, ApiError> {
         let seg = http::segments(&req);
         if seg.len() != 1 || seg[0] != "health" {

@@ -19,6 +19,7 @@ use crate::domain::status::{kitchen_step, KitchenStep};
 use crate::domain::transition::OrderState;
 use crate::domain::{OrderStatus, OrderType};
 use crate::process::config::{CookingSeconds, RabbitConfig};
+use crate::process::metrics;
 use crate::storage::{
     Registered, SharedStore, StoreError, Transition, TransitionOutcome, WorkerLease,
     WorkerRegistration,
@@ -375,6 +376,13 @@ impl Kitchen {
         match self.change(&cooking, OrderStatus::Ready, None, rid).await {
             Ok(TransitionOutcome::Applied { .. }) => {
                 tracing::debug!(action = "order_completed", order_number = %n, "Order ready");
+                ::metrics::counter!(metrics::ORDERS_COOKED, "worker" => self.cfg.name.clone())
+                    .increment(1);
+                if let Some(received) = msg.created_at {
+                    let secs = (Utc::now() - received).num_milliseconds().max(0) as f64 / 1e3;
+                    ::metrics::histogram!(metrics::TICKET_TIME, "order_type" => msg.order_type.as_str())
+                        .record(secs);
+                }
                 Outcome::Ack
             }
             // Cancelled at the last moment, or finished by another worker.

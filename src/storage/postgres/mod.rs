@@ -762,4 +762,16 @@ impl Store for PgStore {
             .map_err(pg_err)?;
         row.try_get(0).map_err(pg_err)
     }
+
+    async fn outbox_stats(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_one("select count(*), min(created_at) from outbox", &[])
+            .await
+            .map_err(pg_err)?;
+        Ok((
+            row.try_get(0).map_err(pg_err)?,
+            row.try_get(1).map_err(pg_err)?,
+        ))
+    }
 }

@@ -959,6 +959,19 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn outbox_stats(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        self.read(|c| {
+            let (n, oldest) = c
+                .query_row("select count(*), min(created_at) from outbox", [], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+                })
+                .map_err(sql_err)?;
+            let oldest = oldest.map(|t| parse_ts(&t)).transpose().map_err(sql_err)?;
+            Ok((n, oldest))
+        })
+        .await
+    }
 }
 
 fn delete_published(c: &Connection, ids: &[i64]) -> Result<(), StoreError> {
