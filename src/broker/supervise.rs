@@ -135,6 +135,15 @@ impl LinkState {
         *self.0.phase.borrow() == Phase::Up
     }
 
+    /// The link's line in `/health`: `down` when it is not up.
+    pub fn health(&self, down: &str) -> Result<(), String> {
+        if self.is_up() {
+            Ok(())
+        } else {
+            Err(down.to_string())
+        }
+    }
+
     /// Called by a session once it is connected and working (consuming, ready to
     /// publish). `target` says to what, for the log line.
     pub fn up(&self, target: &str) {

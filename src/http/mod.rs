@@ -415,6 +415,27 @@ async fn handle(
 }
 
 /// The spec's health document; 503 when any check fails.
+/// The route check of a port that serves only `GET /health`: 404 for any
+/// other path, 405 for another method.
+pub fn only_health(req: &Request<Incoming>) -> Result<(), ApiError> {
+    let seg = segments(req);
+    if seg.len() != 1 || seg[0] != "health" {
+        return Err(ApiError::not_found("no such route"));
+    }
+    if req.method() != hyper::Method::GET {
+        return Err(ApiError::method_not_allowed("GET"));
+    }
+    Ok(())
+}
+
+/// The database's line in `/health`: a ping, given 2 s.
+pub async fn database_health(store: &crate::storage::SharedStore) -> Result<(), String> {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), store.ping()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("database ping timed out".to_string()),
+    }
+}
+
 pub fn health_response(service: &str, checks: &[(&str, Result<(), String>)]) -> Resp {
     let healthy = checks.iter().all(|(_, r)| r.is_ok());
     let checks: serde_json::Map<String, Value> = checks

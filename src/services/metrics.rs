@@ -11,7 +11,7 @@ use crate::http::{self, health_response, ApiError, RequestCtx, Resp, Routes};
 use crate::process::metrics::{self, LinkKind};
 use crate::storage::SharedStore;
 use hyper::body::Incoming;
-use hyper::{Method, Request};
+use hyper::Request;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -33,22 +33,9 @@ pub struct MetricsPort {
 #[async_trait::async_trait]
 impl Routes for MetricsPort {
     async fn handle(&self, req: Request<Incoming>, _ctx: RequestCtx) -> Result<Resp, ApiError> {
-        let seg = http::segments(&req);
-        if seg.len() != 1 || seg[0] != "health" {
-            return Err(ApiError::not_found("no such route"));
-        }
-        if req.method() != Method::GET {
-            return Err(ApiError::method_not_allowed("GET"));
-        }
-        let db = match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("database ping timed out".to_string()),
-        };
-        let rabbit = if self.rabbit.is_up() {
-            Ok(())
-        } else {
-            Err("not connected to RabbitMQ".to_string())
-        };
+        http::only_health(&req)?;
+        let db = http::database_health(&self.store).await;
+        let rabbit = self.rabbit.health("not connected to RabbitMQ");
         Ok(health_response(
             self.service,
             &[("database", db), ("rabbitmq", rabbit)],

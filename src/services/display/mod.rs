@@ -30,7 +30,7 @@ use crate::http::{self, ApiError, Limits, RequestCtx, Resp, Routes};
 use crate::process::config::Config;
 use crate::storage::SharedStore;
 use hyper::body::Incoming;
-use hyper::{Method, Request};
+use hyper::Request;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,31 +152,13 @@ impl Routes for Health {
     }
 
     async fn handle(&self, req: Request<Incoming>, _ctx: RequestCtx) -> Result<Resp, ApiError> {
-        let seg = http::segments(&req);
-        if seg.len() != 1 || seg[0] != "health" {
-            return Err(ApiError::not_found("no such route"));
-        }
-        if req.method() != Method::GET {
-            return Err(ApiError::method_not_allowed("GET"));
-        }
-        let db = match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("database ping timed out".to_string()),
-        };
-        let rabbit = if self.rabbit.is_up() {
-            Ok(())
-        } else {
-            Err("not connected to RabbitMQ".to_string())
-        };
-        let mqtt = if self.mqtt.is_up() {
-            Ok(())
-        } else {
-            Err(format!(
-                "not connected to the MQTT broker at {}",
-                self.broker
-            ))
-        };
+        http::only_health(&req)?;
+        let db = http::database_health(&self.store).await;
+        let rabbit = self.rabbit.health("not connected to RabbitMQ");
+        let mqtt = self.mqtt.health(&format!(
+            "not connected to the MQTT broker at {}",
+            self.broker
+        ));
         Ok(http::health_response(
             SERVICE,
             &[("database", db), ("rabbitmq", rabbit), ("mqtt", mqtt)],
