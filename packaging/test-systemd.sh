@@ -352,12 +352,20 @@ prev_deb="$RS_BOX_CACHE/prev-$prev_sha.deb"
 # build_prev: the previous release's package, from a git worktree of that commit, with this
 # tree's target directory (the dependencies are built already). Runs in the background while
 # the box is tested; the upgrade scenario waits for it.
+bin_sum() { dpkg-deb --fsys-tarfile "$1" | tar -xO ./usr/bin/restaurant-system | sha256sum | cut -c1-16; }
 build_prev() {
     log "building the previous release's package ($prev_sha, once; cached as $prev_deb)"
     git worktree add --detach -f "$work/prev-src" "$prev_sha" >/dev/null 2>&1 || return 1
     if (cd "$work/prev-src" && CARGO_TARGET_DIR="$REPO/target" cargo deb \
         --deb-version "0.1.0~git${prev_sha:0:7}-1" --output "$prev_deb.tmp.$$") >"$work/prev-build.log" 2>&1; then
-        mv "$prev_deb.tmp.$$" "$prev_deb"
+        # The target directory is shared: another cargo build running meanwhile can put this
+        # tree's binary where cargo deb picks it up. Such a package is not cached.
+        if [[ "$(bin_sum "$prev_deb.tmp.$$")" == "$(bin_sum "$new_deb")" ]]; then
+            echo "    the previous release's package got this tree's binary (a concurrent build in target/?); not cached"
+            rm -f "$prev_deb.tmp.$$"
+        else
+            mv "$prev_deb.tmp.$$" "$prev_deb"
+        fi
     else
         tail -n 30 "$work/prev-build.log" | sed 's/^/    /'
     fi
@@ -739,7 +747,6 @@ if [[ -n "$prev_pid" ]]; then
 fi
 [[ -f "$prev_deb" ]] || fatal "cargo deb of the previous release $prev_sha (log above)"
 pass "previous release's package: $(basename "$prev_deb") ($(dpkg-deb -f "$prev_deb" Version))"
-bin_sum() { dpkg-deb --fsys-tarfile "$1" | tar -xO ./usr/bin/restaurant-system | sha256sum | cut -c1-16; }
 new_ne_prev() { [[ "$(bin_sum "$new_deb")" != "$(bin_sum "$prev_deb")" ]]; }
 check "the new package's binary is not the previous release's" new_ne_prev
 if dpkg --compare-versions "$(dpkg-deb -f "$new_deb" Version)" gt "$(dpkg-deb -f "$prev_deb" Version)"; then
