@@ -249,8 +249,9 @@ async fn broker_restart_sqlite() {
 // ---------------------------------------------------------------------------
 // 2. Database restart under load (PostgreSQL)
 
-async fn db_restart() {
-    // TestEnv lends the RabbitMQ vhost and temp dir; the database is private.
+/// A TestEnv (its RabbitMQ vhost and temp dir) whose database is a private
+/// PostgreSQL cluster of its own, which the scenario may restart.
+async fn env_on_private_postgres() -> (TestEnv, PrivatePostgres) {
     let mut env = TestEnv::new(Backend::Sqlite);
     let pg = tokio::task::spawn_blocking(PrivatePostgres::start)
         .await
@@ -262,6 +263,11 @@ async fn db_restart() {
     d.user = "postgres".into();
     d.password = None;
     d.database = "postgres".into();
+    (env, pg)
+}
+
+async fn db_restart() {
+    let (env, pg) = env_on_private_postgres().await;
     let cfg = env.cfg.clone();
     let setup = Setup::new("db-restart-postgres", &cfg);
     let (mut order, url) = order_service(&setup).await;
@@ -602,17 +608,7 @@ async fn crash_after_commit_sqlite() {
 /// whose clients retry every 503 and lost answer with their keys: every order
 /// is stored exactly once and every client ends with its order.
 async fn db_restart_keyed() {
-    let mut env = TestEnv::new(Backend::Sqlite);
-    let pg = tokio::task::spawn_blocking(PrivatePostgres::start)
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    let d = &mut env.cfg.database;
-    d.backend = StorageBackend::Postgres;
-    d.host = Some("127.0.0.1".into());
-    d.port = pg.port;
-    d.user = "postgres".into();
-    d.password = None;
-    d.database = "postgres".into();
+    let (mut env, pg) = env_on_private_postgres().await;
     let c = &mut env.cfg.kitchen.cooking_seconds;
     (c.dine_in, c.takeout, c.delivery) = (0.1, 0.1, 0.1);
     let cfg = env.cfg.clone();
