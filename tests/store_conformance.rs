@@ -60,6 +60,19 @@ async fn applied(store: &SharedStore, t: &Transition) -> (OrderStatus, i64) {
 
 // ---------------------------------------------------------------------------
 
+/// A fresh store of backend `b` holding one takeout order (Ann's, made at
+/// `at(0)`), and its number. Keep the TestEnv: it owns the database.
+async fn with_one_order(b: Backend) -> (TestEnv, SharedStore, String) {
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let n = store
+        .create_order(&takeout("Ann"), "rid-1", at(0))
+        .await
+        .unwrap()
+        .order_number;
+    (env, store, n)
+}
+
 async fn create_and_read_back(b: Backend) {
     let env = TestEnv::new(b);
     let store = env.open_store().await;
@@ -90,13 +103,7 @@ async fn create_and_read_back(b: Backend) {
 }
 
 async fn transition_chain_writes_what_the_domain_decided(b: Backend) {
-    let env = TestEnv::new(b);
-    let store = env.open_store().await;
-    let n = store
-        .create_order(&takeout("Ann"), "rid-1", at(0))
-        .await
-        .unwrap()
-        .order_number;
+    let (_env, store, n) = with_one_order(b).await;
     let mut done: Vec<i64> = outbox(&store, &[]).await.iter().map(|m| m.id).collect();
     let steps = [
         (Cooking, "chef_a", 1_000),
@@ -157,13 +164,7 @@ async fn transition_chain_writes_what_the_domain_decided(b: Backend) {
 }
 
 async fn refusals_write_nothing(b: Backend) {
-    let env = TestEnv::new(b);
-    let store = env.open_store().await;
-    let n = store
-        .create_order(&takeout("Ann"), "rid-1", at(0))
-        .await
-        .unwrap()
-        .order_number;
+    let (_env, store, n) = with_one_order(b).await;
     let before = store.outbox_len().await.unwrap();
     match store.transition(&change(&n, Completed, "x", at(1))).await {
         Ok(TransitionOutcome::Rejected(e)) => assert_eq!(
@@ -192,13 +193,7 @@ async fn refusals_write_nothing(b: Backend) {
 }
 
 async fn a_wrong_guess_is_read_again(b: Backend) {
-    let env = TestEnv::new(b);
-    let store = env.open_store().await;
-    let n = store
-        .create_order(&takeout("Ann"), "rid-1", at(0))
-        .await
-        .unwrap()
-        .order_number;
+    let (_env, store, n) = with_one_order(b).await;
     let stale = OrderState::received(n.clone(), OrderType::Takeout, at(0));
     applied(&store, &change(&n, Cooking, "chef_a", at(1))).await;
     // Believed received; really cooking: -> cooking is refused from the real state.
