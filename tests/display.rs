@@ -642,7 +642,7 @@ async fn state_from_messages_is_the_stored_state(b: Backend) {
     use restaurant_system::domain::order::validate;
     use restaurant_system::domain::OrderStatus;
     use restaurant_system::services::display::payload::order_state;
-    use restaurant_system::storage::{OrderView, Transition};
+    use restaurant_system::storage::{Durability, OrderView, Transition};
 
     let env = TestEnv::new(b);
     let store = env.open_store().await;
@@ -685,6 +685,7 @@ async fn state_from_messages_is_the_stored_state(b: Backend) {
             estimated_completion: (to == OrderStatus::Cooking)
                 .then(|| now + chrono::Duration::seconds(90)),
             notes: None,
+            durability: Durability::Now,
         };
         store.transition(&t).await.expect("transition");
         // Deletes the rows handled so far and leases the new one.

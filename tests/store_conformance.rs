@@ -11,7 +11,8 @@ use restaurant_system::domain::order::validate;
 use restaurant_system::domain::transition::OrderState;
 use restaurant_system::domain::{OrderStatus, OrderType, TransitionError, ValidOrder};
 use restaurant_system::storage::{
-    OutboxMessage, Registered, SharedStore, Transition, TransitionOutcome, WorkerRegistration,
+    Durability, OutboxMessage, Registered, SharedStore, Transition, TransitionOutcome,
+    WorkerRegistration,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -40,6 +41,7 @@ fn change(n: &str, to: OrderStatus, by: &str, now: DateTime<Utc>) -> Transition 
         now,
         estimated_completion: (to == Cooking).then(|| now + chrono::Duration::seconds(90)),
         notes: None,
+        durability: Durability::Now,
     }
 }
 
@@ -417,6 +419,33 @@ async fn tokens_round_trip(b: Backend) {
     assert_eq!(store.tokens().await.unwrap().len(), 1);
 }
 
+/// The kitchen's `cooking` is written without waiting for the disk
+/// (`Durability::Deferred`): it is applied, read back and published exactly
+/// like a durable change, and the durable `ready` after it follows from it.
+async fn a_deferred_change_is_a_change_like_any_other(b: Backend) {
+    let (_env, store, n) = with_one_order(b).await;
+    let done: Vec<i64> = outbox(&store, &[]).await.iter().map(|m| m.id).collect();
+    let mut cooking = change(&n, Cooking, "chef_a", at(1_000));
+    cooking.durability = Durability::Deferred;
+    assert_eq!(applied(&store, &cooking).await, (Received, 2));
+    assert_eq!(store.status(&n).await.unwrap(), Some(Cooking));
+    let msgs = outbox(&store, &done).await;
+    assert_eq!(msgs.len(), 1, "the deferred change's message is claimed");
+    assert_eq!(msgs[0].message_id, format!("{n}:cooking:2"));
+    // Its compare-and-set holds like any other: a second try from `received` misses.
+    match store.transition(&cooking).await.unwrap() {
+        TransitionOutcome::Rejected(e) => assert_eq!(e.current, Cooking),
+        other => panic!("a repeated deferred change was not refused: {other:?}"),
+    }
+    assert_eq!(
+        applied(&store, &change(&n, Ready, "chef_a", at(2_000))).await,
+        (Cooking, 3)
+    );
+    let msgs = outbox(&store, &[msgs[0].id]).await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].message_id, format!("{n}:ready:3"));
+}
+
 backend_tests!(
     create_and_read_back,
     transition_chain_writes_what_the_domain_decided,
@@ -425,5 +454,6 @@ backend_tests!(
     concurrent_transitions_from_one_state_one_wins,
     open_orders_carry_their_kitchen_details,
     workers_register_beat_and_count,
-    tokens_round_trip
+    tokens_round_trip,
+    a_deferred_change_is_a_change_like_any_other
 );

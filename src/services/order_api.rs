@@ -13,7 +13,8 @@ use crate::http::{
 use crate::process::failpoint;
 use crate::process::metrics;
 use crate::storage::{
-    CreatedOrder, IdempotencyKey, KeyedOutcome, SharedStore, Transition, TransitionOutcome,
+    CreatedOrder, Durability, IdempotencyKey, KeyedOutcome, SharedStore, Transition,
+    TransitionOutcome,
 };
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
@@ -254,6 +255,7 @@ impl OrderApi {
             now: chrono::Utc::now(),
             estimated_completion: None,
             notes: None,
+            durability: Durability::Now,
         };
         let outcome = self.store.transition(&t).await.map_err(|e| {
             store_error(

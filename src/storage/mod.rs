@@ -166,6 +166,25 @@ pub struct Transition {
     /// For `-> cooking`: when the order will be ready.
     pub estimated_completion: Option<DateTime<Utc>>,
     pub notes: Option<String>,
+    /// Whether the change must be on disk before the store answers.
+    pub durability: Durability,
+}
+
+/// When a write must be on disk (fsync) before the store answers.
+///
+/// `Now` is the rule for anything the caller tells the world about at once
+/// (an HTTP answer, a broker ack). `Deferred` is for a step that nobody hears
+/// of before a later durable step of the same caller: the kitchen's `cooking`,
+/// which its `ready` (written later, so flushed with it) must precede before
+/// the delivery is acked. Its outbox message still leaves only once it is on
+/// disk: the relay makes what it claims durable before publishing. A power cut
+/// in between loses the change, the unacked delivery comes back, and the
+/// change is made again. A backend may treat `Deferred` as `Now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    #[default]
+    Now,
+    Deferred,
 }
 
 impl Transition {

@@ -21,7 +21,7 @@ use crate::domain::{OrderStatus, OrderType};
 use crate::process::config::{CookingSeconds, RabbitConfig};
 use crate::process::metrics;
 use crate::storage::{
-    Registered, SharedStore, StoreError, Transition, TransitionOutcome, WorkerLease,
+    Durability, Registered, SharedStore, StoreError, Transition, TransitionOutcome, WorkerLease,
     WorkerRegistration,
 };
 use chrono::Utc;
@@ -409,6 +409,14 @@ impl Kitchen {
             now: Utc::now(),
             estimated_completion: eta,
             notes: None,
+            // `cooking` is told to no one before `ready`, which is made
+            // durable before the ack (and the relay makes it durable before
+            // publishing it): a sync of its own would only slow the kitchen.
+            durability: if to == OrderStatus::Cooking {
+                Durability::Deferred
+            } else {
+                Durability::Now
+            },
         };
         let out = self.store.transition_from(&t, Some(known)).await?;
         if matches!(out, TransitionOutcome::Applied { .. }) {

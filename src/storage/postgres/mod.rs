@@ -13,21 +13,32 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
 };
 use intake::Intake;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 mod tokens;
+
+/// Indexes of `PgStore::deferred`.
+const STARTED: usize = 0;
+const DONE: usize = 1;
+const FLUSHED: usize = 2;
 
 /// Serialises concurrent migrations from several processes starting at once.
 const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
 
 pub struct PgStore {
     pool: Pool,
-    /// The outbox relay's bookkeeping (leases, deleting published rows): its own
-    /// connections with `synchronous_commit = off`, so each step is one statement
-    /// that does not wait for a WAL flush. Losing such a commit in a crash only
-    /// means a message is published again, which consumers already tolerate.
-    relay_pool: Pool,
+    /// Connections with `synchronous_commit = off`, whose commits do not wait
+    /// for a WAL flush: the outbox relay's bookkeeping (leases, deleting
+    /// published rows; losing such a commit in a crash only means a message is
+    /// published again, which consumers already tolerate) and deferred status
+    /// changes (`Durability::Deferred`; the relay flushes them before it
+    /// publishes their messages, see `lease_outbox`).
+    lazy_pool: Pool,
+    /// Deferred commits of this process: started, finished, and finished
+    /// before a flush that the relay waited for.
+    deferred: [AtomicU64; 3],
     /// Order intake, batched (group commit): see `intake`.
     intake: Intake,
     /// For the kitchen workers' liveness-lock sessions (`worker_lease`).
@@ -50,11 +61,12 @@ impl PgStore {
         let pool = build_pool(pg.clone(), cfg.pool_size)?;
         let lease_config = pg.clone();
         pg.options("-c synchronous_commit=off");
-        let relay_pool = build_pool(pg, 2)?;
+        let lazy_pool = build_pool(pg, 4)?;
         let store = PgStore {
             intake: Intake::start(pool.clone(), owner.clone()),
             pool,
-            relay_pool,
+            lazy_pool,
+            deferred: Default::default(),
             lease_config,
             owner,
         };
@@ -66,8 +78,8 @@ impl PgStore {
         self.pool.get().await.map_err(pool_err)
     }
 
-    async fn relay_client(&self) -> Result<Object, StoreError> {
-        self.relay_pool.get().await.map_err(pool_err)
+    async fn lazy_client(&self) -> Result<Object, StoreError> {
+        self.lazy_pool.get().await.map_err(pool_err)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -480,7 +492,13 @@ impl Store for PgStore {
         cur: &OrderState,
         d: &Decision,
     ) -> Result<Option<OrderView>, StoreError> {
-        let c = self.client().await?;
+        let deferred = t.durability == Durability::Deferred;
+        let c = if deferred {
+            self.deferred[STARTED].fetch_add(1, Ordering::SeqCst);
+            self.lazy_client().await?
+        } else {
+            self.client().await?
+        };
         let st = c.prepare_cached(TRANSITION_SQL).await.map_err(pg_err)?;
         let s = &d.state;
         let row = c
@@ -506,9 +524,13 @@ impl Store for PgStore {
                     &self.owner,
                 ],
             )
-            .await
-            .map_err(pg_err)?;
-        row.map(|r| order_row(&r).map(|(_, o)| o)).transpose()
+            .await;
+        if deferred {
+            self.deferred[DONE].fetch_add(1, Ordering::SeqCst);
+        }
+        row.map_err(pg_err)?
+            .map(|r| order_row(&r).map(|(_, o)| o))
+            .transpose()
     }
 
     async fn order_state(&self, order_number: &str) -> Result<Option<OrderState>, StoreError> {
@@ -688,7 +710,7 @@ impl Store for PgStore {
         &self,
         claim: &OutboxClaim<'_>,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
-        let c = self.relay_client().await?;
+        let c = self.lazy_client().await?;
         let st = c
             .prepare_cached(
                 "with gone as (delete from outbox where id = any($6))
@@ -730,11 +752,29 @@ impl Store for PgStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         out.sort_by_key(|m| m.id);
+        // The rows are published next. A deferred change among them may not be
+        // flushed yet: one synchronous write flushes the WAL up to itself,
+        // so everything this claim saw. Not needed once no deferred commit
+        // started since the last flush finished.
+        if let Some(first) = out.first() {
+            if self.deferred[STARTED].load(Ordering::SeqCst)
+                > self.deferred[FLUSHED].load(Ordering::SeqCst)
+            {
+                let done = self.deferred[DONE].load(Ordering::SeqCst);
+                let c = self.client().await?;
+                let st = c
+                    .prepare_cached("update outbox set lease_until = lease_until where id = $1")
+                    .await
+                    .map_err(pg_err)?;
+                c.execute(&st, &[&first.id]).await.map_err(pg_err)?;
+                self.deferred[FLUSHED].fetch_max(done, Ordering::SeqCst);
+            }
+        }
         Ok(out)
     }
 
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let c = self.relay_client().await?;
+        let c = self.lazy_client().await?;
         let st = c
             .prepare_cached("delete from outbox where id = any($1)")
             .await
@@ -744,7 +784,7 @@ impl Store for PgStore {
     }
 
     async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let c = self.relay_client().await?;
+        let c = self.lazy_client().await?;
         c.execute(
             "update outbox set lease_until = null where id = any($1)",
             &[&ids],
