@@ -130,7 +130,7 @@ pub fn pgbench(
 // ---- SQLite: the library's store, one order at a time ------------------------
 
 /// Stores orders back to back for `dur` through the daemon's own SQLite store
-/// (`SqliteStore::create_order`: WAL, synchronous=FULL), one at a time, so
+/// (`SqliteStore::create_order`: WAL, synced before the answer), one at a time, so
 /// each is its own transaction (no group commit): the bare per-order cost.
 pub async fn sqlite_limit(path: &Path, dur: Duration) -> Result<TxLimit> {
     let store = SqliteStore::open(path, "bench-limit".into())
@@ -166,7 +166,7 @@ pub async fn sqlite_limit(path: &Path, dur: Duration) -> Result<TxLimit> {
         _ => None,
     };
     Ok(TxLimit {
-        what: "SqliteStore::create_order, WAL, synchronous=FULL, 1 order at a time".into(),
+        what: "SqliteStore::create_order, WAL synced per order (as synchronous=FULL), 1 order at a time".into(),
         clients: 1,
         per_second: lat.len() as f64 / elapsed,
         count: lat.len() as u64,
