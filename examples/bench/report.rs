@@ -347,7 +347,9 @@ pub fn targets(rep: &BackendReport, s: &Settings) -> Vec<Target> {
                 b.ready_per_s
             ),
             met: Some(b.ready == b.requested && b.ready_per_s >= goal),
-            limited_by: "two transitions (commits) per order per worker, one ack".into(),
+            limited_by: "a worker's cycle (ack -> next delivery, cooking, ready's durable commit) \
+                on 2 cores shared with RabbitMQ, intake, bridge and the load"
+                .into(),
         });
     }
     let worst = rep
