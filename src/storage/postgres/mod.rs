@@ -19,10 +19,15 @@ use tokio_postgres::{NoTls, Row};
 
 mod tokens;
 
-/// Indexes of `PgStore::deferred`.
-const STARTED: usize = 0;
-const DONE: usize = 1;
-const FLUSHED: usize = 2;
+/// This process's deferred commits (`Durability::Deferred`), counted so the
+/// relay knows whether what it claimed may not be flushed yet.
+#[derive(Default)]
+struct DeferredCommits {
+    started: AtomicU64,
+    done: AtomicU64,
+    /// Done before a flush the relay waited for: on disk.
+    flushed: AtomicU64,
+}
 
 /// Serialises concurrent migrations from several processes starting at once.
 const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
@@ -36,9 +41,7 @@ pub struct PgStore {
     /// changes (`Durability::Deferred`; the relay flushes them before it
     /// publishes their messages, see `lease_outbox`).
     lazy_pool: Pool,
-    /// Deferred commits of this process: started, finished, and finished
-    /// before a flush that the relay waited for.
-    deferred: [AtomicU64; 3],
+    deferred: DeferredCommits,
     /// Order intake, batched (group commit): see `intake`.
     intake: Intake,
     /// For the kitchen workers' liveness-lock sessions (`worker_lease`).
@@ -494,7 +497,7 @@ impl Store for PgStore {
     ) -> Result<Option<OrderView>, StoreError> {
         let deferred = t.durability == Durability::Deferred;
         let c = if deferred {
-            self.deferred[STARTED].fetch_add(1, Ordering::SeqCst);
+            self.deferred.started.fetch_add(1, Ordering::SeqCst);
             self.lazy_client().await?
         } else {
             self.client().await?
@@ -526,7 +529,7 @@ impl Store for PgStore {
             )
             .await;
         if deferred {
-            self.deferred[DONE].fetch_add(1, Ordering::SeqCst);
+            self.deferred.done.fetch_add(1, Ordering::SeqCst);
         }
         row.map_err(pg_err)?
             .map(|r| order_row(&r).map(|(_, o)| o))
@@ -757,17 +760,17 @@ impl Store for PgStore {
         // so everything this claim saw. Not needed once no deferred commit
         // started since the last flush finished.
         if let Some(first) = out.first() {
-            if self.deferred[STARTED].load(Ordering::SeqCst)
-                > self.deferred[FLUSHED].load(Ordering::SeqCst)
+            if self.deferred.started.load(Ordering::SeqCst)
+                > self.deferred.flushed.load(Ordering::SeqCst)
             {
-                let done = self.deferred[DONE].load(Ordering::SeqCst);
+                let done = self.deferred.done.load(Ordering::SeqCst);
                 let c = self.client().await?;
                 let st = c
                     .prepare_cached("update outbox set lease_until = lease_until where id = $1")
                     .await
                     .map_err(pg_err)?;
                 c.execute(&st, &[&first.id]).await.map_err(pg_err)?;
-                self.deferred[FLUSHED].fetch_max(done, Ordering::SeqCst);
+                self.deferred.flushed.fetch_max(done, Ordering::SeqCst);
             }
         }
         Ok(out)

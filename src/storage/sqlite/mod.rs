@@ -9,7 +9,7 @@
 //! Durability is the writer's own step: it commits with synchronous=NORMAL
 //! (WAL: the commit is written, not yet synced) and then syncs the WAL file
 //! itself, which is what synchronous=FULL does at every commit, but only when
-//! a job of the batch needs it (see `Sync`): an order or a status change whose
+//! a job of the batch needs it (see `OnDisk`): an order or a status change whose
 //! caller answers at once is answered after the sync; a deferred status change
 //! (`Durability::Deferred`) and the relay's bookkeeping are not, and are synced
 //! with the next batch that needs it (the WAL is one file, written in order).
@@ -54,7 +54,7 @@ impl SqliteStore {
     pub async fn open(path: &Path, owner: String) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let p = path.clone();
-        let opened = tokio::task::spawn_blocking(
+        let (conn, wal) = tokio::task::spawn_blocking(
             move || -> Result<(Connection, std::fs::File), StoreError> {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| {
@@ -77,7 +77,6 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::new(Class::Permanent, format!("sqlite open task: {e}")))??;
 
-        let (conn, wal) = opened;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         let syncs = Arc::new(AtomicU64::new(0));
         let counted = syncs.clone();
@@ -819,14 +818,16 @@ impl Store for SqliteStore {
         cur: &OrderState,
         d: &Decision,
     ) -> Result<Option<OrderView>, StoreError> {
-        let t_durability = t.durability;
+        let on_disk: fn(&Option<OrderView>) -> OnDisk = match t.durability {
+            Durability::Now => |_| OnDisk::Own,
+            Durability::Deferred => |_| OnDisk::Nothing,
+        };
         let (t, cur, d) = (t.clone(), cur.clone(), d.clone());
         let owner = self.owner.clone();
-        let job = move |c: &Connection| persist_transition(c, &owner, &t, &cur, &d);
-        match t_durability {
-            Durability::Now => self.write(job).await,
-            Durability::Deferred => self.write_then(|_| OnDisk::Nothing, job).await,
-        }
+        self.write_then(on_disk, move |c| {
+            persist_transition(c, &owner, &t, &cur, &d)
+        })
+        .await
     }
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError> {
