@@ -41,6 +41,9 @@ use tracing::Instrument;
 
 pub const SERVICE: &str = "kitchen-worker";
 
+/// How long a stopping worker waits for each answer of the broker.
+const BROKER_STOP_WAIT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub name: String,
@@ -189,8 +192,11 @@ impl Kitchen {
             }
         };
         // Stop new deliveries, finish what is cooking, hand back the rest.
+        // Bounded: on a connection the broker dropped, a cancel may never be
+        // answered, and the stop must not wait for it.
         for tag in tags {
-            let _ = ch.basic_cancel(tag, BasicCancelOptions::default()).await;
+            let cancel = ch.basic_cancel(tag, BasicCancelOptions::default());
+            let _ = tokio::time::timeout(BROKER_STOP_WAIT, cancel).await;
         }
         while in_hand.join_next().await.is_some() {}
         while let Ok(Some(Ok(d))) =
@@ -203,7 +209,7 @@ impl Kitchen {
                 })
                 .await;
         }
-        let _ = conn.close(200, "shutdown".into()).await;
+        let _ = tokio::time::timeout(BROKER_STOP_WAIT, conn.close(200, "shutdown".into())).await;
         end
     }
 
