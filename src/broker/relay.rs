@@ -7,7 +7,8 @@
 //! that leases the next batch (one statement per batch). A crash anywhere
 //! leaves rows that are published again later: delivery is at-least-once, and
 //! consumers are idempotent (status changes are compare-and-set, updates carry a
-//! version). It wakes on every commit and also polls, so nothing waits long.
+//! version). It wakes on every commit (on a deferred change, within `SOON`)
+//! and also polls, so nothing waits long.
 
 use super::supervise::{LinkState, Peer, SessionEnd, Supervisor};
 use super::topology::{self, REQUEST_ID_HEADER};
@@ -33,6 +34,9 @@ const POLL: Duration = Duration::from_millis(500);
 /// Confirmed rows are deleted with the next claim; when no new commit comes
 /// within this time, the relay claims (and deletes) anyway.
 const FLUSH: Duration = Duration::from_millis(20);
+/// A deferred change (`wake_soon`) is published within this time, or sooner
+/// with the next durable commit's wake-up, which also puts it on disk for free.
+const SOON: Duration = Duration::from_millis(50);
 /// The outbox gauges (rows pending, age of the oldest) are read this often.
 const STATS_EVERY: Duration = Duration::from_secs(2);
 
@@ -41,6 +45,7 @@ pub struct Relay {
     store: SharedStore,
     rabbit: RabbitConfig,
     wake: Arc<Notify>,
+    soon: Arc<Notify>,
     link: LinkState,
     name: String,
 }
@@ -51,6 +56,7 @@ impl Relay {
             store,
             rabbit,
             wake: Arc::new(Notify::new()),
+            soon: Arc::new(Notify::new()),
             link: LinkState::new(name, Peer::RabbitMq),
             name: name.to_string(),
         }
@@ -59,6 +65,14 @@ impl Relay {
     /// Call after committing an outbox row: the relay publishes it at once.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Call after committing a change made with `Durability::Deferred`: the
+    /// relay publishes it within `SOON`. Claimed at once, it would have to be
+    /// synced on its own; the caller's next durable change (the kitchen's
+    /// `ready` after `cooking`) usually comes first and carries it to disk.
+    pub fn wake_soon(&self) {
+        self.soon.notify_one();
     }
 
     pub fn link(&self) -> LinkState {
@@ -131,14 +145,11 @@ impl Relay {
             if let Err(e) = self.drain(&ch, &mut published).await {
                 break e.into();
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    let last = self.drain(&ch, &mut published);
-                    let _ = tokio::time::timeout(Duration::from_secs(3), last).await;
-                    break SessionEnd::Shutdown;
-                }
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(if published.is_empty() { POLL } else { FLUSH }) => {}
+            let idle = if published.is_empty() { POLL } else { FLUSH };
+            if self.wait(idle, shutdown).await {
+                let last = self.drain(&ch, &mut published);
+                let _ = tokio::time::timeout(Duration::from_secs(3), last).await;
+                break SessionEnd::Shutdown;
             }
             if !conn.status().connected() {
                 break connection_lost();
@@ -151,6 +162,22 @@ impl Relay {
             }
         }
         end
+    }
+
+    /// Waits for a wake-up, at most `idle` (`SOON` once a deferred change
+    /// waits). Returns true on shutdown.
+    async fn wait(&self, idle: Duration, shutdown: &CancellationToken) -> bool {
+        let mut until = tokio::time::Instant::now() + idle;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return true,
+                _ = self.wake.notified() => return false,
+                _ = tokio::time::sleep_until(until) => return false,
+                _ = self.soon.notified() => {
+                    until = until.min(tokio::time::Instant::now() + SOON);
+                }
+            }
+        }
     }
 
     async fn open_channel(&self, conn: &lapin::Connection) -> Result<Channel, lapin::Error> {

@@ -426,7 +426,10 @@ impl Kitchen {
         };
         let out = self.store.transition_from(&t, Some(known)).await?;
         if matches!(out, TransitionOutcome::Applied { .. }) {
-            self.relay.wake();
+            match t.durability {
+                Durability::Now => self.relay.wake(),
+                Durability::Deferred => self.relay.wake_soon(),
+            }
         }
         Ok(out)
     }

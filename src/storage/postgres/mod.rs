@@ -25,7 +25,8 @@ mod tokens;
 struct DeferredCommits {
     started: AtomicU64,
     done: AtomicU64,
-    /// Done before a flush the relay waited for: on disk.
+    /// Done before a synchronous commit (the relay's flush, a durable
+    /// change): on disk.
     flushed: AtomicU64,
 }
 
@@ -496,6 +497,9 @@ impl Store for PgStore {
         d: &Decision,
     ) -> Result<Option<OrderView>, StoreError> {
         let deferred = t.durability == Durability::Deferred;
+        // A synchronous commit flushes the WAL up to itself, so every deferred
+        // commit done before it began: the relay need not flush those again.
+        let done_before = self.deferred.done.load(Ordering::SeqCst);
         let c = if deferred {
             self.deferred.started.fetch_add(1, Ordering::SeqCst);
             self.lazy_client().await?
@@ -530,6 +534,9 @@ impl Store for PgStore {
             .await;
         if deferred {
             self.deferred.done.fetch_add(1, Ordering::SeqCst);
+        } else if matches!(row, Ok(Some(_))) {
+            // (It wrote a row: a commit that wrote nothing waits for no flush.)
+            self.deferred.flushed.fetch_max(done_before, Ordering::SeqCst);
         }
         row.map_err(pg_err)?
             .map(|r| order_row(&r).map(|(_, o)| o))

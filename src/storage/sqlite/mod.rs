@@ -12,8 +12,9 @@
 //! a job of the batch needs it (see `OnDisk`): an order or a status change whose
 //! caller answers at once is answered after the sync; a deferred status change
 //! (`Durability::Deferred`) and the relay's bookkeeping are not, and are synced
-//! with the next batch that needs it (the WAL is one file, written in order).
-//! The relay's claim syncs what it is about to publish. So an answered write is
+//! with the next batch that syncs (the WAL is one file, written in order). The
+//! relay's claim syncs what it is about to publish when a deferred change may
+//! be among it; bookkeeping alone never causes a sync. So an answered write is
 //! durable, and nothing leaves through the outbox before it is on disk; a
 //! reader may see a write in the moment between its commit and its sync.
 //! Reads use a small pool of connections on the blocking thread pool (WAL lets
@@ -234,10 +235,14 @@ fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<(), StoreError
 enum OnDisk {
     /// Its own write: the caller tells the world at once.
     Own,
-    /// Nothing: a deferred status change, the relay's bookkeeping.
+    /// Its own write, but only before the relay publishes it: a deferred
+    /// status change.
+    BeforePublishing,
+    /// Nothing: the relay's bookkeeping (leases, deleting published rows);
+    /// losing it in a power cut only means a message is published again.
     Nothing,
     /// What it read: the relay's claim, whose rows it publishes next. Those
-    /// are on disk unless a write that was not synced came before it.
+    /// are on disk unless a `BeforePublishing` write not synced yet came first.
     WhatItRead,
 }
 
@@ -301,7 +306,7 @@ fn writer_loop(
     syncs: Arc<AtomicU64>,
     rx: mpsc::Receiver<Box<dyn WriteJob>>,
 ) {
-    // Commits since the last sync that are not on disk yet.
+    // A `BeforePublishing` write committed since the last sync.
     let mut unsynced = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -319,7 +324,7 @@ fn writer_loop(
         // Whether this batch must be synced before its answers: a job needs
         // its own write on disk, or read rows an unsynced write may have made.
         let mut sync = false;
-        let mut written = unsynced;
+        let mut pending = unsynced;
         for job in batch.iter_mut() {
             if let Err(e) = conn.execute_batch("SAVEPOINT job") {
                 job.fail(sql_err(e));
@@ -336,12 +341,12 @@ fn writer_loop(
                 continue;
             }
             if ok {
-                sync |= match job.sync() {
-                    OnDisk::Own => true,
-                    OnDisk::WhatItRead => written,
-                    OnDisk::Nothing => false,
-                };
-                written = true;
+                match job.sync() {
+                    OnDisk::Own => sync = true,
+                    OnDisk::WhatItRead => sync |= pending,
+                    OnDisk::BeforePublishing => pending = true,
+                    OnDisk::Nothing => {}
+                }
             }
         }
         let mut commit = conn.execute_batch("COMMIT").map_err(sql_err);
@@ -356,7 +361,7 @@ fn writer_loop(
             unsynced = commit.is_err();
             syncs.fetch_add(1, Ordering::Relaxed);
         } else {
-            unsynced = written;
+            unsynced = pending;
         }
         batch.into_iter().for_each(|j| j.finish(commit.clone()));
     }
@@ -820,7 +825,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<OrderView>, StoreError> {
         let on_disk: fn(&Option<OrderView>) -> OnDisk = match t.durability {
             Durability::Now => |_| OnDisk::Own,
-            Durability::Deferred => |_| OnDisk::Nothing,
+            Durability::Deferred => |_| OnDisk::BeforePublishing,
         };
         let (t, cur, d) = (t.clone(), cur.clone(), d.clone());
         let owner = self.owner.clone();
@@ -1204,5 +1209,28 @@ mod tests {
         assert_eq!(msgs.len(), 1);
         assert!(claim(&store, &[msgs[0].id]).await.is_empty());
         assert_eq!(syncs(), start + 3, "bookkeeping needs no sync");
+
+        // A claim's own writes (leases, deletes) are bookkeeping too: a claim
+        // after one, of rows on disk already, needs no sync.
+        for _ in 0..2 {
+            store
+                .create_order(&order, "rid", Utc::now())
+                .await
+                .expect("create");
+        }
+        assert_eq!(syncs(), start + 5);
+        let one = |done: Vec<i64>| {
+            let store = &store;
+            async move {
+                store
+                    .claim_outbox(&done, 1, Duration::from_secs(30), Utc::now())
+                    .await
+                    .expect("claim")
+            }
+        };
+        let first = one(vec![]).await;
+        let second = one(vec![first[0].id]).await;
+        assert_eq!((first.len(), second.len()), (1, 1));
+        assert_eq!(syncs(), start + 5, "a lease is not worth a sync");
     }
 }
