@@ -22,8 +22,8 @@ mod system;
 use clap::Parser;
 use load::{PhaseReport, Seen};
 use report::{
-    append_doc, fmt_opt, markdown, ratios, targets, BackendReport, BurstReport, ModeReport, Report,
-    Settings, SharedLimits, StepReport,
+    append_doc, fmt_opt, markdown, ratios, targets, BackendReport, BurstReport, KitchenReport,
+    ModeReport, Report, Settings, SharedLimits, StepReport,
 };
 use stats::ratio;
 use std::path::{Path, PathBuf};
@@ -765,8 +765,172 @@ async fn measure_system(
         ],
     )
     .await;
+
+    // The kitchen alone, on the modes' (now idle) database.
+    if settings.mode == "all" {
+        let probe = if pg {
+            servers.pg_connect(&modes_db).await.map(Probe::Pg)
+        } else {
+            Ok(Probe::Sqlite(dir.join("modes.db")))
+        };
+        let mut k = KitchenReport {
+            orders: settings.burst,
+            workers: settings.burst_workers.max(1),
+            prefetch: settings.kitchen_prefetch,
+            ready: 0,
+            drain_s: None,
+            ready_per_s: None,
+            note: None,
+        };
+        let helpers = ExtraWorkers {
+            bin,
+            config: &env.config,
+            env: env.with(&db_env),
+            dir,
+            prefetch: settings.kitchen_prefetch,
+        };
+        let run = match &probe {
+            Ok(p) => kitchen_alone(settings, p, &helpers, order_port, &mut k).await,
+            Err(e) => Err(format!("database probe: {e}").into()),
+        };
+        if let Err(e) = run {
+            k.note = Some(e.to_string());
+        }
+        say(&format!(
+            "{}: the kitchen alone: {} of {} ready, {} ready/s{}",
+            rep.backend,
+            k.ready,
+            k.orders,
+            fmt_opt(k.ready_per_s, 0),
+            k.note.as_deref().map_or(String::new(), |n| format!(" ({n})"))
+        ));
+        rep.kitchen = Some(k);
+    }
     if pg {
         let _ = servers.drop_db(&modes_db).await;
+    }
+    Ok(())
+}
+
+/// Reads the kitchen's progress straight from the database.
+enum Probe {
+    Pg(tokio_postgres::Client),
+    Sqlite(PathBuf),
+}
+
+impl Probe {
+    /// Rows waiting in the outbox.
+    async fn outbox(&self) -> Result<i64> {
+        let sql = "select count(*) from outbox";
+        Ok(match self {
+            Probe::Pg(c) => c.query_one(sql, &[]).await?.get(0),
+            Probe::Sqlite(path) => sqlite(path)?.query_row(sql, [], |r| r.get(0))?,
+        })
+    }
+
+    /// Orders whose `ready` is logged, and the seconds from the first
+    /// `cooking` to the last `ready`.
+    async fn drained(&self) -> Result<(i64, Option<f64>)> {
+        Ok(match self {
+            Probe::Pg(c) => {
+                let r = c
+                    .query_one(
+                        "select count(*) filter (where status = 'ready'),
+                                extract(epoch from max(changed_at) filter (where status = 'ready')
+                                                 - min(changed_at) filter (where status = 'cooking'))::float8
+                         from order_status_log",
+                        &[],
+                    )
+                    .await?;
+                (r.get(0), r.get(1))
+            }
+            Probe::Sqlite(path) => sqlite(path)?.query_row(
+                "select count(case when status = 'ready' then 1 end),
+                        (julianday(max(case when status = 'ready' then changed_at end))
+                         - julianday(min(case when status = 'cooking' then changed_at end))) * 86400.0
+                 from order_status_log",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?,
+        })
+    }
+}
+
+fn sqlite(path: &Path) -> Result<rusqlite::Connection> {
+    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    c.busy_timeout(Duration::from_secs(5))?;
+    Ok(c)
+}
+
+/// Issue 15's drain rate: orders are queued while no kitchen runs (an
+/// order-service alone takes them), then the kitchen workers start together
+/// and drain the queue. Nothing else consumes meanwhile.
+async fn kitchen_alone(
+    settings: &Settings,
+    probe: &Probe,
+    helpers: &ExtraWorkers<'_>,
+    order_port: u16,
+    k: &mut KitchenReport,
+) -> Result<()> {
+    let drain_timeout = Duration::from_secs_f64(settings.drain_timeout_s * 3.0);
+    let args = vec![
+        "--config".to_string(),
+        helpers.config.display().to_string(),
+        "--mode=order-service".into(),
+    ];
+    let intake = start_daemon(
+        helpers.bin,
+        &args,
+        &helpers.env,
+        helpers.dir,
+        "kitchen-intake",
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| format!("order-service did not start: {e}"))?;
+    let url = format!("http://127.0.0.1:{order_port}/orders");
+    let phase = load::burst(
+        &load::http_client(),
+        &url,
+        k.orders,
+        settings.burst_concurrency,
+    )
+    .await;
+    // Queued once the relay has published (and pruned) every outbox row.
+    let t = Instant::now();
+    while probe.outbox().await? > 0 && t.elapsed() < drain_timeout {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    intake.stop(Duration::from_secs(30)).await;
+    if phase.ok != k.orders {
+        return Err(format!("only {} of {} orders accepted", phase.ok, k.orders).into());
+    }
+    let started = futures_util::future::join_all((1..=k.workers).map(|i| helpers.start(i))).await;
+    let (workers, failed): (Vec<_>, Vec<_>) = started.into_iter().partition(|w| w.is_ok());
+    let workers: Vec<Daemon> = workers.into_iter().flatten().collect();
+    if let Some(Err(e)) = failed.into_iter().next() {
+        for w in workers {
+            w.stop(Duration::from_secs(30)).await;
+        }
+        return Err(e);
+    }
+    let t = Instant::now();
+    let mut drained = probe.drained().await?;
+    while (drained.0 as usize) < k.orders && t.elapsed() < drain_timeout {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drained = probe.drained().await?;
+    }
+    for w in workers {
+        w.stop(Duration::from_secs(30)).await;
+    }
+    k.ready = drained.0 as usize;
+    k.drain_s = drained.1;
+    k.ready_per_s = drained.1.map(|s| k.ready as f64 / s.max(1e-9));
+    if k.ready < k.orders {
+        k.note = Some(format!(
+            "not drained after {:.0} s",
+            drain_timeout.as_secs_f64()
+        ));
     }
     Ok(())
 }
