@@ -802,7 +802,9 @@ async fn measure_system(
             k.ready,
             k.orders,
             fmt_opt(k.ready_per_s, 0),
-            k.note.as_deref().map_or(String::new(), |n| format!(" ({n})"))
+            k.note
+                .as_deref()
+                .map_or(String::new(), |n| format!(" ({n})"))
         ));
         rep.kitchen = Some(k);
     }
@@ -857,7 +859,8 @@ impl Probe {
 }
 
 fn sqlite(path: &Path) -> Result<rusqlite::Connection> {
-    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let c =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     c.busy_timeout(Duration::from_secs(5))?;
     Ok(c)
 }

@@ -364,9 +364,7 @@ pub fn targets(rep: &BackendReport, s: &Settings) -> Vec<Target> {
                 ),
                 None => format!("n/a ({})", k.note.as_deref().unwrap_or("not measured")),
             },
-            met: k
-                .ready_per_s
-                .map(|r| k.ready == k.orders && r >= goal),
+            met: k.ready_per_s.map(|r| k.ready == k.orders && r >= goal),
             limited_by: "a worker's cycle (ack -> next delivery, cooking, ready's durable commit) \
                 on 2 cores shared with RabbitMQ"
                 .into(),

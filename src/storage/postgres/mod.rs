@@ -536,7 +536,9 @@ impl Store for PgStore {
             self.deferred.done.fetch_add(1, Ordering::SeqCst);
         } else if matches!(row, Ok(Some(_))) {
             // (It wrote a row: a commit that wrote nothing waits for no flush.)
-            self.deferred.flushed.fetch_max(done_before, Ordering::SeqCst);
+            self.deferred
+                .flushed
+                .fetch_max(done_before, Ordering::SeqCst);
         }
         row.map_err(pg_err)?
             .map(|r| order_row(&r).map(|(_, o)| o))

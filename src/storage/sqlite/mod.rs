@@ -17,6 +17,8 @@
 //! be among it; bookkeeping alone never causes a sync. So an answered write is
 //! durable, and nothing leaves through the outbox before it is on disk; a
 //! reader may see a write in the moment between its commit and its sync.
+//! The WAL is copied into the database file by a thread of its own
+//! (`checkpointer`), never inside a commit.
 //! Reads use a small pool of connections on the blocking thread pool (WAL lets
 //! them run beside the writer).
 
@@ -36,6 +38,8 @@ mod tokens;
 
 const MAX_BATCH: usize = 256;
 const MAX_IDLE_READERS: usize = 8;
+/// How often the WAL is checkpointed while the writer writes: see `checkpointer`.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// How long a write waits for another process's before it fails as busy.
 const BUSY_WAIT: Duration = Duration::from_secs(5);
 
@@ -55,8 +59,8 @@ impl SqliteStore {
     pub async fn open(path: &Path, owner: String) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let p = path.clone();
-        let (conn, wal) = tokio::task::spawn_blocking(
-            move || -> Result<(Connection, std::fs::File), StoreError> {
+        let (conn, wal, ckpt_conn) = tokio::task::spawn_blocking(
+            move || -> Result<(Connection, std::fs::File, Connection), StoreError> {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| {
                         StoreError::new(
@@ -69,10 +73,11 @@ impl SqliteStore {
                 migrate(&conn, SQLITE)?;
                 // The writer syncs the WAL itself; NORMAL keeps SQLite from doing
                 // it at every commit as well.
-                conn.execute_batch("PRAGMA synchronous=NORMAL")
+                // No checkpoint inside a commit either: see `checkpointer`.
+                conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0")
                     .map_err(sql_err)?;
                 let wal = open_wal(&p)?;
-                Ok((conn, wal))
+                Ok((conn, wal, open_conn(&p)?))
             },
         )
         .await
@@ -81,12 +86,17 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         let syncs = Arc::new(AtomicU64::new(0));
         let counted = syncs.clone();
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, wal, counted, rx))
-            .map_err(|e| {
-                StoreError::new(Class::Permanent, format!("starting sqlite writer: {e}"))
-            })?;
+        let (ckpt_tx, ckpt_rx) = mpsc::sync_channel::<()>(1);
+        let thread = |name: &str| std::thread::Builder::new().name(name.into());
+        let failed = |e: std::io::Error| {
+            StoreError::new(Class::Permanent, format!("starting sqlite threads: {e}"))
+        };
+        thread("sqlite-checkpoint")
+            .spawn(move || checkpointer(ckpt_conn, ckpt_rx))
+            .map_err(failed)?;
+        thread("sqlite-writer")
+            .spawn(move || writer_loop(conn, wal, counted, rx, ckpt_tx))
+            .map_err(failed)?;
         Ok(SqliteStore {
             path,
             owner,
@@ -305,10 +315,17 @@ fn writer_loop(
     wal: std::fs::File,
     syncs: Arc<AtomicU64>,
     rx: mpsc::Receiver<Box<dyn WriteJob>>,
+    checkpoint: mpsc::SyncSender<()>,
 ) {
     // A `BeforePublishing` write committed since the last sync.
     let mut unsynced = false;
+    let mut last_checkpoint = Instant::now();
     while let Ok(first) = rx.recv() {
+        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            // Full: one is running or asked for already.
+            let _ = checkpoint.try_send(());
+            last_checkpoint = Instant::now();
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -364,6 +381,33 @@ fn writer_loop(
             unsynced = pending;
         }
         batch.into_iter().for_each(|j| j.finish(commit.clone()));
+    }
+}
+
+/// Copies the WAL into the database file, on its own connection and thread,
+/// when the writer asks (at most every `CHECKPOINT_EVERY` while it writes).
+/// SQLite's automatic checkpoint would run inside a commit, with two fsyncs,
+/// and while the readers of another process on the file keep the WAL from
+/// starting over, at nearly every commit. PASSIVE never waits for a lock:
+/// what readers still use is copied next time. Ends with the writer.
+fn checkpointer(conn: Connection, asked: mpsc::Receiver<()>) {
+    while asked.recv().is_ok() {
+        let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match r {
+            Ok((wal, copied)) => {
+                tracing::trace!(
+                    action = "sqlite_checkpoint",
+                    wal,
+                    copied,
+                    "WAL checkpointed"
+                )
+            }
+            Err(e) => {
+                tracing::debug!(action = "sqlite_checkpoint_failed", error = %e, "WAL checkpoint failed; tried again later")
+            }
+        }
     }
 }
 
@@ -1232,5 +1276,40 @@ mod tests {
         let second = one(vec![first[0].id]).await;
         assert_eq!((first.len(), second.len()), (1, 1));
         assert_eq!(syncs(), start + 5, "a lease is not worth a sync");
+    }
+
+    /// SQLite's own checkpoint (inside a commit) is off; the WAL still reaches
+    /// the database file, on the checkpointer's thread.
+    #[tokio::test]
+    async fn the_wal_is_copied_into_the_database_in_the_background() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("t.db");
+        let store = SqliteStore::open(&db, "test".into()).await.expect("open");
+        let order = validate(
+            &serde_json::json!({"customer_name": "Ann", "order_type": "takeout",
+            "items": [{"name": "Fries", "quantity": 1, "price": 4.5}]}),
+        )
+        .expect("valid");
+        let size = || std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        for _ in 0..20 {
+            store
+                .create_order(&order, "rid", Utc::now())
+                .await
+                .expect("create");
+        }
+        // The writer asks at its first write after CHECKPOINT_EVERY.
+        let t = Instant::now();
+        while size() <= before && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+            store
+                .create_order(&order, "rid", Utc::now())
+                .await
+                .expect("create");
+        }
+        assert!(
+            size() > before,
+            "the database file stayed at {before} bytes: nothing was checkpointed"
+        );
     }
 }
