@@ -123,10 +123,12 @@ impl Api {
     }
 }
 
-/// What a kitchen worker is told on the command line.
+/// What a kitchen process is told on the command line: its workers. Several
+/// share the process, its store and its relay (on SQLite: one writer, whose
+/// syncs serve them all). None: `--mode=all`'s one worker, named after the host.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub worker: Option<WorkerConfig>,
+    pub workers: Vec<WorkerConfig>,
 }
 
 /// Opens the database, retrying with backoff while it is unreachable.
@@ -282,30 +284,50 @@ async fn start_parts(
     // Workers first: a duplicate name must fail before anything else listens.
     if matches!(mode, Mode::KitchenWorker | Mode::All) {
         let span = service_span(kitchen::SERVICE);
-        let wcfg = opts.worker.clone().unwrap_or_else(|| WorkerConfig {
-            name: kitchen::default_worker_name(),
-            order_types: Vec::new(),
-            prefetch: 1,
-            heartbeat: Duration::from_secs(30),
-            cooking: cfg.kitchen.cooking_seconds,
-        });
-        let lease = kitchen::register(&store, &wcfg)
-            .instrument(span.clone())
-            .await?;
-        let k = Kitchen {
-            cfg: wcfg,
-            store: store.clone(),
-            rabbit: cfg.rabbitmq.clone(),
-            relay: relay.clone().expect("writing modes have a relay"),
-            link: LinkState::new("kitchen consumer", Peer::RabbitMq),
-            poison: Default::default(),
-            lease,
-        };
-        let link = k.link.clone();
-        tasks.spawn(k.run(shutdown.clone()).instrument(span));
-        services::ready(&link, &shutdown, "waiting for RabbitMQ (kitchen queues)").await?;
-        if mode == Mode::KitchenWorker {
-            consumer_link = Some(link);
+        let mut workers = opts.workers.clone();
+        if workers.is_empty() {
+            workers.push(WorkerConfig {
+                name: kitchen::default_worker_name(),
+                order_types: Vec::new(),
+                prefetch: 1,
+                heartbeat: Duration::from_secs(30),
+                cooking: cfg.kitchen.cooking_seconds,
+            });
+        }
+        let mut kitchens: Vec<Kitchen> = Vec::new();
+        for wcfg in workers {
+            let lease = match kitchen::register(&store, &wcfg)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(lease) => lease,
+                Err(e) => {
+                    // The ones registered already do not start either.
+                    for k in &kitchens {
+                        let _ = store.worker_offline(&k.cfg.name, chrono::Utc::now()).await;
+                    }
+                    return Err(e.into());
+                }
+            };
+            kitchens.push(Kitchen {
+                cfg: wcfg,
+                store: store.clone(),
+                rabbit: cfg.rabbitmq.clone(),
+                relay: relay.clone().expect("writing modes have a relay"),
+                link: LinkState::new("kitchen consumer", Peer::RabbitMq),
+                poison: Default::default(),
+                lease,
+            });
+        }
+        for k in kitchens {
+            let link = k.link.clone();
+            tasks.spawn(k.run(shutdown.clone()).instrument(span.clone()));
+            services::ready(&link, &shutdown, "waiting for RabbitMQ (kitchen queues)").await?;
+            // The first worker's consumer answers for the process's health:
+            // they all share one broker.
+            if mode == Mode::KitchenWorker && consumer_link.is_none() {
+                consumer_link = Some(link);
+            }
         }
     }
     if matches!(mode, Mode::OrderService | Mode::All) {

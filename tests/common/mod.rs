@@ -255,7 +255,14 @@ impl TestEnv {
         let shutdown = CancellationToken::new();
         let running = tokio::time::timeout(
             Duration::from_secs(30),
-            modes::start(mode, cfg, Options { worker }, shutdown.clone()),
+            modes::start(
+                mode,
+                cfg,
+                Options {
+                    workers: worker.into_iter().collect(),
+                },
+                shutdown.clone(),
+            ),
         )
         .await
         .expect("mode did not start within 30 s")
