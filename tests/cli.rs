@@ -96,6 +96,17 @@ async fn usage_errors_exit_2_with_a_clear_message() {
         (
             &[
                 "--mode=kitchen-worker",
+                "--worker-name=chef_a,chef_b,chef_a",
+            ],
+            "'chef_a' is given twice",
+        ),
+        (
+            &["--mode=kitchen-worker", "--worker-name=chef_a,,chef_b"],
+            "--worker-name",
+        ),
+        (
+            &[
+                "--mode=kitchen-worker",
                 "--worker-name=x",
                 "--order-types=pizza",
             ],

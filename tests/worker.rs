@@ -452,7 +452,63 @@ async fn concurrent_duplicates(b: Backend) {
     orders.stop().await;
 }
 
+/// Two workers in one process (`--worker-name=chef_left,chef_right`): each is
+/// registered and takes its own orders (one at a time, prefetch 1), every
+/// order is cooked by exactly one of them, and both go offline with the process.
+async fn two_workers_in_one_process(b: Backend) {
+    let env = TestEnv::new(b);
+    let orders = env.start(Mode::OrderService, None).await;
+    let store = orders.store();
+    let http = http();
+    let kitchen = env
+        .start_kitchen(vec![
+            env.worker("chef_left", &[]),
+            env.worker("chef_right", &[]),
+        ])
+        .await;
+    let mut placed = Vec::new();
+    for i in 0..8 {
+        placed.push(
+            place_order(
+                &http,
+                &orders.order_url(),
+                &takeout("Two Chefs", 1, 5.0 + i as f64),
+            )
+            .await,
+        );
+    }
+    let mut cooked: BTreeMap<String, i64> = BTreeMap::new();
+    for n in &placed {
+        wait_status(&store, n, OrderStatus::Ready, Duration::from_secs(30)).await;
+        let by = changed_by(&store, n).await;
+        assert_eq!(by.len(), 1, "{n} cooked by one worker: {by:?}");
+        *cooked.entry(by.into_iter().next().unwrap()).or_default() += 1;
+    }
+    // Eight orders of 0.2 s each, taken one at a time per worker: both cook.
+    assert_eq!(
+        cooked.keys().collect::<Vec<_>>(),
+        ["chef_left", "chef_right"],
+        "{cooked:?}"
+    );
+    let workers: BTreeMap<String, (String, i64)> = store
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.name, (w.status, w.orders_processed)))
+        .collect();
+    for (name, n) in &cooked {
+        assert_eq!(workers[name], ("online".to_string(), *n), "{name}");
+    }
+    kitchen.stop().await;
+    for w in store.workers().await.unwrap() {
+        assert_eq!(w.status, "offline", "{} after the process stopped", w.name);
+    }
+    orders.stop().await;
+}
+
 backend_tests!(
+    two_workers_in_one_process,
     specialised_worker,
     high_priority_first,
     poison_messages,

@@ -252,17 +252,19 @@ impl TestEnv {
     }
 
     pub async fn start_with(&self, mode: Mode, worker: Option<WorkerConfig>, cfg: &Config) -> App {
+        self.launch(mode, cfg, worker.into_iter().collect()).await
+    }
+
+    /// A kitchen-worker process running several workers.
+    pub async fn start_kitchen(&self, workers: Vec<WorkerConfig>) -> App {
+        self.launch(Mode::KitchenWorker, &self.cfg, workers).await
+    }
+
+    async fn launch(&self, mode: Mode, cfg: &Config, workers: Vec<WorkerConfig>) -> App {
         let shutdown = CancellationToken::new();
         let running = tokio::time::timeout(
             Duration::from_secs(30),
-            modes::start(
-                mode,
-                cfg,
-                Options {
-                    workers: worker.into_iter().collect(),
-                },
-                shutdown.clone(),
-            ),
+            modes::start(mode, cfg, Options { workers }, shutdown.clone()),
         )
         .await
         .expect("mode did not start within 30 s")
