@@ -766,21 +766,13 @@ async fn measure_system(
     )
     .await;
 
-    // The kitchen alone, on the modes' (now idle) database.
+    // The kitchen alone, on the modes' (now idle) database: its workers in one
+    // process, then each in a process of its own.
     if settings.mode == "all" {
         let probe = if pg {
             servers.pg_connect(&modes_db).await.map(Probe::Pg)
         } else {
             Ok(Probe::Sqlite(dir.join("modes.db")))
-        };
-        let mut k = KitchenReport {
-            orders: settings.burst,
-            workers: settings.burst_workers.max(1),
-            prefetch: settings.kitchen_prefetch,
-            ready: 0,
-            drain_s: None,
-            ready_per_s: None,
-            note: None,
         };
         let helpers = ExtraWorkers {
             bin,
@@ -789,24 +781,35 @@ async fn measure_system(
             dir,
             prefetch: settings.kitchen_prefetch,
         };
-        let run = match &probe {
-            Ok(p) => kitchen_alone(settings, p, &helpers, order_port, &mut k).await,
-            Err(e) => Err(format!("database probe: {e}").into()),
-        };
-        if let Err(e) = run {
-            k.note = Some(e.to_string());
+        for one_process in [true, false] {
+            let mut k = KitchenReport {
+                orders: settings.burst,
+                workers: settings.burst_workers.max(1),
+                prefetch: settings.kitchen_prefetch,
+                one_process,
+                ready: 0,
+                drain_s: None,
+                ready_per_s: None,
+                note: None,
+            };
+            let run = match &probe {
+                Ok(p) => kitchen_alone(settings, p, &helpers, order_port, &mut k).await,
+                Err(e) => Err(format!("database probe: {e}").into()),
+            };
+            if let Err(e) = run {
+                k.note = Some(e.to_string());
+            }
+            say(&format!(
+                "{}: the kitchen alone, {}: {} of {} ready, {} ready/s{}",
+                rep.backend,
+                k.layout(),
+                k.ready,
+                k.orders,
+                fmt_opt(k.ready_per_s, 0),
+                k.note.as_deref().map_or(String::new(), |n| format!(" ({n})"))
+            ));
+            rep.kitchen.push(k);
         }
-        say(&format!(
-            "{}: the kitchen alone: {} of {} ready, {} ready/s{}",
-            rep.backend,
-            k.ready,
-            k.orders,
-            fmt_opt(k.ready_per_s, 0),
-            k.note
-                .as_deref()
-                .map_or(String::new(), |n| format!(" ({n})"))
-        ));
-        rep.kitchen = Some(k);
     }
     if pg {
         let _ = servers.drop_db(&modes_db).await;
@@ -830,9 +833,18 @@ impl Probe {
         })
     }
 
-    /// Orders whose `ready` is logged, and the seconds from the first
-    /// `cooking` to the last `ready`.
-    async fn drained(&self) -> Result<(i64, Option<f64>)> {
+    /// The last status log entry so far: a run counts the ones after it.
+    async fn log_end(&self) -> Result<i64> {
+        let sql = "select coalesce(max(id), 0) from order_status_log";
+        Ok(match self {
+            Probe::Pg(c) => c.query_one(sql, &[]).await?.get::<_, i32>(0) as i64,
+            Probe::Sqlite(path) => sqlite(path)?.query_row(sql, [], |r| r.get(0))?,
+        })
+    }
+
+    /// Orders whose `ready` is logged after entry `since`, and the seconds
+    /// from the first `cooking` to the last `ready` among those entries.
+    async fn drained(&self, since: i64) -> Result<(i64, Option<f64>)> {
         Ok(match self {
             Probe::Pg(c) => {
                 let r = c
@@ -840,8 +852,8 @@ impl Probe {
                         "select count(*) filter (where status = 'ready'),
                                 extract(epoch from max(changed_at) filter (where status = 'ready')
                                                  - min(changed_at) filter (where status = 'cooking'))::float8
-                         from order_status_log",
-                        &[],
+                         from order_status_log where id > $1",
+                        &[&(since as i32)],
                     )
                     .await?;
                 (r.get(0), r.get(1))
@@ -850,8 +862,8 @@ impl Probe {
                 "select count(case when status = 'ready' then 1 end),
                         (julianday(max(case when status = 'ready' then changed_at end))
                          - julianday(min(case when status = 'cooking' then changed_at end))) * 86400.0
-                 from order_status_log",
-                [],
+                 from order_status_log where id > ?1",
+                [since],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?,
         })
@@ -908,7 +920,13 @@ async fn kitchen_alone(
     if phase.ok != k.orders {
         return Err(format!("only {} of {} orders accepted", phase.ok, k.orders).into());
     }
-    let started = futures_util::future::join_all((1..=k.workers).map(|i| helpers.start(i))).await;
+    let since = probe.log_end().await?;
+    let names: Vec<String> = (1..=k.workers).map(|i| format!("bench_kitchen_{i}")).collect();
+    let started = if k.one_process {
+        vec![helpers.start_as(&names.join(",")).await]
+    } else {
+        futures_util::future::join_all(names.iter().map(|n| helpers.start_as(n))).await
+    };
     let (workers, failed): (Vec<_>, Vec<_>) = started.into_iter().partition(|w| w.is_ok());
     let workers: Vec<Daemon> = workers.into_iter().flatten().collect();
     if let Some(Err(e)) = failed.into_iter().next() {
@@ -918,10 +936,10 @@ async fn kitchen_alone(
         return Err(e);
     }
     let t = Instant::now();
-    let mut drained = probe.drained().await?;
+    let mut drained = probe.drained(since).await?;
     while (drained.0 as usize) < k.orders && t.elapsed() < drain_timeout {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        drained = probe.drained().await?;
+        drained = probe.drained(since).await?;
     }
     for w in workers {
         w.stop(Duration::from_secs(30)).await;
@@ -975,7 +993,11 @@ struct ExtraWorkers<'a> {
 
 impl ExtraWorkers<'_> {
     async fn start(&self, i: u16) -> Result<Daemon> {
-        let name = format!("bench_chef_{i}");
+        self.start_as(&format!("bench_chef_{i}")).await
+    }
+
+    /// `name`: one worker, or several in one process (comma-separated).
+    async fn start_as(&self, name: &str) -> Result<Daemon> {
         let args = vec![
             "--config".to_string(),
             self.config.display().to_string(),
