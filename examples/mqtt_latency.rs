@@ -229,9 +229,16 @@ async fn main() {
     let a = args();
     let (cfg, _fixture) = setup(&a);
     let shutdown = CancellationToken::new();
-    let running = modes::start(Mode::All, &cfg, Options { worker: None }, shutdown.clone())
-        .await
-        .expect("starting --mode=all");
+    let running = modes::start(
+        Mode::All,
+        &cfg,
+        Options {
+            workers: Vec::new(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .expect("starting --mode=all");
     let order_url = format!("http://{}", running.order_addr.expect("order service"));
 
     // The subscriber: first arrival of each order's retained topic.

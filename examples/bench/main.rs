@@ -806,7 +806,9 @@ async fn measure_system(
                 k.ready,
                 k.orders,
                 fmt_opt(k.ready_per_s, 0),
-                k.note.as_deref().map_or(String::new(), |n| format!(" ({n})"))
+                k.note
+                    .as_deref()
+                    .map_or(String::new(), |n| format!(" ({n})"))
             ));
             rep.kitchen.push(k);
         }
@@ -921,7 +923,9 @@ async fn kitchen_alone(
         return Err(format!("only {} of {} orders accepted", phase.ok, k.orders).into());
     }
     let since = probe.log_end().await?;
-    let names: Vec<String> = (1..=k.workers).map(|i| format!("bench_kitchen_{i}")).collect();
+    let names: Vec<String> = (1..=k.workers)
+        .map(|i| format!("bench_kitchen_{i}"))
+        .collect();
     let started = if k.one_process {
         vec![helpers.start_as(&names.join(",")).await]
     } else {
@@ -1010,7 +1014,7 @@ impl ExtraWorkers<'_> {
             &args,
             &self.env,
             self.dir,
-            &name,
+            name,
             Duration::from_secs(30),
         )
         .await
