@@ -235,12 +235,7 @@ fn worker_configs(cli: &Cli, mode: Mode, cfg: &Config) -> Result<Vec<WorkerConfi
             .split(',')
             .map(|n| {
                 let n = n.trim();
-                if n.is_empty()
-                    || n.len() > 64
-                    || !n
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-                {
+                if !restaurant_system::domain::is_plain_name(n) {
                     return Err(format!(
                         "--worker-name '{n}': use 1-64 letters, digits, '_', '-' or '.'"
                     ));

@@ -772,14 +772,11 @@ async fn measure_system(
         let probe = if pg {
             servers.pg_connect(&modes_db).await.map(Probe::Pg)
         } else {
-            Ok(Probe::Sqlite(dir.join("modes.db")))
+            sqlite(&dir.join("modes.db")).map(Probe::Sqlite)
         };
         let helpers = ExtraWorkers {
-            bin,
-            config: &env.config,
             env: env.with(&db_env),
-            dir,
-            prefetch: settings.kitchen_prefetch,
+            ..helpers
         };
         for one_process in [true, false] {
             let mut k = KitchenReport {
@@ -822,7 +819,7 @@ async fn measure_system(
 /// Reads the kitchen's progress straight from the database.
 enum Probe {
     Pg(tokio_postgres::Client),
-    Sqlite(PathBuf),
+    Sqlite(rusqlite::Connection),
 }
 
 impl Probe {
@@ -831,7 +828,7 @@ impl Probe {
         let sql = "select count(*) from outbox";
         Ok(match self {
             Probe::Pg(c) => c.query_one(sql, &[]).await?.get(0),
-            Probe::Sqlite(path) => sqlite(path)?.query_row(sql, [], |r| r.get(0))?,
+            Probe::Sqlite(c) => c.query_row(sql, [], |r| r.get(0))?,
         })
     }
 
@@ -840,7 +837,7 @@ impl Probe {
         let sql = "select coalesce(max(id), 0) from order_status_log";
         Ok(match self {
             Probe::Pg(c) => c.query_one(sql, &[]).await?.get::<_, i32>(0) as i64,
-            Probe::Sqlite(path) => sqlite(path)?.query_row(sql, [], |r| r.get(0))?,
+            Probe::Sqlite(c) => c.query_row(sql, [], |r| r.get(0))?,
         })
     }
 
@@ -860,7 +857,7 @@ impl Probe {
                     .await?;
                 (r.get(0), r.get(1))
             }
-            Probe::Sqlite(path) => sqlite(path)?.query_row(
+            Probe::Sqlite(c) => c.query_row(
                 "select count(case when status = 'ready' then 1 end),
                         (julianday(max(case when status = 'ready' then changed_at end))
                          - julianday(min(case when status = 'cooking' then changed_at end))) * 86400.0
@@ -931,9 +928,15 @@ async fn kitchen_alone(
     } else {
         futures_util::future::join_all(names.iter().map(|n| helpers.start_as(n))).await
     };
-    let (workers, failed): (Vec<_>, Vec<_>) = started.into_iter().partition(|w| w.is_ok());
-    let workers: Vec<Daemon> = workers.into_iter().flatten().collect();
-    if let Some(Err(e)) = failed.into_iter().next() {
+    let mut workers = Vec::new();
+    let mut failure = None;
+    for w in started {
+        match w {
+            Ok(d) => workers.push(d),
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    if let Some(e) = failure {
         for w in workers {
             w.stop(Duration::from_secs(30)).await;
         }

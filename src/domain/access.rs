@@ -158,12 +158,7 @@ pub fn hashes_equal(a: &str, b: &str) -> bool {
 
 /// Token names: what `token list` shows and `token revoke` takes.
 pub fn check_token_name(name: &str) -> Result<(), String> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-    {
+    if !super::is_plain_name(name) {
         return Err(format!(
             "token name '{}': use 1-64 letters, digits, '_', '-' or '.'",
             name.chars().take(64).collect::<String>()

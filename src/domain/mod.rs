@@ -37,6 +37,15 @@ macro_rules! names {
     };
 }
 
+/// The rule for names an operator types and logs show (tokens, workers):
+/// 1-64 letters, digits, '_', '-' or '.'.
+pub fn is_plain_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
 pub mod access;
 pub mod error;
 pub mod events;
