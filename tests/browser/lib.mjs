@@ -256,3 +256,23 @@ export function startPageServer(port, config, extra = () => false) {
   });
   return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
 }
+
+// ---- accessibility: axe-core's WCAG 2 A and AA rules (2.0 and 2.1) ----------------------------
+// Injects the pinned axe-core (tests/browser/package.json) into the page and runs it on the whole
+// document as it is now; returns the violations as short lines ("rule: target (summary)").
+const AXE_SOURCE = path.join(ROOT, 'tests/browser/node_modules/axe-core/axe.min.js');
+export async function axeViolations(page) {
+  if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.addScriptTag({ path: AXE_SOURCE });
+  const result = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+    resultTypes: ['violations'],
+  }));
+  return result.violations.flatMap((v) => v.nodes.map((n) => `${v.id}: ${n.target.join(' ')} (${(n.failureSummary || '').replace(/\s+/g, ' ').slice(0, 160)})`));
+}
+
+// Fails with every violation listed when the page breaks any WCAG 2 AA rule.
+export async function assertAccessible(page, label) {
+  const v = await axeViolations(page);
+  assert(v.length === 0, `${label}: ${v.length} WCAG 2 AA violations (axe-core):\n  ${v.join('\n  ')}`);
+  log(`${label}: axe-core WCAG 2 AA, no violations`);
+}

@@ -10,6 +10,7 @@
 #   display.test.mjs  the whole system, started by the test itself (private Mosquitto with a
 #                     WebSockets listener, a fresh RabbitMQ vhost, restaurant-system --mode=all
 #                     on SQLite); saves target/display-board.png (SCREENSHOT=docs/display-board.png to refresh the README one)
+# Every screen is also checked with axe-core's WCAG 2 A/AA rules (lib.mjs assertAccessible).
 # Installs what is missing: chromium, mosquitto, node/npm (apt), the pinned npm packages.
 #
 #   tests/browser/run.sh                 both (RS_BIN=path/to/restaurant-system picks the binary)

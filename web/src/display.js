@@ -27,7 +27,9 @@
   const MORE_LIST_MAX = 12; // order numbers named on a "+N more" marker
 
   const params = new URLSearchParams(location.search);
-  const station = TYPE_LABEL[params.get('station')] ? params.get('station') : null;
+  // `?type=dine_in` shows one order type. (A "station" is where an item is made, a grill or
+  // a bar; "expo" is the expeditor's screen: neither is an order type.)
+  const orderType = TYPE_LABEL[params.get('type')] ? params.get('type') : null;
 
   const state = {
     cfg: null,
@@ -161,7 +163,7 @@
   document.addEventListener('pointerdown', unlockAudio, { capture: true });
 
   // ---- state changes ------------------------------------------------------------------
-  const visible = (o) => !station || o.order_type === station;
+  const visible = (o) => !orderType || o.order_type === orderType;
 
   function isNewTicket(o) {
     const created = Date.parse(o.created_at);
@@ -544,9 +546,9 @@
 
   function buildBoard() {
     board.replaceChildren();
-    board.dataset.view = station || 'expo';
+    board.dataset.view = orderType || 'all';
     for (const t of TYPES) {
-      if (station && t.id !== station) continue;
+      if (orderType && t.id !== orderType) continue;
       board.append(h('section', { class: 'column', 'data-type': t.id },
         h('h2', {}, h('span', { text: t.label }), h('span', { class: 'count', text: '0' })),
         h('div', { class: 'tickets' }),
@@ -592,9 +594,9 @@
   }
 
   // ---- a board that never scrolls -------------------------------------------------------
-  // Tickets flow in lanes at least LANE_MIN px wide. The expo view shares the board's lanes
-  // by load: every station with tickets gets one, each further lane goes to the station with
-  // the most tickets per lane, and an empty station shrinks to its heading.
+  // Tickets flow in lanes at least LANE_MIN px wide. The all-orders view shares the board's
+  // lanes by load: every order type with tickets gets one, each further lane goes to the type
+  // with the most tickets per lane, and an empty type shrinks to its heading.
   const LANE_MIN = 270;
   const GAP = 10;
   const COLUMN_PAD = 20; // .column padding, both sides
@@ -617,7 +619,7 @@
       lanes.set(best[0], lanes.get(best[0]) + 1);
     }
     for (const [col] of lists) col.style.setProperty('--lanes', String(lanes.get(col) || 1));
-    if (!station) {
+    if (!orderType) {
       board.style.gridTemplateColumns = lists
         .map(([col]) => (lanes.has(col) ? `minmax(0, ${lanes.get(col)}fr)` : `${EMPTY_COLUMN}px`))
         .join(' ');
@@ -753,15 +755,18 @@
   function buildNav() {
     const nav = $('views');
     const base = location.pathname;
-    const links = [{ id: null, label: 'All' }, ...TYPES];
+    const links = [{ id: null, label: 'All orders' }, ...TYPES];
     for (const l of links) {
       nav.append(h('a', {
-        href: l.id ? `${base}?station=${l.id}` : `${base}?view=expo`,
-        class: (l.id || null) === station ? 'active' : null,
+        href: l.id ? `${base}?type=${l.id}` : base,
+        class: (l.id || null) === orderType ? 'active' : null,
+        'aria-current': (l.id || null) === orderType ? 'page' : null,
         text: l.label,
       }));
     }
-    document.title = `Kitchen — ${station ? TYPE_LABEL[station] : 'Expo'}`;
+    const view = orderType ? TYPE_LABEL[orderType] : 'All orders';
+    document.title = `Kitchen — ${view}`;
+    $('page-title').textContent = `Kitchen · ${view}`;
   }
 
   // ---- rolling ticket time (GET /reports/speed-of-service on the tracking service) ------
@@ -828,7 +833,7 @@
     const creds = cfg.mqtt_username ? { username: cfg.mqtt_username, password: cfg.mqtt_password || '' } : {};
     const client = mqtt.connect(mqttUrl(), {
       ...creds,
-      clientId: `kds-${station || 'expo'}-${Math.random().toString(16).slice(2, 10)}`,
+      clientId: `kds-${orderType || 'all'}-${Math.random().toString(16).slice(2, 10)}`,
       clean: true, // the retained messages are the state; no session to keep
       keepalive: 10,
       reconnectPeriod: 1000,
