@@ -230,7 +230,7 @@ export function pageRecorder() {
 // ---- a static server shaped like the tracking service's page routes ------------------------------
 // /display, /display/<file>, /display/config.json (from `config()`), /board, /board/<file>; the
 // committed web/ files, taken from where the tracking service embeds them (src/http/tracking.rs).
-// `extra(url, res)` may answer other paths (return true when it did).
+// `extra(url, res, req)` may answer other paths (return true when it did).
 export const pageFile = (f) => path.join(ROOT, 'web', f === 'mqtt.min.js' ? 'dist' : 'src', f);
 const PAGE_TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.css': 'text/css' };
 
@@ -243,7 +243,7 @@ export function startPageServer(port, config, extra = () => false) {
       res.end(JSON.stringify(config()));
       return;
     }
-    if (extra(url, res)) return;
+    if (extra(url, res, req)) return;
     const m = /^\/(display|board)(?:\/([a-z.]+))?$/.exec(p);
     const file = m && (m[2] || (m[1] === 'display' ? 'index.html' : 'board.html'));
     if (file && fs.existsSync(pageFile(file))) {
