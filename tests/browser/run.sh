@@ -11,6 +11,11 @@
 #                     "also at", rush order, item bump with undo, station bump, reload, expo
 #                     states/send/rush, 40 orders at 1920x1080; saves target/kds-station-*.png
 #                     and target/kds-expo-*.png
+#   expo.test.mjs     the whole system with [stations] (grill, fry, bar): three station screens,
+#                     expo and the customer board at once; ready only after the last station's
+#                     bump; a reload mid-way; rush; 40 orders; WCAG 2 AA; saves
+#                     target/system-station-grill-1920x1080.png, target/system-expo-1920x1080.png
+#                     (DOCS_SHOTS=1: docs/kds-station.png for the README)
 #   display.test.mjs  the whole system, started by the test itself (private Mosquitto with a
 #                     WebSockets listener, a fresh RabbitMQ vhost, restaurant-system --mode=all
 #                     on SQLite); saves target/display-board.png (SCREENSHOT=docs/display-board.png to refresh the README one)
@@ -18,7 +23,7 @@
 # Installs what is missing: chromium, mosquitto, node/npm (apt), the pinned npm packages.
 #
 #   tests/browser/run.sh                 both (RS_BIN=path/to/restaurant-system picks the binary)
-#   tests/browser/run.sh page|kds|stations|display   one of them
+#   tests/browser/run.sh page|kds|stations|display|expo   one of them
 #
 # The whole-system test needs a built binary (cargo build [--release]).
 set -euo pipefail
@@ -34,12 +39,12 @@ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt no
 
 which=${1:-all}
 case "$which" in
-    all) suites=(page kds stations display) ;;
-    page | kds | stations | display) suites=("$which") ;;
-    *) die "usage: tests/browser/run.sh [all|page|kds|stations|display]" ;;
+    all) suites=(page kds stations display expo) ;;
+    page | kds | stations | display | expo) suites=("$which") ;;
+    *) die "usage: tests/browser/run.sh [all|page|kds|stations|display|expo]" ;;
 esac
 
-if [[ " ${suites[*]} " == *" display "* ]]; then
+if [[ " ${suites[*]} " == *" display "* || " ${suites[*]} " == *" expo "* ]]; then
     ensure_rabbitmq # the whole-system test creates (and deletes) its own vhost there
     command -v rabbitmqctl >/dev/null 2>&1 || die "rabbitmqctl not found (apt-get install rabbitmq-server)"
     if [[ -n "${RS_BIN:-}" ]]; then

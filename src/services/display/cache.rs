@@ -3,9 +3,12 @@
 //! message carries the whole order; each status update carries what changed
 //! and its version. Only an update that is exactly the next version is applied;
 //! anything else (a gap, a bridge that just started, an order evicted from
-//! here) falls back to reading the order from the database.
+//! here) falls back to reading the order from the database. A part's change
+//! (issue 24) is read from the database too: cooks bump at the pace of hands,
+//! and the part rules stay in one place (`domain::stations`).
 
 use crate::domain::events::{OrderMessage, StatusUpdate};
+use crate::domain::stations::StationUpdate;
 use crate::storage::OrderView;
 use std::collections::{HashMap, VecDeque};
 
@@ -54,6 +57,18 @@ impl OrderCache {
             self.views.remove(&u.order_number);
         }
         Some(v)
+    }
+
+    /// A part or rush change: the order as held here when it is already at
+    /// that version or newer (a redelivery), else None (read the database).
+    pub fn station_changed(&mut self, u: &StationUpdate) -> Option<OrderView> {
+        match self.views.get(&u.order_number) {
+            Some(v) if v.version >= u.version => Some(v.clone()),
+            _ => {
+                self.views.remove(&u.order_number);
+                None
+            }
+        }
     }
 
     /// Keeps an order read from the database (open orders only).

@@ -1,5 +1,6 @@
 //! The RabbitMQ side of the bridge: consumes `display_bridge_queue` (new orders
-//! from `orders_topic`, status changes from `notifications_fanout`) in order,
+//! from `orders_topic`, status changes from `notifications_fanout`, part and
+//! rush changes from `stations_topic`) in order,
 //! and acks each delivery only once everything it caused was acknowledged by
 //! the MQTT broker (at least once, end to end).
 //!
@@ -20,7 +21,10 @@ use super::payload::Event;
 use crate::broker::delivery::{Outcome, PoisonCap};
 use crate::broker::topology::{self, DISPLAY_QUEUE};
 use crate::broker::{connect, connection_lost};
-use crate::domain::events::{OrderMessage, StatusUpdate, NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE};
+use crate::domain::events::{
+    OrderMessage, StatusUpdate, NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE, STATIONS_EXCHANGE,
+};
+use crate::domain::stations::StationUpdate;
 use crate::link::backoff::Backoff;
 use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::process::config::RabbitConfig;
@@ -153,12 +157,15 @@ impl Consumer {
         enum Msg {
             Created(OrderMessage),
             Changed(StatusUpdate),
+            Station(StationUpdate),
         }
         let exchange = d.exchange.as_str();
         let decoded = if exchange == ORDERS_EXCHANGE {
             OrderMessage::decode(&d.data).map(Msg::Created)
         } else if exchange == NOTIFICATIONS_EXCHANGE {
             StatusUpdate::decode(&d.data).map(Msg::Changed)
+        } else if exchange == STATIONS_EXCHANGE {
+            StationUpdate::decode(&d.data).map(Msg::Station)
         } else {
             Err(format!("message from unexpected exchange '{exchange}'"))
         };
@@ -173,10 +180,12 @@ impl Consumer {
         let n = match &msg {
             Msg::Created(m) => m.order_number.clone(),
             Msg::Changed(u) => u.order_number.clone(),
+            Msg::Station(u) => u.order_number.clone(),
         };
         let known = match &msg {
             Msg::Created(m) => cache.created(m),
             Msg::Changed(u) => cache.changed(u),
+            Msg::Station(u) => cache.station_changed(u),
         };
         let view = match known {
             Some(v) => Some(v),
@@ -210,6 +219,7 @@ impl Consumer {
         let happened = match &msg {
             Msg::Created(m) => m.created_at,
             Msg::Changed(u) => Some(u.timestamp),
+            Msg::Station(u) => Some(u.timestamp),
         };
         if let Some(t) = happened {
             let lag = (Utc::now() - t).num_milliseconds().max(0) as f64 / 1e3;
@@ -218,6 +228,7 @@ impl Consumer {
         let event = match &msg {
             Msg::Created(m) => Event::created(m, view.as_ref(), Utc::now()),
             Msg::Changed(u) => Event::status_changed(u, view.as_ref()),
+            Msg::Station(u) => Event::station_changed(u, view.as_ref()),
         };
         let (tx, rx) = oneshot::channel();
         let cmd = Cmd::Event {

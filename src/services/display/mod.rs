@@ -2,7 +2,8 @@
 //! contract in docs/mqtt.md).
 //!
 //! Four tasks:
-//! - [`consumer`]: consumes `display_bridge_queue` in order, turns each
+//! - [`consumer`]: consumes `display_bridge_queue` in order (orders, status
+//!   changes, and with stations each part and rush change), turns each
 //!   message into the order's current state ([`cache`]: from the messages
 //!   themselves, the database only when one is missing), and acks a delivery only after the MQTT
 //!   broker acknowledged what it caused. Reconnects to RabbitMQ like every other
@@ -71,7 +72,8 @@ pub async fn start(
     let bound = server.addr;
 
     let topics = payload::Topics::new(&cfg.mqtt);
-    let (mqtt, publisher, inbound) = mqtt::new(&cfg.mqtt, topics, mqtt_link.clone());
+    let (mqtt, publisher, inbound) =
+        mqtt::new(&cfg.mqtt, topics, cfg.expo.confirm, mqtt_link.clone());
     let span = tracing::Span::current();
     // The MQTT task outlives the consumer: it must see the PUBACKs of what the
     // consumer settles while stopping.

@@ -40,8 +40,16 @@
 //! screen back) nor an event twice (RabbitMQ redeliveries). A completed or
 //! cancelled order is cleared (empty retained payload) `clear_after_seconds`
 //! after its status changed, unless it changed again meanwhile (a recall).
+//!
+//! With stations (issue 24), each state also goes to the order's copy on every
+//! station it has a part at: the state while the station has an open part of
+//! it, else an empty retained payload. Decided from the state alone, so it
+//! needs no memory of what each station was sent and is right after any
+//! reconnect or snapshot. The delivery waits for the last of these publishes:
+//! a broker acknowledges QoS 1 publishes in the order it received them (MQTT
+//! 3.1.1, 4.6), so that PUBACK means all of them arrived.
 
-use super::payload::{order_state, Event, Presence, Topics};
+use super::payload::{order_state, stations_of, Event, Presence, Topics};
 use crate::domain::OrderStatus;
 use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::process::config::MqttConfig;
@@ -149,9 +157,11 @@ pub struct Mqtt {
     broker: String,
 }
 
+/// `expo_confirm` is `[expo] confirm`, which the order payload's `expo` carries.
 pub fn new(
     cfg: &MqttConfig,
     topics: Topics,
+    expo_confirm: bool,
     link: LinkState,
 ) -> (Mqtt, Publisher, mpsc::UnboundedReceiver<Inbound>) {
     let client_id = if cfg.client_id.trim().is_empty() {
@@ -188,6 +198,7 @@ pub fn new(
     let state = State {
         client: client.clone(),
         topics,
+        expo_confirm,
         clear_after: Duration::from_secs_f64(cfg.clear_after_seconds.max(0.0)),
         inbound: inbound_tx,
         connected: false,
@@ -428,6 +439,7 @@ type Clear = Reverse<(Instant, u64, String, i64, bool)>;
 struct State {
     client: AsyncClient,
     topics: Topics,
+    expo_confirm: bool,
     clear_after: Duration,
     inbound: mpsc::UnboundedSender<Inbound>,
     connected: bool,
@@ -658,12 +670,27 @@ impl State {
             view.version,
             snapshot,
         );
+        let payload = order_state(view, self.expo_confirm, Utc::now());
+        let stations = stations_of(view);
+        let mut done = done;
+        let order_done = if stations.is_empty() { done.take() } else { None };
         self.publish(
             self.topics.order(&view.order_number),
             true,
-            order_state(view, Utc::now()),
-            done,
+            payload.clone(),
+            order_done,
         );
+        let last = stations.len().saturating_sub(1);
+        for (i, (station, open)) in stations.into_iter().enumerate() {
+            let body = if open { payload.clone() } else { Vec::new() };
+            let d = if i == last { done.take() } else { None };
+            self.publish(
+                self.topics.station_order(station, &view.order_number),
+                true,
+                body,
+                d,
+            );
+        }
         if closed {
             self.schedule_clear(view, false);
         }

@@ -2,11 +2,13 @@
 //! functions, no I/O, so the shapes are unit-tested here.
 
 use crate::domain::events::{OrderMessage, StatusUpdate};
+use crate::domain::stations::{Part, PartState, StationUpdate};
 use crate::domain::{Cents, Item, OrderStatus, OrderType};
 use crate::process::config::MqttConfig;
 use crate::storage::{OrderView, WorkerRow};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Topic names under `P = {topic_prefix}/{site}`.
 #[derive(Debug, Clone)]
@@ -28,6 +30,10 @@ impl Topics {
 
     pub fn order(&self, order_number: &str) -> String {
         format!("{}/orders/{order_number}", self.prefix)
+    }
+    /// A station's copy of an order it has work on (issue 24).
+    pub fn station_order(&self, station: &str, order_number: &str) -> String {
+        format!("{}/stations/{station}/orders/{order_number}", self.prefix)
     }
     /// The filter matching every order topic (used to read back what the broker retains).
     pub fn all_orders(&self) -> String {
@@ -83,7 +89,20 @@ struct OrderState<'a> {
     notes: Option<&'a str>,
 }
 
-pub fn order_state(o: &OrderView, now: DateTime<Utc>) -> Vec<u8> {
+/// Issue 24, only with stations: the expo's view of the order.
+#[derive(Debug, Serialize)]
+struct Expo {
+    confirm: bool,
+    /// Every part is done and the order waits for the expo's confirm.
+    waiting: bool,
+    stations_done_at: Option<String>,
+}
+
+/// `P/orders/{n}` (and each station's copy): the order's current state. With
+/// stations, each item also carries its parts (`stations`: one per station, with
+/// its state), and the order `rush` and `expo`, as `GET /orders/{n}` shows them;
+/// without, exactly the seed's payload. `confirm` is `[expo] confirm`.
+pub fn order_state(o: &OrderView, confirm: bool, now: DateTime<Utc>) -> Vec<u8> {
     let s = OrderState {
         order_number: &o.order_number,
         order_type: o.order_type,
@@ -102,8 +121,42 @@ pub fn order_state(o: &OrderView, now: DateTime<Utc>) -> Vec<u8> {
         server_time: timestamp(now),
         notes: o.notes.as_deref(),
     };
-    // Serialising plain data cannot fail.
-    serde_json::to_vec(&s).unwrap_or_default()
+    if o.parts.is_empty() {
+        // Serialising plain data cannot fail.
+        return serde_json::to_vec(&s).unwrap_or_default();
+    }
+    let mut v = serde_json::to_value(&s).unwrap_or_default();
+    if let Some(items) = v.get_mut("items").and_then(Value::as_array_mut) {
+        for (i, item) in items.iter_mut().enumerate() {
+            let parts: Vec<&Part> = o.parts.iter().filter(|p| p.item_index as usize == i).collect();
+            item["stations"] = serde_json::to_value(parts).unwrap_or_default();
+        }
+    }
+    v["rush"] = Value::Bool(o.rush);
+    let waiting = confirm && o.status == OrderStatus::Cooking && o.stations_done_at.is_some();
+    v["expo"] = serde_json::to_value(Expo {
+        confirm,
+        waiting,
+        stations_done_at: opt_timestamp(o.stations_done_at),
+    })
+    .unwrap_or_default();
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Issue 24: every station the order has a part at, and whether the order is
+/// on that station's screen: open for the kitchen (`received`/`cooking`) with a
+/// part there that is not done. In the order the parts come (item, then station).
+pub fn stations_of(o: &OrderView) -> Vec<(&str, bool)> {
+    let kitchen = matches!(o.status, OrderStatus::Received | OrderStatus::Cooking);
+    let mut out: Vec<(&str, bool)> = Vec::new();
+    for p in &o.parts {
+        let open = kitchen && p.state != PartState::Done;
+        match out.iter_mut().find(|(s, _)| *s == p.station) {
+            Some(entry) => entry.1 |= open,
+            None => out.push((&p.station, open)),
+        }
+    }
+    out
 }
 
 /// The part of a retained order payload the bridge reads back from the broker.
@@ -131,6 +184,10 @@ pub struct Event {
     pub changed_by: String,
     pub timestamp: String,
     pub version: i64,
+    /// Issue 24, `kind` `station_update` only: which part changed and how
+    /// (`event` as in the Station Update: item_started, item_done, item_undone, rush).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub station_update: Option<StationUpdate>,
 }
 
 /// Who creates orders, as `changed_by` of an `order_created` event.
@@ -150,6 +207,22 @@ impl Event {
             changed_by: CREATED_BY.to_string(),
             timestamp: timestamp(view.map(|v| v.created_at).unwrap_or(now)),
             version: 1,
+            station_update: None,
+        }
+    }
+
+    /// A part's change or a rush (issue 24): the Station Update as it came.
+    pub fn station_changed(u: &StationUpdate, view: Option<&OrderView>) -> Event {
+        Event {
+            kind: "station_update",
+            order_number: u.order_number.clone(),
+            order_type: view.map(|v| v.order_type),
+            old_status: None,
+            new_status: u.order_status,
+            changed_by: u.changed_by.clone(),
+            timestamp: timestamp(u.timestamp),
+            version: u.version,
+            station_update: Some(u.clone()),
         }
     }
 
@@ -163,6 +236,7 @@ impl Event {
             changed_by: u.changed_by.clone(),
             timestamp: timestamp(u.timestamp),
             version: u.version,
+            station_update: None,
         }
     }
 
@@ -240,19 +314,75 @@ mod tests {
     #[test]
     fn kitchen_details_are_added_fields_of_the_order_state() {
         let plain: serde_json::Value =
-            serde_json::from_slice(&order_state(&view(), at(21, 0))).unwrap();
+            serde_json::from_slice(&order_state(&view(), false, at(21, 0))).unwrap();
         assert!(plain.get("notes").is_none() && plain["items"][0].get("allergens").is_none());
         let mut v = view();
         v.notes = Some("at the bar".into());
         v.items[0].modifiers = vec!["no onions".into()];
         v.items[0].allergens = vec![crate::domain::kitchen_notes::Allergen::Nuts];
         v.items[0].notes = Some("rare".into());
-        let p: serde_json::Value = serde_json::from_slice(&order_state(&v, at(21, 0))).unwrap();
+        let p: serde_json::Value = serde_json::from_slice(&order_state(&v, false, at(21, 0))).unwrap();
         assert_eq!(p["notes"], "at the bar");
         assert_eq!(
             p["items"][0],
             json!({"name": "Steak", "quantity": 1, "price": 29.99, "notes": "rare",
                    "modifiers": ["no onions"], "allergens": ["nuts"]})
+        );
+    }
+
+    #[test]
+    fn with_stations_items_carry_their_parts_and_each_station_its_copy() {
+        use crate::domain::stations::{Part, PartState};
+        let mut v = view();
+        v.items.push(Item::new("Fries", 1, Cents(350)));
+        let mut grill = Part::waiting(0, "grill");
+        grill.state = PartState::Done;
+        grill.bumped_by = Some("anna".into());
+        grill.bumped_at = Some(at(40, 0));
+        v.parts = vec![grill, Part::waiting(0, "fry"), Part::waiting(1, "fry")];
+        v.rush = true;
+        let p: Value = serde_json::from_slice(&order_state(&v, true, at(41, 0))).unwrap();
+        assert_eq!(p["rush"], true);
+        assert_eq!(
+            p["expo"],
+            json!({"confirm": true, "waiting": false, "stations_done_at": null})
+        );
+        let states: Vec<(&str, &str)> = p["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|it| it["stations"].as_array().unwrap().iter())
+            .map(|p| (p["station"].as_str().unwrap(), p["state"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            states,
+            [("grill", "done"), ("fry", "waiting"), ("fry", "waiting")]
+        );
+        assert_eq!(p["items"][0]["stations"][0]["bumped_by"], "anna");
+        // The grill is done with it, fry is not: only fry's screen shows it.
+        assert_eq!(stations_of(&v), [("grill", false), ("fry", true)]);
+        // Every part done and confirm on: the order waits for the expo.
+        for p in &mut v.parts {
+            p.state = PartState::Done;
+        }
+        v.stations_done_at = Some(at(50, 0));
+        let p: Value = serde_json::from_slice(&order_state(&v, true, at(51, 0))).unwrap();
+        assert_eq!(p["expo"]["waiting"], true);
+        assert_eq!(p["expo"]["stations_done_at"], "2026-11-25T10:30:50.000Z");
+        assert_eq!(stations_of(&v), [("grill", false), ("fry", false)]);
+        // Ready (or closed): on no station's screen, whatever its parts say.
+        v.parts[2].state = PartState::Waiting;
+        v.status = OrderStatus::Ready;
+        assert_eq!(stations_of(&v), [("grill", false), ("fry", false)]);
+        // Without stations: the seed's payload, none of these fields.
+        let plain: Value = serde_json::from_slice(&order_state(&view(), true, at(41, 0))).unwrap();
+        assert!(plain.get("rush").is_none() && plain.get("expo").is_none());
+        assert!(plain["items"][0].get("stations").is_none());
+        assert!(stations_of(&view()).is_empty());
+        let t = Topics::new(&MqttConfig::default());
+        assert_eq!(
+            t.station_order("grill", "ORD_1"),
+            "restaurant/main/stations/grill/orders/ORD_1"
         );
     }
 
@@ -278,7 +408,7 @@ mod tests {
 
     #[test]
     fn order_state_matches_the_contract() {
-        let v: Value = serde_json::from_slice(&order_state(&view(), at(20, 15))).unwrap();
+        let v: Value = serde_json::from_slice(&order_state(&view(), false, at(20, 15))).unwrap();
         assert_eq!(
             v,
             json!({
@@ -292,7 +422,7 @@ mod tests {
                 "server_time": "2026-11-25T10:30:20.015Z"
             })
         );
-        let back = RetainedOrder::parse(&order_state(&view(), at(0, 0))).unwrap();
+        let back = RetainedOrder::parse(&order_state(&view(), false, at(0, 0))).unwrap();
         assert_eq!((back.status, back.version), (OrderStatus::Cooking, 2));
         assert!(RetainedOrder::parse(b"").is_none());
     }
