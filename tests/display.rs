@@ -9,7 +9,10 @@
 //! 3. killing the broker and starting it again (empty) restores the whole board
 //!    from the bridge's snapshot;
 //! 4. the order state the bridge builds from the messages alone is the state
-//!    the database holds, through every change.
+//!    the database holds, through every change;
+//! 5. notes, modifiers and allergens reach the retained ticket;
+//! 6. with stations, each station's retained copy of an order lives while the
+//!    station has an open part of it, and item changes reach the change feed.
 mod common;
 
 use common::mosquitto::{free_port, spawn_and_wait};
@@ -758,7 +761,131 @@ async fn kitchen_details_reach_the_retained_ticket(b: Backend) {
     app.stop().await;
 }
 
+// ---------------------------------------------------------------------------
+// 6. stations (issue 24): each station's retained copy follows its parts
+// ---------------------------------------------------------------------------
+
+fn stations_cfg(cfg: &mut Config) {
+    use restaurant_system::process::config::{RuleConfig, StationConfig};
+    let station = |name: &str| StationConfig {
+        name: name.into(),
+        ..Default::default()
+    };
+    let rule = |category: &str, to: &str| RuleConfig {
+        category: Some(category.into()),
+        item: None,
+        stations: vec![to.into()],
+    };
+    cfg.stations.default = Some("grill".into());
+    cfg.stations.station = vec![station("grill"), station("fry"), station("bar")];
+    cfg.stations.rule = vec![
+        rule("burgers", "grill"),
+        rule("sides", "fry"),
+        rule("drinks", "bar"),
+    ];
+    cfg.expo.confirm = false;
+}
+
+/// What a client connecting now finds retained under `P/stations/+/orders/{n}`:
+/// station -> payload.
+async fn station_copies(port: u16, n: &str) -> BTreeMap<String, Value> {
+    mosquitto_sub(port, 1)
+        .await
+        .into_iter()
+        .filter(|(_, p)| !p.is_empty())
+        .filter_map(|(t, p)| {
+            let rest = t.strip_prefix(&format!("{PREFIX}/stations/"))?;
+            let (station, order) = rest.split_once("/orders/")?;
+            (order == n).then(|| (station.to_string(), json_of(&p)))
+        })
+        .collect()
+}
+
+async fn station_topics_follow_the_parts(b: Backend) {
+    let mqtt = Mosquitto::start();
+    let env = TestEnv::new(b);
+    let mut cfg = bridge_cfg(&env, &mqtt);
+    stations_cfg(&mut cfg);
+    let watcher = Watcher::start(mqtt.port).await;
+    let app = env.start_with(Mode::All, None, &cfg).await;
+    let http = reqwest::Client::new();
+    let n = place(
+        &http,
+        &app.order_url(),
+        &json!({"customer_name": "Sam Lee", "order_type": "takeout",
+                "items": [{"name": "Bacon Burger", "quantity": 2, "price": 11.5, "category": "burgers"},
+                          {"name": "Fries", "quantity": 1, "price": 3.5, "category": "sides"},
+                          {"name": "Cola", "quantity": 1, "price": 3.0, "category": "drinks"}]}),
+    )
+    .await;
+    let port = mqtt.port;
+    // Routed to all three: each station's copy is retained, carrying every part.
+    let copies = eventually(Duration::from_secs(20), "three station copies", || {
+        let n = n.clone();
+        async move {
+            let c = station_copies(port, &n).await;
+            (c.len() == 3).then_some(c)
+        }
+    })
+    .await;
+    let grill = &copies["grill"];
+    assert_eq!(grill["status"], "received");
+    assert_eq!(grill["rush"], false);
+    assert_eq!(grill["expo"]["confirm"], false);
+    let parts: Vec<(String, String)> = grill["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .flat_map(|it| it["stations"].as_array().expect("parts").clone())
+        .map(|p| (p["station"].as_str().unwrap_or("?").into(), p["state"].as_str().unwrap_or("?").into()))
+        .collect();
+    let want: Vec<(String, String)> = [("grill", "waiting"), ("fry", "waiting"), ("bar", "waiting")]
+        .iter()
+        .map(|(s, st)| (s.to_string(), st.to_string()))
+        .collect();
+    assert_eq!(parts, want);
+
+    // The grill bumps its item: its copy is cleared, the others stay; the order cooks.
+    let o = app.order_url();
+    post_ok(&http, format!("{o}/orders/{n}/stations/grill/items/0/bump")).await;
+    let copies = eventually(Duration::from_secs(10), "the grill's copy cleared", || {
+        let n = n.clone();
+        async move {
+            let c = station_copies(port, &n).await;
+            (!c.contains_key("grill") && c.len() == 2).then_some(c)
+        }
+    })
+    .await;
+    assert_eq!(copies["fry"]["status"], "cooking");
+    assert_eq!(copies["fry"]["items"][0]["stations"][0]["state"], "done");
+
+    // Fry and then the bar bump their parts: ready, on no station's screen any more.
+    post_ok(&http, format!("{o}/orders/{n}/stations/fry/bump")).await;
+    post_ok(&http, format!("{o}/orders/{n}/stations/bar/bump")).await;
+    let topic = format!("{PREFIX}/orders/{n}");
+    eventually(Duration::from_secs(10), "ready, no station copy", || {
+        let (n, topic) = (n.clone(), topic.clone());
+        async move {
+            let board = mosquitto_sub(port, 1).await;
+            let ready = board.get(&topic).is_some_and(|p| !p.is_empty() && json_of(p)["status"] == "ready");
+            (ready && station_copies(port, &n).await.is_empty()).then_some(())
+        }
+    })
+    .await;
+    // The item changes went out on the change feed too, in version order.
+    let done: Vec<i64> = watcher
+        .events()
+        .iter()
+        .filter(|e| e["order_number"] == n.as_str() && e["kind"] == "station_update")
+        .map(|e| e["version"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(done.len(), 3, "station_update events: {done:?}");
+    assert!(done.windows(2).all(|w| w[0] < w[1]), "out of order: {done:?}");
+    app.stop().await;
+}
+
 backend_tests!(
+    station_topics_follow_the_parts,
     order_is_retained_then_cleared,
     restart_delivers_every_change_in_order,
     broker_restart_restores_the_board,
