@@ -665,8 +665,8 @@ async fn state_from_messages_is_the_stored_state(b: Backend) {
             .expect("the message carries created_at");
     let stored = store.order(&n).await.unwrap().unwrap();
     assert_eq!(
-        order_state(&view, at),
-        order_state(&stored, at),
+        order_state(&view, false, at),
+        order_state(&stored, false, at),
         "new order"
     );
 
@@ -709,8 +709,8 @@ async fn state_from_messages_is_the_stored_state(b: Backend) {
         assert!(!view.apply(&u), "the same update twice does not");
         let stored = store.order(&n).await.unwrap().unwrap();
         assert_eq!(
-            String::from_utf8(order_state(&view, at)).unwrap(),
-            String::from_utf8(order_state(&stored, at)).unwrap(),
+            String::from_utf8(order_state(&view, false, at)).unwrap(),
+            String::from_utf8(order_state(&stored, false, at)).unwrap(),
             "after -> {to}"
         );
     }
