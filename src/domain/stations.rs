@@ -61,9 +61,9 @@ impl Routing {
             if !seen.insert(s.name.as_str()) {
                 errors.push(format!("station '{}' is configured twice", s.name));
             }
-            if s.yellow_after_seconds >= s.red_after_seconds {
+            if s.yellow_after_seconds > s.red_after_seconds {
                 errors.push(format!(
-                    "station '{}': yellow_after_seconds must be less than red_after_seconds",
+                    "station '{}': yellow_after_seconds must not exceed red_after_seconds",
                     s.name
                 ));
             }
@@ -173,7 +173,6 @@ names!(PartState, |s| format!("unknown part state '{s}'"), {
 /// One item of an order at one station.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Part {
-    #[serde(skip)]
     pub item_index: i32,
     pub station: String,
     pub state: PartState,
@@ -753,7 +752,7 @@ mod tests {
         r.stations.push(station("grill"));
         r.stations.push(station("Expo"));
         r.stations.push(Station {
-            yellow_after_seconds: 9,
+            yellow_after_seconds: 10,
             red_after_seconds: 9,
             ..station("salad bar")
         });
@@ -766,7 +765,7 @@ mod tests {
             "'grill' is configured twice",
             "reserved for the expo",
             "station name 'salad bar'",
-            "yellow_after_seconds must be less",
+            "yellow_after_seconds must not exceed",
             "stations.default 'pastry'",
             "undo_seconds",
         ] {
