@@ -105,7 +105,8 @@ pub fn classify(method: &str, seg: &[&str]) -> Access {
             | ["orders", _]
             | ["orders", _, "status" | "history" | "complete" | "recall" | "cancel" | "rush"]
             | ["orders", _, "expo", "confirm"]
-            | ["orders", _, "stations", ..]
+            | ["orders", _, "stations", _, "items", _, "start" | "bump" | "undo"]
+            | ["orders", _, "stations", _, "bump"]
             | ["workers", "status"]
             | ["reports", "speed-of-service"]
             | ["stations"]
@@ -454,13 +455,17 @@ mod tests {
         ] {
             assert_eq!(classify("POST", seg), Access::StationAction, "{seg:?}");
         }
-        assert_eq!(classify("POST", &["orders", "X", "expo", "confirm"]), Access::Expo);
+        assert_eq!(
+            classify("POST", &["orders", "X", "expo", "confirm"]),
+            Access::Expo
+        );
         assert_eq!(classify("POST", &["orders", "X", "rush"]), Access::Expo);
         // ...and a route nobody classified is refused unless it only reads.
         for (m, seg) in [
             ("POST", &["nope"][..]),
             ("POST", &["orders", "X", "explode"]),
             ("PUT", &["orders", "X", "stations"]),
+            ("POST", &["orders", "X", "stations", "grill", "explode"]),
             ("DELETE", &["tokens"]),
             ("PATCH", &[]),
         ] {

@@ -424,7 +424,10 @@ fn validate_items(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
             None => None,
             Some(Value::String(s)) => {
                 let t = s.trim();
-                if t.is_empty() || t.chars().count() > MAX_CATEGORY || t.chars().any(char::is_control) {
+                if t.is_empty()
+                    || t.chars().count() > MAX_CATEGORY
+                    || t.chars().any(char::is_control)
+                {
                     errors.push(FieldError::new(
                         path("category"),
                         "must be 1-40 characters, without control characters",

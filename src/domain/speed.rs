@@ -157,7 +157,10 @@ pub fn with_stations(
             .push(seconds(*received, *done));
     }
     report.by_station = samples.into_iter().map(|(s, v)| (s, stats(&v))).collect();
-    let waits: Vec<f64> = expo.iter().map(|(done, ready)| seconds(*done, *ready)).collect();
+    let waits: Vec<f64> = expo
+        .iter()
+        .map(|(done, ready)| seconds(*done, *ready))
+        .collect();
     report.expo_wait = stats(&waits);
     report
 }

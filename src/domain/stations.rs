@@ -56,7 +56,10 @@ impl Routing {
                 ));
             }
             if s.name.eq_ignore_ascii_case(EXPO) {
-                errors.push(format!("station name '{}' is reserved for the expo", s.name));
+                errors.push(format!(
+                    "station name '{}' is reserved for the expo",
+                    s.name
+                ));
             }
             if !seen.insert(s.name.as_str()) {
                 errors.push(format!("station '{}' is configured twice", s.name));
@@ -85,9 +88,7 @@ impl Routing {
             }
             for s in &r.stations {
                 if !self.is_station(s) {
-                    errors.push(format!(
-                        "stations.rule[{i}] names unknown station '{s}'"
-                    ));
+                    errors.push(format!("stations.rule[{i}] names unknown station '{s}'"));
                 }
             }
         }
@@ -222,11 +223,22 @@ impl Ticket {
 /// What a cook or the expo asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Start { station: String, item: i32 },
-    Bump { station: String, item: i32 },
-    Undo { station: String, item: i32 },
+    Start {
+        station: String,
+        item: i32,
+    },
+    Bump {
+        station: String,
+        item: i32,
+    },
+    Undo {
+        station: String,
+        item: i32,
+    },
     /// Every open part of the order at the station.
-    BumpStation { station: String },
+    BumpStation {
+        station: String,
+    },
     Confirm,
     Rush(bool),
 }
@@ -520,11 +532,10 @@ pub fn decide(
     if b.changed.is_empty() {
         return Ok(b.finish());
     }
-    let touched = b
-        .t
-        .parts
-        .iter()
-        .any(|p| p.state != PartState::Waiting || p.bumped_at.is_some());
+    let touched =
+        b.t.parts
+            .iter()
+            .any(|p| p.state != PartState::Waiting || p.bumped_at.is_some());
     if b.t.state.status == OrderStatus::Received && touched {
         b.status(transition::decide(
             &b.t.state,
@@ -640,7 +651,11 @@ impl Builder<'_> {
     }
 
     fn finish(self) -> TicketDecision {
-        let changed_parts = self.changed.iter().map(|&i| self.t.parts[i].clone()).collect();
+        let changed_parts = self
+            .changed
+            .iter()
+            .map(|&i| self.t.parts[i].clone())
+            .collect();
         TicketDecision {
             ticket: self.t,
             changed_parts,
@@ -826,7 +841,14 @@ mod tests {
             station: "grill".into(),
             item: 0,
         };
-        let d = decide(&ticket(&[(0, "grill"), (1, "fry")]), &start, "anna", t(1), &r).unwrap();
+        let d = decide(
+            &ticket(&[(0, "grill"), (1, "fry")]),
+            &start,
+            "anna",
+            t(1),
+            &r,
+        )
+        .unwrap();
         assert_eq!(kinds(&d), ["item_started@2", "cooking@3"]);
         let d = decide(&d.ticket, &bump("grill", 0), "anna", t(2), &r).unwrap();
         let undo = Action::Undo {
@@ -851,7 +873,14 @@ mod tests {
     #[test]
     fn undo_of_the_last_bump_reopens_a_ready_order() {
         let r = routing(false);
-        let d = decide(&ticket(&[(0, "grill")]), &bump("grill", 0), "anna", t(1), &r).unwrap();
+        let d = decide(
+            &ticket(&[(0, "grill")]),
+            &bump("grill", 0),
+            "anna",
+            t(1),
+            &r,
+        )
+        .unwrap();
         assert_eq!(d.ticket.state.status, OrderStatus::Ready);
         let undo = Action::Undo {
             station: "grill".into(),
@@ -967,8 +996,14 @@ mod tests {
     #[test]
     fn station_updates_have_ids_keys_and_lines() {
         let r = routing(false);
-        let d = decide(&ticket(&[(0, "grill"), (1, "fry")]), &bump("grill", 0), "anna", t(1), &r)
-            .unwrap();
+        let d = decide(
+            &ticket(&[(0, "grill"), (1, "fry")]),
+            &bump("grill", 0),
+            "anna",
+            t(1),
+            &r,
+        )
+        .unwrap();
         let Outgoing::Station(u) = &d.messages[0] else {
             panic!("first message is the part's")
         };

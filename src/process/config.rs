@@ -858,16 +858,32 @@ mod tests {
         assert!(r.confirm);
         assert_eq!(r.undo, Duration::from_secs(10));
         // A station without thresholds takes the board's.
-        let c = load_str("[stations]\ndefault = \"a\"\n[[stations.station]]\nname = \"a\"\n").unwrap();
+        let c =
+            load_str("[stations]\ndefault = \"a\"\n[[stations.station]]\nname = \"a\"\n").unwrap();
         let r = c.routing().unwrap();
         assert_eq!(r.stations[0].yellow_after_seconds, 300);
         assert!(!r.confirm);
         for (bad, needle) in [
-            (text.replace("stations = [\"fry\"]", "stations = [\"fryer\"]"), "unknown station 'fryer'"),
-            (text.replace("default = \"grill\"", "default = \"bar\""), "stations.default 'bar'"),
-            (text.replace("undo_seconds = 10", "undo_seconds = 0"), "undo_seconds"),
-            ("[stations]\ndefault = \"a\"\n".to_string(), "need at least one"),
-            (text.replace("name = \"drinks\"", "name = \"grill\""), "configured twice"),
+            (
+                text.replace("stations = [\"fry\"]", "stations = [\"fryer\"]"),
+                "unknown station 'fryer'",
+            ),
+            (
+                text.replace("default = \"grill\"", "default = \"bar\""),
+                "stations.default 'bar'",
+            ),
+            (
+                text.replace("undo_seconds = 10", "undo_seconds = 0"),
+                "undo_seconds",
+            ),
+            (
+                "[stations]\ndefault = \"a\"\n".to_string(),
+                "need at least one",
+            ),
+            (
+                text.replace("name = \"drinks\"", "name = \"grill\""),
+                "configured twice",
+            ),
         ] {
             let e = load_str(&bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{needle}: {e}");

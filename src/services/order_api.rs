@@ -81,7 +81,8 @@ impl Routes for OrderApi {
         match (req.method().clone(), seg.as_slice()) {
             (Method::POST, ["orders"]) => self.create(req, &ctx).await,
             (Method::POST, ["orders", n, "rush"]) => {
-                self.station(n, EXPO_BY, Action::Rush(true), req, &ctx).await
+                self.station(n, EXPO_BY, Action::Rush(true), req, &ctx)
+                    .await
             }
             (Method::POST, ["orders", n, action]) => {
                 let to = match *action {
@@ -92,7 +93,10 @@ impl Routes for OrderApi {
                 };
                 self.transition(n, to, &ctx).await
             }
-            (Method::POST, ["orders", n, "stations", st, "items", i, act @ ("start" | "bump" | "undo")]) => {
+            (
+                Method::POST,
+                ["orders", n, "stations", st, "items", i, act @ ("start" | "bump" | "undo")],
+            ) => {
                 let item = item_index(i)?;
                 let station = st.to_string();
                 let action = match *act {
@@ -361,10 +365,17 @@ impl OrderApi {
         } else {
             None
         };
-        let field = |name: &str| body.as_ref().and_then(|b| b.get(name)).filter(|v| !v.is_null());
+        let field = |name: &str| {
+            body.as_ref()
+                .and_then(|b| b.get(name))
+                .filter(|v| !v.is_null())
+        };
         if let Some(b) = &body {
             let known = ["by", "rush"];
-            if let Some(k) = b.as_object().and_then(|o| o.keys().find(|k| !known.contains(&k.as_str()))) {
+            if let Some(k) = b
+                .as_object()
+                .and_then(|o| o.keys().find(|k| !known.contains(&k.as_str())))
+            {
                 return Err(bad_field(k, "unknown field"));
             }
             if !b.is_object() {
@@ -419,13 +430,19 @@ impl OrderApi {
                 body["changed"] = json!(changed);
                 Ok(json_response(StatusCode::OK, &body))
             }
-            StationOutcome::NotFound => Err(ApiError::not_found(format!("order {number} not found"))),
+            StationOutcome::NotFound => {
+                Err(ApiError::not_found(format!("order {number} not found")))
+            }
             StationOutcome::Refused(r) => Err(match &r {
                 Refusal::ItemNotAtStation { .. } | Refusal::NothingAtStation(_) => {
                     refused(StatusCode::NOT_FOUND, "item_not_at_station", r.to_string())
                 }
-                Refusal::OrderClosed(_) => refused(StatusCode::CONFLICT, "order_closed", r.to_string()),
-                Refusal::UndoTooLate(_) => refused(StatusCode::CONFLICT, "undo_too_late", r.to_string()),
+                Refusal::OrderClosed(_) => {
+                    refused(StatusCode::CONFLICT, "order_closed", r.to_string())
+                }
+                Refusal::UndoTooLate(_) => {
+                    refused(StatusCode::CONFLICT, "undo_too_late", r.to_string())
+                }
                 Refusal::ExpoNotWaiting => {
                     refused(StatusCode::CONFLICT, "expo_not_waiting", r.to_string())
                 }
@@ -473,8 +490,9 @@ const EXPO_BY: &str = crate::domain::stations::EXPO;
 
 /// A refusal of a station route: its stable code in `details[0].code`.
 fn refused(status: StatusCode, code: &str, message: String) -> ApiError {
-    ApiError::new(status, message.clone())
-        .with_details(vec![json!({"field": "order", "message": message, "code": code})])
+    ApiError::new(status, message.clone()).with_details(vec![
+        json!({"field": "order", "message": message, "code": code}),
+    ])
 }
 
 fn bad_field(field: &str, message: &str) -> ApiError {

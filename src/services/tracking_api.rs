@@ -229,9 +229,11 @@ impl TrackingApi {
             None => None,
             Some(Ok(s)) => Some(s),
             Some(Err(())) => {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad station").with_details(
-                    vec![json!({"field": "station", "message": "must be UTF-8 text"})],
-                ))
+                return Err(
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad station").with_details(vec![
+                        json!({"field": "station", "message": "must be UTF-8 text"}),
+                    ]),
+                )
             }
         };
         if let Some(s) = &station {
@@ -281,11 +283,8 @@ impl TrackingApi {
             .station_times(from, to)
             .await
             .map_err(|e| store_error(e, "db_query_failed", "Speed-of-service query failed"))?;
-        let report = speed::with_stations(
-            speed::report(from, to, &tickets),
-            &times.parts,
-            &times.expo,
-        );
+        let report =
+            speed::with_stations(speed::report(from, to, &tickets), &times.parts, &times.expo);
         Ok(json_response(StatusCode::OK, &report))
     }
 

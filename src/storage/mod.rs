@@ -273,7 +273,11 @@ impl OrderView {
                 .items
                 .iter()
                 .enumerate()
-                .flat_map(|(i, item)| item.stations.iter().map(move |s| Part::waiting(i as i32, s)))
+                .flat_map(|(i, item)| {
+                    item.stations
+                        .iter()
+                        .map(move |s| Part::waiting(i as i32, s))
+                })
                 .collect(),
         })
     }
@@ -365,6 +369,17 @@ fn merge_history(status: Vec<HistoryEntry>, parts: Vec<HistoryEntry>) -> Vec<His
     all.into_iter().map(|(_, e)| e).collect()
 }
 
+/// Gives each part entry of a history its item's name (`names` in the
+/// order's item order).
+fn name_items(entries: &mut [HistoryEntry], names: &[String]) {
+    for e in entries {
+        e.item = e
+            .item_index
+            .and_then(|i| names.get(usize::try_from(i).ok()?))
+            .cloned();
+    }
+}
+
 /// A station change as asked (issue 24): who asks what of which order.
 #[derive(Debug, Clone)]
 pub struct StationChange {
@@ -378,7 +393,10 @@ pub struct StationChange {
 #[derive(Debug, Clone)]
 pub enum StationOutcome {
     /// The order afterwards; `changed` false: nothing to do, nothing written.
-    Applied { order: Box<OrderView>, changed: bool },
+    Applied {
+        order: Box<OrderView>,
+        changed: bool,
+    },
     Refused(Refusal),
     NotFound,
 }
@@ -548,7 +566,10 @@ pub trait Store: TokenStore + Send + Sync + 'static {
         }
         Err(StoreError::new(
             Class::Conflict,
-            format!("order {} kept changing during the station change", c.order_number),
+            format!(
+                "order {} kept changing during the station change",
+                c.order_number
+            ),
         ))
     }
 
@@ -786,7 +807,11 @@ fn ticket_of(o: &OrderView) -> Ticket {
         state: o.state(),
         rush: o.rush,
         stations_done_at: o.stations_done_at,
-        items: o.items.iter().map(|i| (i.name.clone(), i.quantity)).collect(),
+        items: o
+            .items
+            .iter()
+            .map(|i| (i.name.clone(), i.quantity))
+            .collect(),
         parts: o.parts.clone(),
     }
 }

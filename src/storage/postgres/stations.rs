@@ -6,8 +6,8 @@ use super::{items_of, order_row, pg_err, ORDER_COLUMNS};
 use crate::domain::error::Class;
 use crate::domain::stations::{Part, Ticket, TicketDecision};
 use crate::storage::{
-    attach_items, attach_parts, sort_for_screens, HistoryEntry, OrderView, StationChange,
-    StationTimes, StoreError,
+    attach_items, attach_parts, name_items, sort_for_screens, HistoryEntry, OrderView,
+    StationChange, StationTimes, StoreError,
 };
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
@@ -147,18 +147,20 @@ pub(super) async fn persist_ticket(
 }
 
 /// The part and rush entries of an order's history, item names filled in.
-pub(super) async fn part_history(c: &Object, order_id: i32) -> Result<Vec<HistoryEntry>, StoreError> {
+pub(super) async fn part_history(
+    c: &Object,
+    order_id: i32,
+) -> Result<Vec<HistoryEntry>, StoreError> {
     let rows = c
         .query(
-            "select e.order_status, e.changed_at, e.changed_by, e.station, e.item_index, e.state, e.rush,
-                (select name from order_items i where i.order_id = e.order_id order by i.id
-                 limit 1 offset e.item_index)
-             from order_item_events e where e.order_id = $1 order by e.id",
+            "select order_status, changed_at, changed_by, station, item_index, state, rush
+             from order_item_events where order_id = $1 order by id",
             &[&order_id],
         )
         .await
         .map_err(pg_err)?;
-    rows.iter()
+    let mut entries = rows
+        .iter()
         .map(|r| {
             Ok(HistoryEntry {
                 status: parse(r.try_get(0).map_err(pg_err)?)?,
@@ -172,14 +174,24 @@ pub(super) async fn part_history(c: &Object, order_id: i32) -> Result<Vec<Histor
                     .map(parse)
                     .transpose()?,
                 rush: r.try_get(6).map_err(pg_err)?,
-                item: r.try_get(7).map_err(pg_err)?,
+                item: None,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let names: Vec<String> = items_of(c, &[order_id])
+        .await?
+        .into_iter()
+        .map(|(_, i)| i.name)
+        .collect();
+    name_items(&mut entries, &names);
+    Ok(entries)
 }
 
 /// See `Store::tickets`.
-pub(super) async fn tickets(c: &Object, station: Option<&str>) -> Result<Vec<OrderView>, StoreError> {
+pub(super) async fn tickets(
+    c: &Object,
+    station: Option<&str>,
+) -> Result<Vec<OrderView>, StoreError> {
     let rows = match station {
         Some(s) => {
             let sql = format!(

@@ -526,15 +526,17 @@ fn items_of(conn: &Connection, ids: &[i64]) -> Result<Vec<(i64, Item)>, StoreErr
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(sql_err)?;
     rows.into_iter()
-        .map(|(id, (name, qty, price, notes, mods, allergens), category)| {
-            Ok((
-                id,
-                Item {
-                    category,
-                    ..item_from_columns(name, qty, price, notes, mods, allergens)?
-                },
-            ))
-        })
+        .map(
+            |(id, (name, qty, price, notes, mods, allergens), category)| {
+                Ok((
+                    id,
+                    Item {
+                        category,
+                        ..item_from_columns(name, qty, price, notes, mods, allergens)?
+                    },
+                ))
+            },
+        )
         .collect()
 }
 
@@ -902,7 +904,8 @@ impl Store for SqliteStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<StationTimes, StoreError> {
-        self.read(move |c| stations::station_times(c, from, to)).await
+        self.read(move |c| stations::station_times(c, from, to))
+            .await
     }
 
     /// On the writer thread, in its transaction: see `persist_transition`.

@@ -7,7 +7,7 @@ use super::{items_of, ORDER_COLUMNS};
 use crate::domain::error::Class;
 use crate::domain::stations::{Part, StationUpdate, Ticket, TicketDecision};
 use crate::storage::{
-    attach_items, attach_parts, sort_for_screens, ticket_of, HistoryEntry, OrderView,
+    attach_items, attach_parts, name_items, sort_for_screens, ticket_of, HistoryEntry, OrderView,
     StationChange, StationTimes, StoreError,
 };
 use chrono::{DateTime, Utc};
@@ -58,7 +58,8 @@ pub(super) fn insert_parts(
         .map_err(sql_err)?;
     for (i, item) in items.iter().enumerate() {
         for s in &item.stations {
-            st.execute(params![order_id, i as i64, s]).map_err(sql_err)?;
+            st.execute(params![order_id, i as i64, s])
+                .map_err(sql_err)?;
         }
     }
     Ok(())
@@ -182,29 +183,38 @@ pub(super) fn part_history(
 ) -> Result<Vec<HistoryEntry>, StoreError> {
     let mut st = conn
         .prepare_cached(
-            "select e.order_status, e.changed_at, e.changed_by, e.station, e.item_index, e.state, e.rush,
-                (select name from order_items i where i.order_id = e.order_id order by i.id limit 1 offset e.item_index)
-             from order_item_events e where e.order_id = ?1 order by e.id",
+            "select order_status, changed_at, changed_by, station, item_index, state, rush
+             from order_item_events where order_id = ?1 order by id",
         )
         .map_err(sql_err)?;
-    st.query_map([order_id], |r| {
-        Ok(HistoryEntry {
-            status: parse_col(r.get(0)?)?,
-            timestamp: parse_ts(&r.get::<_, String>(1)?)?,
-            changed_by: r.get(2)?,
-            station: r.get(3)?,
-            item_index: r.get(4)?,
-            item_state: r.get::<_, Option<String>>(5)?.map(parse_col).transpose()?,
-            rush: r.get(6)?,
-            item: r.get(7)?,
+    let mut entries = st
+        .query_map([order_id], |r| {
+            Ok(HistoryEntry {
+                status: parse_col(r.get(0)?)?,
+                timestamp: parse_ts(&r.get::<_, String>(1)?)?,
+                changed_by: r.get(2)?,
+                station: r.get(3)?,
+                item_index: r.get(4)?,
+                item_state: r.get::<_, Option<String>>(5)?.map(parse_col).transpose()?,
+                rush: r.get(6)?,
+                item: None,
+            })
         })
-    })
-    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-    .map_err(sql_err)
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(sql_err)?;
+    let names: Vec<String> = items_of(conn, &[order_id])?
+        .into_iter()
+        .map(|(_, i)| i.name)
+        .collect();
+    name_items(&mut entries, &names);
+    Ok(entries)
 }
 
 /// See `Store::tickets`.
-pub(super) fn tickets(conn: &Connection, station: Option<&str>) -> Result<Vec<OrderView>, StoreError> {
+pub(super) fn tickets(
+    conn: &Connection,
+    station: Option<&str>,
+) -> Result<Vec<OrderView>, StoreError> {
     let sql = match station {
         Some(_) => format!(
             "select {ORDER_COLUMNS} from orders where status in ('received', 'cooking') and id in
@@ -260,10 +270,7 @@ pub(super) fn station_times(
         .map_err(sql_err)?;
     let expo = st
         .query_map(params![ts(from), ts(to)], |r| {
-            Ok((
-                parse_ts(&r.get::<_, String>(0)?)?,
-                opt_ts(r.get(1)?)?,
-            ))
+            Ok((parse_ts(&r.get::<_, String>(0)?)?, opt_ts(r.get(1)?)?))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(sql_err)?
