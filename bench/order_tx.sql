@@ -2,7 +2,7 @@
 -- for one order, replayed straight at PostgreSQL. One statement, autocommit (synchronous_commit on):
 -- the daily counter upsert, the order, 1-5 items, the status log row and the outbox row, as the
 -- daemon writes them (the load generator's orders have no notes, modifiers or allergens: those
--- columns are NULL, as the daemon stores them). Every `insert into TABLE (COLUMNS)` line here is
+-- columns are NULL, as the daemon stores them; nor categories or stations). Every `insert into TABLE (COLUMNS)` line here is
 -- the statement's own: a unit test in intake.rs fails when they drift apart. bench/run.sh runs it
 -- with -M prepared on a database migrated by the daemon's own code. (pgbench reads every colon as a
 -- variable, even inside quotes: the JSON literal spells its colons \x3a.)
@@ -27,11 +27,15 @@ with c as (
     from c
     returning id, number
 ), i as (
-    insert into order_items (created_at, order_id, name, quantity, price, notes, modifiers, allergens)
-    select now(), o.id, t.name, t.quantity, t.price_cents / 100.0, null::text, null::text, null::text
+    insert into order_items (created_at, order_id, name, quantity, price, notes, modifiers, allergens, category)
+    select now(), o.id, t.name, t.quantity, t.price_cents / 100.0, null::text, null::text, null::text, null::text
     from o, unnest((array['Margherita Pizza', 'Caesar Salad', 'Steak', 'Pad Thai', 'Spring Rolls'])[1:(:n)::int],
                    (array[2, 1, 1, 2, 3])[1:(:n)::int],
                    (array[1599, 899, 2999, 1400, 650]::bigint[])[1:(:n)::int]) as t(name, quantity, price_cents)
+), p as (
+    -- A kitchen without stations (the benchmark's) writes no parts.
+    insert into order_item_stations (order_id, item_index, station)
+    select o.id, 0, 'none' from o where false
 ), l as (
     insert into order_status_log (created_at, order_id, status, changed_by, changed_at)
     select now(), o.id, 'received', 'order-service', now() from o

@@ -226,6 +226,12 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
 
 /// The workers of a kitchen process: one per name in `--worker-name`.
 fn worker_configs(cli: &Cli, mode: Mode, cfg: &Config) -> Result<Vec<WorkerConfig>, String> {
+    if mode == Mode::KitchenWorker && cfg.routing().is_some() {
+        return Err(
+            "--mode=kitchen-worker cooks whole orders on a timer; with [stations] configured the cooks bump items at their stations: run no kitchen worker (docs/stations.md)"
+                .into(),
+        );
+    }
     let names: Vec<String> = match (mode, cli.worker_name.as_deref().map(str::trim)) {
         (Mode::KitchenWorker, None | Some("")) => return Err(
             "--worker-name is required for --mode=kitchen-worker (e.g. --worker-name=chef_mario)"

@@ -285,7 +285,10 @@ async fn start_parts(
     // The consumer of a mode without HTTP, for its metrics port's `/health`.
     let mut consumer_link = None;
     // Workers first: a duplicate name must fail before anything else listens.
-    if matches!(mode, Mode::KitchenWorker | Mode::All) {
+    let routing = cfg.routing().map(Arc::new);
+    // With stations the cooks bump items: no worker cooks whole orders on a
+    // timer (docs/architecture.md; `main` refuses --mode=kitchen-worker then).
+    if matches!(mode, Mode::KitchenWorker | Mode::All) && routing.is_none() {
         let span = service_span(kitchen::SERVICE);
         let mut workers = opts.workers.clone();
         if workers.is_empty() {
@@ -341,6 +344,7 @@ async fn start_parts(
             relay: relay.clone().expect("writing modes have a relay"),
             guard: guard.clone(),
             idempotency: order_api::Idempotency::new(cfg.orders.idempotency_ttl_seconds),
+            routing: routing.clone(),
         };
         let addr = bind(cfg.http.order_port);
         let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));
@@ -354,6 +358,7 @@ async fn start_parts(
             mqtt_site: cfg.mqtt.site.clone(),
             guard: guard.clone(),
             metrics: mode == Mode::TrackingService,
+            routing: routing.clone(),
         };
         let addr = bind(cfg.http.tracking_port);
         let api = Api(tracking_api::SERVICE, "Tracking Service", Arc::new(api));

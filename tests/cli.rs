@@ -187,6 +187,10 @@ async fn validate_checks_the_config() {
         (write("empty.toml", ""), "sqlite"),
         (repo_config.clone(), "sqlite"),
         (
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/stations.toml"),
+            "sqlite",
+        ),
+        (
             write("sqlite.toml", "[database]\nbackend = \"sqlite\"\nsqlite_path = \"/tmp/x.db\"\n"),
             "sqlite",
         ),
@@ -231,6 +235,13 @@ async fn validate_checks_the_config() {
         (
             write("neg.toml", "[kitchen.cooking_seconds]\ntakeout = -1\n"),
             "takeout",
+        ),
+        (
+            write(
+                "stations.toml",
+                "[stations]\ndefault = \"grill\"\n[[stations.station]]\nname = \"grill\"\n[[stations.rule]]\ncategory = \"sides\"\nstations = [\"fry\"]\n",
+            ),
+            "unknown station 'fry'",
         ),
     ];
     for (path, needle) in &bad {

@@ -9,7 +9,7 @@
 //! notifications_fanout (fanout) ------------> display_bridge_queue, one exclusive queue per notification subscriber
 //! ```
 
-use crate::domain::events::{NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE};
+use crate::domain::events::{NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE, STATIONS_EXCHANGE};
 use crate::domain::OrderType;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -43,7 +43,8 @@ fn durable_queue() -> QueueDeclareOptions {
     }
 }
 
-/// Exchanges, the dead-letter queue and the three kitchen queues.
+/// Exchanges (orders, notifications, stations), the dead-letter queue and the
+/// three kitchen queues.
 pub async fn declare(ch: &Channel) -> Result<(), lapin::Error> {
     ch.exchange_declare(
         ORDERS_EXCHANGE.into(),
@@ -55,6 +56,13 @@ pub async fn declare(ch: &Channel) -> Result<(), lapin::Error> {
     ch.exchange_declare(
         NOTIFICATIONS_EXCHANGE.into(),
         ExchangeKind::Fanout,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        STATIONS_EXCHANGE.into(),
+        ExchangeKind::Topic,
         durable_exchange(),
         FieldTable::default(),
     )
@@ -126,6 +134,16 @@ pub async fn declare_display_queue(ch: &Channel) -> Result<(), lapin::Error> {
         DISPLAY_QUEUE.into(),
         NOTIFICATIONS_EXCHANGE.into(),
         "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    // Issue 24: part and rush changes (docs/stations.md), in publish order
+    // with the rest.
+    ch.queue_bind(
+        DISPLAY_QUEUE.into(),
+        STATIONS_EXCHANGE.into(),
+        "#".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )

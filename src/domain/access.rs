@@ -37,8 +37,7 @@ names!(Role, |s| format!("unknown role '{s}': use pos, kitchen or manager"), {
 pub enum Access {
     /// `/health`, `/openapi.yaml`, the display page's static files: anyone.
     Open,
-    /// Reading orders and workers (and anything not listed: unknown routes
-    /// reveal nothing to an anonymous remote caller).
+    /// Reading orders and workers, and any GET/HEAD/OPTIONS.
     Read,
     /// `POST /orders`.
     CreateOrder,
@@ -46,6 +45,14 @@ pub enum Access {
     KitchenAction,
     /// `POST /orders/{n}/cancel`.
     Cancel,
+    /// A cook's start, bump and undo of items at a station, and a station's
+    /// bump of its whole part of a ticket (issue 24).
+    StationAction,
+    /// The expo's confirm and rush (issue 24).
+    Expo,
+    /// Any other method on a route nobody classified: refused for everyone, so
+    /// a new route that changes state can never be opened by omission.
+    Unknown,
 }
 
 impl Access {
@@ -53,8 +60,11 @@ impl Access {
         match self {
             Access::Open | Access::Read => true,
             Access::CreateOrder => matches!(role, Role::Pos | Role::Manager),
-            Access::KitchenAction => matches!(role, Role::Kitchen | Role::Manager),
+            Access::KitchenAction | Access::StationAction | Access::Expo => {
+                matches!(role, Role::Kitchen | Role::Manager)
+            }
             Access::Cancel => role == Role::Manager,
+            Access::Unknown => false,
         }
     }
 
@@ -64,10 +74,7 @@ impl Access {
     }
 
     pub fn changes_state(self) -> bool {
-        matches!(
-            self,
-            Access::CreateOrder | Access::KitchenAction | Access::Cancel
-        )
+        !matches!(self, Access::Open | Access::Read)
     }
 }
 
@@ -84,7 +91,29 @@ pub fn classify(method: &str, seg: &[&str]) -> Access {
         ("POST", ["orders"]) => Access::CreateOrder,
         ("POST", ["orders", _, "complete" | "recall"]) => Access::KitchenAction,
         ("POST", ["orders", _, "cancel"]) => Access::Cancel,
-        _ => Access::Read,
+        (
+            "POST",
+            ["orders", _, "stations", _, "items", _, "start" | "bump" | "undo"]
+            | ["orders", _, "stations", _, "bump"],
+        ) => Access::StationAction,
+        ("POST", ["orders", _, "expo", "confirm"] | ["orders", _, "rush"]) => Access::Expo,
+        ("GET" | "HEAD" | "OPTIONS", _) => Access::Read,
+        // Other methods on the known routes: their handler answers 405.
+        (
+            _,
+            ["orders"]
+            | ["orders", _]
+            | ["orders", _, "status" | "history" | "complete" | "recall" | "cancel" | "rush"]
+            | ["orders", _, "expo", "confirm"]
+            | ["orders", _, "stations", _, "items", _, "start" | "bump" | "undo"]
+            | ["orders", _, "stations", _, "bump"]
+            | ["workers", "status"]
+            | ["reports", "speed-of-service"]
+            | ["stations"]
+            | ["tickets"]
+            | ["metrics"],
+        ) => Access::Read,
+        _ => Access::Unknown,
     }
 }
 
@@ -203,6 +232,9 @@ pub enum Decision {
     Allow,
     /// 401: no (valid) token. The message says how to get one.
     Unauthorized(&'static str),
+    /// 404: a route without an access class, for any caller (never reached
+    /// by a handler).
+    NoSuchRoute,
     /// 403: a valid token whose role may not do this.
     Forbidden {
         role: Role,
@@ -223,8 +255,10 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 
 /// The decision for one request.
 pub fn decide(access: Access, facts: &Facts, policy: Policy) -> Decision {
-    if access == Access::Open {
-        return Decision::Allow;
+    match access {
+        Access::Open => return Decision::Allow,
+        Access::Unknown => return Decision::NoSuchRoute,
+        _ => {}
     }
     match &facts.caller {
         Caller::Token { role, .. } if access.allows(*role) => Decision::Allow,
@@ -412,6 +446,36 @@ mod tests {
         assert_eq!(classify("GET", &["metrics"]), Access::Read);
         assert_eq!(classify("GET", &["nope"]), Access::Read);
         assert_eq!(classify("GET", &[]), Access::Read);
+        // Issue 24: the station and expo routes have classes of their own...
+        for seg in [
+            &["orders", "X", "stations", "grill", "items", "0", "bump"][..],
+            &["orders", "X", "stations", "grill", "items", "0", "start"],
+            &["orders", "X", "stations", "grill", "items", "0", "undo"],
+            &["orders", "X", "stations", "grill", "bump"],
+        ] {
+            assert_eq!(classify("POST", seg), Access::StationAction, "{seg:?}");
+        }
+        assert_eq!(
+            classify("POST", &["orders", "X", "expo", "confirm"]),
+            Access::Expo
+        );
+        assert_eq!(classify("POST", &["orders", "X", "rush"]), Access::Expo);
+        // ...and a route nobody classified is refused unless it only reads.
+        for (m, seg) in [
+            ("POST", &["nope"][..]),
+            ("POST", &["orders", "X", "explode"]),
+            ("PUT", &["orders", "X", "stations"]),
+            ("POST", &["orders", "X", "stations", "grill", "explode"]),
+            ("DELETE", &["tokens"]),
+            ("PATCH", &[]),
+        ] {
+            let a = classify(m, seg);
+            assert_eq!(a, Access::Unknown, "{m} {seg:?}");
+            assert!(a.changes_state() && a.roles().is_empty());
+        }
+        // Wrong methods on known routes reach their handler (405).
+        assert_eq!(classify("DELETE", &["orders"]), Access::Read);
+        assert_eq!(classify("POST", &["orders", "X", "status"]), Access::Read);
     }
 
     #[test]
@@ -423,6 +487,9 @@ mod tests {
             (CreateOrder, [true, false, true]),
             (KitchenAction, [false, true, true]),
             (Cancel, [false, false, true]),
+            (StationAction, [false, true, true]),
+            (Expo, [false, true, true]),
+            (Unknown, [false, false, false]),
         ];
         for (access, want) in table {
             for (role, ok) in [Pos, Kitchen, Manager].into_iter().zip(want) {
@@ -449,6 +516,13 @@ mod tests {
                 decide(access, &facts(true, false, Caller::Anonymous), OFF),
                 Decision::Unauthorized(_)
             ));
+        }
+        // A route without a class is refused for everyone, on the box too.
+        for caller in [Caller::Anonymous, token(Role::Manager), Caller::Rejected] {
+            assert_eq!(
+                decide(Access::Unknown, &facts(true, false, caller), ON),
+                Decision::NoSuchRoute
+            );
         }
         // Open routes stay open from anywhere, whatever the credentials.
         for caller in [Caller::Anonymous, Caller::Rejected] {

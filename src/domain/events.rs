@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub const ORDERS_EXCHANGE: &str = "orders_topic";
 /// Where status updates go (a fanout exchange: every subscriber sees every update).
 pub const NOTIFICATIONS_EXCHANGE: &str = "notifications_fanout";
+/// Where part and rush changes go (issue 24; a topic exchange, routing key
+/// `station.{station}` or `order.rush`; see `stations::StationUpdate`).
+pub const STATIONS_EXCHANGE: &str = "stations_topic";
 
 /// Published to `orders_topic` with routing key `kitchen.{order_type}.{priority}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -55,6 +55,7 @@ pub mod kitchen_notes;
 pub mod money;
 pub mod order;
 pub mod speed;
+pub mod stations;
 pub mod status;
 pub mod transition;
 pub mod worker;

@@ -42,6 +42,13 @@ pub struct Item {
     pub modifiers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allergens: Vec<Allergen>,
+    /// What kind of item it is (issue 24), for routing it to stations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// The stations it was routed to at intake (issue 24; set by
+    /// `stations::Routing::route_order`, never by the client). Empty without stations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stations: Vec<String>,
 }
 
 impl Item {
@@ -54,6 +61,8 @@ impl Item {
             notes: None,
             modifiers: Vec::new(),
             allergens: Vec::new(),
+            category: None,
+            stations: Vec::new(),
         }
     }
 }
@@ -113,7 +122,9 @@ const KNOWN_FIELDS: [&str; 6] = [
     "items",
     "notes",
 ];
-const KNOWN_ITEM_FIELDS: [&str; 3] = ["name", "quantity", "price"];
+const KNOWN_ITEM_FIELDS: [&str; 4] = ["name", "quantity", "price", "category"];
+/// The longest item category (issue 24).
+pub const MAX_CATEGORY: usize = 40;
 
 /// Validates a create-order request body. Returns every broken rule.
 pub fn validate(body: &Value) -> Result<ValidOrder, Vec<FieldError>> {
@@ -409,6 +420,26 @@ fn validate_items(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
             }
         };
         let details = kitchen_notes::validate_item_details(i, item, errors);
+        let category = match present(item, "category") {
+            None => None,
+            Some(Value::String(s)) => {
+                let t = s.trim();
+                if t.is_empty()
+                    || t.chars().count() > MAX_CATEGORY
+                    || t.chars().any(char::is_control)
+                {
+                    errors.push(FieldError::new(
+                        path("category"),
+                        "must be 1-40 characters, without control characters",
+                    ));
+                }
+                Some(t.to_string())
+            }
+            Some(_) => {
+                errors.push(FieldError::new(path("category"), "must be a string"));
+                None
+            }
+        };
         if let (Some(name), Some(quantity), Some(price)) = (name, quantity, price) {
             items.push(Item {
                 name,
@@ -417,6 +448,8 @@ fn validate_items(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
                 notes: details.notes,
                 modifiers: details.modifiers,
                 allergens: details.allergens,
+                category,
+                stations: Vec::new(),
             });
         }
     }

@@ -57,6 +57,10 @@ pub struct Report {
     pub by_order_type: BTreeMap<String, Group>,
     /// Workers that cooked at least one order in the range.
     pub by_worker: BTreeMap<String, Group>,
+    /// Issue 24: item received -> done, per station that has a done part.
+    pub by_station: BTreeMap<String, Stats>,
+    /// Issue 24: every station done -> ready (the expo's wait).
+    pub expo_wait: Stats,
 }
 
 /// Nearest-rank percentile of sorted samples; `None` for none.
@@ -133,7 +137,32 @@ pub fn report(from: DateTime<Utc>, to: DateTime<Utc>, tickets: &[TicketTimes]) -
         overall: group(tickets.iter()),
         by_order_type,
         by_worker,
+        by_station: BTreeMap::new(),
+        expo_wait: stats(&[]),
     }
+}
+
+/// The report with its station figures: `parts` is one `(station, order
+/// received, part done)` per done part, `expo` one `(stations done, ready)` per order.
+pub fn with_stations(
+    mut report: Report,
+    parts: &[(String, DateTime<Utc>, DateTime<Utc>)],
+    expo: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Report {
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (station, received, done) in parts {
+        samples
+            .entry(station.clone())
+            .or_default()
+            .push(seconds(*received, *done));
+    }
+    report.by_station = samples.into_iter().map(|(s, v)| (s, stats(&v))).collect();
+    let waits: Vec<f64> = expo
+        .iter()
+        .map(|(done, ready)| seconds(*done, *ready))
+        .collect();
+    report.expo_wait = stats(&waits);
+    report
 }
 
 /// One end of the range: an RFC 3339 time, or a date (`2026-11-25`, UTC). A
@@ -190,6 +219,36 @@ pub fn parse_range(
     match (from, to) {
         (Some(f), Some(t)) if errors.is_empty() => Ok((f, t)),
         _ => Err(errors),
+    }
+}
+
+#[cfg(test)]
+mod station_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn stations_and_expo_get_their_own_figures() {
+        let t = |s: i64| Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap();
+        let base = report(t(0), t(100), &[]);
+        assert!(base.by_station.is_empty());
+        assert_eq!(base.expo_wait.count, 0);
+        let parts = [
+            ("grill".to_string(), t(0), t(300)),
+            ("grill".to_string(), t(10), t(110)),
+            ("fry".to_string(), t(0), t(60)),
+        ];
+        let r = with_stations(base, &parts, &[(t(300), t(330)), (t(60), t(50))]);
+        let grill = &r.by_station["grill"];
+        assert_eq!(grill.count, 2);
+        assert_eq!(grill.avg_seconds, Some(200.0));
+        assert_eq!(grill.p50_seconds, Some(100.0));
+        assert_eq!(grill.p90_seconds, Some(300.0));
+        assert_eq!(r.by_station["fry"].p50_seconds, Some(60.0));
+        // A clock step backwards counts as zero.
+        assert_eq!(r.expo_wait.count, 2);
+        assert_eq!(r.expo_wait.p50_seconds, Some(0.0));
+        assert_eq!(r.expo_wait.p90_seconds, Some(30.0));
     }
 }
 

@@ -96,6 +96,36 @@ pub fn decide(cur: &OrderState, change: &Change) -> Result<Decision, TransitionE
     Ok(Decision { state, update })
 }
 
+/// The one move back the state machine does not list: a station's undo of
+/// the bump that made the order ready (issue 24) takes it from `ready` back to
+/// `cooking`. Only `stations::decide` asks for it.
+pub fn reopen(cur: &OrderState, by: &str, at: DateTime<Utc>) -> Result<Decision, TransitionError> {
+    if cur.status != OrderStatus::Ready {
+        return Err(TransitionError {
+            current: cur.status,
+            requested: OrderStatus::Cooking,
+        });
+    }
+    let update = StatusUpdate {
+        order_number: cur.order_number.clone(),
+        old_status: cur.status,
+        new_status: OrderStatus::Cooking,
+        changed_by: by.to_string(),
+        timestamp: at.trunc_subsecs(6),
+        estimated_completion: cur.estimated_completion,
+        version: cur.version + 1,
+        order_type: Some(cur.order_type),
+    };
+    let mut state = next(cur, &update);
+    // Still the cook who first started it, not the one who took the bump back.
+    state.processed_by = cur.processed_by.clone();
+    Ok(Decision { state, update })
+}
+
+fn is_reopen(from: OrderStatus, to: OrderStatus) -> bool {
+    from == OrderStatus::Ready && to == OrderStatus::Cooking
+}
+
 /// Applies a Status Update to a copy of the order (the display bridge's
 /// view): the state it describes, or None when it does not follow from `cur`
 /// (another order, not the next version, not from the current status, or a
@@ -104,8 +134,14 @@ pub fn apply(cur: &OrderState, u: &StatusUpdate) -> Option<OrderState> {
     let follows = u.order_number == cur.order_number
         && u.version == cur.version + 1
         && u.old_status == cur.status
-        && cur.status.check(u.new_status).is_ok();
-    follows.then(|| next(cur, u))
+        && (cur.status.check(u.new_status).is_ok() || is_reopen(cur.status, u.new_status));
+    follows.then(|| {
+        let mut s = next(cur, u);
+        if is_reopen(cur.status, u.new_status) {
+            s.processed_by = cur.processed_by.clone();
+        }
+        s
+    })
 }
 
 /// The state after `u`, which is known to follow from `cur`.

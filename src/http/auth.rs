@@ -227,6 +227,20 @@ impl Guard {
                 );
                 Err(r)
             }
+            Decision::NoSuchRoute => {
+                tracing::info!(
+                    action = "unclassified_route_refused",
+                    source = %peer.ip(),
+                    method,
+                    path = %seg.join("/").chars().take(200).collect::<String>(),
+                    "Request to a route without an access class refused"
+                );
+                Err(json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": "no such route", "details": [{"field": "route",
+                        "message": "this method and path are not a route of this service"}]}),
+                ))
+            }
             Decision::Forbidden { role, allowed } => {
                 let name = match &facts.caller {
                     Caller::Token { name, .. } => name.as_str(),

@@ -473,6 +473,72 @@ pub fn bad_order_number(number: &str) -> ApiError {
     })])
 }
 
+/// The whole order as `GET /orders/{n}` answers it (and the station routes,
+/// docs/stations.md): every field always present (null or empty), unlike the
+/// messages, which leave out what an order does not have. `confirm` is
+/// `[expo] confirm`, for `expo.waiting`.
+pub fn whole_order(o: &crate::storage::OrderView, confirm: bool) -> Value {
+    let items: Vec<_> = o
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let parts: Vec<_> = o
+                .parts
+                .iter()
+                .filter(|p| p.item_index as usize == i)
+                .map(|p| {
+                    json!({
+                        "station": p.station,
+                        "state": p.state,
+                        "started_at": p.started_at,
+                        "started_by": p.started_by,
+                        "bumped_at": p.bumped_at,
+                        "bumped_by": p.bumped_by,
+                    })
+                })
+                .collect();
+            json!({
+                "name": item.name,
+                "quantity": item.quantity,
+                "price": item.price,
+                "notes": item.notes,
+                "modifiers": item.modifiers,
+                "allergens": item.allergens,
+                "category": item.category,
+                "stations": parts,
+            })
+        })
+        .collect();
+    let all_done = !o.parts.is_empty()
+        && o.parts
+            .iter()
+            .all(|p| p.state == crate::domain::stations::PartState::Done);
+    json!({
+        "order_number": o.order_number,
+        "customer_name": o.customer_name,
+        "order_type": o.order_type,
+        "table_number": o.table_number,
+        "delivery_address": o.delivery_address,
+        "notes": o.notes,
+        "items": items,
+        "total_amount": o.total_amount,
+        "priority": o.priority,
+        "status": o.status,
+        "processed_by": o.processed_by,
+        "created_at": o.created_at,
+        "updated_at": o.updated_at,
+        "estimated_completion": o.estimated_completion,
+        "version": o.version,
+        "rush": o.rush,
+        "expo": {
+            "confirm": confirm,
+            "waiting": confirm && all_done && o.status == crate::domain::OrderStatus::Cooking,
+            "stations_done_at": o.stations_done_at,
+        },
+    })
+}
+
 /// A store failure as the answer, by its class (the one place that maps
 /// them): 503 with Retry-After while the database is unreachable, 409 when the
 /// order changed meanwhile, 404, else 500. The cause is logged; the client

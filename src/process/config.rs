@@ -28,6 +28,8 @@ pub struct Config {
     pub security: SecurityConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub stations: StationsConfig,
+    pub expo: ExpoConfig,
 }
 
 /// A password: never printed by `Debug` or `Display`, so it cannot reach a log line.
@@ -398,6 +400,55 @@ impl Default for LogConfig {
     }
 }
 
+/// `[stations]` (issue 24, docs/stations.md): none configured, no stations.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StationsConfig {
+    /// Where items no rule matches go.
+    pub default: Option<String>,
+    /// How long a bump can be taken back.
+    pub undo_seconds: u64,
+    pub station: Vec<StationConfig>,
+    pub rule: Vec<RuleConfig>,
+}
+
+impl Default for StationsConfig {
+    fn default() -> Self {
+        StationsConfig {
+            default: None,
+            undo_seconds: 10,
+            station: Vec::new(),
+            rule: Vec::new(),
+        }
+    }
+}
+
+/// `[[stations.station]]`: thresholds default to `[display]`'s.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StationConfig {
+    pub name: String,
+    pub yellow_after_seconds: Option<u64>,
+    pub red_after_seconds: Option<u64>,
+}
+
+/// `[[stations.rule]]`: first match wins.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub category: Option<String>,
+    pub item: Option<String>,
+    #[serde(default)]
+    pub stations: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpoConfig {
+    /// The order becomes ready only when the expo confirms it.
+    pub confirm: bool,
+}
+
 /// A config problem, reported with the file and key; exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -437,6 +488,42 @@ const SPEC_ENV: [(&str, &str); 9] = [
 ];
 
 impl Config {
+    /// The kitchen's stations and routing, or None when no station is configured.
+    pub fn routing(&self) -> Option<crate::domain::stations::Routing> {
+        use crate::domain::stations::{Routing, Rule, Station};
+        let st = &self.stations;
+        if st.station.is_empty() {
+            return None;
+        }
+        Some(Routing {
+            stations: st
+                .station
+                .iter()
+                .map(|s| Station {
+                    name: s.name.clone(),
+                    yellow_after_seconds: s
+                        .yellow_after_seconds
+                        .unwrap_or(self.display.yellow_after_seconds),
+                    red_after_seconds: s
+                        .red_after_seconds
+                        .unwrap_or(self.display.red_after_seconds),
+                })
+                .collect(),
+            rules: st
+                .rule
+                .iter()
+                .map(|r| Rule {
+                    category: r.category.clone(),
+                    item: r.item.clone(),
+                    stations: r.stations.clone(),
+                })
+                .collect(),
+            default: st.default.clone().unwrap_or_default(),
+            undo: Duration::from_secs(st.undo_seconds),
+            confirm: self.expo.confirm,
+        })
+    }
+
     /// Loads defaults < file < environment. Flags are applied by the caller.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
@@ -577,6 +664,21 @@ impl Config {
         }
         if self.display.yellow_after_seconds > self.display.red_after_seconds {
             return bad("display.yellow_after_seconds must not exceed red_after_seconds".into());
+        }
+        match self.routing() {
+            None if self.stations.default.is_some() || !self.stations.rule.is_empty() => {
+                return bad(
+                    "stations.default and [[stations.rule]] need at least one [[stations.station]]"
+                        .into(),
+                );
+            }
+            None => {}
+            Some(r) => {
+                let errors = r.check();
+                if !errors.is_empty() {
+                    return bad(errors.join("; "));
+                }
+            }
         }
         // A bare word must be a level: EnvFilter would read "loud" as a target name.
         let levels = ["trace", "debug", "info", "warn", "error", "off"];
@@ -740,6 +842,52 @@ mod tests {
         let c = load_str("[orders]\nidempotency_ttl_seconds = 2\n").unwrap();
         assert_eq!(c.orders.idempotency_ttl_seconds, 2);
         assert_eq!(Config::default().orders.idempotency_ttl_seconds, 86_400);
+    }
+
+    #[test]
+    fn stations_are_off_by_default_and_checked_when_on() {
+        assert_eq!(Config::default().routing(), None);
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/stations.toml"),
+        )
+        .unwrap();
+        let c = load_str(&text).unwrap();
+        let r = c.routing().unwrap();
+        assert_eq!(r.stations.len(), 3);
+        assert_eq!(r.stations[2].red_after_seconds, 240);
+        assert!(r.confirm);
+        assert_eq!(r.undo, Duration::from_secs(10));
+        // A station without thresholds takes the board's.
+        let c =
+            load_str("[stations]\ndefault = \"a\"\n[[stations.station]]\nname = \"a\"\n").unwrap();
+        let r = c.routing().unwrap();
+        assert_eq!(r.stations[0].yellow_after_seconds, 300);
+        assert!(!r.confirm);
+        for (bad, needle) in [
+            (
+                text.replace("stations = [\"fry\"]", "stations = [\"fryer\"]"),
+                "unknown station 'fryer'",
+            ),
+            (
+                text.replace("default = \"grill\"", "default = \"bar\""),
+                "stations.default 'bar'",
+            ),
+            (
+                text.replace("undo_seconds = 10", "undo_seconds = 0"),
+                "undo_seconds",
+            ),
+            (
+                "[stations]\ndefault = \"a\"\n".to_string(),
+                "need at least one",
+            ),
+            (
+                text.replace("name = \"drinks\"", "name = \"grill\""),
+                "configured twice",
+            ),
+        ] {
+            let e = load_str(&bad).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 
 use crate::broker::topology;
 use crate::broker::{connect, connection_lost};
-use crate::domain::events::{StatusUpdate, NOTIFICATIONS_EXCHANGE};
+use crate::domain::events::{StatusUpdate, NOTIFICATIONS_EXCHANGE, STATIONS_EXCHANGE};
+use crate::domain::stations::StationUpdate;
 use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::process::config::RabbitConfig;
 use futures_util::StreamExt;
@@ -67,6 +68,24 @@ impl Subscriber {
                     None => return connection_lost(),
                 },
             };
+            if d.exchange.as_str() == STATIONS_EXCHANGE {
+                let settled = match StationUpdate::decode(&d.data) {
+                    Ok(u) => {
+                        if seen.first(u.event_id()) {
+                            print_line(&u.human_line());
+                        }
+                        d.ack(BasicAckOptions::default()).await
+                    }
+                    Err(e) => {
+                        tracing::error!(action = "message_processing_failed", error = %e, "Unreadable station update dropped");
+                        d.reject(BasicRejectOptions { requeue: false }).await
+                    }
+                };
+                if let Err(e) = settled {
+                    return e.into();
+                }
+                continue;
+            }
             let settled = match StatusUpdate::decode(&d.data) {
                 Ok(u) if seen.first(u.event_id()) => {
                     tracing::debug!(
@@ -119,6 +138,16 @@ async fn subscribe(conn: &lapin::Connection) -> Result<lapin::Consumer, lapin::E
         q.name().clone(),
         NOTIFICATIONS_EXCHANGE.into(),
         "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    // Issue 24: part and rush changes too (their own exchange, so subscribers
+    // written against the spec never see them).
+    ch.queue_bind(
+        q.name().clone(),
+        STATIONS_EXCHANGE.into(),
+        "#".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )

@@ -2,19 +2,21 @@
 //! transitions (complete = the display's bump, cancel, recall).
 
 use crate::broker::relay::Relay;
+use crate::domain::access::Caller;
 use crate::domain::idempotency;
 use crate::domain::order::{is_order_number, validate};
+use crate::domain::stations::{Action, Refusal, Routing};
 use crate::domain::OrderStatus;
 use crate::domain::ValidOrder;
 use crate::http::{
     bad_order_number, health_response, json_response, read_json, segments, static_response,
-    store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
+    store_error, whole_order, ApiError, RequestCtx, Resp, Routes, OPENAPI,
 };
 use crate::process::failpoint;
 use crate::process::metrics;
 use crate::storage::{
-    CreatedOrder, Durability, IdempotencyKey, KeyedOutcome, SharedStore, Transition,
-    TransitionOutcome,
+    CreatedOrder, Durability, IdempotencyKey, KeyedOutcome, SharedStore, StationChange,
+    StationOutcome, Transition, TransitionOutcome,
 };
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
@@ -29,6 +31,9 @@ pub struct OrderApi {
     pub relay: Relay,
     pub guard: std::sync::Arc<crate::http::auth::Guard>,
     pub idempotency: Idempotency,
+    /// The kitchen's stations (issue 24): routes items at intake, and the
+    /// station routes' rules. None without stations.
+    pub routing: Option<std::sync::Arc<Routing>>,
 }
 
 /// How `Idempotency-Key`s are kept (issue 14).
@@ -75,6 +80,10 @@ impl Routes for OrderApi {
         let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
         match (req.method().clone(), seg.as_slice()) {
             (Method::POST, ["orders"]) => self.create(req, &ctx).await,
+            (Method::POST, ["orders", n, "rush"]) => {
+                self.station(n, EXPO_BY, Action::Rush(true), req, &ctx)
+                    .await
+            }
             (Method::POST, ["orders", n, action]) => {
                 let to = match *action {
                     "complete" => OrderStatus::Completed,
@@ -84,6 +93,32 @@ impl Routes for OrderApi {
                 };
                 self.transition(n, to, &ctx).await
             }
+            (
+                Method::POST,
+                ["orders", n, "stations", st, "items", i, act @ ("start" | "bump" | "undo")],
+            ) => {
+                let item = item_index(i)?;
+                let station = st.to_string();
+                let action = match *act {
+                    "start" => Action::Start { station, item },
+                    "bump" => Action::Bump { station, item },
+                    _ => Action::Undo { station, item },
+                };
+                self.station(n, st, action, req, &ctx).await
+            }
+            (Method::POST, ["orders", n, "stations", st, "bump"]) => {
+                let action = Action::BumpStation {
+                    station: st.to_string(),
+                };
+                self.station(n, st, action, req, &ctx).await
+            }
+            (Method::POST, ["orders", n, "expo", "confirm"]) => {
+                self.station(n, EXPO_BY, Action::Confirm, req, &ctx).await
+            }
+            (_, ["orders", _, "stations", _, "items", _, "start" | "bump" | "undo"])
+            | (_, ["orders", _, "stations", _, "bump"])
+            | (_, ["orders", _, "expo", "confirm"])
+            | (_, ["orders", _, "rush"]) => Err(ApiError::method_not_allowed("POST")),
             (_, ["orders"]) | (_, ["orders", _, "complete" | "cancel" | "recall"]) => {
                 Err(ApiError::method_not_allowed("POST"))
             }
@@ -120,6 +155,11 @@ impl OrderApi {
                     .collect(),
             )
         })?;
+        // Each item to its stations, once, at intake (docs/stations.md).
+        let order = match &self.routing {
+            Some(r) => r.route_order(order),
+            None => order,
+        };
         tracing::debug!(
             action = "order_received",
             customer_name = %order.customer_name,
@@ -295,6 +335,121 @@ impl OrderApi {
         }
     }
 
+    /// The station and expo routes (issue 24, docs/stations.md). `station`
+    /// is the station named in the route (`expo` for the expo's): unknown,
+    /// 404; also the default name of who did it.
+    async fn station(
+        &self,
+        number: &str,
+        station: &str,
+        mut action: Action,
+        req: Request<Incoming>,
+        ctx: &RequestCtx,
+    ) -> Result<Resp, ApiError> {
+        if !is_order_number(number) {
+            return Err(bad_order_number(number));
+        }
+        let Some(routing) = &self.routing else {
+            return Err(refused(
+                StatusCode::CONFLICT,
+                "stations_not_configured",
+                "this kitchen has no stations ([stations] in the config)".into(),
+            ));
+        };
+        if station != EXPO_BY && !routing.is_station(station) {
+            return Err(ApiError::not_found(format!("no station '{station}'")));
+        }
+        // An optional body: {"by": NAME} (and {"rush": false} for the rush route).
+        let body = if req.headers().contains_key(hyper::header::CONTENT_TYPE) {
+            Some(read_json(req, ctx).await?)
+        } else {
+            None
+        };
+        let field = |name: &str| {
+            body.as_ref()
+                .and_then(|b| b.get(name))
+                .filter(|v| !v.is_null())
+        };
+        if let Some(b) = &body {
+            let known = ["by", "rush"];
+            if let Some(k) = b
+                .as_object()
+                .and_then(|o| o.keys().find(|k| !known.contains(&k.as_str())))
+            {
+                return Err(bad_field(k, "unknown field"));
+            }
+            if !b.is_object() {
+                return Err(bad_field("body", "must be a JSON object"));
+            }
+        }
+        let by = match field("by") {
+            None => match &ctx.caller {
+                Caller::Token { name, .. } => name.clone(),
+                _ => station.to_string(),
+            },
+            Some(serde_json::Value::String(s)) if crate::domain::is_plain_name(s) => s.clone(),
+            Some(_) => {
+                return Err(bad_field(
+                    "by",
+                    "must be 1-64 ASCII letters, digits, '_', '-' or '.'",
+                ))
+            }
+        };
+        match (field("rush"), &mut action) {
+            (None, _) => {}
+            (Some(serde_json::Value::Bool(on)), Action::Rush(r)) => *r = *on,
+            (Some(_), Action::Rush(_)) => return Err(bad_field("rush", "must be true or false")),
+            (Some(_), _) => return Err(bad_field("rush", "unknown field")),
+        }
+        let change = StationChange {
+            order_number: number.to_string(),
+            action,
+            by,
+            request_id: ctx.request_id.clone(),
+            now: chrono::Utc::now(),
+        };
+        let outcome = self
+            .store
+            .station_change(&change, routing)
+            .await
+            .map_err(|e| store_error(e, "db_transaction_failed", "Could not change the order"))?;
+        match outcome {
+            StationOutcome::Applied { order, changed } => {
+                if changed {
+                    self.relay.wake();
+                    tracing::info!(
+                        action = "order_station_changed",
+                        order_number = %number,
+                        change = ?change.action,
+                        changed_by = %change.by,
+                        status = %order.status,
+                        "Order changed at a station"
+                    );
+                }
+                let mut body = whole_order(&order, routing.confirm);
+                body["changed"] = json!(changed);
+                Ok(json_response(StatusCode::OK, &body))
+            }
+            StationOutcome::NotFound => {
+                Err(ApiError::not_found(format!("order {number} not found")))
+            }
+            StationOutcome::Refused(r) => Err(match &r {
+                Refusal::ItemNotAtStation { .. } | Refusal::NothingAtStation(_) => {
+                    refused(StatusCode::NOT_FOUND, "item_not_at_station", r.to_string())
+                }
+                Refusal::OrderClosed(_) => {
+                    refused(StatusCode::CONFLICT, "order_closed", r.to_string())
+                }
+                Refusal::UndoTooLate(_) => {
+                    refused(StatusCode::CONFLICT, "undo_too_late", r.to_string())
+                }
+                Refusal::ExpoNotWaiting => {
+                    refused(StatusCode::CONFLICT, "expo_not_waiting", r.to_string())
+                }
+            }),
+        }
+    }
+
     async fn health(&self) -> Resp {
         let db = self.store.ping().await.map_err(|e| e.to_string());
         let mq = if self.relay.link().is_up() {
@@ -328,4 +483,27 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> 
     idempotency::parse_key(v.as_bytes())
         .map(|k| Some(k.to_string()))
         .ok_or_else(bad)
+}
+
+/// Who the expo routes say did it, without a `by` or a token.
+const EXPO_BY: &str = crate::domain::stations::EXPO;
+
+/// A refusal of a station route: its stable code in `details[0].code`.
+fn refused(status: StatusCode, code: &str, message: String) -> ApiError {
+    ApiError::new(status, message.clone()).with_details(vec![
+        json!({"field": "order", "message": message, "code": code}),
+    ])
+}
+
+fn bad_field(field: &str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad request")
+        .with_details(vec![json!({"field": field, "message": message})])
+}
+
+/// An item's place in the order, from the URL: 0-19.
+fn item_index(s: &str) -> Result<i32, ApiError> {
+    s.parse::<i32>()
+        .ok()
+        .filter(|i| (0..crate::domain::order::MAX_ITEMS as i32).contains(i))
+        .ok_or_else(|| bad_field("item", "must be an item's place in the order, 0-19"))
 }

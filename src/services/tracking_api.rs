@@ -5,9 +5,10 @@
 use crate::domain::access::{Caller, Role, HOW_TO_GET_A_TOKEN};
 use crate::domain::order::is_order_number;
 use crate::domain::speed;
+use crate::domain::stations::Routing;
 use crate::http::{
     bad_order_number, health_response, json_response, query_param, segments, static_response,
-    store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
+    store_error, whole_order, ApiError, RequestCtx, Resp, Routes, OPENAPI,
 };
 use crate::process::config::DisplayConfig;
 use crate::storage::{SharedStore, StoreError};
@@ -25,6 +26,8 @@ pub struct TrackingApi {
     pub guard: std::sync::Arc<crate::http::auth::Guard>,
     /// Whether this listener is the process's `/metrics` endpoint.
     pub metrics: bool,
+    /// The kitchen's stations (issue 24); None without stations.
+    pub routing: Option<std::sync::Arc<Routing>>,
 }
 
 /// The display page: our own files from `web/src/`, and the MQTT client that
@@ -89,6 +92,8 @@ impl Routes for TrackingApi {
                     | ["reports", "speed-of-service"]
                     | ["board", ..]
                     | ["workers", "status"]
+                    | ["stations"]
+                    | ["tickets"]
                     | ["health"]
                     | ["openapi.yaml"]
                     | ["display", ..]
@@ -107,6 +112,8 @@ impl Routes for TrackingApi {
             ["board"] => file(BOARD, "").ok_or_else(|| ApiError::not_found("no such file")),
             ["board", name] => file(BOARD, name).ok_or_else(|| ApiError::not_found("no such file")),
             ["workers", "status"] => self.workers().await,
+            ["stations"] => Ok(self.stations()),
+            ["tickets"] => self.tickets(req.uri().query()).await,
             ["health"] => Ok(self.health().await),
             ["openapi.yaml"] => Ok(static_response("application/yaml", OPENAPI)),
             ["display", "config.json"] => self.display_config(&ctx.caller),
@@ -193,42 +200,55 @@ impl TrackingApi {
             .await
             .map_err(|e| store_error(e, "db_query_failed", "Order query failed"))?
             .ok_or_else(|| ApiError::not_found(format!("order {number} not found")))?;
-        // Every field always present (null or empty), unlike the messages, which
-        // leave out what an order does not have.
-        let items: Vec<_> = o
-            .items
-            .iter()
-            .map(|i| {
-                json!({
-                    "name": i.name,
-                    "quantity": i.quantity,
-                    "price": i.price,
-                    "notes": i.notes,
-                    "modifiers": i.modifiers,
-                    "allergens": i.allergens,
-                })
-            })
-            .collect();
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "order_number": o.order_number,
-                "customer_name": o.customer_name,
-                "order_type": o.order_type,
-                "table_number": o.table_number,
-                "delivery_address": o.delivery_address,
-                "notes": o.notes,
-                "items": items,
-                "total_amount": o.total_amount,
-                "priority": o.priority,
-                "status": o.status,
-                "processed_by": o.processed_by,
-                "created_at": o.created_at,
-                "updated_at": o.updated_at,
-                "estimated_completion": o.estimated_completion,
-                "version": o.version,
+        let confirm = self.routing.as_ref().is_some_and(|r| r.confirm);
+        Ok(json_response(StatusCode::OK, &whole_order(&o, confirm)))
+    }
+
+    /// `GET /stations`: what the screens need of the configuration.
+    fn stations(&self) -> Resp {
+        let body = match &self.routing {
+            None => json!({"stations": [], "default": null, "undo_seconds": null,
+                           "expo": {"confirm": false}}),
+            Some(r) => json!({
+                "stations": r.stations.iter().map(|s| json!({
+                    "name": s.name,
+                    "yellow_after_seconds": s.yellow_after_seconds,
+                    "red_after_seconds": s.red_after_seconds,
+                })).collect::<Vec<_>>(),
+                "default": r.default,
+                "undo_seconds": r.undo.as_secs(),
+                "expo": {"confirm": r.confirm},
             }),
-        ))
+        };
+        json_response(StatusCode::OK, &body)
+    }
+
+    /// `GET /tickets[?station=NAME]`: a station's screen, or the expo's.
+    async fn tickets(&self, query: Option<&str>) -> Result<Resp, ApiError> {
+        let station = match query_param(query, "station") {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(())) => {
+                return Err(
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad station").with_details(vec![
+                        json!({"field": "station", "message": "must be UTF-8 text"}),
+                    ]),
+                )
+            }
+        };
+        if let Some(s) = &station {
+            if !self.routing.as_ref().is_some_and(|r| r.is_station(s)) {
+                return Err(ApiError::not_found(format!("no station '{s}'")));
+            }
+        }
+        let orders = self
+            .store
+            .tickets(station.as_deref())
+            .await
+            .map_err(|e| store_error(e, "db_query_failed", "Tickets query failed"))?;
+        let confirm = self.routing.as_ref().is_some_and(|r| r.confirm);
+        let body: Vec<_> = orders.iter().map(|o| whole_order(o, confirm)).collect();
+        Ok(json_response(StatusCode::OK, &body))
     }
 
     async fn speed_of_service(&self, query: Option<&str>) -> Result<Resp, ApiError> {
@@ -258,10 +278,14 @@ impl TrackingApi {
             .ticket_times(from, to)
             .await
             .map_err(|e| store_error(e, "db_query_failed", "Speed-of-service query failed"))?;
-        Ok(json_response(
-            StatusCode::OK,
-            &speed::report(from, to, &tickets),
-        ))
+        let times = self
+            .store
+            .station_times(from, to)
+            .await
+            .map_err(|e| store_error(e, "db_query_failed", "Speed-of-service query failed"))?;
+        let report =
+            speed::with_stations(speed::report(from, to, &tickets), &times.parts, &times.expo);
+        Ok(json_response(StatusCode::OK, &report))
     }
 
     async fn workers(&self) -> Result<Resp, ApiError> {

@@ -31,4 +31,5 @@ migrations! {
     3 => "003_api_tokens",
     4 => "004_kitchen_notes",
     5 => "005_idempotency_keys",
+    6 => "006_stations",
 }

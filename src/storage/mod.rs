@@ -17,6 +17,7 @@ use crate::domain::error::Class;
 use crate::domain::events::{OrderMessage, StatusUpdate, ORDERS_EXCHANGE};
 use crate::domain::kitchen_notes::Allergen;
 use crate::domain::speed::TicketTimes;
+use crate::domain::stations::{Action, Part, PartState, Refusal, Routing, Ticket, TicketDecision};
 use crate::domain::transition::{Change, Decision, OrderState};
 use crate::domain::{Cents, Item, OrderStatus, OrderType, TransitionError, ValidOrder};
 use crate::process::config::{DatabaseConfig, StorageBackend};
@@ -236,6 +237,12 @@ pub struct OrderView {
     pub version: i64,
     /// The order's note for the kitchen (issue 13).
     pub notes: Option<String>,
+    /// Issue 24: the expo's rush mark.
+    pub rush: bool,
+    /// When the last part was bumped (None while a part is open, or without stations).
+    pub stations_done_at: Option<DateTime<Utc>>,
+    /// Every part (an item at a station), by item then station; empty without stations.
+    pub parts: Vec<Part>,
 }
 
 impl OrderView {
@@ -260,6 +267,18 @@ impl OrderView {
             completed_at: None,
             version: 1,
             notes: m.notes.clone(),
+            rush: false,
+            stations_done_at: None,
+            parts: m
+                .items
+                .iter()
+                .enumerate()
+                .flat_map(|(i, item)| {
+                    item.stations
+                        .iter()
+                        .map(move |s| Part::waiting(i as i32, s))
+                })
+                .collect(),
         })
     }
 
@@ -306,6 +325,89 @@ pub struct HistoryEntry {
     pub status: OrderStatus,
     pub timestamp: DateTime<Utc>,
     pub changed_by: String,
+    /// Issue 24: a part's change (station, item and its new state) or a rush
+    /// change; absent from status entries, so those keep the spec's shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub station: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_index: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_state: Option<PartState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rush: Option<bool>,
+}
+
+impl HistoryEntry {
+    /// A status-log row.
+    pub fn status(status: OrderStatus, timestamp: DateTime<Utc>, changed_by: String) -> Self {
+        HistoryEntry {
+            status,
+            timestamp,
+            changed_by,
+            station: None,
+            item_index: None,
+            item: None,
+            item_state: None,
+            rush: None,
+        }
+    }
+}
+
+/// The status log and the part/rush events of one order, as one history in
+/// time order; at the same instant a part's change comes before the status
+/// change it caused.
+fn merge_history(status: Vec<HistoryEntry>, parts: Vec<HistoryEntry>) -> Vec<HistoryEntry> {
+    let mut all: Vec<(bool, HistoryEntry)> = parts
+        .into_iter()
+        .map(|e| (false, e))
+        .chain(status.into_iter().map(|e| (true, e)))
+        .collect();
+    // Stable: each source keeps its own order.
+    all.sort_by(|a, b| a.1.timestamp.cmp(&b.1.timestamp).then(a.0.cmp(&b.0)));
+    all.into_iter().map(|(_, e)| e).collect()
+}
+
+/// Gives each part entry of a history its item's name (`names` in the
+/// order's item order).
+fn name_items(entries: &mut [HistoryEntry], names: &[String]) {
+    for e in entries {
+        e.item = e
+            .item_index
+            .and_then(|i| names.get(usize::try_from(i).ok()?))
+            .cloned();
+    }
+}
+
+/// A station change as asked (issue 24): who asks what of which order.
+#[derive(Debug, Clone)]
+pub struct StationChange {
+    pub order_number: String,
+    pub action: Action,
+    pub by: String,
+    pub request_id: String,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StationOutcome {
+    /// The order afterwards; `changed` false: nothing to do, nothing written.
+    Applied {
+        order: Box<OrderView>,
+        changed: bool,
+    },
+    Refused(Refusal),
+    NotFound,
+}
+
+/// The samples of the report's `by_station` and `expo_wait`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StationTimes {
+    /// One per done part: station, order received, part bumped.
+    pub parts: Vec<(String, DateTime<Utc>, DateTime<Utc>)>,
+    /// One per order done at every station that became ready: stations done, first ready.
+    pub expo: Vec<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 pub use crate::domain::worker::{Registered, WorkerRegistration, WorkerRow};
@@ -434,6 +536,70 @@ pub trait Store: TokenStore + Send + Sync + 'static {
             ),
         ))
     }
+
+    /// Applies a station change (issue 24): reads the ticket, decides
+    /// (`domain::stations::decide`) and persists the decision with a
+    /// compare-and-set on the order's version, retrying when it misses.
+    async fn station_change(
+        &self,
+        c: &StationChange,
+        routing: &Routing,
+    ) -> Result<StationOutcome, StoreError> {
+        for _ in 0..CAS_TRIES {
+            let Some(cur) = self.ticket(&c.order_number).await? else {
+                return Ok(StationOutcome::NotFound);
+            };
+            let d = match crate::domain::stations::decide(&cur, &c.action, &c.by, c.now, routing) {
+                Ok(d) => d,
+                Err(r) => return Ok(StationOutcome::Refused(r)),
+            };
+            if d.changed() && !self.persist_ticket(c, &cur, &d).await? {
+                continue;
+            }
+            return match self.order(&c.order_number).await? {
+                Some(order) => Ok(StationOutcome::Applied {
+                    order: Box::new(order),
+                    changed: d.changed(),
+                }),
+                None => Ok(StationOutcome::NotFound),
+            };
+        }
+        Err(StoreError::new(
+            Class::Conflict,
+            format!(
+                "order {} kept changing during the station change",
+                c.order_number
+            ),
+        ))
+    }
+
+    /// What a station change reads: the order's state, rush, stations done,
+    /// items and parts.
+    async fn ticket(&self, order_number: &str) -> Result<Option<Ticket>, StoreError>;
+
+    /// The backend's half of `station_change`, in one transaction, only if
+    /// the order is still at `cur`'s version: the order's columns, the changed
+    /// parts, a status-log row per Status Update, a history row per Station
+    /// Update and an outbox row per message, in the decision's order; durable
+    /// before it answers. False when the compare-and-set missed (nothing written).
+    async fn persist_ticket(
+        &self,
+        c: &StationChange,
+        cur: &Ticket,
+        d: &TicketDecision,
+    ) -> Result<bool, StoreError>;
+
+    /// The open orders that have parts, for the screens: with `station`, the
+    /// received or cooking ones with a part there not done yet; without, every
+    /// open one (the expo). Rush first, then oldest (`stations::screen_order`).
+    async fn tickets(&self, station: Option<&str>) -> Result<Vec<OrderView>, StoreError>;
+
+    /// The report's station samples for the orders received in `[from, to)`.
+    async fn station_times(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<StationTimes, StoreError>;
 
     /// The order's state (its columns without the items), for `transition_from`.
     async fn order_state(&self, order_number: &str) -> Result<Option<OrderState>, StoreError>;
@@ -603,6 +769,51 @@ fn item_from_columns(
             .unwrap_or_default(),
         ..Item::new(name, quantity, price)
     })
+}
+
+/// Gives each of `orders` (whose database ids are `ids`) its parts, read for
+/// all of them at once as `(order id, part)`, and each item the names of its
+/// stations (as the Order Message carried them).
+fn attach_parts<I: std::hash::Hash + Eq + Copy>(
+    orders: &mut [OrderView],
+    ids: &[I],
+    parts: Vec<(I, Part)>,
+) {
+    let at: std::collections::HashMap<I, usize> =
+        ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    for (order_id, part) in parts {
+        if let Some(&i) = at.get(&order_id) {
+            if let Some(item) = orders[i].items.get_mut(part.item_index as usize) {
+                item.stations.push(part.station.clone());
+            }
+            orders[i].parts.push(part);
+        }
+    }
+}
+
+/// The screens' order (`stations::screen_order`).
+fn sort_for_screens(orders: &mut [OrderView]) {
+    orders.sort_by(|a, b| {
+        crate::domain::stations::screen_order(
+            (a.rush, a.created_at, &a.order_number),
+            (b.rush, b.created_at, &b.order_number),
+        )
+    });
+}
+
+/// The ticket of an order read with its items and parts.
+fn ticket_of(o: &OrderView) -> Ticket {
+    Ticket {
+        state: o.state(),
+        rush: o.rush,
+        stations_done_at: o.stations_done_at,
+        items: o
+            .items
+            .iter()
+            .map(|i| (i.name.clone(), i.quantity))
+            .collect(),
+        parts: o.parts.clone(),
+    }
 }
 
 /// Gives each of `orders` (whose database ids are `ids`, in the same order)

@@ -673,7 +673,11 @@ impl State {
         let payload = order_state(view, self.expo_confirm, Utc::now());
         let stations = stations_of(view);
         let mut done = done;
-        let order_done = if stations.is_empty() { done.take() } else { None };
+        let order_done = if stations.is_empty() {
+            done.take()
+        } else {
+            None
+        };
         self.publish(
             self.topics.order(&view.order_number),
             true,

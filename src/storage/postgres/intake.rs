@@ -268,6 +268,11 @@ struct Columns {
     item_notes: Vec<Option<String>>,
     item_modifiers: Vec<Option<String>>,
     item_allergens: Vec<Option<String>>,
+    item_category: Vec<Option<String>>,
+    /// One per part (issue 24): its order's index, its item's 0-based place, the station.
+    part_order: Vec<i32>,
+    part_item: Vec<i32>,
+    part_station: Vec<String>,
 }
 
 impl Columns {
@@ -293,7 +298,13 @@ impl Columns {
         self.prio.push(i16::from(prio));
         self.request_id.push(request_id.to_string());
         self.notes.push(o.notes.clone());
-        for item in &o.items {
+        for (k, item) in o.items.iter().enumerate() {
+            for station in &item.stations {
+                self.part_order.push(idx);
+                self.part_item.push(k as i32);
+                self.part_station.push(station.clone());
+            }
+            self.item_category.push(item.category.clone());
             let (notes, modifiers, allergens) = item_detail_columns(item);
             self.item_notes.push(notes);
             self.item_modifiers.push(modifiers);
@@ -314,7 +325,7 @@ impl Columns {
         now: &'a DateTime<Utc>,
         n: &'a i32,
         owner: &'a &str,
-    ) -> [&'a (dyn ToSql + Sync); 23] {
+    ) -> [&'a (dyn ToSql + Sync); 27] {
         [
             day,
             now,
@@ -339,6 +350,10 @@ impl Columns {
             &self.item_notes,
             &self.item_modifiers,
             &self.item_allergens,
+            &self.item_category,
+            &self.part_order,
+            &self.part_item,
+            &self.part_station,
         ]
     }
 }
@@ -349,8 +364,9 @@ impl Columns {
 /// and the order, its items, its first history row and its outbox message (the
 /// JSON of `OrderMessage` with the number filled in) are written. Order-level
 /// arrays ($4-$13, and $20 the notes) have one element per order; item arrays
-/// ($14-$17, and $21-$23 the kitchen details) one per item, with the 1-based
-/// index of its order. Returns the numbers in batch
+/// ($14-$17, $21-$23 the kitchen details and $24 the category) one per item,
+/// with the 1-based index of its order; part arrays ($25-$27, issue 24) one per
+/// part: its order's index, its item's 0-based place, the station. Returns the numbers in batch
 /// order. `bench/order_tx.sql` is the one-order case, for pgbench.
 const CREATE_ORDERS_SQL: &str = r#"
 with c as (
@@ -375,10 +391,17 @@ with c as (
     from n order by idx
     returning id, number
 ), i as (
-    insert into order_items (created_at, order_id, name, quantity, price, notes, modifiers, allergens)
-    select $2, o.id, t.name, t.quantity, t.price_cents / 100.0, t.notes, t.modifiers, t.allergens
-    from unnest($14::int[], $15::text[], $16::int[], $17::bigint[], $21::text[], $22::text[], $23::text[])
-        with ordinality as t(order_idx, name, quantity, price_cents, notes, modifiers, allergens, k)
+    insert into order_items (created_at, order_id, name, quantity, price, notes, modifiers, allergens, category)
+    select $2, o.id, t.name, t.quantity, t.price_cents / 100.0, t.notes, t.modifiers, t.allergens, t.category
+    from unnest($14::int[], $15::text[], $16::int[], $17::bigint[], $21::text[], $22::text[], $23::text[], $24::text[])
+        with ordinality as t(order_idx, name, quantity, price_cents, notes, modifiers, allergens, category, k)
+    join n on n.idx = t.order_idx
+    join o on o.number = n.number
+    order by t.k
+), p as (
+    insert into order_item_stations (order_id, item_index, station)
+    select o.id, t.item_index, t.station
+    from unnest($25::int[], $26::int[], $27::text[]) with ordinality as t(order_idx, item_index, station, k)
     join n on n.idx = t.order_idx
     join o on o.number = n.number
     order by t.k
@@ -406,7 +429,7 @@ mod tests {
             .skip(1)
             .map(|s| &s[..s.find(')').map_or(s.len(), |i| i + 1)])
             .collect();
-        assert_eq!(inserts.len(), 5);
+        assert_eq!(inserts.len(), 6);
         let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
         let script = squash(script);
         for cols in inserts {

@@ -2,6 +2,7 @@
 //! dead connections, so a restarted server is picked up again on its own).
 
 mod intake;
+mod stations;
 
 use crate::domain::error::Class;
 use crate::domain::events::NOTIFICATIONS_EXCHANGE;
@@ -309,7 +310,7 @@ fn sqlstate_class(code: &SqlState) -> Class {
     }
 }
 
-const ORDER_COLUMNS: &str = "o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address, (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by, o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version, o.notes";
+const ORDER_COLUMNS: &str = "o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address, (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by, o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version, o.notes, o.rush, o.stations_done_at";
 
 fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
     let parse = |s: String| StoreError::new(Class::Permanent, s);
@@ -343,6 +344,9 @@ fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
             completed_at: r.try_get(13).map_err(pg_err)?,
             version: r.try_get(14).map_err(pg_err)?,
             notes: r.try_get(15).map_err(pg_err)?,
+            rush: r.try_get(16).map_err(pg_err)?,
+            stations_done_at: r.try_get(17).map_err(pg_err)?,
+            parts: Vec::new(),
         },
     ))
 }
@@ -352,13 +356,21 @@ async fn items_of(c: &Object, ids: &[i32]) -> Result<Vec<(i32, Item)>, StoreErro
     // Prepared once per connection: every order read runs it.
     let st = c
         .prepare_cached(
-            "select name, quantity, (price * 100)::bigint, notes, modifiers, allergens, order_id from order_items where order_id = any($1) order by order_id, id",
+            "select name, quantity, (price * 100)::bigint, notes, modifiers, allergens, order_id, category from order_items where order_id = any($1) order by order_id, id",
         )
         .await
         .map_err(pg_err)?;
     let rows = c.query(&st, &[&ids]).await.map_err(pg_err)?;
     rows.iter()
-        .map(|r| Ok((r.try_get(6).map_err(pg_err)?, item_row(r)?)))
+        .map(|r| {
+            Ok((
+                r.try_get(6).map_err(pg_err)?,
+                Item {
+                    category: r.try_get(7).map_err(pg_err)?,
+                    ..item_row(r)?
+                },
+            ))
+        })
         .collect()
 }
 
@@ -391,6 +403,9 @@ async fn load_order(c: &Object, number: &str) -> Result<Option<OrderView>, Store
         .into_iter()
         .map(|(_, i)| i)
         .collect();
+    let mut one = [view];
+    attach_parts(&mut one, &[id], stations::parts_of(c, &[id]).await?);
+    let [view] = one;
     Ok(Some(view))
 }
 
@@ -428,7 +443,8 @@ with done as (
     where o.number = $1 and o.status = $2 and o.version = $3
     returning o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
         (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by,
-        o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version, o.notes
+        o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version, o.notes,
+        o.rush, o.stations_done_at
 ), w as (
     update workers set orders_processed = orders_processed + 1
     where $10 and name = $11 and exists (select 1 from done)
@@ -564,6 +580,35 @@ impl Store for PgStore {
         load_order(&c, order_number).await
     }
 
+    async fn ticket(&self, order_number: &str) -> Result<Option<Ticket>, StoreError> {
+        let c = self.client().await?;
+        Ok(load_order(&c, order_number).await?.as_ref().map(ticket_of))
+    }
+
+    async fn persist_ticket(
+        &self,
+        c: &StationChange,
+        cur: &Ticket,
+        d: &TicketDecision,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.client().await?;
+        stations::persist_ticket(&mut conn, &self.owner, c, cur, d).await
+    }
+
+    async fn tickets(&self, station: Option<&str>) -> Result<Vec<OrderView>, StoreError> {
+        let c = self.client().await?;
+        stations::tickets(&c, station).await
+    }
+
+    async fn station_times(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<StationTimes, StoreError> {
+        let c = self.client().await?;
+        stations::station_times(&c, from, to).await
+    }
+
     async fn status(&self, order_number: &str) -> Result<Option<OrderStatus>, StoreError> {
         let c = self.client().await?;
         let st = c
@@ -597,20 +642,23 @@ impl Store for PgStore {
             )
             .await
             .map_err(pg_err)?;
-        rows.iter()
+        let status = rows
+            .iter()
             .map(|r| {
-                Ok(HistoryEntry {
-                    status: r
-                        .try_get::<_, String>(0)
+                Ok(HistoryEntry::status(
+                    r.try_get::<_, String>(0)
                         .map_err(pg_err)?
                         .parse()
                         .map_err(|e| StoreError::new(Class::Permanent, e))?,
-                    timestamp: r.try_get(1).map_err(pg_err)?,
-                    changed_by: r.try_get(2).map_err(pg_err)?,
-                })
+                    r.try_get(1).map_err(pg_err)?,
+                    r.try_get(2).map_err(pg_err)?,
+                ))
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(merge_history(
+            status,
+            stations::part_history(&c, id).await?,
+        )))
     }
 
     async fn open_orders(&self) -> Result<Vec<OrderView>, StoreError> {
@@ -623,6 +671,7 @@ impl Store for PgStore {
             rows.iter().map(order_row).collect::<Result<_, _>>()?;
         // Every open order's items in one query, not one query per order.
         attach_items(&mut out, &ids, items_of(&c, &ids).await?);
+        attach_parts(&mut out, &ids, stations::parts_of(&c, &ids).await?);
         Ok(out)
     }
 

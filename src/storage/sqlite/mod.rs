@@ -34,6 +34,7 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod stations;
 mod tokens;
 
 const MAX_BATCH: usize = 256;
@@ -467,7 +468,7 @@ fn parse_col<T: std::str::FromStr<Err = String>>(s: String) -> rusqlite::Result<
     })
 }
 
-const ORDER_COLUMNS: &str = "id, number, customer_name, type, table_number, delivery_address, total_cents, priority, status, processed_by, created_at, updated_at, estimated_completion, completed_at, version, notes";
+const ORDER_COLUMNS: &str = "id, number, customer_name, type, table_number, delivery_address, total_cents, priority, status, processed_by, created_at, updated_at, estimated_completion, completed_at, version, notes, rush, stations_done_at";
 
 fn order_row(r: &Row) -> rusqlite::Result<(i64, OrderView)> {
     Ok((
@@ -489,6 +490,9 @@ fn order_row(r: &Row) -> rusqlite::Result<(i64, OrderView)> {
             completed_at: opt_ts(r.get(13)?)?,
             version: r.get(14)?,
             notes: r.get(15)?,
+            rush: r.get(16)?,
+            stations_done_at: opt_ts(r.get(17)?)?,
+            parts: Vec::new(),
         },
     ))
 }
@@ -500,7 +504,7 @@ fn items_of(conn: &Connection, ids: &[i64]) -> Result<Vec<(i64, Item)>, StoreErr
         .map_err(|e| StoreError::caused_by(Class::Permanent, "encoding order ids", e))?;
     let mut st = conn
         .prepare_cached(
-            "select name, quantity, price_cents, notes, modifiers, allergens, order_id from order_items
+            "select name, quantity, price_cents, notes, modifiers, allergens, order_id, category from order_items
              where order_id in (select value from json_each(?1)) order by order_id, id",
         )
         .map_err(sql_err)?;
@@ -516,17 +520,23 @@ fn items_of(conn: &Connection, ids: &[i64]) -> Result<Vec<(i64, Item)>, StoreErr
                     r.get::<_, Option<String>>(4)?,
                     r.get::<_, Option<String>>(5)?,
                 ),
+                r.get::<_, Option<String>>(7)?,
             ))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(sql_err)?;
     rows.into_iter()
-        .map(|(id, (name, qty, price, notes, mods, allergens))| {
-            Ok((
-                id,
-                item_from_columns(name, qty, price, notes, mods, allergens)?,
-            ))
-        })
+        .map(
+            |(id, (name, qty, price, notes, mods, allergens), category)| {
+                Ok((
+                    id,
+                    Item {
+                        category,
+                        ..item_from_columns(name, qty, price, notes, mods, allergens)?
+                    },
+                ))
+            },
+        )
         .collect()
 }
 
@@ -539,6 +549,9 @@ fn load_order(conn: &Connection, number: &str) -> Result<Option<(i64, OrderView)
     match found {
         Some((id, mut view)) => {
             view.items = items_of(conn, &[id])?.into_iter().map(|(_, i)| i).collect();
+            let mut one = [view];
+            attach_parts(&mut one, &[id], stations::parts_of(conn, &[id])?);
+            let [view] = one;
             Ok(Some((id, view)))
         }
         None => Ok(None),
@@ -658,7 +671,7 @@ fn create_order_tx(
     {
         let mut st = conn
             .prepare_cached(
-                "insert into order_items (created_at, order_id, name, quantity, price_cents, notes, modifiers, allergens) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "insert into order_items (created_at, order_id, name, quantity, price_cents, notes, modifiers, allergens, category) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .map_err(sql_err)?;
         for item in &order.items {
@@ -671,11 +684,13 @@ fn create_order_tx(
                 item.price.0,
                 notes,
                 modifiers,
-                allergens
+                allergens,
+                item.category
             ])
             .map_err(sql_err)?;
         }
     }
+    stations::insert_parts(conn, order_id, &order.items)?;
     conn.prepare_cached(
         "insert into order_status_log (created_at, order_id, status, changed_by, changed_at) values (?1, ?2, 'received', 'order-service', ?1)",
     )
@@ -860,6 +875,39 @@ impl Store for SqliteStore {
         self.read(move |c| order_state(c, &n)).await
     }
 
+    async fn ticket(&self, order_number: &str) -> Result<Option<Ticket>, StoreError> {
+        let n = order_number.to_string();
+        self.read(move |c| stations::ticket(c, &n)).await
+    }
+
+    /// On the writer thread, in its transaction, synced before the answer.
+    async fn persist_ticket(
+        &self,
+        c: &StationChange,
+        cur: &Ticket,
+        d: &TicketDecision,
+    ) -> Result<bool, StoreError> {
+        let (c, cur, d) = (c.clone(), cur.clone(), d.clone());
+        let owner = self.owner.clone();
+        self.write(move |conn| stations::persist_ticket(conn, &owner, &c, &cur, &d))
+            .await
+    }
+
+    async fn tickets(&self, station: Option<&str>) -> Result<Vec<OrderView>, StoreError> {
+        let station = station.map(str::to_string);
+        self.read(move |c| stations::tickets(c, station.as_deref()))
+            .await
+    }
+
+    async fn station_times(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<StationTimes, StoreError> {
+        self.read(move |c| stations::station_times(c, from, to))
+            .await
+    }
+
     /// On the writer thread, in its transaction: see `persist_transition`.
     async fn persist_transition(
         &self,
@@ -913,15 +961,15 @@ impl Store for SqliteStore {
                 .map_err(sql_err)?;
             let rows = st
                 .query_map([id], |r| {
-                    Ok(HistoryEntry {
-                        status: parse_col(r.get(0)?)?,
-                        timestamp: parse_ts(&r.get::<_, String>(1)?)?,
-                        changed_by: r.get(2)?,
-                    })
+                    Ok(HistoryEntry::status(
+                        parse_col(r.get(0)?)?,
+                        parse_ts(&r.get::<_, String>(1)?)?,
+                        r.get(2)?,
+                    ))
                 })
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(sql_err)?;
-            Ok(Some(rows))
+            Ok(Some(merge_history(rows, stations::part_history(c, id)?)))
         })
         .await
     }
@@ -938,6 +986,7 @@ impl Store for SqliteStore {
                 .map_err(sql_err)?;
             // Every open order's items in one query, not one query per order.
             attach_items(&mut orders, &ids, items_of(c, &ids)?);
+            attach_parts(&mut orders, &ids, stations::parts_of(c, &ids)?);
             Ok(orders)
         })
         .await
