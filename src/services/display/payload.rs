@@ -234,6 +234,9 @@ mod tests {
             completed_at: None,
             version: 2,
             notes: None,
+            rush: false,
+            stations_done_at: None,
+            parts: Vec::new(),
         }
     }
 
