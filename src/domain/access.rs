@@ -78,42 +78,166 @@ impl Access {
     }
 }
 
-/// The class of `method` on the path split into segments (`/orders/X/cancel`
-/// -> `["orders", "X", "cancel"]`). The same table serves both HTTP services.
+/// Every HTTP route of both services, written once: the services dispatch on
+/// it, `classify` reads its access class, the metrics use its pattern as the
+/// `route` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    CreateOrder,
+    Complete,
+    Recall,
+    Cancel,
+    Order,
+    OrderStatus,
+    OrderHistory,
+    Workers,
+    SpeedOfService,
+    /// Issue 24 (docs/stations.md): a cook at a station, the expo, and what their screens read.
+    ItemStart,
+    ItemBump,
+    ItemUndo,
+    StationBump,
+    ExpoConfirm,
+    Rush,
+    Stations,
+    Tickets,
+    Health,
+    Metrics,
+    OpenApi,
+    Display,
+    DisplayFile,
+    Board,
+    BoardFile,
+}
+
+impl Route {
+    /// Every route, in the order `find` tries them.
+    pub const ALL: [Route; 24] = [
+        Route::CreateOrder,
+        Route::Complete,
+        Route::Recall,
+        Route::Cancel,
+        Route::Order,
+        Route::OrderStatus,
+        Route::OrderHistory,
+        Route::Workers,
+        Route::SpeedOfService,
+        Route::ItemStart,
+        Route::ItemBump,
+        Route::ItemUndo,
+        Route::StationBump,
+        Route::ExpoConfirm,
+        Route::Rush,
+        Route::Stations,
+        Route::Tickets,
+        Route::Health,
+        Route::Metrics,
+        Route::OpenApi,
+        Route::Display,
+        Route::DisplayFile,
+        Route::Board,
+        Route::BoardFile,
+    ];
+
+    /// The route table: its pattern (`{..}` is any one segment), the one
+    /// method it answers (others get 405), who may call it.
+    fn row(self) -> (&'static str, &'static str, Access) {
+        use Access::*;
+        match self {
+            Route::CreateOrder => ("/orders", "POST", CreateOrder),
+            Route::Complete => ("/orders/{n}/complete", "POST", KitchenAction),
+            Route::Recall => ("/orders/{n}/recall", "POST", KitchenAction),
+            Route::Cancel => ("/orders/{n}/cancel", "POST", Cancel),
+            Route::Order => ("/orders/{n}", "GET", Read),
+            Route::OrderStatus => ("/orders/{n}/status", "GET", Read),
+            Route::OrderHistory => ("/orders/{n}/history", "GET", Read),
+            Route::Workers => ("/workers/status", "GET", Read),
+            Route::SpeedOfService => ("/reports/speed-of-service", "GET", Read),
+            Route::ItemStart => (
+                "/orders/{n}/stations/{station}/items/{i}/start",
+                "POST",
+                StationAction,
+            ),
+            Route::ItemBump => (
+                "/orders/{n}/stations/{station}/items/{i}/bump",
+                "POST",
+                StationAction,
+            ),
+            Route::ItemUndo => (
+                "/orders/{n}/stations/{station}/items/{i}/undo",
+                "POST",
+                StationAction,
+            ),
+            Route::StationBump => ("/orders/{n}/stations/{station}/bump", "POST", StationAction),
+            Route::ExpoConfirm => ("/orders/{n}/expo/confirm", "POST", Expo),
+            Route::Rush => ("/orders/{n}/rush", "POST", Expo),
+            Route::Stations => ("/stations", "GET", Read),
+            Route::Tickets => ("/tickets", "GET", Read),
+            Route::Health => ("/health", "GET", Open),
+            Route::Metrics => ("/metrics", "GET", Read),
+            Route::OpenApi => ("/openapi.yaml", "GET", Open),
+            // The kitchen display page and its settings; `config.json` holds
+            // the MQTT read account only for a paired page (decided by the
+            // route, which sees the caller).
+            Route::Display => ("/display", "GET", Open),
+            Route::DisplayFile => ("/display/{file}", "GET", Open),
+            // The customer board's static files (it reads the board over MQTT).
+            Route::Board => ("/board", "GET", Open),
+            Route::BoardFile => ("/board/{file}", "GET", Open),
+        }
+    }
+
+    /// The route of a path split into segments (`/orders/X/cancel` ->
+    /// `["orders", "X", "cancel"]`), whatever the method.
+    pub fn find(seg: &[&str]) -> Option<Route> {
+        Route::ALL.into_iter().find(|route| {
+            let mut want = route.pattern().split('/').filter(|p| !p.is_empty());
+            let mut got = seg.iter();
+            loop {
+                match (want.next(), got.next()) {
+                    (None, None) => return true,
+                    (Some(w), Some(g)) if w.starts_with('{') || w == *g => {}
+                    _ => return false,
+                }
+            }
+        })
+    }
+
+    /// The route of a raw path.
+    pub fn of_path(path: &str) -> Option<Route> {
+        let seg: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        Route::find(&seg)
+    }
+
+    /// The pattern, e.g. `/orders/{n}/status` (the metrics label).
+    pub fn pattern(self) -> &'static str {
+        self.row().0
+    }
+
+    /// The one method the route answers.
+    pub fn method(self) -> &'static str {
+        self.row().1
+    }
+
+    pub fn access(self) -> Access {
+        self.row().2
+    }
+}
+
+/// The class of `method` on the path split into segments. Open routes are
+/// open whatever the method (they answer 405 themselves); a known route under
+/// another method, or an unknown route read with GET/HEAD/OPTIONS, is `Read`:
+/// it reveals nothing to an anonymous remote caller. Any other method on an
+/// unknown route is `Unknown`, refused for everyone (issue 24).
 pub fn classify(method: &str, seg: &[&str]) -> Access {
-    match (method, seg) {
-        (_, ["health"] | ["openapi.yaml"]) => Access::Open,
-        // The page and its settings; `config.json` holds the MQTT read account
-        // only for a paired page (decided by the route, which sees the caller).
-        (_, ["display", ..]) => Access::Open,
-        // The customer board's static files (it reads the board over MQTT).
-        (_, ["board", ..]) => Access::Open,
-        ("POST", ["orders"]) => Access::CreateOrder,
-        ("POST", ["orders", _, "complete" | "recall"]) => Access::KitchenAction,
-        ("POST", ["orders", _, "cancel"]) => Access::Cancel,
-        (
-            "POST",
-            ["orders", _, "stations", _, "items", _, "start" | "bump" | "undo"]
-            | ["orders", _, "stations", _, "bump"],
-        ) => Access::StationAction,
-        ("POST", ["orders", _, "expo", "confirm"] | ["orders", _, "rush"]) => Access::Expo,
-        ("GET" | "HEAD" | "OPTIONS", _) => Access::Read,
-        // Other methods on the known routes: their handler answers 405.
-        (
-            _,
-            ["orders"]
-            | ["orders", _]
-            | ["orders", _, "status" | "history" | "complete" | "recall" | "cancel" | "rush"]
-            | ["orders", _, "expo", "confirm"]
-            | ["orders", _, "stations", _, "items", _, "start" | "bump" | "undo"]
-            | ["orders", _, "stations", _, "bump"]
-            | ["workers", "status"]
-            | ["reports", "speed-of-service"]
-            | ["stations"]
-            | ["tickets"]
-            | ["metrics"],
-        ) => Access::Read,
-        _ => Access::Unknown,
+    match Route::find(seg) {
+        Some(r) if r.access() == Access::Open || r.method() == method => r.access(),
+        // Another method on a known route: its handler answers 405.
+        Some(_) => Access::Read,
+        None if matches!(method, "GET" | "HEAD" | "OPTIONS") => Access::Read,
+        // A route nobody wrote in the table: refused, so a route that changes
+        // state can never be opened by omission.
+        None => Access::Unknown,
     }
 }
 
@@ -476,6 +600,20 @@ mod tests {
         // Wrong methods on known routes reach their handler (405).
         assert_eq!(classify("DELETE", &["orders"]), Access::Read);
         assert_eq!(classify("POST", &["orders", "X", "status"]), Access::Read);
+    }
+
+    #[test]
+    fn every_route_is_found_by_its_pattern() {
+        for route in Route::ALL {
+            let pattern = route.pattern();
+            let concrete = pattern
+                .replace("{n}", "ORD_20261202_001")
+                .replace("{file}", "a.js");
+            assert_eq!(Route::of_path(&concrete), Some(route), "{pattern}");
+        }
+        assert_eq!(Route::of_path("/orders/x/bogus"), None);
+        assert_eq!(Route::of_path("/"), None);
+        assert_eq!(Route::of_path("/display/a/b"), None);
     }
 
     #[test]

@@ -1020,7 +1020,7 @@ mod tests {
 
     #[test]
     fn screens_show_rush_first_then_oldest() {
-        let mut v = vec![
+        let mut v = [
             (false, t(1), "B"),
             (true, t(5), "C"),
             (false, t(0), "A"),

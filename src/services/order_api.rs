@@ -2,15 +2,15 @@
 //! transitions (complete = the display's bump, cancel, recall).
 
 use crate::broker::relay::Relay;
-use crate::domain::access::Caller;
+use crate::domain::access::{Caller, Route};
 use crate::domain::idempotency;
 use crate::domain::order::{is_order_number, validate};
 use crate::domain::stations::{Action, Refusal, Routing};
 use crate::domain::OrderStatus;
 use crate::domain::ValidOrder;
 use crate::http::{
-    bad_order_number, health_response, json_response, read_json, segments, static_response,
-    store_error, whole_order, ApiError, RequestCtx, Resp, Routes, OPENAPI,
+    bad_order_number, health_response, json_response, read_json, route_of, segments,
+    static_response, store_error, whole_order, ApiError, RequestCtx, Resp, Routes, OPENAPI,
 };
 use crate::process::failpoint;
 use crate::process::metrics;
@@ -20,7 +20,7 @@ use crate::storage::{
 };
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use serde_json::json;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -76,55 +76,57 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 #[async_trait::async_trait]
 impl Routes for OrderApi {
     async fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> Result<Resp, ApiError> {
+        let route = route_of(
+            &req,
+            &ctx,
+            &[
+                Route::CreateOrder,
+                Route::Complete,
+                Route::Cancel,
+                Route::Recall,
+                Route::ItemStart,
+                Route::ItemBump,
+                Route::ItemUndo,
+                Route::StationBump,
+                Route::ExpoConfirm,
+                Route::Rush,
+                Route::Health,
+                Route::OpenApi,
+            ],
+        )?;
+        // The order number of `/orders/{n}/...`, and the station and item of
+        // `/orders/{n}/stations/{station}/items/{i}/...`.
         let seg = segments(&req);
-        let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
-        match (req.method().clone(), seg.as_slice()) {
-            (Method::POST, ["orders"]) => self.create(req, &ctx).await,
-            (Method::POST, ["orders", n, "rush"]) => {
-                self.station(n, EXPO_BY, Action::Rush(true), req, &ctx)
+        let n = seg.get(1).cloned().unwrap_or_default();
+        let station = seg.get(3).cloned().unwrap_or_default();
+        let item = || item_index(seg.get(5).map_or("", String::as_str));
+        match route {
+            Route::CreateOrder => self.create(req, &ctx).await,
+            Route::Complete => self.transition(&n, OrderStatus::Completed, &ctx).await,
+            Route::Cancel => self.transition(&n, OrderStatus::Cancelled, &ctx).await,
+            Route::Recall => self.transition(&n, OrderStatus::Ready, &ctx).await,
+            Route::Health => Ok(self.health().await),
+            Route::OpenApi => Ok(static_response("application/yaml", OPENAPI)),
+            Route::ItemStart | Route::ItemBump | Route::ItemUndo => {
+                let (item, st) = (item()?, station.clone());
+                let action = match route {
+                    Route::ItemStart => Action::Start { station: st, item },
+                    Route::ItemBump => Action::Bump { station: st, item },
+                    _ => Action::Undo { station: st, item },
+                };
+                self.station(&n, &station, action, req, &ctx).await
+            }
+            Route::StationBump => {
+                let action = Action::BumpStation {
+                    station: station.clone(),
+                };
+                self.station(&n, &station, action, req, &ctx).await
+            }
+            Route::ExpoConfirm => self.station(&n, EXPO_BY, Action::Confirm, req, &ctx).await,
+            Route::Rush => {
+                self.station(&n, EXPO_BY, Action::Rush(true), req, &ctx)
                     .await
             }
-            (Method::POST, ["orders", n, action]) => {
-                let to = match *action {
-                    "complete" => OrderStatus::Completed,
-                    "cancel" => OrderStatus::Cancelled,
-                    "recall" => OrderStatus::Ready,
-                    _ => return Err(ApiError::not_found("no such route")),
-                };
-                self.transition(n, to, &ctx).await
-            }
-            (
-                Method::POST,
-                ["orders", n, "stations", st, "items", i, act @ ("start" | "bump" | "undo")],
-            ) => {
-                let item = item_index(i)?;
-                let station = st.to_string();
-                let action = match *act {
-                    "start" => Action::Start { station, item },
-                    "bump" => Action::Bump { station, item },
-                    _ => Action::Undo { station, item },
-                };
-                self.station(n, st, action, req, &ctx).await
-            }
-            (Method::POST, ["orders", n, "stations", st, "bump"]) => {
-                let action = Action::BumpStation {
-                    station: st.to_string(),
-                };
-                self.station(n, st, action, req, &ctx).await
-            }
-            (Method::POST, ["orders", n, "expo", "confirm"]) => {
-                self.station(n, EXPO_BY, Action::Confirm, req, &ctx).await
-            }
-            (_, ["orders", _, "stations", _, "items", _, "start" | "bump" | "undo"])
-            | (_, ["orders", _, "stations", _, "bump"])
-            | (_, ["orders", _, "expo", "confirm"])
-            | (_, ["orders", _, "rush"]) => Err(ApiError::method_not_allowed("POST")),
-            (_, ["orders"]) | (_, ["orders", _, "complete" | "cancel" | "recall"]) => {
-                Err(ApiError::method_not_allowed("POST"))
-            }
-            (Method::GET, ["health"]) => Ok(self.health().await),
-            (Method::GET, ["openapi.yaml"]) => Ok(static_response("application/yaml", OPENAPI)),
-            (_, ["health"]) | (_, ["openapi.yaml"]) => Err(ApiError::method_not_allowed("GET")),
             _ => Err(ApiError::not_found("no such route")),
         }
     }

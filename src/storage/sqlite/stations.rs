@@ -2,8 +2,9 @@
 //! the screens' tickets and the report's samples. The same rows as
 //! `postgres/stations.rs`.
 
-use super::{insert_outbox, load_order, opt_ts, order_row, parse_col, parse_ts, sql_err, ts};
-use super::{items_of, ORDER_COLUMNS};
+use super::orders::{items_of, load_order, order_row, ORDER_COLUMNS};
+use super::outbox::insert_outbox;
+use super::{opt_ts, parse_col, parse_ts, sql_err, ts};
 use crate::domain::error::Class;
 use crate::domain::stations::{Part, StationUpdate, Ticket, TicketDecision};
 use crate::storage::{
