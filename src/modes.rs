@@ -341,6 +341,7 @@ async fn start_parts(
             relay: relay.clone().expect("writing modes have a relay"),
             guard: guard.clone(),
             idempotency: order_api::Idempotency::new(cfg.orders.idempotency_ttl_seconds),
+            business: cfg.business.rule()?,
         };
         let addr = bind(cfg.http.order_port);
         let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));
@@ -354,6 +355,7 @@ async fn start_parts(
             mqtt_site: cfg.mqtt.site.clone(),
             guard: guard.clone(),
             metrics: mode == Mode::TrackingService,
+            business: cfg.business.rule()?,
         };
         let addr = bind(cfg.http.tracking_port);
         let api = Api(tracking_api::SERVICE, "Tracking Service", Arc::new(api));

@@ -2,6 +2,7 @@
 //! transitions (complete = the display's bump, cancel, recall).
 
 use crate::broker::relay::Relay;
+use crate::domain::business_day::BusinessDay;
 use crate::domain::idempotency;
 use crate::domain::order::{is_order_number, validate};
 use crate::domain::OrderStatus;
@@ -29,6 +30,8 @@ pub struct OrderApi {
     pub relay: Relay,
     pub guard: std::sync::Arc<crate::http::auth::Guard>,
     pub idempotency: Idempotency,
+    /// Gives each order its business date (`[business]`, issue 26).
+    pub business: BusinessDay,
 }
 
 /// How `Idempotency-Key`s are kept (issue 14).
@@ -131,9 +134,10 @@ impl OrderApi {
         let shown = key.as_deref().map(idempotency::for_log);
         let (created, replayed) = match key {
             None => {
+                let now = chrono::Utc::now();
                 let created = self
                     .store
-                    .create_order(&order, &ctx.request_id, chrono::Utc::now())
+                    .create_order(&order, &ctx.request_id, now, self.business.date(now))
                     .await
                     .map_err(|e| {
                         store_error(e, "db_transaction_failed", "Could not store the order")
@@ -206,7 +210,7 @@ impl OrderApi {
         }
         let outcome = self
             .store
-            .create_order_keyed(order, &ctx.request_id, now, &k)
+            .create_order_keyed(order, &ctx.request_id, now, self.business.date(now), &k)
             .await
             .map_err(|e| store_error(e, "db_transaction_failed", "Could not store the order"))?;
         match outcome {

@@ -626,9 +626,8 @@ fn create_order_tx(
     owner: &str,
     order: &ValidOrder,
     request_id: &str,
-    now: DateTime<Utc>,
+    (now, day): (DateTime<Utc>, NaiveDate),
 ) -> Result<CreatedOrder, StoreError> {
-    let day = now.date_naive();
     let seq: i64 = conn
         .prepare_cached(
             "insert into daily_order_counters (date, last) values (?1, 1) on conflict(date) do update set last = last + 1 returning last",
@@ -818,11 +817,12 @@ impl Store for SqliteStore {
         order: &ValidOrder,
         request_id: &str,
         now: DateTime<Utc>,
+        day: NaiveDate,
     ) -> Result<CreatedOrder, StoreError> {
         let order = order.clone();
         let request_id = request_id.to_string();
         let owner = self.owner.clone();
-        self.write(move |c| create_order_tx(c, &owner, &order, &request_id, now))
+        self.write(move |c| create_order_tx(c, &owner, &order, &request_id, (now, day)))
             .await
     }
 
@@ -831,6 +831,7 @@ impl Store for SqliteStore {
         order: &ValidOrder,
         request_id: &str,
         now: DateTime<Utc>,
+        day: NaiveDate,
         key: &IdempotencyKey,
     ) -> Result<KeyedOutcome, StoreError> {
         let order = order.clone();
@@ -839,7 +840,7 @@ impl Store for SqliteStore {
         let key = key.clone();
         self.write(move |c| {
             keyed_tx(c, &key, now, || {
-                create_order_tx(c, &owner, &order, &request_id, now)
+                create_order_tx(c, &owner, &order, &request_id, (now, day))
             })
         })
         .await
@@ -1225,7 +1226,7 @@ mod tests {
 
         let start = syncs();
         let n = store
-            .create_order(&order, "rid", Utc::now())
+            .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
             .await
             .expect("create")
             .order_number;
@@ -1258,7 +1259,7 @@ mod tests {
         // after one, of rows on disk already, needs no sync.
         for _ in 0..2 {
             store
-                .create_order(&order, "rid", Utc::now())
+                .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
                 .await
                 .expect("create");
         }
@@ -1294,7 +1295,7 @@ mod tests {
         let before = size();
         for _ in 0..20 {
             store
-                .create_order(&order, "rid", Utc::now())
+                .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
                 .await
                 .expect("create");
         }
@@ -1303,7 +1304,7 @@ mod tests {
         while size() <= before && t.elapsed() < Duration::from_secs(5) {
             tokio::time::sleep(CHECKPOINT_EVERY).await;
             store
-                .create_order(&order, "rid", Utc::now())
+                .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
                 .await
                 .expect("create");
         }
