@@ -12,13 +12,15 @@
 //!   order produces with their destinations (exchange names, routing keys).
 //! - [`process`]: configuration, logs, and living under systemd (readiness,
 //!   watchdog, signals).
+//! - [`link`]: the one reconnect loop every link runs under (RabbitMQ, MQTT;
+//!   the database's retries share its backoff): `supervise` (sessions, link
+//!   state, once-per-outage logs, readiness) and `backoff`.
 //! - [`storage`]: one `Store` trait and its two backends, `postgres/` and
 //!   `sqlite/`, with the embedded migrations. Every state change writes its
 //!   outgoing message to an outbox table in the same transaction.
-//! - [`broker`]: RabbitMQ: connecting, the topology, the outbox relay;
-//!   `supervise`, the one reconnect loop every broker link runs under (MQTT
-//!   too), and `delivery`, what a failed delivery becomes (requeue or
-//!   dead-letter, with the poison-message cap).
+//! - [`broker`]: RabbitMQ: connecting, the topology, the outbox relay, and
+//!   `delivery`, what a failed delivery becomes (requeue or dead-letter, with
+//!   the poison-message cap).
 //! - [`http`]: the HTTP edge every listening service shares: the server loop,
 //!   limits, request ids, the mapping from an error to a JSON response, and
 //!   `auth` (tokens, roles, CORS; the rules are `domain::access`).
@@ -34,6 +36,7 @@
 pub mod broker;
 pub mod domain;
 pub mod http;
+pub mod link;
 pub mod modes;
 pub mod process;
 pub mod services;

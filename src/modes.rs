@@ -5,10 +5,10 @@
 //! when tests start sending requests. Everything it spawns stops when the
 //! shutdown token is cancelled; `Running::wait` waits until it all has.
 
-use crate::broker::backoff::Backoff;
 use crate::broker::relay::Relay;
-use crate::broker::supervise::{LinkState, Peer};
 use crate::http::{self, Limits};
+use crate::link::backoff::Backoff;
+use crate::link::supervise::{LinkState, Peer};
 use crate::process::config::Config;
 use crate::process::telemetry::service_span;
 use crate::services::kitchen::{self, Kitchen, WorkerConfig};
@@ -246,7 +246,10 @@ async fn start_parts(
             display_port: cfg.http.tracking_port,
         },
     );
-    tasks.spawn(services::metrics::probe(store.clone(), shutdown.clone()));
+    tasks.spawn(services::metrics_port::probe(
+        store.clone(),
+        shutdown.clone(),
+    ));
     let writes = matches!(mode, Mode::OrderService | Mode::KitchenWorker | Mode::All);
     let relay = writes.then(|| {
         Relay::new(
@@ -398,7 +401,7 @@ async fn start_parts(
     // The modes without HTTP get a metrics listener when asked for one.
     if let (Some(port), Some(rabbit)) = (cfg.metrics.port, consumer_link) {
         let service = mode.service_name();
-        let routes = services::metrics::MetricsPort {
+        let routes = services::metrics_port::MetricsPort {
             service,
             store: store.clone(),
             rabbit,

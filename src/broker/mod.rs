@@ -1,24 +1,21 @@
 //! RabbitMQ: connections, the topology every mode declares, the outbox relay,
-//! and what every reconnect loop shares (`supervise`: backoff, link state,
-//! once-per-outage logs, readiness).
+//! and what a failed delivery becomes.
 //!
 //! We do not rely on lapin's auto-recovery (it has open reports of not recovering
 //! after a broker restart), so it stays off and one owner retries each link:
 //! every user of a broker runs sessions (connect, declare the topology, work
-//! until an error) under [`supervise::Supervisor`]. Declaring is idempotent, so
-//! a restarted broker gets its exchanges and queues back.
+//! until an error) under [`crate::link::supervise::Supervisor`]. Declaring is
+//! idempotent, so a restarted broker gets its exchanges and queues back.
 
-pub mod backoff;
 pub mod delivery;
 pub mod relay;
-pub mod supervise;
 pub mod topology;
 
 use crate::domain::error::Class;
+use crate::link::supervise::SessionEnd;
 use crate::process::config::RabbitConfig;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Connection, ConnectionProperties};
-use supervise::SessionEnd;
 
 pub use lapin;
 

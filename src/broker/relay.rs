@@ -10,10 +10,10 @@
 //! version). It wakes on every commit (on a deferred change, within `SOON`)
 //! and also polls, so nothing waits long.
 
-use super::supervise::{LinkState, Peer, SessionEnd, Supervisor};
 use super::topology::{self, REQUEST_ID_HEADER};
 use super::{connect, connection_lost};
 use crate::domain::events::ORDERS_EXCHANGE;
+use crate::link::supervise::{LinkState, Peer, SessionEnd, Supervisor};
 use crate::process::config::RabbitConfig;
 use crate::process::metrics;
 use crate::storage::{OutboxMessage, SharedStore};

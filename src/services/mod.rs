@@ -7,12 +7,12 @@
 
 pub mod display;
 pub mod kitchen;
-pub mod metrics;
+pub mod metrics_port;
 pub mod notifier;
 pub mod order_api;
 pub mod tracking_api;
 
-use crate::broker::supervise::LinkState;
+use crate::link::supervise::LinkState;
 use crate::storage::StoreError;
 use kitchen::WorkerError;
 use std::net::SocketAddr;

@@ -4,10 +4,10 @@
 //! fanout exchange, so every running subscriber sees every notification (a shared
 //! queue would split them between subscribers).
 
-use crate::broker::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::broker::topology;
 use crate::broker::{connect, connection_lost};
 use crate::domain::events::{StatusUpdate, NOTIFICATIONS_EXCHANGE};
+use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::process::config::RabbitConfig;
 use futures_util::StreamExt;
 use lapin::options::{

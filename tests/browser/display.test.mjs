@@ -22,7 +22,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  ROOT, PREFIX, Runner, Fatal, assert, freePorts, launchBrowser, log, pageRecorder, portOpen,
+  ROOT, PREFIX, Runner, Fatal, assert, assertAccessible, freePorts, launchBrowser, log, pageRecorder, portOpen,
   sleep, startSecureMosquitto, startProcess, stopProcess, tail, waitFor,
 } from './lib.mjs';
 
@@ -401,6 +401,7 @@ async function main() {
     await page.waitForSelector('body[data-pairing="revoked"]', { timeout: 10000 });
     const title = await page.locator('#pair-title').textContent();
     assert(/paired device revoked/i.test(title), `overlay says: ${title}`);
+    await assertAccessible(page, 'kitchen page with the pairing dialog');
     const r = await fetch(`http://127.0.0.1:${env.ports.tracking}/orders/${num}/status`);
     const body = await r.text();
     assert(/"ready"/.test(body), `the refused bump changed the order: ${body}`);

@@ -230,7 +230,7 @@ export function pageRecorder() {
 // ---- a static server shaped like the tracking service's page routes ------------------------------
 // /display, /display/<file>, /display/config.json (from `config()`), /board, /board/<file>; the
 // committed web/ files, taken from where the tracking service embeds them (src/http/tracking.rs).
-// `extra(url, res)` may answer other paths (return true when it did).
+// `extra(url, res, req)` may answer other paths (return true when it did).
 export const pageFile = (f) => path.join(ROOT, 'web', f === 'mqtt.min.js' ? 'dist' : 'src', f);
 const PAGE_TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.css': 'text/css' };
 
@@ -243,7 +243,7 @@ export function startPageServer(port, config, extra = () => false) {
       res.end(JSON.stringify(config()));
       return;
     }
-    if (extra(url, res)) return;
+    if (extra(url, res, req)) return;
     const m = /^\/(display|board)(?:\/([a-z.]+))?$/.exec(p);
     const file = m && (m[2] || (m[1] === 'display' ? 'index.html' : 'board.html'));
     if (file && fs.existsSync(pageFile(file))) {
@@ -255,4 +255,24 @@ export function startPageServer(port, config, extra = () => false) {
     res.end('not found');
   });
   return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
+}
+
+// ---- accessibility: axe-core's WCAG 2 A and AA rules (2.0 and 2.1) ----------------------------
+// Injects the pinned axe-core (tests/browser/package.json) into the page and runs it on the whole
+// document as it is now; returns the violations as short lines ("rule: target (summary)").
+const AXE_SOURCE = path.join(ROOT, 'tests/browser/node_modules/axe-core/axe.min.js');
+export async function axeViolations(page) {
+  if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.addScriptTag({ path: AXE_SOURCE });
+  const result = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+    resultTypes: ['violations'],
+  }));
+  return result.violations.flatMap((v) => v.nodes.map((n) => `${v.id}: ${n.target.join(' ')} (${(n.failureSummary || '').replace(/\s+/g, ' ').slice(0, 160)})`));
+}
+
+// Fails with every violation listed when the page breaks any WCAG 2 AA rule.
+export async function assertAccessible(page, label) {
+  const v = await axeViolations(page);
+  assert(v.length === 0, `${label}: ${v.length} WCAG 2 AA violations (axe-core):\n  ${v.join('\n  ')}`);
+  log(`${label}: axe-core WCAG 2 AA, no violations`);
 }

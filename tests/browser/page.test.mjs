@@ -3,9 +3,9 @@
 // /display/config.json), the page connects to a real private Mosquitto over WebSockets, and the
 // test publishes retained payloads of the documented shape (docs/mqtt.md) with a real MQTT client.
 //
-// Checks: tickets per station with table/address, items, rush marks and all-day counts; a live
+// Checks: tickets per order type with table/address, items, rush marks and all-day counts; a live
 // ticket beeps once; stale and duplicate versions are dropped; an empty payload removes a ticket;
-// timers use the server's clock and colour at the thresholds; a station view; the banner while
+// timers use the server's clock and colour at the thresholds; a one-type view; the banner while
 // the broker is down; the board rebuilt from retained messages after a broker restart (orders
 // cleared meanwhile leave the board), without a reload.
 
@@ -203,7 +203,7 @@ async function main() {
 
   await runner.test("timers use the server's clock and colour at 300 s / 480 s", async () => {
     env.skewMs = 3600 * 1000; // this screen's clock is an hour behind the server's
-    const p2 = await openPage('?station=dine_in');
+    const p2 = await openPage('?type=dine_in');
     try {
       const fresh = order({ order_number: 'ORD_20261125_120', createdAgoMs: 10000 });
       const warn = order({ order_number: 'ORD_20261125_121', createdAgoMs: 400000 });
@@ -216,10 +216,10 @@ async function main() {
       assert(/\bnormal\b/.test(await cls(fresh)) && /^00:1\d$/.test(await timer(fresh)), `fresh: ${await cls(fresh)} ${await timer(fresh)}`);
       assert(/\bwarn\b/.test(await cls(warn)) && /^06:4\d$/.test(await timer(warn)), `warn: ${await cls(warn)} ${await timer(warn)}`);
       assert(/\blate\b/.test(await cls(late)) && /^08:2\d$/.test(await timer(late)), `late: ${await cls(late)} ${await timer(late)}`);
-      // Station view: only dine-in tickets.
+      // The dine-in view: only dine-in tickets.
       const types = await p2.locator('article.ticket').evaluateAll((els) => [...new Set(els.map((e) => e.dataset.type))]);
-      assert(types.length === 1 && types[0] === 'dine_in', `station view shows ${types}`);
-      assert(await p2.locator('.column').count() === 1, 'station view has more than one column');
+      assert(types.length === 1 && types[0] === 'dine_in', `dine-in view shows ${types}`);
+      assert(await p2.locator('.column').count() === 1, 'dine-in view has more than one column');
       assert(p2.errors.length === 0, `page errors: ${p2.errors.join(' | ')}`);
       for (const o of [fresh, warn, late]) await clearOrder(o.order_number);
     } finally {

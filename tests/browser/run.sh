@@ -7,13 +7,18 @@
 #                     orders at 1920x1080 and 1280x800 with nothing hidden without a "+N more"
 #                     marker, the header's ticket time, the customer board (/board); saves
 #                     target/kds-board-*.png and target/customer-board.png
+#   stations.test.mjs issue 24's station and expo screens the same way: a station's items only,
+#                     "also at", rush order, item bump with undo, station bump, reload, expo
+#                     states/send/rush, 40 orders at 1920x1080; saves target/kds-station-*.png
+#                     and target/kds-expo-*.png
 #   display.test.mjs  the whole system, started by the test itself (private Mosquitto with a
 #                     WebSockets listener, a fresh RabbitMQ vhost, restaurant-system --mode=all
 #                     on SQLite); saves target/display-board.png (SCREENSHOT=docs/display-board.png to refresh the README one)
+# Every screen is also checked with axe-core's WCAG 2 A/AA rules (lib.mjs assertAccessible).
 # Installs what is missing: chromium, mosquitto, node/npm (apt), the pinned npm packages.
 #
 #   tests/browser/run.sh                 both (RS_BIN=path/to/restaurant-system picks the binary)
-#   tests/browser/run.sh page|kds|display   one of them
+#   tests/browser/run.sh page|kds|stations|display   one of them
 #
 # The whole-system test needs a built binary (cargo build [--release]).
 set -euo pipefail
@@ -29,9 +34,9 @@ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt no
 
 which=${1:-all}
 case "$which" in
-    all) suites=(page kds display) ;;
-    page | kds | display) suites=("$which") ;;
-    *) die "usage: tests/browser/run.sh [all|page|kds|display]" ;;
+    all) suites=(page kds stations display) ;;
+    page | kds | stations | display) suites=("$which") ;;
+    *) die "usage: tests/browser/run.sh [all|page|kds|stations|display]" ;;
 esac
 
 if [[ " ${suites[*]} " == *" display "* ]]; then

@@ -27,7 +27,16 @@
   const MORE_LIST_MAX = 12; // order numbers named on a "+N more" marker
 
   const params = new URLSearchParams(location.search);
-  const station = TYPE_LABEL[params.get('station')] ? params.get('station') : null;
+  // Three kinds of screen (docs/mqtt.md, docs/stations.md):
+  //   /display, /display?type=dine_in   whole orders, one column per order type (or one type);
+  //   /display?station=grill            a station: only its items of each open order, tap to bump;
+  //   /display?view=expo                the expeditor: every open order, each item's state at
+  //                                     each station, confirm (send) and rush.
+  // A "station" is where an item is made (grill, bar), never an order type.
+  const stationName = params.get('station');
+  const mode = stationName ? 'station' : params.get('view') === 'expo' ? 'expo' : 'types';
+  const orderType = mode === 'types' && TYPE_LABEL[params.get('type')] ? params.get('type') : null;
+  const UNDO_FALLBACK_S = 10;
 
   const state = {
     cfg: null,
@@ -45,6 +54,10 @@
     known: new Set(), // order numbers this screen has shown or announced (one beep per order)
     fresh: new Map(), // order_number -> local time until which the ticket is highlighted
     pending: new Set(), // order numbers with a bump or recall in flight
+    // From GET /stations: { stations: [{name, yellow_after_seconds, red_after_seconds}],
+    // undo_seconds, expo: {confirm} }; null until loaded (or on a server without it).
+    stations: null,
+    undo: [], // station screen: { id, num, station, indexes, names, until } bumps that can be taken back
     seq: 0,
     beeps: 0,
   };
@@ -161,7 +174,19 @@
   document.addEventListener('pointerdown', unlockAudio, { capture: true });
 
   // ---- state changes ------------------------------------------------------------------
-  const visible = (o) => !station || o.order_type === station;
+  // An item's parts (docs/stations.md): one per station it goes to, each with its state.
+  const parts = (it) => (Array.isArray(it && it.stations) ? it.stations.filter((p) => p && typeof p.station === 'string') : []);
+  const partAt = (it, st) => parts(it).find((p) => p.station === st) || null;
+  const itemsOf = (o) => (Array.isArray(o.items) ? o.items : []);
+  // This station's items of an order, with their index in the order (the routes name it).
+  const stationItems = (o) => itemsOf(o).map((it, index) => ({ it, index, part: partAt(it, stationName) })).filter((x) => x.part);
+  const openAtStation = (o) => (o.status === 'received' || o.status === 'cooking') && stationItems(o).some((x) => x.part.state !== 'done');
+
+  function visible(o) {
+    if (mode === 'station') return openAtStation(o);
+    if (mode === 'expo') return true;
+    return !orderType || o.order_type === orderType;
+  }
 
   function isNewTicket(o) {
     const created = Date.parse(o.created_at);
@@ -261,7 +286,9 @@
   function onMessage(topic, payload, packet) {
     if (!topic.startsWith(state.prefix + '/')) return;
     const rest = topic.slice(state.prefix.length + 1);
-    if (rest.startsWith('orders/')) handleOrder(rest.slice(7), payload, !!packet.retain);
+    const stationTopic = `stations/${stationName}/orders/`;
+    if (mode !== 'station' && rest.startsWith('orders/')) handleOrder(rest.slice(7), payload, !!packet.retain);
+    else if (mode === 'station' && rest.startsWith(stationTopic)) handleOrder(rest.slice(stationTopic.length), payload, !!packet.retain);
     else if (rest === 'events') handleEvent(payload);
     else if (rest.startsWith('workers/')) handleWorker(rest.slice(8), payload);
     else if (rest === 'bridge/status') {
@@ -388,31 +415,82 @@
   });
 
   // ---- actions ------------------------------------------------------------------------
-  async function post(num, action) {
-    if (state.pending.has(num)) return;
+  // `action` is the path after /orders/{n}/ (complete, recall, stations/grill/bump, ...);
+  // `label` names it in messages. Resolves to the answer's JSON on success, else null.
+  async function post(num, action, body, label) {
+    const what = label || (action === 'complete' ? 'Bump' : action === 'recall' ? 'Recall' : action);
+    if (state.pending.has(num)) return null;
     state.pending.add(num);
     scheduleRender();
     const url = `${orderServiceUrl()}/orders/${encodeURIComponent(num)}/${action}`;
+    const headers = { ...authHeaders(), ...(body ? { 'Content-Type': 'application/json' } : {}) };
+    let answer = null;
     try {
-      const r = await fetch(url, { method: 'POST', mode: 'cors', cache: 'no-store', headers: authHeaders() });
+      const r = await fetch(url, { method: 'POST', mode: 'cors', cache: 'no-store', headers, body: body ? JSON.stringify(body) : undefined });
       if (r.status === 401 || r.status === 403) {
         state.pending.delete(num);
-        revoked(`${action === 'complete' ? 'Bump' : 'Recall'} of ${num} was refused (HTTP ${r.status}).`);
+        revoked(`${what} of ${num} was refused (HTTP ${r.status}).`);
       } else if (!r.ok) {
         let detail = '';
         try {
-          const body = await r.json();
-          detail = body.message || body.error || '';
+          const b = await r.json();
+          detail = b.message || b.error || '';
         } catch (_) { /* not JSON */ }
-        toast(`${action === 'complete' ? 'Bump' : 'Recall'} of ${num} failed: HTTP ${r.status} ${detail}`.trim(), 'bad');
+        toast(`${what} of ${num} failed: HTTP ${r.status} ${detail}`.trim(), 'bad');
         state.pending.delete(num);
       } else {
-        // The board changes when the bridge publishes the new state; stop waiting after a while.
-        setTimeout(() => { state.pending.delete(num); scheduleRender(); }, 5000);
+        try { answer = await r.json(); } catch (_) { answer = {}; }
+        // The board changes when the bridge publishes the new state; stop waiting after a while
+        // (at once for the item routes, whose ticket stays on screen).
+        if (action === 'complete' || action === 'recall') setTimeout(() => { state.pending.delete(num); scheduleRender(); }, 5000);
+        else state.pending.delete(num);
       }
     } catch (e) {
-      toast(`${action === 'complete' ? 'Bump' : 'Recall'} of ${num} failed: order service unreachable`, 'bad');
+      toast(`${what} of ${num} failed: order service unreachable`, 'bad');
       state.pending.delete(num);
+    }
+    scheduleRender();
+    return answer;
+  }
+
+  // ---- station actions (docs/stations.md) ----------------------------------------------
+  const undoSeconds = () => Number(state.stations && state.stations.undo_seconds) || UNDO_FALLBACK_S;
+  const stationPath = (st) => `stations/${encodeURIComponent(st)}`;
+  let undoSeq = 0;
+
+  function offerUndo(num, entries) {
+    if (!entries.length) return;
+    state.undo.unshift({
+      id: ++undoSeq,
+      num,
+      indexes: entries.map((x) => x.index),
+      names: entries.map((x) => String(x.it.name ?? '?')),
+      // A little less than the server's window, so the button never offers what it refuses.
+      until: Date.now() + Math.max(1, undoSeconds() - 0.5) * 1000,
+    });
+    scheduleRender();
+  }
+
+  // Tap an item: it is done at this station (a second tap on a done one takes it back).
+  async function bumpItem(o, x) {
+    const num = o.order_number;
+    if (x.part.state === 'done') return undoBump({ num, indexes: [x.index] });
+    const r = await post(num, `${stationPath(stationName)}/items/${x.index}/bump`, null, `Bump of ${x.it.name}`);
+    if (r) offerUndo(num, [x]);
+    return r;
+  }
+
+  // The station's whole part of the ticket.
+  async function bumpStation(o) {
+    const open = stationItems(o).filter((x) => x.part.state !== 'done');
+    const r = await post(o.order_number, `${stationPath(stationName)}/bump`, null, 'Bump');
+    if (r) offerUndo(o.order_number, open);
+  }
+
+  async function undoBump(u) {
+    state.undo = state.undo.filter((x) => x !== u && x.id !== u.id);
+    for (const i of u.indexes) {
+      await post(u.num, `${stationPath(stationName)}/items/${i}/undo`, null, 'Undo');
     }
     scheduleRender();
   }
@@ -436,43 +514,132 @@
     return '';
   }
 
+  const isRush = (o) => o.rush === true;
+  const STATE_LABEL = { waiting: 'waiting', cooking: 'cooking', done: 'done' };
+
+  // One item's line: quantity, name, modifiers, note, allergens.
+  function itemLine(it, attrs) {
+    const li = h('li', attrs || {},
+      h('span', { class: 'qty', text: String(it.quantity ?? 1) }),
+      h('span', { class: 'name', text: String(it.name ?? '?') }));
+    for (const m of strings(it.modifiers)) li.append(h('span', { class: 'i-detail i-mod', text: m }));
+    if (typeof it.notes === 'string' && it.notes) li.append(h('span', { class: 'i-detail i-note', text: it.notes }));
+    const al = strings(it.allergens);
+    if (al.length) {
+      li.append(h('span', { class: 'i-detail' },
+        ...al.map((a) => h('span', { class: 'i-allergen', 'data-allergen': a, text: a }))));
+    }
+    return li;
+  }
+
   function buildTicket(o) {
     const pending = state.pending.has(o.order_number);
     const prio = Number(o.priority) || 1;
+    const rush = isRush(o);
     const classes = ['ticket', `status-${o.status}`];
-    if (prio >= 10) classes.push('rush');
+    if (rush || prio >= 10) classes.push('rush');
     else if (prio >= 5) classes.push('prio');
     if ((state.fresh.get(o.order_number) || 0) > Date.now()) classes.push('fresh');
     if (isStale(o.order_number)) classes.push('stale');
 
+    // The items this screen shows: a station sees only its own.
+    const mine = mode === 'station' ? stationItems(o) : itemsOf(o).map((it, index) => ({ it, index, part: null }));
     const items = h('ul', { class: 'items' });
-    for (const it of Array.isArray(o.items) ? o.items : []) {
-      const li = h('li', {},
-        h('span', { class: 'qty', text: String(it.quantity ?? 1) }),
-        h('span', { class: 'name', text: String(it.name ?? '?') }));
-      for (const m of strings(it.modifiers)) li.append(h('span', { class: 'i-detail i-mod', text: m }));
-      if (typeof it.notes === 'string' && it.notes) li.append(h('span', { class: 'i-detail i-note', text: it.notes }));
-      const al = strings(it.allergens);
-      if (al.length) {
-        li.append(h('span', { class: 'i-detail' },
-          ...al.map((a) => h('span', { class: 'i-allergen', 'data-allergen': a, text: a }))));
+    for (const x of mine) {
+      if (mode === 'station') {
+        const done = x.part.state === 'done';
+        const li = itemLine(x.it, { class: `part part-${x.part.state}`, 'data-index': x.index, 'data-state': x.part.state });
+        // The whole line is the button: greasy fingers do not aim.
+        const btn = h('button', {
+          type: 'button',
+          class: 'part-tap',
+          'data-index': x.index,
+          disabled: pending,
+          'aria-pressed': done ? 'true' : 'false',
+          'aria-label': `${done ? 'Undo' : 'Done:'} ${x.it.quantity ?? 1} ${x.it.name ?? '?'}`,
+          onclick: () => bumpItem(o, x),
+        });
+        li.prepend(btn);
+        items.append(li);
+      } else if (mode === 'expo') {
+        const li = itemLine(x.it, { 'data-index': x.index });
+        const ps = parts(x.it);
+        if (ps.length) {
+          li.append(h('span', { class: 'i-detail i-parts' },
+            ...ps.map((p) => h('span', {
+              class: `chip chip-${p.state}`,
+              'data-station': p.station,
+              'data-state': p.state,
+              title: p.state === 'done' && p.bumped_by ? `done by ${p.bumped_by}` : null,
+              text: `${p.station} ${p.state === 'done' ? '✓' : STATE_LABEL[p.state] || p.state}`,
+            }))));
+        }
+        items.append(li);
+      } else {
+        items.append(itemLine(x.it));
       }
-      items.append(li);
     }
-    const allergens = orderAllergens(o);
+    const allergens = orderAllergens(mine.map((x) => x.it));
     if (allergens.length) classes.push('has-allergens');
     const where = whereText(o);
     const foot = h('footer', { class: 't-foot' },
-      h('span', { class: 't-status', text: STATUS_LABEL[o.status] || o.status }),
-      o.processed_by ? h('span', { class: 't-by', text: o.processed_by }) : null);
-    if (o.status === 'ready') {
+      h('span', { class: 't-status', text: o.expo && o.expo.waiting ? 'At expo' : STATUS_LABEL[o.status] || o.status }),
+      mode !== 'station' && o.processed_by ? h('span', { class: 't-by', text: o.processed_by }) : null);
+    if (mode === 'station') {
       foot.append(h('button', {
         type: 'button',
         class: 'bump',
         disabled: pending,
         text: pending ? 'Bumping…' : 'Bump',
-        onclick: () => post(o.order_number, 'complete'),
+        title: `Every ${stationName} item of this order done`,
+        onclick: () => bumpStation(o),
       }));
+    } else {
+      if (mode === 'expo' && (o.status === 'received' || o.status === 'cooking')) {
+        foot.append(h('button', {
+          type: 'button',
+          class: `rush-toggle${rush ? ' on' : ''}`,
+          'aria-pressed': rush ? 'true' : 'false',
+          disabled: pending,
+          text: rush ? 'Unrush' : 'Rush',
+          onclick: () => post(o.order_number, 'rush', { rush: !rush }, rush ? 'Unrush' : 'Rush'),
+        }));
+      }
+      if (mode === 'expo' && o.expo && o.expo.waiting) {
+        foot.append(h('button', {
+          type: 'button',
+          class: 'bump confirm',
+          disabled: pending,
+          text: pending ? 'Sending…' : 'Send',
+          title: 'Every station is done: send the order (it becomes ready)',
+          onclick: () => post(o.order_number, 'expo/confirm', null, 'Send'),
+        }));
+      }
+      if (o.status === 'ready') {
+        foot.append(h('button', {
+          type: 'button',
+          class: 'bump',
+          disabled: pending,
+          text: pending ? 'Bumping…' : 'Bump',
+          onclick: () => post(o.order_number, 'complete'),
+        }));
+      }
+    }
+    // A station's ticket names the other stations working on the order.
+    let also = null;
+    if (mode === 'station') {
+      const others = new Map();
+      for (const it of itemsOf(o)) {
+        for (const p of parts(it)) {
+          if (p.station === stationName) continue;
+          others.set(p.station, (others.get(p.station) ?? true) && p.state === 'done');
+        }
+      }
+      if (others.size) {
+        also = h('div', { class: 't-also', 'data-stations': [...others.keys()].join(' ') },
+          h('span', { class: 'label', text: 'also at: ' }),
+          h('span', { text: [...others].map(([st, done]) => (done ? `${st} ✓` : st)).join(', ') }));
+      }
     }
     const el = h('article', {
       class: classes.join(' '),
@@ -480,10 +647,11 @@
       'data-status': o.status,
       'data-type': o.order_type,
       'data-priority': prio,
+      'data-rush': rush ? 'true' : null,
     },
     h('header', { class: 't-head' },
       h('span', { class: 't-num', text: `#${shortNumber(o.order_number)}` }),
-      prio >= 10 ? h('span', { class: 'badge badge-rush', text: 'RUSH' }) : prio >= 5 ? h('span', { class: 'badge badge-prio', text: 'PRIO' }) : null,
+      rush || prio >= 10 ? h('span', { class: 'badge badge-rush', text: 'RUSH' }) : prio >= 5 ? h('span', { class: 'badge badge-prio', text: 'PRIO' }) : null,
       h('span', { class: 'timer', 'data-created': o.created_at })),
     allergens.length ? h('div', { class: 't-allergens', role: 'alert', text: `Allergens: ${allergens.join(', ')}` }) : null,
     h('div', { class: 't-meta' },
@@ -492,6 +660,7 @@
       o.customer_name ? h('span', { class: 't-cust', text: o.customer_name }) : null),
     typeof o.notes === 'string' && o.notes ? h('div', { class: 't-notes', text: o.notes }) : null,
     items,
+    also,
     foot,
     h('div', { class: 't-full', text: o.order_number }));
     updateTimer(el);
@@ -501,10 +670,10 @@
   // Payload lists are shown only as plain strings (an older bridge sends none at all).
   const strings = (v) => (Array.isArray(v) ? v.filter((x) => typeof x === 'string' && x) : []);
 
-  // Every allergen of any item, once, for the ticket's red band.
-  function orderAllergens(o) {
+  // Every allergen of the items shown, once, for the ticket's red band.
+  function orderAllergens(items) {
     const all = new Set();
-    for (const it of Array.isArray(o.items) ? o.items : []) strings(it.allergens).forEach((a) => all.add(a));
+    for (const it of items) strings(it.allergens).forEach((a) => all.add(a));
     return [...all];
   }
 
@@ -521,9 +690,9 @@
       return;
     }
     const elapsed = serverNow() - created;
-    const cfg = state.cfg || {};
-    const yellow = (Number(cfg.yellow_after_seconds) || 300) * 1000;
-    const red = (Number(cfg.red_after_seconds) || 480) * 1000;
+    const cfg = thisStation() || state.cfg || {};
+    const yellow = (Number(cfg.yellow_after_seconds) || Number(state.cfg && state.cfg.yellow_after_seconds) || 300) * 1000;
+    const red = (Number(cfg.red_after_seconds) || Number(state.cfg && state.cfg.red_after_seconds) || 480) * 1000;
     const level = elapsed >= red ? 'late' : elapsed >= yellow ? 'warn' : 'normal';
     timer.textContent = fmtElapsed(elapsed);
     for (const c of ['normal', 'warn', 'late']) {
@@ -532,7 +701,17 @@
     }
   }
 
+  // This screen's station as configured (its own thresholds), or null.
+  function thisStation() {
+    if (mode !== 'station' || !state.stations || !Array.isArray(state.stations.stations)) return null;
+    return state.stations.stations.find((x) => x && x.name === stationName) || null;
+  }
+
+  // Rush (marked by expo) first, then priority, then oldest.
   function compareTickets(a, b) {
+    const ra = isRush(a) ? 1 : 0;
+    const rb = isRush(b) ? 1 : 0;
+    if (ra !== rb) return rb - ra;
     const pa = Number(a.priority) || 1;
     const pb = Number(b.priority) || 1;
     if (pa !== pb) return pb - pa;
@@ -544,9 +723,18 @@
 
   function buildBoard() {
     board.replaceChildren();
-    board.dataset.view = station || 'expo';
+    board.dataset.view = mode === 'types' ? orderType || 'all' : mode;
+    if (mode !== 'types') {
+      // One column: the station's tickets, or every open order for expo.
+      const label = mode === 'station' ? stationName : 'Expo';
+      board.append(h('section', { class: 'column', 'data-type': mode === 'station' ? stationName : 'expo', 'aria-label': label },
+        h('h2', {}, h('span', { text: label }), h('span', { class: 'count', text: '0' })),
+        h('div', { class: 'tickets' }),
+        h('div', { class: 'more', role: 'status', hidden: true })));
+      return;
+    }
     for (const t of TYPES) {
-      if (station && t.id !== station) continue;
+      if (orderType && t.id !== orderType) continue;
       board.append(h('section', { class: 'column', 'data-type': t.id },
         h('h2', {}, h('span', { text: t.label }), h('span', { class: 'count', text: '0' })),
         h('div', { class: 'tickets' }),
@@ -559,7 +747,7 @@
     const keep = new Set();
     const lists = [];
     for (const col of board.querySelectorAll('.column')) {
-      const list = open.filter((o) => o.order_type === col.dataset.type).sort(compareTickets);
+      const list = open.filter((o) => mode !== 'types' || o.order_type === col.dataset.type).sort(compareTickets);
       lists.push([col, list]);
       const box = col.querySelector('.tickets');
       list.forEach((o, i) => {
@@ -592,9 +780,9 @@
   }
 
   // ---- a board that never scrolls -------------------------------------------------------
-  // Tickets flow in lanes at least LANE_MIN px wide. The expo view shares the board's lanes
-  // by load: every station with tickets gets one, each further lane goes to the station with
-  // the most tickets per lane, and an empty station shrinks to its heading.
+  // Tickets flow in lanes at least LANE_MIN px wide. The all-orders view shares the board's
+  // lanes by load: every order type with tickets gets one, each further lane goes to the type
+  // with the most tickets per lane, and an empty type shrinks to its heading.
   const LANE_MIN = 270;
   const GAP = 10;
   const COLUMN_PAD = 20; // .column padding, both sides
@@ -617,7 +805,7 @@
       lanes.set(best[0], lanes.get(best[0]) + 1);
     }
     for (const [col] of lists) col.style.setProperty('--lanes', String(lanes.get(col) || 1));
-    if (!station) {
+    if (mode === 'types' && !orderType) {
       board.style.gridTemplateColumns = lists
         .map(([col]) => (lanes.has(col) ? `minmax(0, ${lanes.get(col)}fr)` : `${EMPTY_COLUMN}px`))
         .join(' ');
@@ -678,7 +866,9 @@
     const counts = new Map();
     for (const o of open) {
       if (o.status === 'ready') continue;
-      for (const it of Array.isArray(o.items) ? o.items : []) {
+      // A station counts what it still has to make; other screens every item not yet ready.
+      const todo = mode === 'station' ? stationItems(o).filter((x) => x.part.state !== 'done').map((x) => x.it) : itemsOf(o);
+      for (const it of todo) {
         const name = String(it.name ?? '?');
         counts.set(name, (counts.get(name) || 0) + (Number(it.quantity) || 0));
       }
@@ -692,7 +882,33 @@
     }
   }
 
+  // A station screen's foot: the bumps it can still take back, each for a few seconds.
+  function renderUndo() {
+    const box = $('recall-list');
+    box.replaceChildren();
+    const now = Date.now();
+    state.undo = state.undo.filter((u) => u.until > now);
+    if (state.undo.length === 0) box.append(h('span', { class: 'muted', text: 'Bumps can be taken back here for a few seconds' }));
+    for (const u of state.undo) {
+      box.append(h('button', {
+        type: 'button',
+        class: 'recall undo',
+        'data-order': u.num,
+        'data-indexes': u.indexes.join(' '),
+        disabled: state.pending.has(u.num),
+        onclick: () => undoBump(u),
+      },
+      h('b', { text: `Undo #${shortNumber(u.num)}` }),
+      h('span', { text: ` ${u.names.join(', ')}` }),
+      h('span', { class: 'undo-left', text: ` ${Math.ceil((u.until - now) / 1000)} s` })));
+    }
+  }
+
   function renderRecall() {
+    if (mode === 'station') {
+      renderUndo();
+      return;
+    }
     const box = $('recall-list');
     box.replaceChildren();
     const list = state.recall.filter(visible);
@@ -729,6 +945,8 @@
 
     const online = [...state.workers.values()].filter((w) => w.status === 'online');
     const wEl = $('workers');
+    // With stations, cooks bump by hand: kitchen workers do not run (docs/stations.md).
+    wEl.hidden = mode !== 'types';
     wEl.textContent = `${online.length} worker${online.length === 1 ? '' : 's'} online`;
     wEl.className = `pill ${online.length ? 'pill-ok' : 'pill-warn'}`;
     wEl.title = [...state.workers.values()]
@@ -738,6 +956,7 @@
 
   function tick() {
     for (const { el } of elements.values()) updateTimer(el);
+    if (mode === 'station' && state.undo.length) renderUndo();
     $('clock').textContent = fmtClock(serverNow());
     // Drop highlights that have run out (rebuilds the few tickets concerned).
     let expired = false;
@@ -752,16 +971,39 @@
 
   function buildNav() {
     const nav = $('views');
+    nav.replaceChildren();
     const base = location.pathname;
-    const links = [{ id: null, label: 'All' }, ...TYPES];
-    for (const l of links) {
-      nav.append(h('a', {
-        href: l.id ? `${base}?station=${l.id}` : `${base}?view=expo`,
-        class: (l.id || null) === station ? 'active' : null,
-        text: l.label,
-      }));
+    const links = [{ href: base, label: 'All orders', active: mode === 'types' && !orderType }];
+    for (const t of TYPES) links.push({ href: `${base}?type=${t.id}`, label: t.label, active: orderType === t.id });
+    const configured = state.stations && Array.isArray(state.stations.stations) ? state.stations.stations : [];
+    if (configured.length) {
+      links.push({ href: `${base}?view=expo`, label: 'Expo', active: mode === 'expo', cls: 'nav-expo' });
+      for (const st of configured) links.push({ href: `${base}?station=${encodeURIComponent(st.name)}`, label: st.name, active: stationName === st.name, cls: 'nav-station' });
     }
-    document.title = `Kitchen — ${station ? TYPE_LABEL[station] : 'Expo'}`;
+    for (const l of links) {
+      nav.append(h('a', { href: l.href, class: [l.cls, l.active ? 'active' : null].filter(Boolean).join(' ') || null, 'aria-current': l.active ? 'page' : null, text: l.label }));
+    }
+    const view = mode === 'station' ? `Station ${stationName}` : mode === 'expo' ? 'Expo' : orderType ? TYPE_LABEL[orderType] : 'All orders';
+    document.title = `Kitchen — ${view}`;
+    $('page-title').textContent = mode === 'station' ? stationName : `Kitchen · ${view}`;
+    document.body.dataset.mode = mode;
+    document.querySelector('#recall-bar .label').textContent = mode === 'station' ? 'Undo' : 'Recall';
+  }
+
+  // GET /stations (tracking service, the page's origin): the stations, their thresholds, the
+  // undo window, whether expo confirms. Missing (an older server) means no stations.
+  async function loadStations() {
+    try {
+      const r = await fetch('/stations', { cache: 'no-store', headers: authHeaders() });
+      if (r.ok) state.stations = await r.json();
+    } catch (_) { /* no stations: the order-type views work as before */ }
+    buildNav();
+    if (mode === 'station' && !thisStation()) {
+      // A screen set up with a wrong name must not look like a quiet station.
+      const head = board.querySelector('.column h2 span');
+      if (head) head.textContent = `${stationName}: no such station`;
+      toast(`No station named "${stationName}" is configured`, 'bad');
+    }
   }
 
   // ---- rolling ticket time (GET /reports/speed-of-service on the tracking service) ------
@@ -824,11 +1066,13 @@
   function connect() {
     const cfg = state.cfg;
     state.prefix = `${cfg.topic_prefix || 'restaurant'}/${cfg.site || 'main'}`;
-    const topics = ['orders/+', 'events', 'workers/+', 'bridge/status'].map((t) => `${state.prefix}/${t}`);
+    // A station screen reads its own retained topic: only the tickets it has, at once after a reload.
+    const orderTopic = mode === 'station' ? `stations/${stationName}/orders/+` : 'orders/+';
+    const topics = [orderTopic, 'events', 'workers/+', 'bridge/status'].map((t) => `${state.prefix}/${t}`);
     const creds = cfg.mqtt_username ? { username: cfg.mqtt_username, password: cfg.mqtt_password || '' } : {};
     const client = mqtt.connect(mqttUrl(), {
       ...creds,
-      clientId: `kds-${station || 'expo'}-${Math.random().toString(16).slice(2, 10)}`,
+      clientId: `kds-${stationName || (mode === 'expo' ? 'expo' : orderType || 'all')}-${Math.random().toString(16).slice(2, 10)}`,
       clean: true, // the retained messages are the state; no session to keep
       keepalive: 10,
       reconnectPeriod: 1000,
@@ -883,6 +1127,7 @@
     }
     if (state.cfg.pairing && !token) await askForToken(false);
     if (state.cfg.pairing) paired();
+    await loadStations();
     render();
     connect();
     setInterval(tick, 1000);

@@ -17,12 +17,12 @@
 use super::cache::{self, OrderCache};
 use super::mqtt::{Cmd, Publisher};
 use super::payload::Event;
-use crate::broker::backoff::Backoff;
 use crate::broker::delivery::{Outcome, PoisonCap};
-use crate::broker::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::broker::topology::{self, DISPLAY_QUEUE};
 use crate::broker::{connect, connection_lost};
 use crate::domain::events::{OrderMessage, StatusUpdate, NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE};
+use crate::link::backoff::Backoff;
+use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::process::config::RabbitConfig;
 use crate::process::metrics;
 use crate::storage::{OrderView, SharedStore};

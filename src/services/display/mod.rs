@@ -6,7 +6,7 @@
 //!   message into the order's current state ([`cache`]: from the messages
 //!   themselves, the database only when one is missing), and acks a delivery only after the MQTT
 //!   broker acknowledged what it caused. Reconnects to RabbitMQ like every other
-//!   consumer here (sessions under `broker::supervise`).
+//!   consumer here (sessions under `link::supervise`).
 //! - [`mqtt`]: owns the MQTT client; decides and tracks every publish (never an
 //!   older state than already sent, the PUBACK bookkeeping, clears after the
 //!   grace period), plus a small task that keeps polling rumqttc's event loop
@@ -25,8 +25,8 @@ pub mod payload;
 pub mod snapshot;
 
 use super::StartError;
-use crate::broker::supervise::{LinkState, Peer};
 use crate::http::{self, ApiError, Limits, RequestCtx, Resp, Routes};
+use crate::link::supervise::{LinkState, Peer};
 use crate::process::config::Config;
 use crate::storage::SharedStore;
 use hyper::body::Incoming;

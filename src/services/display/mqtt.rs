@@ -42,8 +42,8 @@
 //! after its status changed, unless it changed again meanwhile (a recall).
 
 use super::payload::{order_state, Event, Presence, Topics};
-use crate::broker::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::domain::OrderStatus;
+use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::process::config::MqttConfig;
 use crate::storage::OrderView;
 use bytes::Bytes;

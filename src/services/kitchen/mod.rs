@@ -11,13 +11,13 @@
 
 use crate::broker::delivery::{Outcome, PoisonCap};
 use crate::broker::relay::Relay;
-use crate::broker::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::broker::topology::{self, kitchen_queue, REASON_HEADER, REQUEST_ID_HEADER};
 use crate::broker::{connect, connection_lost};
 use crate::domain::events::{OrderMessage, ORDERS_EXCHANGE};
 use crate::domain::status::{kitchen_step, KitchenStep};
 use crate::domain::transition::OrderState;
 use crate::domain::{OrderStatus, OrderType};
+use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::process::config::{CookingSeconds, RabbitConfig};
 use crate::process::metrics;
 use crate::storage::{

@@ -1,13 +1,14 @@
-//! What issue 14's metrics need besides the recording done where things
-//! happen: the small HTTP listener of the modes that have none (a kitchen
+//! The metrics port: what issue 14's metrics need besides the recording done
+//! where things happen (the names and the recorder are `process::metrics`, the
+//! one module of that name): the small HTTP listener of the modes that have none (a kitchen
 //! worker, the notifier: `[metrics] port`, off by default), and the gauges read
 //! from the database (the database link, the workers online).
 //!
 //! `GET /metrics` itself is answered by the HTTP edge (`http::handle`), behind
 //! the process's guard, on whichever listener is the process's endpoint.
 
-use crate::broker::supervise::LinkState;
 use crate::http::{self, health_response, ApiError, RequestCtx, Resp, Routes};
+use crate::link::supervise::LinkState;
 use crate::process::metrics::{self, LinkKind};
 use crate::storage::SharedStore;
 use hyper::body::Incoming;
