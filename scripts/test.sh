@@ -126,9 +126,6 @@ optional_stage deb 1200 packaging/test-deb.sh
 # Warm (box image and previous release cached under /var/cache): about 8 min; cold: debootstrap
 # and the previous release's build add 15-30 min on a busy 2-core machine.
 optional_stage systemd 2700 packaging/test-systemd.sh
-# Issue 21: power cuts of a whole Debian 12 VM (qemu) with the .deb; shares the systemd stage's
-# box image and package build. Warm: about 15 min under TCG; cold adds the kernel layer (minutes).
-optional_stage powercut 1800 packaging/test-powercut.sh
 optional_stage fault 1800 tests/fault/run.sh
 optional_stage prometheus 600 tests/prometheus/run.sh
 optional_stage container 1200 tests/container/run.sh
