@@ -323,6 +323,7 @@ async fn start_parts(
             });
         }
         for k in kitchens {
+            crate::process::metrics::worker_started(&k.cfg.name);
             let link = k.link.clone();
             tasks.spawn(k.run(shutdown.clone()).instrument(span.clone()));
             services::ready(&link, &shutdown, "waiting for RabbitMQ (kitchen queues)").await?;
@@ -334,6 +335,7 @@ async fn start_parts(
         }
     }
     if matches!(mode, Mode::OrderService | Mode::All) {
+        crate::process::metrics::order_service_started();
         let api = OrderApi {
             store: store.clone(),
             relay: relay.clone().expect("writing modes have a relay"),

@@ -224,6 +224,16 @@ async fn orders_created_and_request_durations(b: Backend) {
     let env = TestEnv::new(b);
     let (mut p, base) = spawn(&env, "order-service", &[]).await;
     let before = scrape(&base).await;
+    // Issue 26: every order type's counter is there at 0 from start-up, so
+    // `increase()` sees the first order after a restart.
+    for t in ["dine_in", "takeout", "delivery"] {
+        assert!(
+            before.has(CREATED, &[("order_type", t)]),
+            "{t} not exported at start: {}",
+            before.text
+        );
+        assert_eq!(before.value(CREATED, &[("order_type", t)]), 0.0);
+    }
     let http = reqwest::Client::new();
     // 3 takeout, 1 dine-in, 1 delivery; one invalid order and one replayed
     // keyed order that create nothing.
@@ -351,6 +361,17 @@ async fn worker_metrics_port_counts_orders_cooked(b: Backend) {
     let (status, _, health) = get(&format!("{base}/health"), &[]).await;
     assert_eq!(status, 200, "{health}");
     assert!(health.contains("kitchen-worker"), "{health}");
+    // Issue 26: the worker's counter is exported at 0 before its first order.
+    let m = scrape(&base).await;
+    assert!(
+        m.has("restaurant_orders_cooked_total", &[("worker", "grill-1")]),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.value("restaurant_orders_cooked_total", &[("worker", "grill-1")]),
+        0.0
+    );
     let http = reqwest::Client::new();
     let mut numbers = Vec::new();
     for body in [takeout("A", 1, 1.0), takeout("B", 1, 1.0)] {

@@ -71,19 +71,122 @@ impl Access {
     }
 }
 
-/// The class of `method` on the path split into segments (`/orders/X/cancel`
-/// -> `["orders", "X", "cancel"]`). The same table serves both HTTP services.
+/// Every HTTP route of both services, written once: the services dispatch on
+/// it, `classify` reads its access class, the metrics use its pattern as the
+/// `route` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    CreateOrder,
+    Complete,
+    Recall,
+    Cancel,
+    Order,
+    OrderStatus,
+    OrderHistory,
+    Workers,
+    SpeedOfService,
+    Health,
+    Metrics,
+    OpenApi,
+    Display,
+    DisplayFile,
+    Board,
+    BoardFile,
+}
+
+impl Route {
+    /// Every route, in the order `find` tries them.
+    pub const ALL: [Route; 16] = [
+        Route::CreateOrder,
+        Route::Complete,
+        Route::Recall,
+        Route::Cancel,
+        Route::Order,
+        Route::OrderStatus,
+        Route::OrderHistory,
+        Route::Workers,
+        Route::SpeedOfService,
+        Route::Health,
+        Route::Metrics,
+        Route::OpenApi,
+        Route::Display,
+        Route::DisplayFile,
+        Route::Board,
+        Route::BoardFile,
+    ];
+
+    /// The route table: its pattern (`{..}` is any one segment), the one
+    /// method it answers (others get 405), who may call it.
+    fn row(self) -> (&'static str, &'static str, Access) {
+        use Access::*;
+        match self {
+            Route::CreateOrder => ("/orders", "POST", CreateOrder),
+            Route::Complete => ("/orders/{n}/complete", "POST", KitchenAction),
+            Route::Recall => ("/orders/{n}/recall", "POST", KitchenAction),
+            Route::Cancel => ("/orders/{n}/cancel", "POST", Cancel),
+            Route::Order => ("/orders/{n}", "GET", Read),
+            Route::OrderStatus => ("/orders/{n}/status", "GET", Read),
+            Route::OrderHistory => ("/orders/{n}/history", "GET", Read),
+            Route::Workers => ("/workers/status", "GET", Read),
+            Route::SpeedOfService => ("/reports/speed-of-service", "GET", Read),
+            Route::Health => ("/health", "GET", Open),
+            Route::Metrics => ("/metrics", "GET", Read),
+            Route::OpenApi => ("/openapi.yaml", "GET", Open),
+            // The kitchen display page and its settings; `config.json` holds
+            // the MQTT read account only for a paired page (decided by the
+            // route, which sees the caller).
+            Route::Display => ("/display", "GET", Open),
+            Route::DisplayFile => ("/display/{file}", "GET", Open),
+            // The customer board's static files (it reads the board over MQTT).
+            Route::Board => ("/board", "GET", Open),
+            Route::BoardFile => ("/board/{file}", "GET", Open),
+        }
+    }
+
+    /// The route of a path split into segments (`/orders/X/cancel` ->
+    /// `["orders", "X", "cancel"]`), whatever the method.
+    pub fn find(seg: &[&str]) -> Option<Route> {
+        Route::ALL.into_iter().find(|route| {
+            let mut want = route.pattern().split('/').filter(|p| !p.is_empty());
+            let mut got = seg.iter();
+            loop {
+                match (want.next(), got.next()) {
+                    (None, None) => return true,
+                    (Some(w), Some(g)) if w.starts_with('{') || w == *g => {}
+                    _ => return false,
+                }
+            }
+        })
+    }
+
+    /// The route of a raw path.
+    pub fn of_path(path: &str) -> Option<Route> {
+        let seg: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        Route::find(&seg)
+    }
+
+    /// The pattern, e.g. `/orders/{n}/status` (the metrics label).
+    pub fn pattern(self) -> &'static str {
+        self.row().0
+    }
+
+    /// The one method the route answers.
+    pub fn method(self) -> &'static str {
+        self.row().1
+    }
+
+    pub fn access(self) -> Access {
+        self.row().2
+    }
+}
+
+/// The class of `method` on the path split into segments. Open routes are
+/// open whatever the method (they answer 405 themselves); a known route under
+/// another method, or an unknown route, is `Read`: it reveals nothing to an
+/// anonymous remote caller.
 pub fn classify(method: &str, seg: &[&str]) -> Access {
-    match (method, seg) {
-        (_, ["health"] | ["openapi.yaml"]) => Access::Open,
-        // The page and its settings; `config.json` holds the MQTT read account
-        // only for a paired page (decided by the route, which sees the caller).
-        (_, ["display", ..]) => Access::Open,
-        // The customer board's static files (it reads the board over MQTT).
-        (_, ["board", ..]) => Access::Open,
-        ("POST", ["orders"]) => Access::CreateOrder,
-        ("POST", ["orders", _, "complete" | "recall"]) => Access::KitchenAction,
-        ("POST", ["orders", _, "cancel"]) => Access::Cancel,
+    match Route::find(seg) {
+        Some(r) if r.access() == Access::Open || r.method() == method => r.access(),
         _ => Access::Read,
     }
 }
@@ -412,6 +515,20 @@ mod tests {
         assert_eq!(classify("GET", &["metrics"]), Access::Read);
         assert_eq!(classify("GET", &["nope"]), Access::Read);
         assert_eq!(classify("GET", &[]), Access::Read);
+    }
+
+    #[test]
+    fn every_route_is_found_by_its_pattern() {
+        for route in Route::ALL {
+            let pattern = route.pattern();
+            let concrete = pattern
+                .replace("{n}", "ORD_20261202_001")
+                .replace("{file}", "a.js");
+            assert_eq!(Route::of_path(&concrete), Some(route), "{pattern}");
+        }
+        assert_eq!(Route::of_path("/orders/x/bogus"), None);
+        assert_eq!(Route::of_path("/"), None);
+        assert_eq!(Route::of_path("/display/a/b"), None);
     }
 
     #[test]

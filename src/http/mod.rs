@@ -10,6 +10,7 @@
 
 pub mod auth;
 
+use crate::domain::access::Route;
 use crate::domain::error::Class;
 use crate::process::metrics;
 use crate::storage::StoreError;
@@ -39,6 +40,8 @@ pub struct RequestCtx {
     pub limits: Limits,
     /// Who is calling (`Anonymous` where the service has no guard).
     pub caller: crate::domain::access::Caller,
+    /// The route the path matches, if any.
+    pub route: Option<Route>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -315,7 +318,8 @@ async fn handle(
     limits: Limits,
 ) -> Resp {
     let started = std::time::Instant::now();
-    let route = metrics::route_label(req.uri().path());
+    let matched = Route::of_path(req.uri().path());
+    let route = matched.map_or("other", Route::pattern);
     let method = metrics::method_label(req.method().as_str());
     let rid = request_id(&req);
     let span = tracing::info_span!("request", request_id = %rid);
@@ -363,7 +367,7 @@ async fn handle(
         // Health checks are exempt, so a busy service is not reported as down.
         // So is the metrics scrape: a busy service is when it matters most.
         let _permit = permits.try_acquire();
-        if _permit.is_err() && route != "/health" && route != "/metrics" {
+        if _permit.is_err() && !matches!(matched, Some(Route::Health | Route::Metrics)) {
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many requests in flight",
@@ -371,7 +375,7 @@ async fn handle(
             e.retry_after = Some(1);
             return e.into_response();
         }
-        if route == "/metrics" && routes.metrics() {
+        if matched == Some(Route::Metrics) && routes.metrics() {
             if req.method() != Method::GET {
                 return ApiError::method_not_allowed("GET").into_response();
             }
@@ -386,6 +390,7 @@ async fn handle(
             request_id: rid.clone(),
             limits,
             caller,
+            route: matched,
         };
         match routes.handle(req, ctx).await {
             Ok(r) => r,
@@ -414,18 +419,26 @@ async fn handle(
     resp
 }
 
-/// The spec's health document; 503 when any check fails.
-/// The route check of a port that serves only `GET /health`: 404 for any
-/// other path, 405 for another method.
-pub fn only_health(req: &Request<Incoming>) -> Result<(), ApiError> {
-    let seg = segments(req);
-    if seg.len() != 1 || seg[0] != "health" {
-        return Err(ApiError::not_found("no such route"));
+/// The request's route among those a service `serves`: 404 for any other
+/// path, 405 (with `Allow`) for another method.
+pub fn route_of(
+    req: &Request<Incoming>,
+    ctx: &RequestCtx,
+    serves: &[Route],
+) -> Result<Route, ApiError> {
+    let route = ctx
+        .route
+        .filter(|r| serves.contains(r))
+        .ok_or_else(|| ApiError::not_found("no such route"))?;
+    if req.method().as_str() != route.method() {
+        return Err(ApiError::method_not_allowed(route.method()));
     }
-    if req.method() != hyper::Method::GET {
-        return Err(ApiError::method_not_allowed("GET"));
-    }
-    Ok(())
+    Ok(route)
+}
+
+/// The route check of a port that serves only `GET /health`.
+pub fn only_health(req: &Request<Incoming>, ctx: &RequestCtx) -> Result<(), ApiError> {
+    route_of(req, ctx, &[Route::Health]).map(|_| ())
 }
 
 /// The database's line in `/health`: a ping, given 2 s.
@@ -436,6 +449,7 @@ pub async fn database_health(store: &crate::storage::SharedStore) -> Result<(), 
     }
 }
 
+/// The spec's health document; 503 when any check fails.
 pub fn health_response(service: &str, checks: &[(&str, Result<(), String>)]) -> Resp {
     let healthy = checks.iter().all(|(_, r)| r.is_ok());
     let checks: serde_json::Map<String, Value> = checks

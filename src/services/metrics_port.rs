@@ -33,8 +33,8 @@ pub struct MetricsPort {
 
 #[async_trait::async_trait]
 impl Routes for MetricsPort {
-    async fn handle(&self, req: Request<Incoming>, _ctx: RequestCtx) -> Result<Resp, ApiError> {
-        http::only_health(&req)?;
+    async fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> Result<Resp, ApiError> {
+        http::only_health(&req, &ctx)?;
         let db = http::database_health(&self.store).await;
         let rabbit = self.rabbit.health("not connected to RabbitMQ");
         Ok(health_response(

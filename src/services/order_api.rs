@@ -2,13 +2,14 @@
 //! transitions (complete = the display's bump, cancel, recall).
 
 use crate::broker::relay::Relay;
+use crate::domain::access::Route;
 use crate::domain::idempotency;
 use crate::domain::order::{is_order_number, validate};
 use crate::domain::OrderStatus;
 use crate::domain::ValidOrder;
 use crate::http::{
-    bad_order_number, health_response, json_response, read_json, segments, static_response,
-    store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
+    bad_order_number, health_response, json_response, read_json, route_of, segments,
+    static_response, store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
 };
 use crate::process::failpoint;
 use crate::process::metrics;
@@ -18,7 +19,7 @@ use crate::storage::{
 };
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use serde_json::json;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -71,25 +72,27 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 #[async_trait::async_trait]
 impl Routes for OrderApi {
     async fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> Result<Resp, ApiError> {
-        let seg = segments(&req);
-        let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
-        match (req.method().clone(), seg.as_slice()) {
-            (Method::POST, ["orders"]) => self.create(req, &ctx).await,
-            (Method::POST, ["orders", n, action]) => {
-                let to = match *action {
-                    "complete" => OrderStatus::Completed,
-                    "cancel" => OrderStatus::Cancelled,
-                    "recall" => OrderStatus::Ready,
-                    _ => return Err(ApiError::not_found("no such route")),
-                };
-                self.transition(n, to, &ctx).await
-            }
-            (_, ["orders"]) | (_, ["orders", _, "complete" | "cancel" | "recall"]) => {
-                Err(ApiError::method_not_allowed("POST"))
-            }
-            (Method::GET, ["health"]) => Ok(self.health().await),
-            (Method::GET, ["openapi.yaml"]) => Ok(static_response("application/yaml", OPENAPI)),
-            (_, ["health"]) | (_, ["openapi.yaml"]) => Err(ApiError::method_not_allowed("GET")),
+        let route = route_of(
+            &req,
+            &ctx,
+            &[
+                Route::CreateOrder,
+                Route::Complete,
+                Route::Cancel,
+                Route::Recall,
+                Route::Health,
+                Route::OpenApi,
+            ],
+        )?;
+        // The order number of `/orders/{n}/...`.
+        let n = segments(&req).get(1).cloned().unwrap_or_default();
+        match route {
+            Route::CreateOrder => self.create(req, &ctx).await,
+            Route::Complete => self.transition(&n, OrderStatus::Completed, &ctx).await,
+            Route::Cancel => self.transition(&n, OrderStatus::Cancelled, &ctx).await,
+            Route::Recall => self.transition(&n, OrderStatus::Ready, &ctx).await,
+            Route::Health => Ok(self.health().await),
+            Route::OpenApi => Ok(static_response("application/yaml", OPENAPI)),
             _ => Err(ApiError::not_found("no such route")),
         }
     }

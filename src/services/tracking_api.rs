@@ -2,17 +2,18 @@
 //! speed-of-service report, plus the kitchen display page and the customer
 //! order board (static files embedded in the binary).
 
+use crate::domain::access::Route;
 use crate::domain::access::{Caller, Role, HOW_TO_GET_A_TOKEN};
 use crate::domain::order::is_order_number;
 use crate::domain::speed;
 use crate::http::{
-    bad_order_number, health_response, json_response, query_param, segments, static_response,
-    store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
+    bad_order_number, health_response, json_response, query_param, route_of, segments,
+    static_response, store_error, ApiError, RequestCtx, Resp, Routes, OPENAPI,
 };
 use crate::process::config::DisplayConfig;
 use crate::storage::{SharedStore, StoreError};
 use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use serde_json::json;
 
 pub const SERVICE: &str = "tracking-service";
@@ -79,43 +80,44 @@ const BOARD: &[(&str, &str, &[u8])] = &[
 #[async_trait::async_trait]
 impl Routes for TrackingApi {
     async fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> Result<Resp, ApiError> {
-        let seg = segments(&req);
-        let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
-        if req.method() != Method::GET {
-            let known = matches!(
-                seg.as_slice(),
-                ["orders", _, "status" | "history"]
-                    | ["orders", _]
-                    | ["reports", "speed-of-service"]
-                    | ["board", ..]
-                    | ["workers", "status"]
-                    | ["health"]
-                    | ["openapi.yaml"]
-                    | ["display", ..]
-            );
-            return Err(if known {
-                ApiError::method_not_allowed("GET")
-            } else {
-                ApiError::not_found("no such route")
-            });
-        }
-        match seg.as_slice() {
-            ["orders", n, "status"] => self.status(n).await,
-            ["orders", n, "history"] => self.history(n).await,
-            ["orders", n] => self.whole_order(n).await,
-            ["reports", "speed-of-service"] => self.speed_of_service(req.uri().query()).await,
-            ["board"] => file(BOARD, "").ok_or_else(|| ApiError::not_found("no such file")),
-            ["board", name] => file(BOARD, name).ok_or_else(|| ApiError::not_found("no such file")),
-            ["workers", "status"] => self.workers().await,
-            ["health"] => Ok(self.health().await),
-            ["openapi.yaml"] => Ok(static_response("application/yaml", OPENAPI)),
-            ["display", "config.json"] => self.display_config(&ctx.caller),
-            ["display"] => Ok(page("")),
-            ["display", file] => PAGE
+        let route = route_of(
+            &req,
+            &ctx,
+            &[
+                Route::Order,
+                Route::OrderStatus,
+                Route::OrderHistory,
+                Route::SpeedOfService,
+                Route::Board,
+                Route::BoardFile,
+                Route::Workers,
+                Route::Health,
+                Route::OpenApi,
+                Route::Display,
+                Route::DisplayFile,
+            ],
+        )?;
+        // The order number or file name: the path's second segment.
+        let arg = segments(&req).get(1).cloned().unwrap_or_default();
+        match route {
+            Route::OrderStatus => self.status(&arg).await,
+            Route::OrderHistory => self.history(&arg).await,
+            Route::Order => self.whole_order(&arg).await,
+            Route::SpeedOfService => self.speed_of_service(req.uri().query()).await,
+            Route::Board => file(BOARD, "").ok_or_else(|| ApiError::not_found("no such file")),
+            Route::BoardFile => {
+                file(BOARD, &arg).ok_or_else(|| ApiError::not_found("no such file"))
+            }
+            Route::Workers => self.workers().await,
+            Route::Health => Ok(self.health().await),
+            Route::DisplayFile if arg == "config.json" => self.display_config(&ctx.caller),
+            Route::Display => Ok(page("")),
+            Route::DisplayFile => PAGE
                 .iter()
-                .find(|(name, _, _)| name == file)
+                .find(|(name, _, _)| *name == arg)
                 .map(|(name, _, _)| page(name))
                 .ok_or_else(|| ApiError::not_found("no such file")),
+            Route::OpenApi => Ok(static_response("application/yaml", OPENAPI)),
             _ => Err(ApiError::not_found("no such route")),
         }
     }

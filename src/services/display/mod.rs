@@ -151,8 +151,8 @@ impl Routes for Health {
         self.edge.metrics
     }
 
-    async fn handle(&self, req: Request<Incoming>, _ctx: RequestCtx) -> Result<Resp, ApiError> {
-        http::only_health(&req)?;
+    async fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> Result<Resp, ApiError> {
+        http::only_health(&req, &ctx)?;
         let db = http::database_health(&self.store).await;
         let rabbit = self.rabbit.health("not connected to RabbitMQ");
         let mqtt = self.mqtt.health(&format!(
