@@ -220,6 +220,8 @@ async fn start_parts(
     };
     let limits = Limits {
         max_concurrent: cfg.http.max_concurrent,
+        queue_timeout: Duration::from_millis(cfg.http.queue_timeout_ms),
+        max_connections: cfg.http.max_connections,
         body_limit: cfg.http.body_limit_bytes,
         timeout: Duration::from_secs(cfg.http.request_timeout_seconds.max(1)),
     };

@@ -314,6 +314,10 @@ pub struct HttpConfig {
     pub tracking_port: u16,
     pub bridge_port: u16,
     pub max_concurrent: usize,
+    /// How long a request over `max_concurrent` waits for a slot before its 503.
+    pub queue_timeout_ms: u64,
+    /// Open connections per listener; more get a 503 and are closed.
+    pub max_connections: usize,
     pub body_limit_bytes: usize,
     /// Slow or idle clients are dropped after this long.
     pub request_timeout_seconds: u64,
@@ -327,6 +331,8 @@ impl Default for HttpConfig {
             tracking_port: 3002,
             bridge_port: 3003,
             max_concurrent: 50,
+            queue_timeout_ms: 2000,
+            max_connections: 1024,
             body_limit_bytes: 64 * 1024,
             request_timeout_seconds: 10,
         }
@@ -599,6 +605,15 @@ impl Config {
         }
         if self.http.max_concurrent == 0 {
             return bad("http.max_concurrent must be at least 1".into());
+        }
+        if self.http.max_connections == 0 {
+            return bad("http.max_connections must be at least 1".into());
+        }
+        if self.http.queue_timeout_ms > 60_000 {
+            return bad(format!(
+                "http.queue_timeout_ms must be at most 60000, got {}",
+                self.http.queue_timeout_ms
+            ));
         }
         let c = self.kitchen.cooking_seconds;
         for (k, v) in [
