@@ -220,6 +220,8 @@ async fn start_parts(
     };
     let limits = Limits {
         max_concurrent: cfg.http.max_concurrent,
+        queue_timeout: Duration::from_millis(cfg.http.queue_timeout_ms),
+        max_connections: cfg.http.max_connections,
         body_limit: cfg.http.body_limit_bytes,
         timeout: Duration::from_secs(cfg.http.request_timeout_seconds.max(1)),
     };
@@ -345,6 +347,7 @@ async fn start_parts(
             guard: guard.clone(),
             idempotency: order_api::Idempotency::new(cfg.orders.idempotency_ttl_seconds),
             routing: routing.clone(),
+            business: cfg.business.rule()?,
         };
         let addr = bind(cfg.http.order_port);
         let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));
@@ -359,6 +362,7 @@ async fn start_parts(
             guard: guard.clone(),
             metrics: mode == Mode::TrackingService,
             routing: routing.clone(),
+            business: cfg.business.rule()?,
         };
         let addr = bind(cfg.http.tracking_port);
         let api = Api(tracking_api::SERVICE, "Tracking Service", Arc::new(api));

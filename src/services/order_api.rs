@@ -3,6 +3,7 @@
 
 use crate::broker::relay::Relay;
 use crate::domain::access::{Caller, Route};
+use crate::domain::business_day::BusinessDay;
 use crate::domain::idempotency;
 use crate::domain::order::{is_order_number, validate};
 use crate::domain::stations::{Action, Refusal, Routing};
@@ -34,6 +35,8 @@ pub struct OrderApi {
     /// The kitchen's stations (issue 24): routes items at intake, and the
     /// station routes' rules. None without stations.
     pub routing: Option<std::sync::Arc<Routing>>,
+    /// Gives each order its business date (`[business]`, issue 26).
+    pub business: BusinessDay,
 }
 
 /// How `Idempotency-Key`s are kept (issue 14).
@@ -173,9 +176,10 @@ impl OrderApi {
         let shown = key.as_deref().map(idempotency::for_log);
         let (created, replayed) = match key {
             None => {
+                let now = chrono::Utc::now();
                 let created = self
                     .store
-                    .create_order(&order, &ctx.request_id, chrono::Utc::now())
+                    .create_order(&order, &ctx.request_id, now, self.business.date(now))
                     .await
                     .map_err(|e| {
                         store_error(e, "db_transaction_failed", "Could not store the order")
@@ -248,7 +252,7 @@ impl OrderApi {
         }
         let outcome = self
             .store
-            .create_order_keyed(order, &ctx.request_id, now, &k)
+            .create_order_keyed(order, &ctx.request_id, now, self.business.date(now), &k)
             .await
             .map_err(|e| store_error(e, "db_transaction_failed", "Could not store the order"))?;
         match outcome {

@@ -193,11 +193,12 @@ impl Store for SqliteStore {
         order: &ValidOrder,
         request_id: &str,
         now: DateTime<Utc>,
+        day: NaiveDate,
     ) -> Result<CreatedOrder, StoreError> {
         let order = order.clone();
         let request_id = request_id.to_string();
         let owner = self.owner.clone();
-        self.write(move |c| orders::create_order_tx(c, &owner, &order, &request_id, now))
+        self.write(move |c| orders::create_order_tx(c, &owner, &order, &request_id, (now, day)))
             .await
     }
 
@@ -206,6 +207,7 @@ impl Store for SqliteStore {
         order: &ValidOrder,
         request_id: &str,
         now: DateTime<Utc>,
+        day: NaiveDate,
         key: &IdempotencyKey,
     ) -> Result<KeyedOutcome, StoreError> {
         let order = order.clone();
@@ -214,7 +216,7 @@ impl Store for SqliteStore {
         let key = key.clone();
         self.write(move |c| {
             orders::keyed_tx(c, &key, now, || {
-                orders::create_order_tx(c, &owner, &order, &request_id, now)
+                orders::create_order_tx(c, &owner, &order, &request_id, (now, day))
             })
         })
         .await
@@ -447,7 +449,7 @@ mod tests {
 
         let start = syncs();
         let n = store
-            .create_order(&order, "rid", Utc::now())
+            .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
             .await
             .expect("create")
             .order_number;
@@ -480,7 +482,7 @@ mod tests {
         // after one, of rows on disk already, needs no sync.
         for _ in 0..2 {
             store
-                .create_order(&order, "rid", Utc::now())
+                .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
                 .await
                 .expect("create");
         }
@@ -516,7 +518,7 @@ mod tests {
         let before = size();
         for _ in 0..20 {
             store
-                .create_order(&order, "rid", Utc::now())
+                .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
                 .await
                 .expect("create");
         }
@@ -525,7 +527,7 @@ mod tests {
         while size() <= before && t.elapsed() < Duration::from_secs(5) {
             tokio::time::sleep(CHECKPOINT_EVERY).await;
             store
-                .create_order(&order, "rid", Utc::now())
+                .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
                 .await
                 .expect("create");
         }
