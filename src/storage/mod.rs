@@ -691,7 +691,18 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// How many messages wait in the outbox, and when the oldest was written
     /// (the relay's gauges, docs/metrics.md).
     async fn outbox_stats(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
+
+    /// When the newest change stored happened (the newest order, the newest
+    /// status-log row), None on an empty database: the clock cannot be
+    /// earlier than that (`domain::clock`). Two index lookups.
+    async fn newest_change(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 }
+
+/// `Store::newest_change`, the same on both backends.
+const NEWEST_CHANGE_SQL: &str = "select max(t) from (\
+     select max(created_at) as t from orders \
+     union all select changed_at from order_status_log \
+     where id = (select max(id) from order_status_log)) as changes";
 
 /// Opens the configured backend and applies migrations.
 pub async fn open(cfg: &DatabaseConfig) -> Result<SharedStore, StoreError> {

@@ -877,4 +877,10 @@ impl Store for PgStore {
             row.try_get(1).map_err(pg_err)?,
         ))
     }
+
+    async fn newest_change(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let c = self.client().await?;
+        let row = c.query_one(NEWEST_CHANGE_SQL, &[]).await.map_err(pg_err)?;
+        row.try_get(0).map_err(pg_err)
+    }
 }

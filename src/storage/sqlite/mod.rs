@@ -401,6 +401,16 @@ impl Store for SqliteStore {
     async fn outbox_stats(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
         self.read(outbox::stats).await
     }
+
+    async fn newest_change(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.read(|c| {
+            let t: Option<String> = c
+                .query_row(NEWEST_CHANGE_SQL, [], |r| r.get(0))
+                .map_err(sql_err)?;
+            t.map(|t| parse_ts(&t)).transpose().map_err(sql_err)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
