@@ -49,7 +49,7 @@ fn burger_order() -> Value {
 async fn create(store: &SharedStore, r: &Routing, body: &Value, now: DateTime<Utc>) -> String {
     let order = r.route_order(validate(body).expect("valid order"));
     store
-        .create_order(&order, "rid-create", now)
+        .create_order(&order, "rid-create", now, now.date_naive())
         .await
         .expect("create")
         .order_number
@@ -353,7 +353,7 @@ async fn expo_and_rush(b: Backend) {
     // An order made without stations has no parts: nothing to bump.
     let plain = validate(&one).unwrap();
     let d = store
-        .create_order(&plain, "rid", at(7_000))
+        .create_order(&plain, "rid", at(7_000), at(7_000).date_naive())
         .await
         .unwrap()
         .order_number;

@@ -29,6 +29,8 @@ pub struct TrackingApi {
     pub metrics: bool,
     /// The kitchen's stations (issue 24); None without stations.
     pub routing: Option<std::sync::Arc<Routing>>,
+    /// The speed report's default range is the current business day.
+    pub business: crate::domain::business_day::BusinessDay,
 }
 
 /// The display page: our own files from `web/src/`, and the MQTT client that
@@ -267,14 +269,19 @@ impl TrackingApi {
         if !errors.is_empty() {
             return Err(bad_range(errors));
         }
-        let (from, to) = speed::parse_range(from.as_deref(), to.as_deref(), chrono::Utc::now())
-            .map_err(|errs| {
-                bad_range(
-                    errs.into_iter()
-                        .map(|e| json!({"field": e.field, "message": e.message}))
-                        .collect(),
-                )
-            })?;
+        let (from, to) = speed::parse_range(
+            from.as_deref(),
+            to.as_deref(),
+            chrono::Utc::now(),
+            &self.business,
+        )
+        .map_err(|errs| {
+            bad_range(
+                errs.into_iter()
+                    .map(|e| json!({"field": e.field, "message": e.message}))
+                    .collect(),
+            )
+        })?;
         let tickets = self
             .store
             .ticket_times(from, to)
