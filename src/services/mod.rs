@@ -32,6 +32,10 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("shutdown requested during start-up")]
     Cancelled,
+    /// A link stopped for good (retrying cannot help): exit non-zero, so the
+    /// service manager restarts us.
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// Waits until `link` is up: a service is ready once it consumes (or can
@@ -43,7 +47,10 @@ pub async fn ready(
 ) -> Result<(), StartError> {
     crate::process::daemon::status(waiting);
     tokio::select! {
-        r = link.wait_up() => r.map_err(|()| StartError::Cancelled),
+        r = link.wait_up() => r.map_err(|()| match link.fatal() {
+            Some(why) => StartError::Fatal(why),
+            None => StartError::Cancelled,
+        }),
         _ = shutdown.cancelled() => Err(StartError::Cancelled),
     }
 }
