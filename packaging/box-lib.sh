@@ -66,3 +66,55 @@ box_image() {
     mv "$tmp.log" "$dir.log"
     echo "$dir"
 }
+
+# The power-cut VM (packaging/test-powercut.sh): the box image above plus a kernel, booted by
+# qemu as a whole machine. Cached next to it, keyed by the box's key and this recipe.
+RS_VM_PACKAGES=(linux-image-amd64 initramfs-tools)
+RS_VM_RECIPE=1
+
+vm_cache_key() {
+    printf '%s\n' "$(box_cache_key)" "${RS_VM_PACKAGES[*]}" "$RS_VM_RECIPE" | sha256sum | cut -c1-16
+}
+
+# vm_image: prints the cached VM root directory (kernel and initrd in its /boot), building it
+# from box_image first when missing.
+vm_image() {
+    local key dir tmp box
+    key=$(vm_cache_key)
+    dir="$RS_BOX_CACHE/vm-$key"
+    if [[ -f "$dir/.complete" ]]; then
+        echo "$dir"
+        return 0
+    fi
+    box=$(box_image) || return 1
+    tmp="$dir.tmp.$$"
+    rm -rf "$tmp"
+    log "building the VM image $dir from $box (a kernel and its initrd; once per machine)"
+    cp -a "$box" "$tmp"
+    rm -f "$tmp/.complete"
+    if ! systemd-nspawn --register=no --keep-unit -q -D "$tmp" --hostname="$RS_BOX_HOSTNAME" /bin/sh -c \
+        "apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q -y install --no-install-recommends ${RS_VM_PACKAGES[*]} && apt-get clean" \
+        >"$tmp.log" 2>&1 </dev/null; then
+        tail -n 20 "$tmp.log" >&2
+        rm -rf "$tmp"
+        die "installing ${RS_VM_PACKAGES[*]} into the VM image failed (log above)"
+    fi
+    # qemu's user network: the guest is 10.0.2.15, the host 10.0.2.2 (no DHCP wait at boot).
+    mkdir -p "$tmp/etc/systemd/network" "$tmp/etc/systemd/system/multi-user.target.wants" \
+        "$tmp/etc/systemd/system/sockets.target.wants"
+    printf '[Match]\nName=en* eth*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n' \
+        >"$tmp/etc/systemd/network/10-qemu.network"
+    ln -sf /lib/systemd/system/systemd-networkd.service \
+        "$tmp/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+    ln -sf /lib/systemd/system/systemd-networkd.socket \
+        "$tmp/etc/systemd/system/sockets.target.wants/systemd-networkd.socket"
+    printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n' >"$tmp/etc/fstab"
+    # Nobody logs in on the serial console.
+    ln -sf /dev/null "$tmp/etc/systemd/system/serial-getty@ttyS0.service"
+    ls "$tmp"/boot/vmlinuz-* "$tmp"/boot/initrd.img-* >/dev/null || die "no kernel or initrd in $tmp/boot"
+    touch "$tmp/.complete"
+    rm -rf "$dir"
+    mv "$tmp" "$dir"
+    mv "$tmp.log" "$dir.log"
+    echo "$dir"
+}

@@ -48,6 +48,8 @@ EXPECTED_FILES=(
     "$UNIT_DIR/restaurant-notifier.service" "$UNIT_DIR/restaurant-display-bridge.service"
     "$UNIT_DIR/restaurant-kitchen@.service" "$UNIT_DIR/restaurant-system.target"
     "$UNIT_DIR/restaurant-.service.d/hardening.conf"
+    "$UNIT_DIR/rabbitmq-server.service.d/restaurant-system.conf"
+    /etc/rabbitmq/conf.d/60-restaurant-system.conf
     /usr/share/man/man1/restaurant-system.1.gz
     /usr/share/doc/restaurant-system/changelog.Debian.gz
     /usr/share/lintian/overrides/restaurant-system

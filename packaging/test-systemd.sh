@@ -513,6 +513,20 @@ hardening_in_effect() {
     return $bad
 }
 check "every unit gets the shared hardening drop-in and runs as user restaurant" hardening_in_effect
+# Issue 21: a broker stuck in its own start job (RabbitMQ recovering after a power cut) must not
+# hold ours; the binary waits for the brokers itself.
+not_after_brokers() {
+    local u after bad=0
+    for u in "${UNITS[@]}"; do
+        after=$(in_box systemctl show -p After --value "$u")
+        if grep -qwE 'rabbitmq-server.service|mosquitto.service' <<<"$after"; then
+            echo "$u: After=$after"
+            bad=1
+        fi
+    done
+    return $bad
+}
+check "no unit of ours waits for the start job of rabbitmq-server or mosquitto" not_after_brokers
 exposures=""
 for u in restaurant-order restaurant-tracking restaurant-notifier restaurant-display-bridge restaurant-kitchen@chef_mario; do
     level=$(in_box systemd-analyze security --no-pager "$u.service" 2>&1 |

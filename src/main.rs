@@ -5,8 +5,8 @@ use clap::{Parser, Subcommand};
 use restaurant_system::domain::access::{self, Role};
 use restaurant_system::domain::OrderType;
 use restaurant_system::modes::{self, Mode, Options};
-use restaurant_system::process::config::{config_path, Config, WorkerFile};
-use restaurant_system::process::{daemon, telemetry};
+use restaurant_system::process::config::{config_path, Config, StorageBackend, WorkerFile};
+use restaurant_system::process::{daemon, owner, telemetry};
 use restaurant_system::services::kitchen::{WorkerConfig, WorkerError};
 use restaurant_system::services::StartError;
 use restaurant_system::storage;
@@ -124,6 +124,16 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(msg) => return usage_error(&msg),
     };
+    // Everything but `validate` may create the SQLite database: as root, do it as
+    // the services' user (see process::owner). Before any thread exists.
+    if !matches!(cli.command, Some(Command::Validate))
+        && cfg.database.resolved_backend() == StorageBackend::Sqlite
+    {
+        if let Err(e) = owner::become_state_owner(&cfg.database.sqlite_path) {
+            eprintln!("restaurant-system: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
     match cli.command {
         Some(Command::Validate) => {
             println!(

@@ -548,12 +548,22 @@ async fn sigterm_mid_cooking(b: Backend) {
         restaurant_system::domain::order::validate(&common::takeout(name, 1, 12.5)).unwrap()
     };
     let first = store
-        .create_order(&order("First Order"), "req-sigterm-1", chrono::Utc::now())
+        .create_order(
+            &order("First Order"),
+            "req-sigterm-1",
+            chrono::Utc::now(),
+            chrono::Utc::now().date_naive(),
+        )
         .await
         .unwrap()
         .order_number;
     let second = store
-        .create_order(&order("Second Order"), "req-sigterm-2", chrono::Utc::now())
+        .create_order(
+            &order("Second Order"),
+            "req-sigterm-2",
+            chrono::Utc::now(),
+            chrono::Utc::now().date_naive(),
+        )
         .await
         .unwrap()
         .order_number;
@@ -682,3 +692,71 @@ backend_tests!(
     killed_worker_restarts_at_once,
     sigterm_mid_cooking,
 );
+
+/// Issue 21: `token create` run as root before any service started (install.md's
+/// order) must leave the SQLite files to the owner of the state directory (the
+/// services' user), at the units' modes, and hand back a file an older version
+/// left to root. Not root: the files are simply the caller's.
+#[tokio::test]
+async fn database_created_by_root_belongs_to_the_state_owner() {
+    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let root = nix::unistd::Uid::effective().is_root();
+    // nobody:nogroup stands for the package's user; any non-root owner will do.
+    let (uid, gid) = if root {
+        (65534, 65534)
+    } else {
+        let m = std::fs::metadata(&state).unwrap();
+        (m.uid(), m.gid())
+    };
+    if root {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown(&state, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    // What an earlier root run left behind.
+    let stale = state.join("restaurant.db.worker-x.lock");
+    std::fs::write(&stale, "").unwrap();
+    std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let db = state.join("restaurant.db");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nbackend = \"sqlite\"\nsqlite_path = \"{}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let out = bare(dir.path())
+        .args(["token", "create", "pos-1", "--role", "pos", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut seen = Vec::new();
+    for e in std::fs::read_dir(&state).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (uid, gid),
+            "{name} is not the state directory owner's"
+        );
+        if root {
+            assert_eq!(m.mode() & 0o777, 0o640, "{name}: mode {:o}", m.mode());
+        }
+        seen.push(name);
+    }
+    assert!(seen.iter().any(|n| n == "restaurant.db"), "{seen:?}");
+    // The services' user can use it: a second command as that user sees the token.
+    let list = bare(dir.path())
+        .args(["token", "list", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{list:?}");
+    assert!(String::from_utf8_lossy(&list.stdout).contains("pos-1"));
+}

@@ -5,4 +5,5 @@ pub mod config;
 pub mod daemon;
 pub mod failpoint;
 pub mod metrics;
+pub mod owner;
 pub mod telemetry;

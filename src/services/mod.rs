@@ -36,6 +36,9 @@ pub enum StartError {
     /// service manager restarts us.
     #[error("{0}")]
     Fatal(String),
+    /// A setting `Config::check` refuses (a `Config` built in code skips it).
+    #[error("{0}")]
+    Config(#[from] crate::process::config::ConfigError),
 }
 
 /// Waits until `link` is up: a service is ready once it consumes (or can

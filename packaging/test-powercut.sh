@@ -1,0 +1,382 @@
+#!/usr/bin/env bash
+# packaging/test-powercut.sh: a kitchen box loses power mid-service (issue 21).
+#
+#   sudo packaging/test-powercut.sh
+#
+# A whole Debian 12 machine from Debian's packages (the systemd stage's box image plus
+# linux-image-amd64, cached under /var/cache/restaurant-system-test, see packaging/box-lib.sh),
+# with this tree's .deb installed and set up as docs/install.md says (token created as root
+# before any service ran, two kitchen workers, notifier, display bridge), booted by qemu (KVM
+# where it boots a stock kernel, else TCG). qemu's user network forwards the order and tracking
+# ports to 127.0.0.1 only; orders arrive from this machine with a token.
+#
+# A power cut is SIGKILL to qemu while orders arrive: the guest's page cache is lost, what it
+# wrote to its disk image stays. On SQLite: a clean first boot, then RS_POWERCUT_SQLITE_CUTS
+# (2) cuts under load; then the same box on PostgreSQL (kernel command line systemd.setenv=),
+# RS_POWERCUT_PG_CUTS (1) cuts under load. After every boot: the seconds from power-on to the
+# first order answered 200 (at most the clean boot's + 30 s), and every order ever answered 200
+# is present and ready within 120 s of that, none cooked twice. At the end, on the disk image:
+# e2fsck, SQLite PRAGMA integrity_check, PostgreSQL amcheck (heap and B-tree indexes) in a
+# private server on a copy of the cluster, no order number twice, and RabbitMQ's log searched
+# for the recovery crash of issue 21.
+#
+# Knobs: RS_DEB=FILE (this package instead of cargo deb); RS_VM_ACCEL=auto|kvm|tcg;
+#        RS_POWERCUT_RATE (orders/s, 50); RS_POWERCUT_LOAD_SECONDS (20);
+#        RS_POWERCUT_OLD_RABBIT=1 (leave out the RabbitMQ settings the package ships: the
+#        "before" of issue 21's RabbitMQ fix); RS_BOX_KEEP=1 (keep disk image and logs).
+#
+# Prints PASS:/FAIL: per check, "POWERCUT" lines with the times, "N passed, N failed" at the
+# end; exit status 0 only when nothing failed. Needs root.
+
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck disable=SC2034 # read by scripts/lib.sh
+RS_LOG_TAG=test-powercut
+# shellcheck source=scripts/lib.sh
+source "$REPO/scripts/lib.sh"
+# shellcheck source=packaging/box-lib.sh
+source "$REPO/packaging/box-lib.sh"
+cd "$REPO"
+
+SQLITE_CUTS=${RS_POWERCUT_SQLITE_CUTS:-2}
+PG_CUTS=${RS_POWERCUT_PG_CUTS:-1}
+RATE=${RS_POWERCUT_RATE:-50}
+LOAD_SECONDS=${RS_POWERCUT_LOAD_SECONDS:-20}
+# Power-on to orders accepted, at most (a boot that never gets there fails here).
+API_LIMIT=${RS_POWERCUT_API_LIMIT:-420}
+READY_LIMIT=120
+SLACK=30
+PG_PASSWORD=powercut-test
+CLIENT="/usr/bin/python3 $REPO/packaging/powercut_load.py"
+
+passed=0
+failed=0
+work=""
+overlay=""
+qemu_pid=""
+load_pid=""
+boots=0
+LINES=()
+
+pass() {
+    printf 'PASS: %s\n' "$*"
+    passed=$((passed + 1))
+}
+fail() {
+    printf 'FAIL: %s\n' "$*"
+    failed=$((failed + 1))
+}
+check() { # DESCRIPTION CMD...
+    local desc=$1
+    shift
+    if "$@" >"$work/check.out" 2>&1; then
+        pass "$desc"
+    else
+        fail "$desc"
+        tail -n 25 "$work/check.out" | sed 's/^/    /'
+    fi
+}
+fatal() {
+    fail "$*"
+    exit 1
+}
+report() {
+    local line
+    line="POWERCUT $*"
+    echo "$line"
+    LINES+=("$line")
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    [[ -n "$load_pid" ]] && kill "$load_pid" 2>/dev/null
+    [[ -n "$qemu_pid" ]] && kill -KILL "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
+    if [[ -n "$overlay" ]]; then umount "$work/root" || umount -l "$work/root"; fi
+    if [[ -n "$work" && -d "$work" ]]; then
+        if [[ -n "${RS_BOX_KEEP:-}" ]]; then
+            log "kept $work"
+        else
+            rm -rf --one-file-system "$work"
+        fi
+    fi
+    printf '\n'
+    printf '%s\n' "${LINES[@]}"
+    printf '%d passed, %d failed\n' "$passed" "$failed"
+    if [[ $failed -gt 0 && $rc -eq 0 ]]; then
+        rc=1
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[[ ${EUID} -eq 0 ]] || die "run as root: this test builds a disk image and boots it with qemu"
+need_apt qemu-system-x86 debootstrap systemd-container e2fsprogs python3 sqlite3 curl jq
+t_start=$(date +%s)
+work=$(mktemp -d /var/tmp/restaurant-powercut.XXXXXX)
+
+# ---------------------------------------------------------------------------------------------
+# The package and the disk image
+
+if [[ -n "${RS_DEB:-}" ]]; then
+    deb=$(realpath "$RS_DEB")
+else
+    ensure_tools
+    log "cargo deb (release build)"
+    deb=$(cargo deb 2>"$work/cargo-deb.log" | tail -n 1) || { tail -n 30 "$work/cargo-deb.log"; fatal "cargo deb"; }
+fi
+[[ -f "$deb" ]] || fatal "the package $deb exists"
+
+img=$(vm_image) || fatal "the VM image"
+kernel=$(find "$img/boot" -name 'vmlinuz-*' | sort | tail -n 1)
+initrd=$(find "$img/boot" -name 'initrd.img-*' | sort | tail -n 1)
+ROOT="$work/root"
+mkdir -p "$ROOT" "$work/upper" "$work/overlay-work"
+if mount -t overlay overlay -o "lowerdir=$img,upperdir=$work/upper,workdir=$work/overlay-work" "$ROOT"; then
+    overlay=1
+else
+    rmdir "$ROOT"
+    cp -a "$img" "$ROOT"
+fi
+cp "$deb" "$ROOT/root/"
+# What a technician does (docs/install.md): install, configure, a token (as root, before any
+# service ran), a PostgreSQL database for the second half, enable the units. In a container
+# on its own network: the image's PostgreSQL must not meet this machine's.
+cat >"$ROOT/root/setup.sh" <<EOF
+set -e
+export DEBIAN_FRONTEND=noninteractive
+# A machine id of its own (no first-boot questions on the console).
+[ -s /etc/machine-id ] || systemd-machine-id-setup
+# A journal that survives the cuts, for the diagnosis after them.
+mkdir -p /var/log/journal
+dpkg -i /root/$(basename "$deb")
+sed -i '/^\[kitchen.cooking_seconds\]/,/^\[/ s/^\(dine_in\|takeout\|delivery\) = .*/\1 = 1/' /etc/restaurant-system/config.toml
+restaurant-system token create powercut --role pos | tail -n 1 >/root/token-sqlite
+pg_ctlcluster 15 main start
+runuser -u postgres -- psql -q -c "create user restaurant_user password '$PG_PASSWORD'"
+runuser -u postgres -- createdb -O restaurant_user restaurant_db
+runuser -u postgres -- psql -q -d restaurant_db -c 'create extension amcheck'
+RESTAURANT_DATABASE__HOST=127.0.0.1 RESTAURANT_DATABASE__PASSWORD=$PG_PASSWORD \
+    restaurant-system token create powercut --role pos | tail -n 1 >/root/token-postgres
+pg_ctlcluster 15 main stop
+systemctl enable restaurant-order restaurant-tracking restaurant-notifier \
+    restaurant-display-bridge restaurant-kitchen@chef_mario restaurant-kitchen@chef_luigi
+EOF
+if ! systemd-nspawn --register=no --keep-unit -q --private-network -D "$ROOT" \
+    --hostname="$RS_BOX_HOSTNAME" /bin/sh /root/setup.sh >"$work/setup.log" 2>&1 </dev/null; then
+    tail -n 30 "$work/setup.log"
+    fatal "install and set up the package in the image"
+fi
+pass "installed $(basename "$deb") and set it up as install.md says"
+owned_right() {
+    local o
+    o=$(stat -c '%U:%G %a' "$ROOT/var/lib/restaurant-system/restaurant.db")
+    echo "restaurant.db after token create as root: $o"
+    [[ "$o" == "restaurant:restaurant 640" ]]
+}
+check "token create as root left the database to the services' user" owned_right
+if [[ -n "${RS_POWERCUT_OLD_RABBIT:-}" ]]; then
+    rm -f "$ROOT/etc/rabbitmq/conf.d/60-restaurant-system.conf" \
+        "$ROOT/lib/systemd/system/rabbitmq-server.service.d/restaurant-system.conf"
+    log "RS_POWERCUT_OLD_RABBIT: RabbitMQ as Debian ships it (v1 queue index, 600 s start timeout)"
+fi
+token_sqlite=$(cat "$ROOT/root/token-sqlite")
+token_pg=$(cat "$ROOT/root/token-postgres")
+t0=$(date +%s)
+mkfs.ext4 -q -F -L kitchen-box -d "$ROOT" "$work/disk.img" 4G >"$work/mkfs.log" 2>&1 ||
+    { cat "$work/mkfs.log"; fatal "mkfs.ext4 -d"; }
+umount "$ROOT" 2>/dev/null && overlay=""
+log "disk image made in $(($(date +%s) - t0)) s"
+
+# ---------------------------------------------------------------------------------------------
+# The machine
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+OPORT=$(free_port)
+TPORT=$(free_port)
+
+# KVM only where it boots a stock kernel (a nested PVM here does not): a kernel with no root
+# file system panics at once under a working KVM.
+accel="-accel tcg,thread=multi -cpu max"
+case "${RS_VM_ACCEL:-auto}" in
+    kvm) accel="-accel kvm -cpu host" ;;
+    tcg) ;;
+    *)
+        if [[ -w /dev/kvm ]]; then
+            timeout 25 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -display none \
+                -no-reboot -serial "file:$work/kvm-probe.log" -kernel "$kernel" \
+                -append "console=ttyS0 panic=-1" >/dev/null 2>&1 || true
+            if grep -q 'Kernel panic' "$work/kvm-probe.log" 2>/dev/null; then
+                accel="-accel kvm -cpu host"
+            fi
+        fi
+        ;;
+esac
+report "accelerator ${accel%% -cpu*}"
+
+# power_on KERNEL_ARGS...: boots the disk image; sets qemu_pid and t_on.
+power_on() {
+    boots=$((boots + 1))
+    # shellcheck disable=SC2086 # accel is a list of options
+    qemu-system-x86_64 $accel -smp 2 -m "${RS_VM_MEM:-1536}" -nodefaults -display none -no-reboot \
+        -serial "file:$work/serial-$boots.log" \
+        -kernel "$kernel" -initrd "$initrd" \
+        -append "root=/dev/vda rw console=ttyS0 quiet $*" \
+        -drive "file=$work/disk.img,format=raw,if=virtio" \
+        -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$OPORT-:3000,hostfwd=tcp:127.0.0.1:$TPORT-:3002" \
+        -device virtio-net-pci,netdev=n0 </dev/null >"$work/qemu-$boots.log" 2>&1 &
+    qemu_pid=$!
+    t_on=$(date +%s.%N)
+}
+
+# power_cut: SIGKILL to qemu; the guest gets no chance to write anything more.
+power_cut() {
+    kill -KILL "$qemu_pid"
+    wait "$qemu_pid" 2>/dev/null || true
+    qemu_pid=""
+}
+
+# accepted_after_power_on TOKEN: seconds from power-on to the first order answered 200.
+# Sets SECS ("" when it never came).
+accepted_after_power_on() {
+    local out
+    out=$($CLIENT first-accept "$OPORT" "$1" "$t_on" "$API_LIMIT" "$accepted" || true)
+    SECS=""
+    [[ "$out" =~ ^[0-9.]+$ ]] && SECS=$out
+}
+
+# load_and_cut TOKEN: orders at RATE/s; the power goes after LOAD_SECONDS, orders still coming.
+load_and_cut() {
+    $CLIENT load "$OPORT" "$1" "$RATE" "$((LOAD_SECONDS + 30))" "$accepted" &
+    load_pid=$!
+    sleep "$LOAD_SECONDS"
+    local before
+    before=$(wc -l <"$accepted")
+    power_cut
+    sleep 2
+    kill "$load_pid" 2>/dev/null || true
+    wait "$load_pid" 2>/dev/null || true
+    load_pid=""
+    log "power cut with orders arriving: $(($(wc -l <"$accepted") - before)) answered 200 in the last 2 s; $(wc -l <"$accepted") accepted so far"
+}
+
+# after_boot LABEL TOKEN: power-on to orders accepted, then every accepted order ready.
+after_boot() {
+    local label=$1 token=$2 out
+    accepted_after_power_on "$token"
+    if [[ -z "$SECS" ]]; then
+        fail "$label: orders accepted within $API_LIMIT s of power-on"
+        tail -n 30 "$work/serial-$boots.log" | sed 's/^/    /'
+        return 1
+    fi
+    if [[ -n "${clean:-}" ]]; then
+        check "$label: power-on to orders accepted $SECS s <= clean boot $clean s + $SLACK s" \
+            awk -v a="$SECS" -v b="$clean" -v s="$SLACK" 'BEGIN { exit !(a <= b + s) }'
+    fi
+    if out=$($CLIENT wait-ready "$TPORT" "$token" "$accepted" "$READY_LIMIT"); then
+        pass "$label: every order answered 200 is there and ready within $READY_LIMIT s, none cooked twice: $out"
+    else
+        fail "$label: every order answered 200 is there and ready within $READY_LIMIT s, none cooked twice: $out"
+    fi
+    echo "$out" >"$work/ready.json"
+    report "$label power_on_to_orders_accepted_s $SECS $(jq -r '"accepted \(.accepted) present \(.present) ready \(.ready) duplicated \(.duplicated | length) seconds_to_ready \(.seconds)"' "$work/ready.json" 2>/dev/null || echo "$out")"
+}
+
+# ---------------------------------------------------------------------------------------------
+# SQLite: a clean boot, then the cuts
+
+accepted="$work/accepted-sqlite"
+: >"$accepted"
+power_on ""
+accepted_after_power_on "$token_sqlite"
+[[ -n "$SECS" ]] || { tail -n 40 "$work/serial-$boots.log"; fatal "clean boot: orders accepted within $API_LIMIT s of power-on"; }
+clean=$SECS
+pass "clean boot: orders accepted $clean s after power-on"
+report "sqlite clean-boot power_on_to_orders_accepted_s $clean"
+for ((c = 1; c <= SQLITE_CUTS; c++)); do
+    load_and_cut "$token_sqlite"
+    power_on ""
+    after_boot "sqlite cut $c" "$token_sqlite" || true
+done
+sqlite_orders=$(wc -l <"$accepted")
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: the same box, its services pointed at the box's PostgreSQL
+
+power_cut
+pg_env="systemd.setenv=RESTAURANT_DATABASE__HOST=127.0.0.1 systemd.setenv=RESTAURANT_DATABASE__PASSWORD=$PG_PASSWORD"
+accepted="$work/accepted-postgres"
+: >"$accepted"
+power_on "$pg_env"
+after_boot "postgres boot" "$token_pg" || true
+for ((c = 1; c <= PG_CUTS; c++)); do
+    load_and_cut "$token_pg"
+    power_on "$pg_env"
+    after_boot "postgres cut $c" "$token_pg" || true
+done
+power_cut
+
+# ---------------------------------------------------------------------------------------------
+# The disk after the last cut
+
+check "e2fsck: the file system is consistent after the cuts (journal replayed)" \
+    sh -c "e2fsck -fy '$work/disk.img' >'$work/e2fsck.log' 2>&1; rc=\$?; cat '$work/e2fsck.log'; [ \$rc -le 1 ]"
+ex="$work/extract"
+mkdir -p "$ex"
+debugfs -R "rdump /var/lib/restaurant-system /var/lib/postgresql/15/main /var/log/rabbitmq /var/log/journal $ex" "$work/disk.img" >/dev/null 2>&1 || true
+# Every boot's journal of our units and RabbitMQ, for the reader of a failure (RS_BOX_KEEP=1).
+journalctl -D "$ex/journal" --no-pager -o short-monotonic -u 'restaurant-*' -u rabbitmq-server \
+    >"$work/journal.txt" 2>&1 || true
+
+sqlite_ok() {
+    local r
+    r=$(sqlite3 "$ex/restaurant-system/restaurant.db" 'PRAGMA integrity_check')
+    echo "integrity_check: $r"
+    [[ "$r" == ok ]]
+}
+check "SQLite: PRAGMA integrity_check is ok" sqlite_ok
+sqlite_all_there() {
+    local have missing dups
+    have=$(sqlite3 "$ex/restaurant-system/restaurant.db" 'select number from orders')
+    missing=$(grep -cvxF -f <(echo "$have") "$work/accepted-sqlite" || true)
+    dups=$(sqlite3 "$ex/restaurant-system/restaurant.db" 'select count(*) from (select number from orders group by number having count(*) > 1)')
+    echo "accepted $sqlite_orders missing $missing order numbers twice $dups"
+    [[ "$missing" -eq 0 && "$dups" -eq 0 ]]
+}
+check "SQLite: every order answered 200 is in the database file, no number twice" sqlite_all_there
+
+pg_checks() {
+    local pgd="$work/pgdata" bin=/usr/lib/postgresql/15/bin port sock="$work/pgsock" q
+    [[ -x $bin/pg_ctl ]] || { echo "no PostgreSQL 15 here"; return 1; }
+    cp -a "$ex/main" "$pgd"
+    mkdir -p "$sock"
+    printf 'local all all trust\n' >"$pgd/pg_hba.conf"
+    : >"$pgd/postgresql.conf"
+    : >"$pgd/pg_ident.conf"
+    chown -R postgres: "$pgd" "$sock"
+    chmod 700 "$pgd"
+    port=$(free_port)
+    runuser -u postgres -- "$bin/pg_ctl" -D "$pgd" -l "$work/pg.log" -w -t 120 \
+        -o "-p $port -k $sock -c listen_addresses='' -c hba_file=$pgd/pg_hba.conf -c ident_file=$pgd/pg_ident.conf -c data_directory=$pgd" start ||
+        { cat "$work/pg.log"; return 1; }
+    q() { runuser -u postgres -- psql -XAtq -h "$sock" -p "$port" -d restaurant_db -c "$1"; }
+    local rc=0 heap idx have missing dups
+    heap=$(q "select count(*) from pg_class c, lateral verify_heapam(c.oid) where c.relkind = 'r' and c.relnamespace = 'public'::regnamespace") || rc=1
+    idx=$(q "select count(bt_index_parent_check(c.oid, true)) from pg_index i join pg_class c on c.oid = i.indexrelid join pg_am a on a.oid = c.relam where a.amname = 'btree' and c.relnamespace = 'public'::regnamespace") || rc=1
+    have=$(q 'select number from orders') || rc=1
+    missing=$(grep -cvxF -f <(echo "$have") "$work/accepted-postgres" || true)
+    dups=$(q 'select count(*) from (select number from orders group by number having count(*) > 1) d') || rc=1
+    echo "verify_heapam problems: $heap; B-tree indexes checked: $idx; accepted $(wc -l <"$work/accepted-postgres") missing $missing; numbers twice $dups"
+    runuser -u postgres -- "$bin/pg_ctl" -D "$pgd" -m fast stop >/dev/null || true
+    [[ $rc -eq 0 && "$heap" == 0 && "$idx" -gt 0 && "$missing" -eq 0 && "$dups" -eq 0 ]]
+}
+check "PostgreSQL: amcheck (verify_heapam, bt_index_parent_check) clean after crash recovery, every order answered 200 there, no number twice" pg_checks
+
+crashes=$(cat "$ex"/rabbitmq/*.log 2>/dev/null | grep -c 'badmatch' || true)
+report "rabbitmq recovery crashes logged (badmatch): $crashes"
+if [[ -z "${RS_POWERCUT_OLD_RABBIT:-}" ]]; then
+    check "RabbitMQ recovered from every cut without crashing" test "$crashes" -eq 0
+fi
+report "total $(($(date +%s) - t_start)) s"
