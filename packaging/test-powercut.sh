@@ -46,7 +46,7 @@ PG_CUTS=${RS_POWERCUT_PG_CUTS:-1}
 RATE=${RS_POWERCUT_RATE:-50}
 LOAD_SECONDS=${RS_POWERCUT_LOAD_SECONDS:-20}
 # Power-on to orders accepted, at most (a boot that never gets there fails here).
-API_LIMIT=${RS_POWERCUT_API_LIMIT:-420}
+API_LIMIT=${RS_POWERCUT_API_LIMIT:-600}
 READY_LIMIT=120
 SLACK=30
 PG_PASSWORD=powercut-test
@@ -209,9 +209,9 @@ case "${RS_VM_ACCEL:-auto}" in
     tcg) ;;
     *)
         if [[ -w /dev/kvm ]]; then
-            timeout 25 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -display none \
+            (timeout 25 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -display none \
                 -no-reboot -serial "file:$work/kvm-probe.log" -kernel "$kernel" \
-                -append "console=ttyS0 panic=-1" >/dev/null 2>&1 || true
+                -append "console=ttyS0 panic=-1") >/dev/null 2>&1 || true
             if grep -q 'Kernel panic' "$work/kvm-probe.log" 2>/dev/null; then
                 accel="-accel kvm -cpu host"
             fi
@@ -378,6 +378,8 @@ check "SQLite: every order answered 200 is in the database file, no number twice
 pg_checks() {
     local pgd="$work/pgdata" bin=/usr/lib/postgresql/15/bin port sock="$work/pgsock" q
     [[ -x $bin/pg_ctl ]] || { echo "no PostgreSQL 15 here"; return 1; }
+    # The server runs as postgres: it must reach its copy through this test's directory.
+    chmod 711 "$work"
     cp -a "$ex/main" "$pgd"
     mkdir -p "$sock"
     printf 'local all all trust\n' >"$pgd/pg_hba.conf"
@@ -386,9 +388,9 @@ pg_checks() {
     chown -R postgres: "$pgd" "$sock"
     chmod 700 "$pgd"
     port=$(free_port)
-    runuser -u postgres -- "$bin/pg_ctl" -D "$pgd" -l "$work/pg.log" -w -t 120 \
+    runuser -u postgres -- "$bin/pg_ctl" -D "$pgd" -l "$sock/pg.log" -w -t 120 \
         -o "-p $port -k $sock -c listen_addresses='' -c hba_file=$pgd/pg_hba.conf -c ident_file=$pgd/pg_ident.conf -c data_directory=$pgd" start ||
-        { cat "$work/pg.log"; return 1; }
+        { cat "$sock/pg.log"; return 1; }
     q() { runuser -u postgres -- psql -XAtq -h "$sock" -p "$port" -d restaurant_db -c "$1"; }
     local rc=0 heap idx have missing dups
     heap=$(q "select count(*) from pg_class c, lateral verify_heapam(c.oid) where c.relkind = 'r' and c.relnamespace = 'public'::regnamespace") || rc=1
