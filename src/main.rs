@@ -51,7 +51,7 @@ struct Cli {
     #[arg(long)]
     port: Option<u16>,
 
-    /// Order service: requests handled at once; more get 503 at once.
+    /// Order service: requests handled at once; more wait up to `[http] queue_timeout_ms`, then get 503.
     #[arg(long)]
     max_concurrent: Option<usize>,
 

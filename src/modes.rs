@@ -170,6 +170,27 @@ pub async fn open_store(
     }
 }
 
+/// The earliest the clock may read (issue 26, `domain::clock`): the newest
+/// change stored, and the time this program was installed (the binary's
+/// modification time: the package's build time on a box, as dpkg keeps it).
+async fn clock_floor(
+    store: &SharedStore,
+) -> Result<Arc<crate::domain::clock::ClockFloor>, StartError> {
+    let installed = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(chrono::DateTime::<chrono::Utc>::from);
+    let floor = store
+        .newest_change()
+        .await?
+        .into_iter()
+        .chain(installed)
+        .max()
+        .unwrap_or_default();
+    Ok(Arc::new(crate::domain::clock::ClockFloor::new(floor)))
+}
+
 /// Starts `mode`. For `All`, everything shares one store and one relay.
 ///
 /// When start-up fails or is cancelled half way (SIGTERM while waiting for
@@ -220,6 +241,8 @@ async fn start_parts(
     };
     let limits = Limits {
         max_concurrent: cfg.http.max_concurrent,
+        queue_timeout: Duration::from_millis(cfg.http.queue_timeout_ms),
+        max_connections: cfg.http.max_connections,
         body_limit: cfg.http.body_limit_bytes,
         timeout: Duration::from_secs(cfg.http.request_timeout_seconds.max(1)),
     };
@@ -341,7 +364,10 @@ async fn start_parts(
             relay: relay.clone().expect("writing modes have a relay"),
             guard: guard.clone(),
             idempotency: order_api::Idempotency::new(cfg.orders.idempotency_ttl_seconds),
+            business: cfg.business.rule()?,
+            clock: clock_floor(&store).await?,
         };
+        tasks.spawn(order_api::watch_clock(api.clock.clone(), shutdown.clone()));
         let addr = bind(cfg.http.order_port);
         let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));
         running.order_addr = Some(api.listen(addr, limits, &shutdown, &tasks).await?);
@@ -354,6 +380,7 @@ async fn start_parts(
             mqtt_site: cfg.mqtt.site.clone(),
             guard: guard.clone(),
             metrics: mode == Mode::TrackingService,
+            business: cfg.business.rule()?,
         };
         let addr = bind(cfg.http.tracking_port);
         let api = Api(tracking_api::SERVICE, "Tracking Service", Arc::new(api));

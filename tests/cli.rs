@@ -548,12 +548,22 @@ async fn sigterm_mid_cooking(b: Backend) {
         restaurant_system::domain::order::validate(&common::takeout(name, 1, 12.5)).unwrap()
     };
     let first = store
-        .create_order(&order("First Order"), "req-sigterm-1", chrono::Utc::now())
+        .create_order(
+            &order("First Order"),
+            "req-sigterm-1",
+            chrono::Utc::now(),
+            chrono::Utc::now().date_naive(),
+        )
         .await
         .unwrap()
         .order_number;
     let second = store
-        .create_order(&order("Second Order"), "req-sigterm-2", chrono::Utc::now())
+        .create_order(
+            &order("Second Order"),
+            "req-sigterm-2",
+            chrono::Utc::now(),
+            chrono::Utc::now().date_naive(),
+        )
         .await
         .unwrap()
         .order_number;

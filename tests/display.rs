@@ -648,7 +648,12 @@ async fn state_from_messages_is_the_stored_state(b: Backend) {
     let store = env.open_store().await;
     let order = validate(&spec_orders()[1]).expect("a valid spec order");
     let created = store
-        .create_order(&order, "rid-1", chrono::Utc::now())
+        .create_order(
+            &order,
+            "rid-1",
+            chrono::Utc::now(),
+            chrono::Utc::now().date_naive(),
+        )
         .await
         .expect("create");
     let n = created.order_number;

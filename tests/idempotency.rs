@@ -300,7 +300,7 @@ async fn store_keys_behave_alike(b: Backend) {
         expires_at: now + secs(60),
     };
     let first = store
-        .create_order_keyed(&order, "rid-1", t0, &key("k1", "h1", t0))
+        .create_order_keyed(&order, "rid-1", t0, t0.date_naive(), &key("k1", "h1", t0))
         .await
         .expect("create");
     let KeyedOutcome::Created(created) = first else {
@@ -312,6 +312,7 @@ async fn store_keys_behave_alike(b: Backend) {
             &order,
             "rid-2",
             t0 + secs(1),
+            (t0 + secs(1)).date_naive(),
             &key("k1", "h1", t0 + secs(1)),
         )
         .await
@@ -322,6 +323,7 @@ async fn store_keys_behave_alike(b: Backend) {
             &order,
             "rid-3",
             t0 + secs(2),
+            (t0 + secs(2)).date_naive(),
             &key("k1", "h2", t0 + secs(2)),
         )
         .await
@@ -331,7 +333,13 @@ async fn store_keys_behave_alike(b: Backend) {
     let mut theirs = key("k1", "h1", t0 + secs(3));
     theirs.scope = "token:till-1".into();
     let made = store
-        .create_order_keyed(&order, "rid-4", t0 + secs(3), &theirs)
+        .create_order_keyed(
+            &order,
+            "rid-4",
+            t0 + secs(3),
+            (t0 + secs(3)).date_naive(),
+            &theirs,
+        )
         .await
         .unwrap();
     assert!(
@@ -344,6 +352,7 @@ async fn store_keys_behave_alike(b: Backend) {
             &order,
             "rid-5",
             t0 + secs(61),
+            (t0 + secs(61)).date_naive(),
             &key("k1", "h2", t0 + secs(61)),
         )
         .await

@@ -957,19 +957,21 @@ async fn health_follows_the_database(b: Backend) {
     tracking.stop().await;
 }
 
-/// Over --max-concurrent requests in flight, the next one gets 503 at once
-/// (not after the slow one), and service resumes when the slow one ends.
+/// Over --max-concurrent requests in flight, the next one waits for a slot:
+/// it is served when the slot frees, and gets 503 with Retry-After only after
+/// `queue_timeout_ms` (issue 22: an instant 503 made clients retry at once).
 async fn max_concurrent_overflow(b: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = TestEnv::new(b);
     let mut cfg = env.cfg.clone();
     cfg.http.max_concurrent = 1;
+    cfg.http.queue_timeout_ms = 600;
     let app = env.start_with(Mode::OrderService, None, &cfg).await;
     let base = app.order_url();
     let http = http();
 
     // A client that sends its headers and half its body, then stalls: its
-    // request holds the only permit while the service waits for the body.
+    // request holds the only slot while the service waits for the body.
     let body = serde_json::to_vec(&spec_orders()[0]).unwrap();
     let mut slow = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
         .await
@@ -983,7 +985,7 @@ async fn max_concurrent_overflow(b: Backend) {
 
     let v = eventually(
         Duration::from_secs(10),
-        "the slow request to hold the permit",
+        "the slow request to hold the slot",
         || async {
             let r = http.get(format!("{base}/openapi.yaml")).send().await.ok()?;
             if r.status() != 503 {
@@ -995,24 +997,93 @@ async fn max_concurrent_overflow(b: Backend) {
     .await;
     assert!(v["error"].is_string(), "{v}");
     // Health checks are exempt from the limit: a busy service is not a dead one.
+    let started = std::time::Instant::now();
     let (s, _) = health(&base).await;
     assert_eq!(s, 200, "/health must answer while the service is busy");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // A request over the limit waits its queue_timeout_ms, then 503.
     let started = std::time::Instant::now();
     let (s, h, v) = post_json(&http, &format!("{base}/orders"), &spec_orders()[1]).await;
     let took = started.elapsed();
     assert_eq!(s, 503, "{v}");
-    assert!(h.contains_key("retry-after"));
-    // "Quickly": well under the 10 s the slow request may still take.
-    assert!(took < Duration::from_secs(2), "503 took {took:?}");
+    assert_eq!(h.get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_secs(5),
+        "503 after {took:?}, queue_timeout_ms is 600"
+    );
 
-    // The slow client finishes: its order is accepted, and the permit is free.
+    // A request that arrives while the slot is taken and gets it within its
+    // wait is served, not refused.
+    let queued = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move { post_json(&http, &format!("{base}/orders"), &spec_orders()[1]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
     slow.write_all(&body[body.len() / 2..]).await.unwrap();
     let mut resp = Vec::new();
     slow.read_to_end(&mut resp).await.unwrap();
     let resp = String::from_utf8_lossy(&resp);
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    let n = place_order(&http, &base, &spec_orders()[1]).await;
-    assert!(n.ends_with("_002"), "{n}");
+    let (s, _, v) = queued.await.unwrap();
+    assert_eq!(s, 200, "the queued request must be served: {v}");
+    assert!(v["order_number"].as_str().unwrap().ends_with("_002"), "{v}");
+    app.stop().await;
+}
+
+/// Open connections are bounded (issue 22): over `max_connections`, a new
+/// connection gets one clean 503 and is closed, and a freed slot is reused.
+async fn connections_are_bounded(b: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new(b);
+    let mut cfg = env.cfg.clone();
+    cfg.http.max_connections = 3;
+    let app = env.start_with(Mode::OrderService, None, &cfg).await;
+    let base = app.order_url();
+    let addr = base.trim_start_matches("http://").to_string();
+    let get = |keep: bool| {
+        format!(
+            "GET /health HTTP/1.1\r\nHost: t\r\nConnection: {}\r\n\r\n",
+            if keep { "keep-alive" } else { "close" }
+        )
+    };
+    // Three idle keep-alive connections, each proven served.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(get(true).as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        idle.push(c);
+    }
+    // The fourth is answered 503, with Retry-After, and closed.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(get(true).as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut resp))
+        .await
+        .expect("an over-limit connection is closed")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+    assert!(resp.starts_with("http/1.1 503"), "{resp}");
+    assert!(resp.contains("retry-after: 1"), "{resp}");
+    assert!(resp.contains("too many open connections"), "{resp}");
+    // A closed connection frees its slot.
+    drop(idle.pop());
+    let v = eventually(
+        Duration::from_secs(5),
+        "a freed connection slot",
+        || async {
+            let mut c = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            c.write_all(get(false).as_bytes()).await.ok()?;
+            let mut resp = Vec::new();
+            c.read_to_end(&mut resp).await.ok()?;
+            resp.starts_with(b"HTTP/1.1 200").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(v, ());
+    drop(idle);
     app.stop().await;
 }
 
@@ -1024,4 +1095,5 @@ backend_tests!(
     concurrent_orders,
     health_follows_the_database,
     max_concurrent_overflow,
+    connections_are_bounded,
 );

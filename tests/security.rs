@@ -370,6 +370,7 @@ async fn matrix(
                         .expect("valid order"),
                     "req-test",
                     chrono::Utc::now(),
+                    chrono::Utc::now().date_naive(),
                 )
                 .await
                 .expect("create order")

@@ -68,7 +68,7 @@ async fn with_one_order(b: Backend) -> (TestEnv, SharedStore, String) {
     let env = TestEnv::new(b);
     let store = env.open_store().await;
     let n = store
-        .create_order(&takeout("Ann"), "rid-1", at(0))
+        .create_order(&takeout("Ann"), "rid-1", at(0), at(0).date_naive())
         .await
         .unwrap()
         .order_number;
@@ -79,12 +79,12 @@ async fn create_and_read_back(b: Backend) {
     let env = TestEnv::new(b);
     let store = env.open_store().await;
     let created = store
-        .create_order(&takeout("Ann"), "rid-1", at(0))
+        .create_order(&takeout("Ann"), "rid-1", at(0), at(0).date_naive())
         .await
         .expect("create");
     assert_eq!(created.order_number, "ORD_20260115_001");
     let second = store
-        .create_order(&takeout("Bob"), "rid-2", at(1))
+        .create_order(&takeout("Bob"), "rid-2", at(1), at(1).date_naive())
         .await
         .unwrap();
     assert_eq!(second.order_number, "ORD_20260115_002");
@@ -226,7 +226,12 @@ async fn concurrent_transitions_from_one_state_one_wins(b: Backend) {
     let store = env.open_store().await;
     for round in 0..5 {
         let n = store
-            .create_order(&takeout("Ann"), "rid-1", at(round))
+            .create_order(
+                &takeout("Ann"),
+                "rid-1",
+                at(round),
+                (at(round)).date_naive(),
+            )
             .await
             .unwrap()
             .order_number;
@@ -278,17 +283,17 @@ async fn open_orders_carry_their_kitchen_details(b: Backend) {
                    "allergens": ["peanuts", "soya"]},
                   {"name": "Water", "quantity": 1, "price": 2.0}]}));
     let a = store
-        .create_order(&detailed, "r", at(0))
+        .create_order(&detailed, "r", at(0), at(0).date_naive())
         .await
         .unwrap()
         .order_number;
     let gone = store
-        .create_order(&takeout("Bob"), "r", at(1))
+        .create_order(&takeout("Bob"), "r", at(1), at(1).date_naive())
         .await
         .unwrap()
         .order_number;
     let c = store
-        .create_order(&takeout("Cy"), "r", at(2))
+        .create_order(&takeout("Cy"), "r", at(2), at(2).date_naive())
         .await
         .unwrap()
         .order_number;
@@ -355,7 +360,7 @@ async fn workers_register_beat_and_count(b: Backend) {
     );
     // Cooking one order to ready counts it for the worker that finished it.
     let n = store
-        .create_order(&takeout("Ann"), "r", at(0))
+        .create_order(&takeout("Ann"), "r", at(0), at(0).date_naive())
         .await
         .unwrap()
         .order_number;
@@ -446,7 +451,84 @@ async fn a_deferred_change_is_a_change_like_any_other(b: Backend) {
     assert_eq!(msgs[0].message_id, format!("{n}:ready:3"));
 }
 
+/// Issue 26: order numbers carry the business date (New York, cut-over 04:00)
+/// and stay unique and in order across both daylight-saving changes, the
+/// cut-over, orders that arrive together, and a clock stepped back within a
+/// day. The clock is injected: every order says when it was placed.
+async fn business_day_numbers_stay_unique_and_in_order(b: Backend) {
+    use std::collections::{BTreeMap, HashSet};
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let rule = restaurant_system::process::config::BusinessConfig {
+        timezone: "America/New_York".into(),
+        day_starts_at: "04:00".into(),
+    }
+    .rule()
+    .expect("a valid business day");
+    // Every 25 minutes over the night of each change (local 22:00 to 08:00),
+    // three orders at once at each time; then a clock stepped back an hour.
+    let mut times = Vec::new();
+    for night in [
+        Utc.with_ymd_and_hms(2026, 3, 8, 3, 0, 0).unwrap(), // spring forward
+        Utc.with_ymd_and_hms(2026, 11, 1, 2, 0, 0).unwrap(), // fall back
+    ] {
+        for step in 0..26 {
+            times.push(night + chrono::Duration::minutes(25 * step));
+        }
+    }
+    let last = *times.last().unwrap();
+    times.push(last - chrono::Duration::hours(1));
+    let mut numbers = HashSet::new();
+    let mut per_day: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (i, t) in times.iter().enumerate() {
+        let day = rule.date(*t);
+        let placed = futures_util::future::join_all((0..3).map(|k| {
+            let store = store.clone();
+            let rid = format!("rid-{i}-{k}");
+            async move {
+                store
+                    .create_order(&takeout("Guest"), &rid, *t, day)
+                    .await
+                    .expect("create")
+                    .order_number
+            }
+        }))
+        .await;
+        let mut seqs = Vec::new();
+        for n in placed {
+            assert!(numbers.insert(n.clone()), "{n} given twice");
+            let (date, seq) = n["ORD_".len()..].split_once('_').expect("ORD_D_N");
+            assert_eq!(date, day.format("%Y%m%d").to_string(), "{n} placed at {t}");
+            seqs.push(seq.parse::<u64>().expect("seq"));
+        }
+        // Orders placed together: unique, and after every earlier one of the day.
+        seqs.sort_unstable();
+        let seen = per_day.entry(date_of(&rule, *t)).or_default();
+        if let Some(prev) = seen.last() {
+            assert!(seqs[0] > *prev, "{seqs:?} after {prev} at {t}");
+        }
+        seen.extend(seqs);
+    }
+    // Each business day's numbers run 1, 2, 3, ... with no gap.
+    for (day, seqs) in &per_day {
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, &expected, "{day}");
+    }
+    // The nights span the 7th/8th of March and the 31st of October/1st of
+    // November: with the cut-over at 04:00 local both split in two.
+    let days: Vec<&String> = per_day.keys().collect();
+    assert_eq!(days, ["20260307", "20260308", "20261031", "20261101"]);
+}
+
+fn date_of(
+    rule: &restaurant_system::domain::business_day::BusinessDay,
+    t: DateTime<Utc>,
+) -> String {
+    rule.date(t).format("%Y%m%d").to_string()
+}
+
 backend_tests!(
+    business_day_numbers_stay_unique_and_in_order,
     create_and_read_back,
     transition_chain_writes_what_the_domain_decided,
     refusals_write_nothing,

@@ -155,6 +155,7 @@ pub async fn sqlite_limit(path: &Path, dur: Duration) -> Result<TxLimit> {
                 order,
                 "0f8fad5b-d9cb-469f-a165-70867728950e",
                 chrono::Utc::now(),
+                chrono::Utc::now().date_naive(),
             )
             .await
             .map_err(|e| format!("{e:?}"))?;

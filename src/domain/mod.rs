@@ -47,6 +47,8 @@ pub fn is_plain_name(name: &str) -> bool {
 }
 
 pub mod access;
+pub mod business_day;
+pub mod clock;
 pub mod error;
 pub mod events;
 pub mod field_error;

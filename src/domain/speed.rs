@@ -6,6 +6,7 @@
 //! ceil(p/100 * n). It is always a time some ticket actually took, and a
 //! manager can check it by hand.
 
+use super::business_day::BusinessDay;
 use super::field_error::FieldError;
 use super::order::OrderType;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
@@ -136,17 +137,21 @@ pub fn report(from: DateTime<Utc>, to: DateTime<Utc>, tickets: &[TicketTimes]) -
     }
 }
 
-/// One end of the range: an RFC 3339 time, or a date (`2026-11-25`, UTC). A
-/// date as `to` means the end of that day, so `from=D&to=D` is the whole day D.
-fn parse_bound(field: &str, s: &str, end: bool) -> Result<DateTime<Utc>, FieldError> {
+/// One end of the range: an RFC 3339 time, or a date (`2026-11-25`): that
+/// business day (`domain::business_day`; UTC midnight to midnight by default).
+/// A date as `to` means the end of that day, so `from=D&to=D` is the whole day D.
+fn parse_bound(
+    field: &str,
+    s: &str,
+    end: bool,
+    days: &BusinessDay,
+) -> Result<DateTime<Utc>, FieldError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        let d = if end { d.succ_opt() } else { Some(d) };
-        if let Some(t) = d.and_then(|d| d.and_hms_opt(0, 0, 0)) {
-            return Ok(t.and_utc());
-        }
+        let (start, next) = days.bounds(d);
+        return Ok(if end { next } else { start });
     }
     Err(FieldError::new(
         field,
@@ -154,28 +159,27 @@ fn parse_bound(field: &str, s: &str, end: bool) -> Result<DateTime<Utc>, FieldEr
     ))
 }
 
-/// The report's range `[from, to)`. Missing bounds default to today (UTC):
-/// `from` to today's midnight, `to` to the next midnight.
+/// The report's range `[from, to)`. Missing bounds default to the current
+/// business day: `from` to its start, `to` to the next day's start.
 pub fn parse_range(
     from: Option<&str>,
     to: Option<&str>,
     now: DateTime<Utc>,
+    days: &BusinessDay,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), Vec<FieldError>> {
-    let today = now.date_naive();
-    let midnight = today
-        .and_hms_opt(0, 0, 0)
-        .map(|t| t.and_utc())
-        .unwrap_or(now);
+    let (start, next) = days.bounds(days.date(now));
     let mut errors = Vec::new();
     let from = match from {
-        Some(s) => parse_bound("from", s, false)
+        Some(s) => parse_bound("from", s, false, days)
             .map_err(|e| errors.push(e))
             .ok(),
-        None => Some(midnight),
+        None => Some(start),
     };
     let to = match to {
-        Some(s) => parse_bound("to", s, true).map_err(|e| errors.push(e)).ok(),
-        None => Some(midnight + chrono::Duration::days(1)),
+        Some(s) => parse_bound("to", s, true, days)
+            .map_err(|e| errors.push(e))
+            .ok(),
+        None => Some(next),
     };
     if let (Some(f), Some(t)) = (from, to) {
         if f >= t {
@@ -295,29 +299,49 @@ mod tests {
 
     #[test]
     fn range_defaults_to_today_utc() {
+        let utc = BusinessDay::default();
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 15, 4, 5).unwrap();
-        let (f, t) = parse_range(None, None, now).unwrap();
+        let (f, t) = parse_range(None, None, now, &utc).unwrap();
         assert_eq!(f, Utc.with_ymd_and_hms(2026, 11, 25, 0, 0, 0).unwrap());
         assert_eq!(t, Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap());
-        let (f, t) = parse_range(Some("2026-11-20"), Some("2026-11-20"), now).unwrap();
+        let (f, t) = parse_range(Some("2026-11-20"), Some("2026-11-20"), now, &utc).unwrap();
         assert_eq!(t - f, chrono::Duration::days(1));
         let (f, t) = parse_range(
             Some("2026-11-25T14:00:00+01:00"),
             Some("2026-11-25T14:30:00Z"),
             now,
+            &utc,
         )
         .unwrap();
         assert_eq!(f, Utc.with_ymd_and_hms(2026, 11, 25, 13, 0, 0).unwrap());
         assert_eq!(t - f, chrono::Duration::minutes(90));
-        let (_, t) = parse_range(Some("2026-11-25T14:00:00Z"), None, now).unwrap();
+        let (_, t) = parse_range(Some("2026-11-25T14:00:00Z"), None, now, &utc).unwrap();
         assert_eq!(t, Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn range_defaults_to_the_current_business_day() {
+        // New York, cut-over 04:00: at 01:30 local on Nov 26 (06:30 UTC) the
+        // business day is still Nov 25, 04:00 EST (09:00 UTC) to 04:00 on the 26th.
+        let ny = BusinessDay::new(
+            jiff::tz::TimeZone::get("America/New_York").expect("tz"),
+            BusinessDay::parse_start("04:00").expect("start"),
+        );
+        let now = Utc.with_ymd_and_hms(2026, 11, 26, 6, 30, 0).unwrap();
+        let (f, t) = parse_range(None, None, now, &ny).unwrap();
+        assert_eq!(f, Utc.with_ymd_and_hms(2026, 11, 25, 9, 0, 0).unwrap());
+        assert_eq!(t, Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap());
+        // A date names that business day too.
+        let (f, t) = parse_range(Some("2026-11-20"), Some("2026-11-20"), now, &ny).unwrap();
+        assert_eq!(f, Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 0).unwrap());
+        assert_eq!(t, Utc.with_ymd_and_hms(2026, 11, 21, 9, 0, 0).unwrap());
     }
 
     #[test]
     fn bad_ranges_name_the_field() {
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 15, 4, 5).unwrap();
         let fields = |f: Option<&str>, t: Option<&str>| -> Vec<String> {
-            parse_range(f, t, now)
+            parse_range(f, t, now, &BusinessDay::default())
                 .unwrap_err()
                 .into_iter()
                 .map(|e| e.field)

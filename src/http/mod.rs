@@ -4,8 +4,10 @@
 //!
 //! hyper 1 leaves the accept loop to us. Each connection is served by hyper's
 //! HTTP/1 machinery with a header-read timeout (slow or idle clients are dropped);
-//! requests beyond `max_concurrent` get a quick 503 instead of queueing; bodies
-//! are limited in size and in time. Every response carries the request id, and
+//! requests beyond `max_concurrent` wait for a slot (first come, first served) for
+//! up to `queue_timeout`, then get 503 with `Retry-After`; connections beyond
+//! `max_connections` get one 503 and are closed; bodies are limited in size and
+//! in time. Every response carries the request id, and
 //! every 4xx/5xx is JSON `{"error": ..., "details": [...]}`.
 
 pub mod auth;
@@ -47,6 +49,11 @@ pub struct RequestCtx {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_concurrent: usize,
+    /// How long a request waits for one of the `max_concurrent` slots.
+    pub queue_timeout: Duration,
+    /// Open connections. Each holds at most one request (HTTP/1, no
+    /// pipelining), so this also bounds the requests waiting for a slot.
+    pub max_connections: usize,
     pub body_limit: usize,
     pub timeout: Duration,
 }
@@ -257,6 +264,11 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let permits = Arc::new(Semaphore::new(limits.max_concurrent));
+    let conns = Arc::new(Semaphore::new(limits.max_connections));
+    // Connections over the limit are told 503 and closed rather than left in
+    // the kernel's backlog (where a client sees only a timeout). Those are
+    // bounded too: past as many again, accepting pauses.
+    let shed = Arc::new(Semaphore::new(limits.max_connections));
     let span = tracing::Span::current();
     let task = tokio::spawn(
         async move {
@@ -266,6 +278,8 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.timeout)
                 .keep_alive(true);
+            let mut shedder = builder.clone();
+            shedder.keep_alive(false);
             loop {
                 let stream = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -281,26 +295,47 @@ pub async fn serve(
                 };
                 let (stream, peer) = stream;
                 let _ = stream.set_nodelay(true);
-                let routes = routes.clone();
-                let permits = permits.clone();
-                let span = tracing::Span::current();
-                let svc = hyper::service::service_fn(move |req| {
+                let io = TokioIo::new(stream);
+                if let Ok(slot) = conns.clone().try_acquire_owned() {
                     let routes = routes.clone();
                     let permits = permits.clone();
-                    let span = span.clone();
-                    async move {
+                    let span = tracing::Span::current();
+                    let svc = hyper::service::service_fn(move |req| {
+                        let routes = routes.clone();
+                        let permits = permits.clone();
+                        let span = span.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                handle(req, peer, routes, permits, limits)
+                                    .instrument(span)
+                                    .await,
+                            )
+                        }
+                    });
+                    let conn = graceful.watch(builder.serve_connection(io, svc));
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        drop(slot);
+                    });
+                } else {
+                    let slot = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        slot = shed.clone().acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => break,
+                        },
+                    };
+                    let svc = hyper::service::service_fn(|_req| async {
                         Ok::<_, std::convert::Infallible>(
-                            handle(req, peer, routes, permits, limits)
-                                .instrument(span)
-                                .await,
+                            overloaded("too many open connections").into_response(),
                         )
-                    }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                    });
+                    let conn = graceful.watch(shedder.serve_connection(io, svc));
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        drop(slot);
+                    });
+                }
             }
             drop(listener);
             let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
@@ -308,6 +343,13 @@ pub async fn serve(
         .instrument(span),
     );
     Ok(Server { addr, task })
+}
+
+/// The answer when the service is full: try again in a second.
+fn overloaded(what: &str) -> ApiError {
+    let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, what);
+    e.retry_after = Some(1);
+    e
 }
 
 async fn handle(
@@ -363,18 +405,19 @@ async fn handle(
             }
             None => crate::domain::access::Caller::Anonymous,
         };
-        // Over the limit: answer at once rather than queue behind slow requests.
-        // Health checks are exempt, so a busy service is not reported as down.
-        // So is the metrics scrape: a busy service is when it matters most.
-        let _permit = permits.try_acquire();
-        if _permit.is_err() && !matches!(matched, Some(Route::Health | Route::Metrics)) {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests in flight",
-            );
-            e.retry_after = Some(1);
-            return e.into_response();
-        }
+        // Over the limit, a request waits for a slot (first come, first served),
+        // but not for ever: an instant 503 makes clients retry at once, and the
+        // refusals eat the CPU the requests in flight need. Health checks and
+        // the metrics scrape never wait: a busy service is not a dead one, and
+        // busy is when the metrics matter most.
+        let _permit = if matches!(matched, Some(Route::Health | Route::Metrics)) {
+            None
+        } else {
+            match tokio::time::timeout(limits.queue_timeout, permits.acquire()).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => return overloaded("too many requests in flight").into_response(),
+            }
+        };
         if matched == Some(Route::Metrics) && routes.metrics() {
             if req.method() != Method::GET {
                 return ApiError::method_not_allowed("GET").into_response();

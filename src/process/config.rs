@@ -24,6 +24,7 @@ pub struct Config {
     pub display: DisplayConfig,
     pub kitchen: KitchenConfig,
     pub orders: OrdersConfig,
+    pub business: BusinessConfig,
     pub http: HttpConfig,
     pub security: SecurityConfig,
     pub metrics: MetricsConfig,
@@ -313,6 +314,10 @@ pub struct HttpConfig {
     pub tracking_port: u16,
     pub bridge_port: u16,
     pub max_concurrent: usize,
+    /// How long a request over `max_concurrent` waits for a slot before its 503.
+    pub queue_timeout_ms: u64,
+    /// Open connections per listener; more get a 503 and are closed.
+    pub max_connections: usize,
     pub body_limit_bytes: usize,
     /// Slow or idle clients are dropped after this long.
     pub request_timeout_seconds: u64,
@@ -326,6 +331,8 @@ impl Default for HttpConfig {
             tracking_port: 3002,
             bridge_port: 3003,
             max_concurrent: 50,
+            queue_timeout_ms: 2000,
+            max_connections: 1024,
             body_limit_bytes: 64 * 1024,
             request_timeout_seconds: 10,
         }
@@ -346,6 +353,44 @@ impl Default for OrdersConfig {
         OrdersConfig {
             idempotency_ttl_seconds: 86_400,
         }
+    }
+}
+
+/// The restaurant's business day (issue 26, `domain::business_day`): the order
+/// number's date and the speed report's default range.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusinessConfig {
+    /// An IANA time zone name ("America/New_York").
+    pub timezone: String,
+    /// When the day changes, in that time zone: "HH:MM".
+    pub day_starts_at: String,
+}
+
+impl Default for BusinessConfig {
+    /// The seed's rule: the day changes at midnight UTC.
+    fn default() -> Self {
+        BusinessConfig {
+            timezone: "UTC".into(),
+            day_starts_at: "00:00".into(),
+        }
+    }
+}
+
+impl BusinessConfig {
+    /// The rule, with the time zone looked up in the system's database (the
+    /// copy built into the binary when the box has none).
+    pub fn rule(&self) -> Result<crate::domain::business_day::BusinessDay, ConfigError> {
+        use crate::domain::business_day::BusinessDay;
+        let tz = jiff::tz::TimeZone::get(self.timezone.trim()).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "business.timezone '{}' is not an IANA time zone name (e.g. America/New_York, Europe/Paris, UTC)",
+                self.timezone
+            ))
+        })?;
+        let start = BusinessDay::parse_start(&self.day_starts_at)
+            .map_err(|e| ConfigError::Invalid(format!("business.day_starts_at: {e}")))?;
+        Ok(BusinessDay::new(tz, start))
     }
 }
 
@@ -476,6 +521,7 @@ impl Config {
     /// Rules that parse fine but make no sense.
     pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.business.rule()?;
         if self.database.resolved_backend() == StorageBackend::Postgres
             && self.database.host.as_deref().unwrap_or("").is_empty()
         {
@@ -559,6 +605,15 @@ impl Config {
         }
         if self.http.max_concurrent == 0 {
             return bad("http.max_concurrent must be at least 1".into());
+        }
+        if self.http.max_connections == 0 {
+            return bad("http.max_connections must be at least 1".into());
+        }
+        if self.http.queue_timeout_ms > 60_000 {
+            return bad(format!(
+                "http.queue_timeout_ms must be at most 60000, got {}",
+                self.http.queue_timeout_ms
+            ));
         }
         let c = self.kitchen.cooking_seconds;
         for (k, v) in [
@@ -740,6 +795,23 @@ mod tests {
         let c = load_str("[orders]\nidempotency_ttl_seconds = 2\n").unwrap();
         assert_eq!(c.orders.idempotency_ttl_seconds, 2);
         assert_eq!(Config::default().orders.idempotency_ttl_seconds, 86_400);
+    }
+
+    #[test]
+    fn the_business_day_is_checked_and_defaults_to_utc_midnight() {
+        let d = Config::default().business;
+        assert_eq!(
+            (d.timezone.as_str(), d.day_starts_at.as_str()),
+            ("UTC", "00:00")
+        );
+        let c =
+            load_str("[business]\ntimezone = \"America/New_York\"\nday_starts_at = \"04:00\"\n")
+                .unwrap();
+        assert!(c.business.rule().is_ok());
+        let e = load_str("[business]\ntimezone = \"Mars/Olympus\"\n").unwrap_err();
+        assert!(e.to_string().contains("business.timezone"), "{e}");
+        let e = load_str("[business]\nday_starts_at = \"4am\"\n").unwrap_err();
+        assert!(e.to_string().contains("business.day_starts_at"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("shutdown requested during start-up")]
     Cancelled,
+    /// A setting `Config::check` refuses (a `Config` built in code skips it).
+    #[error("{0}")]
+    Config(#[from] crate::process::config::ConfigError),
 }
 
 /// Waits until `link` is up: a service is ready once it consumes (or can

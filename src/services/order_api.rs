@@ -3,6 +3,8 @@
 
 use crate::broker::relay::Relay;
 use crate::domain::access::Route;
+use crate::domain::business_day::BusinessDay;
+use crate::domain::clock::{Behind, ClockFloor};
 use crate::domain::idempotency;
 use crate::domain::order::{is_order_number, validate};
 use crate::domain::OrderStatus;
@@ -17,11 +19,14 @@ use crate::storage::{
     CreatedOrder, Durability, IdempotencyKey, KeyedOutcome, SharedStore, Transition,
     TransitionOutcome,
 };
+use chrono::{DateTime, Utc};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Request, StatusCode};
 use serde_json::json;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 pub const SERVICE: &str = "order-service";
 
@@ -30,6 +35,42 @@ pub struct OrderApi {
     pub relay: Relay,
     pub guard: std::sync::Arc<crate::http::auth::Guard>,
     pub idempotency: Idempotency,
+    /// Gives each order its business date (`[business]`, issue 26).
+    pub business: BusinessDay,
+    /// Orders wait while the clock is earlier than this (issue 26).
+    pub clock: Arc<ClockFloor>,
+}
+
+/// Checks the clock against its floor, and says so in the journal and to
+/// systemd once when it falls behind and once when it is right again (not once
+/// per refused order).
+pub fn check_clock(floor: &ClockFloor, now: DateTime<Utc>) -> Option<Behind> {
+    let v = floor.check(now);
+    if v.changed {
+        match &v.behind {
+            Some(b) => {
+                tracing::error!(action = "clock_behind", error = %b.reason(), "Orders refused until the clock is right");
+                crate::process::daemon::status("orders refused: the clock is not right yet");
+            }
+            None => {
+                tracing::info!(action = "clock_right", "The clock is right; taking orders");
+                crate::process::daemon::status("taking orders");
+            }
+        }
+    }
+    v.behind
+}
+
+/// Checks the clock every 2 s, so the journal says when it falls behind or is
+/// set right even while no order comes in.
+pub async fn watch_clock(floor: Arc<ClockFloor>, shutdown: CancellationToken) {
+    loop {
+        check_clock(&floor, chrono::Utc::now());
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// How `Idempotency-Key`s are kept (issue 14).
@@ -130,21 +171,28 @@ impl OrderApi {
             items = order.items.len(),
             "Valid order received"
         );
+        // Before the clock is right an order would get the wrong business date
+        // and a time before its predecessors': refuse it, and say why.
+        let now = chrono::Utc::now();
+        if let Some(behind) = check_clock(&self.clock, now) {
+            return Err(ApiError::unavailable(behind.reason()));
+        }
         // Keys are not secrets, but log lines stay short: at most 16 characters.
         let shown = key.as_deref().map(idempotency::for_log);
         let (created, replayed) = match key {
             None => {
                 let created = self
                     .store
-                    .create_order(&order, &ctx.request_id, chrono::Utc::now())
+                    .create_order(&order, &ctx.request_id, now, self.business.date(now))
                     .await
                     .map_err(|e| {
                         store_error(e, "db_transaction_failed", "Could not store the order")
                     })?;
                 (created, false)
             }
-            Some(key) => self.create_keyed(&order, &body, key, ctx).await?,
+            Some(key) => self.create_keyed(&order, &body, key, ctx, now).await?,
         };
+        self.clock.raise(now);
         if !replayed {
             // The fault suite's "died between the commit and the answer".
             failpoint::hit("crash_after_commit");
@@ -188,8 +236,8 @@ impl OrderApi {
         body: &serde_json::Value,
         key: String,
         ctx: &RequestCtx,
+        now: DateTime<Utc>,
     ) -> Result<(CreatedOrder, bool), ApiError> {
-        let now = chrono::Utc::now();
         let scope = idempotency::scope(&ctx.caller);
         let shown = idempotency::for_log(&key);
         let k = IdempotencyKey {
@@ -209,7 +257,7 @@ impl OrderApi {
         }
         let outcome = self
             .store
-            .create_order_keyed(order, &ctx.request_id, now, &k)
+            .create_order_keyed(order, &ctx.request_id, now, self.business.date(now), &k)
             .await
             .map_err(|e| store_error(e, "db_transaction_failed", "Could not store the order"))?;
         match outcome {
@@ -305,7 +353,14 @@ impl OrderApi {
         } else {
             Err("not connected".to_string())
         };
-        health_response(SERVICE, &[("database", db), ("rabbitmq", mq)])
+        let clock = match check_clock(&self.clock, chrono::Utc::now()) {
+            Some(b) => Err(b.reason()),
+            None => Ok(()),
+        };
+        health_response(
+            SERVICE,
+            &[("database", db), ("rabbitmq", mq), ("clock", clock)],
+        )
     }
 }
 

@@ -26,6 +26,8 @@ pub struct TrackingApi {
     pub guard: std::sync::Arc<crate::http::auth::Guard>,
     /// Whether this listener is the process's `/metrics` endpoint.
     pub metrics: bool,
+    /// The speed report's default range is the current business day.
+    pub business: crate::domain::business_day::BusinessDay,
 }
 
 /// The display page: our own files from `web/src/`, and the MQTT client that
@@ -247,14 +249,19 @@ impl TrackingApi {
         if !errors.is_empty() {
             return Err(bad_range(errors));
         }
-        let (from, to) = speed::parse_range(from.as_deref(), to.as_deref(), chrono::Utc::now())
-            .map_err(|errs| {
-                bad_range(
-                    errs.into_iter()
-                        .map(|e| json!({"field": e.field, "message": e.message}))
-                        .collect(),
-                )
-            })?;
+        let (from, to) = speed::parse_range(
+            from.as_deref(),
+            to.as_deref(),
+            chrono::Utc::now(),
+            &self.business,
+        )
+        .map_err(|errs| {
+            bad_range(
+                errs.into_iter()
+                    .map(|e| json!({"field": e.field, "message": e.message}))
+                    .collect(),
+            )
+        })?;
         let tickets = self
             .store
             .ticket_times(from, to)

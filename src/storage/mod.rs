@@ -21,7 +21,7 @@ use crate::domain::transition::{Change, Decision, OrderState};
 use crate::domain::{Cents, Item, OrderStatus, OrderType, TransitionError, ValidOrder};
 use crate::process::config::{DatabaseConfig, StorageBackend};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -364,12 +364,14 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Stores the order, its items, its first status-log row and its outbox
-    /// message in one transaction, and assigns the order number.
+    /// message in one transaction, and assigns the order number: the next of
+    /// business day `day` (`domain::business_day`, decided by the caller).
     async fn create_order(
         &self,
         order: &ValidOrder,
         request_id: &str,
         now: DateTime<Utc>,
+        day: NaiveDate,
     ) -> Result<CreatedOrder, StoreError>;
 
     /// `create_order` under an idempotency key: the key row is written in the
@@ -382,6 +384,7 @@ pub trait Store: TokenStore + Send + Sync + 'static {
         order: &ValidOrder,
         request_id: &str,
         now: DateTime<Utc>,
+        day: NaiveDate,
         key: &IdempotencyKey,
     ) -> Result<KeyedOutcome, StoreError>;
 
@@ -522,7 +525,18 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// How many messages wait in the outbox, and when the oldest was written
     /// (the relay's gauges, docs/metrics.md).
     async fn outbox_stats(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
+
+    /// When the newest change stored happened (the newest order, the newest
+    /// status-log row), None on an empty database: the clock cannot be
+    /// earlier than that (`domain::clock`). Two index lookups.
+    async fn newest_change(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 }
+
+/// `Store::newest_change`, the same on both backends.
+const NEWEST_CHANGE_SQL: &str = "select max(t) from (\
+     select max(created_at) as t from orders \
+     union all select changed_at from order_status_log \
+     where id = (select max(id) from order_status_log)) as changes";
 
 /// Opens the configured backend and applies migrations.
 pub async fn open(cfg: &DatabaseConfig) -> Result<SharedStore, StoreError> {

@@ -31,6 +31,7 @@ struct Job {
     order: ValidOrder,
     request_id: String,
     now: DateTime<Utc>,
+    day: NaiveDate,
     reply: oneshot::Sender<Result<String, StoreError>>,
 }
 
@@ -52,12 +53,14 @@ impl Intake {
         order: &ValidOrder,
         request_id: &str,
         now: DateTime<Utc>,
+        day: NaiveDate,
     ) -> Result<String, StoreError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             order: order.clone(),
             request_id: request_id.to_string(),
             now,
+            day,
             reply,
         };
         let gone = || StoreError::new(Class::Transient, "order intake stopped");
@@ -69,14 +72,11 @@ impl Intake {
 async fn run(pool: Pool, owner: String, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        // One statement per day: the counter is per day (a batch spans two
-        // only around midnight, or in tests).
+        // One statement per day: the counter is per business day (a batch
+        // spans two only at the cut-over, or in tests).
         while !jobs.is_empty() {
-            let day = jobs[0].now.date_naive();
-            let same = jobs
-                .iter()
-                .take_while(|j| j.now.date_naive() == day)
-                .count();
+            let day = jobs[0].day;
+            let same = jobs.iter().take_while(|j| j.day == day).count();
             let batch: Vec<Job> = jobs.drain(..same).collect();
             store(&pool, &owner, batch).await;
         }
@@ -114,14 +114,16 @@ fn no_number() -> StoreError {
 }
 
 async fn insert(pool: &Pool, owner: &str, batch: &[Job]) -> Result<Vec<String>, StoreError> {
-    let now = batch.first().map(|j| j.now).ok_or_else(no_number)?;
+    let (now, day) = batch
+        .first()
+        .map(|j| (j.now, j.day))
+        .ok_or_else(no_number)?;
     let mut cols = Columns::default();
     for (idx, job) in batch.iter().enumerate() {
         cols.push(idx as i32 + 1, &job.order, &job.request_id, now)?;
     }
     let c = pool.get().await.map_err(pool_err)?;
     let st = c.prepare_cached(CREATE_ORDERS_SQL).await.map_err(pg_err)?;
-    let day = now.date_naive();
     let n = batch.len() as i32;
     let rows = c
         .query(&st, &cols.params(&day, &now, &n, &owner))
@@ -149,7 +151,7 @@ pub async fn create_keyed(
     owner: &str,
     order: &ValidOrder,
     request_id: &str,
-    now: DateTime<Utc>,
+    (now, day): (DateTime<Utc>, NaiveDate),
     key: &IdempotencyKey,
 ) -> Result<KeyedOutcome, StoreError> {
     let mut c = pool.get().await.map_err(pool_err)?;
@@ -216,7 +218,6 @@ pub async fn create_keyed(
     let mut cols = Columns::default();
     cols.push(1, order, request_id, now)?;
     let st = tx.prepare_cached(CREATE_ORDERS_SQL).await.map_err(pg_err)?;
-    let day = now.date_naive();
     let rows = tx
         .query(&st, &cols.params(&day, &now, &1, &owner))
         .await

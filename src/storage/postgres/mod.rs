@@ -459,8 +459,9 @@ impl Store for PgStore {
         order: &ValidOrder,
         request_id: &str,
         now: DateTime<Utc>,
+        day: NaiveDate,
     ) -> Result<CreatedOrder, StoreError> {
-        let number = self.intake.create(order, request_id, now).await?;
+        let number = self.intake.create(order, request_id, now, day).await?;
         Ok(CreatedOrder {
             order_number: number,
             total: order.total,
@@ -474,9 +475,10 @@ impl Store for PgStore {
         order: &ValidOrder,
         request_id: &str,
         now: DateTime<Utc>,
+        day: NaiveDate,
         key: &IdempotencyKey,
     ) -> Result<KeyedOutcome, StoreError> {
-        intake::create_keyed(&self.pool, &self.owner, order, request_id, now, key).await
+        intake::create_keyed(&self.pool, &self.owner, order, request_id, (now, day), key).await
     }
 
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -825,5 +827,11 @@ impl Store for PgStore {
             row.try_get(0).map_err(pg_err)?,
             row.try_get(1).map_err(pg_err)?,
         ))
+    }
+
+    async fn newest_change(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let c = self.client().await?;
+        let row = c.query_one(NEWEST_CHANGE_SQL, &[]).await.map_err(pg_err)?;
+        row.try_get(0).map_err(pg_err)
     }
 }

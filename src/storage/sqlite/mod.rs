@@ -192,11 +192,12 @@ impl Store for SqliteStore {
         order: &ValidOrder,
         request_id: &str,
         now: DateTime<Utc>,
+        day: NaiveDate,
     ) -> Result<CreatedOrder, StoreError> {
         let order = order.clone();
         let request_id = request_id.to_string();
         let owner = self.owner.clone();
-        self.write(move |c| orders::create_order_tx(c, &owner, &order, &request_id, now))
+        self.write(move |c| orders::create_order_tx(c, &owner, &order, &request_id, (now, day)))
             .await
     }
 
@@ -205,6 +206,7 @@ impl Store for SqliteStore {
         order: &ValidOrder,
         request_id: &str,
         now: DateTime<Utc>,
+        day: NaiveDate,
         key: &IdempotencyKey,
     ) -> Result<KeyedOutcome, StoreError> {
         let order = order.clone();
@@ -213,7 +215,7 @@ impl Store for SqliteStore {
         let key = key.clone();
         self.write(move |c| {
             orders::keyed_tx(c, &key, now, || {
-                orders::create_order_tx(c, &owner, &order, &request_id, now)
+                orders::create_order_tx(c, &owner, &order, &request_id, (now, day))
             })
         })
         .await
@@ -365,6 +367,16 @@ impl Store for SqliteStore {
     async fn outbox_stats(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
         self.read(outbox::stats).await
     }
+
+    async fn newest_change(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.read(|c| {
+            let t: Option<String> = c
+                .query_row(NEWEST_CHANGE_SQL, [], |r| r.get(0))
+                .map_err(sql_err)?;
+            t.map(|t| parse_ts(&t)).transpose().map_err(sql_err)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -413,7 +425,7 @@ mod tests {
 
         let start = syncs();
         let n = store
-            .create_order(&order, "rid", Utc::now())
+            .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
             .await
             .expect("create")
             .order_number;
@@ -446,7 +458,7 @@ mod tests {
         // after one, of rows on disk already, needs no sync.
         for _ in 0..2 {
             store
-                .create_order(&order, "rid", Utc::now())
+                .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
                 .await
                 .expect("create");
         }
@@ -482,7 +494,7 @@ mod tests {
         let before = size();
         for _ in 0..20 {
             store
-                .create_order(&order, "rid", Utc::now())
+                .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
                 .await
                 .expect("create");
         }
@@ -491,7 +503,7 @@ mod tests {
         while size() <= before && t.elapsed() < Duration::from_secs(5) {
             tokio::time::sleep(CHECKPOINT_EVERY).await;
             store
-                .create_order(&order, "rid", Utc::now())
+                .create_order(&order, "rid", Utc::now(), Utc::now().date_naive())
                 .await
                 .expect("create");
         }

@@ -152,9 +152,8 @@ pub(super) fn create_order_tx(
     owner: &str,
     order: &ValidOrder,
     request_id: &str,
-    now: DateTime<Utc>,
+    (now, day): (DateTime<Utc>, NaiveDate),
 ) -> Result<CreatedOrder, StoreError> {
-    let day = now.date_naive();
     let seq: i64 = conn
         .prepare_cached(
             "insert into daily_order_counters (date, last) values (?1, 1) on conflict(date) do update set last = last + 1 returning last",
