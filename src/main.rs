@@ -197,10 +197,24 @@ async fn run(
     };
     daemon::ready();
     daemon::spawn_watchdog(shutdown.clone());
-    shutdown.cancelled().await;
+    // A link that stopped for good leaves a quiet part nobody restarts: stop
+    // the rest cleanly and exit non-zero, so systemd's Restart=on-failure
+    // starts us again (and the watchdog pings stop with the process).
+    let failed = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        why = running.failed() => Some(why),
+    };
+    if let Some(why) = &failed {
+        tracing::error!(action = "service_failed", error = %why, "Stopping: a part stopped for good; exiting to be restarted");
+        daemon::stopping();
+        shutdown.cancel();
+    }
     // Give in-flight work its chance to finish (an order being cooked, a relay
     // flush); systemd's TimeoutStopSec is the outer bound.
     running.wait().await;
+    if failed.is_some() {
+        return ExitCode::from(EXIT_FAILURE);
+    }
     tracing::info!(action = "service_stopped", "Stopped cleanly");
     ExitCode::SUCCESS
 }

@@ -60,9 +60,21 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     pub store: SharedStore,
     tasks: Tasks,
+    /// Every broker link of the mode, watched for a fatal end.
+    links: Vec<LinkState>,
 }
 
 impl Running {
+    /// Waits until one of the mode's links stops for good and says why; never
+    /// returns while they all run (or stop on shutdown).
+    pub async fn failed(&self) -> String {
+        if self.links.is_empty() {
+            return std::future::pending().await;
+        }
+        let each = self.links.iter().map(|l| Box::pin(l.stopped_for_good()));
+        futures_util::future::select_all(each).await.0
+    }
+
     /// Waits until every task has stopped (after the shutdown token is cancelled).
     pub async fn wait(self) {
         self.tasks.wait().await;
@@ -238,6 +250,7 @@ async fn start_parts(
         metrics_addr: None,
         store: store.clone(),
         tasks: all.clone(),
+        links: Vec::new(),
     };
     let limits = Limits {
         max_concurrent: cfg.http.max_concurrent,
@@ -282,6 +295,7 @@ async fn start_parts(
         )
     });
     if let Some(relay) = &relay {
+        running.links.push(relay.link());
         let r = relay.clone();
         all.relay.spawn(
             r.run(all.relay_stop.clone())
@@ -351,6 +365,7 @@ async fn start_parts(
         for k in kitchens {
             crate::process::metrics::worker_started(&k.cfg.name);
             let link = k.link.clone();
+            running.links.push(link.clone());
             tasks.spawn(k.run(shutdown.clone()).instrument(span.clone()));
             services::ready(&link, &shutdown, "waiting for RabbitMQ (kitchen queues)").await?;
             // The first worker's consumer answers for the process's health:
@@ -372,6 +387,12 @@ async fn start_parts(
             clock: clock_floor(&store).await?,
         };
         tasks.spawn(order_api::watch_clock(api.clock.clone(), shutdown.clone()));
+        let closer = services::closer::Closer {
+            business: api.business.clone(),
+            auto_complete_after_minutes: cfg.display.auto_complete_after_minutes,
+        };
+        let relay = api.relay.clone();
+        tasks.spawn(closer.run(store.clone(), move || relay.wake(), shutdown.clone()));
         let addr = bind(cfg.http.order_port);
         let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));
         running.order_addr = Some(api.listen(addr, limits, &shutdown, &tasks).await?);
@@ -400,6 +421,7 @@ async fn start_parts(
             link: LinkState::new("notification subscriber", Peer::RabbitMq),
         };
         let link = sub.link.clone();
+        running.links.push(link.clone());
         tasks.spawn(sub.run(shutdown.clone()).instrument(span.clone()));
         services::ready(&link, &shutdown, "waiting for RabbitMQ (notifications)").await?;
         if mode == Mode::NotificationSubscriber {
@@ -419,7 +441,7 @@ async fn start_parts(
             guard: guard.clone(),
             metrics: mode == Mode::DisplayBridge,
         };
-        let bridge = display::start(
+        let (bridge, links) = display::start(
             cfg,
             store.clone(),
             addr,
@@ -431,6 +453,7 @@ async fn start_parts(
         .instrument(span)
         .await?;
         running.bridge_addr = Some(bridge);
+        running.links.extend(links);
     }
     // The modes without HTTP get a metrics listener when asked for one.
     if let (Some(port), Some(rabbit)) = (cfg.metrics.port, consumer_link) {

@@ -734,3 +734,76 @@ async fn duplicate_publish_is_notified_once() {
         "one transition published twice must be notified once: {counts:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// A fatal end restarts (issue 22)
+
+/// A link that retrying cannot fix (the broker allows one channel per
+/// connection; the kitchen consumer needs two, lapin's `ChannelsLimitReached`)
+/// used to leave a quiet worker: exit 0 at start-up, a live process without a
+/// consumer after it. Now the worker stops cleanly and exits 1 either way, so
+/// systemd's Restart=on-failure restarts it.
+async fn fatal_end_exits_non_zero() {
+    use futures_util::FutureExt;
+    let mut env = TestEnv::new(Backend::Sqlite);
+    let rabbit = tokio::task::spawn_blocking(PrivateRabbit::start)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let cfg = &mut env.cfg;
+    cfg.rabbitmq.host = "127.0.0.1".into();
+    cfg.rabbitmq.port = rabbit.port;
+    cfg.rabbitmq.vhost = "/".into();
+    cfg.rabbitmq.user = "guest".into();
+    cfg.rabbitmq.password = Secret::new("guest");
+    let cfg = env.cfg.clone();
+    let setup = Setup::new("fatal-end", &cfg);
+    let mut chef = kitchen(&setup, "chef_f", &[]).await;
+
+    // After start-up: the broker comes back allowing one channel per connection.
+    let _rabbit = blocking(rabbit, |r| {
+        r.kill_node();
+        r.add_config("channel_max = 1");
+        r.start_node();
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = chef.exit_status() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker kept running with a consumer that stopped for good:\n{}",
+            chef.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.code(), Some(1), "{}", chef.log_tail(30));
+    let log = chef.log_text();
+    assert!(log.contains("\"service_failed\""), "{}", chef.log_tail(30));
+    assert!(
+        log.contains("\"worker_offline\""),
+        "stopped cleanly: {}",
+        chef.log_tail(30)
+    );
+
+    // At start-up: the same fault fails the start with 1, not 0.
+    let started = std::panic::AssertUnwindSafe(kitchen(&setup, "chef_f", &[]))
+        .catch_unwind()
+        .await;
+    let Err(panic) = started else {
+        panic!("the worker started with a consumer that cannot work");
+    };
+    let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("exited during start-up (exit status: 1)"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite (private servers, about a minute): run tests/fault/run.sh"]
+async fn fatal_end_exits_non_zero_sqlite() {
+    let _one = SERIAL.lock().await;
+    bounded("fatal-end", fatal_end_exits_non_zero()).await;
+}

@@ -12,7 +12,7 @@
 //!    failed attempts logged with their source and growing delays.
 mod common;
 
-use common::{eventually, spec_orders, Backend, Proc, TestEnv};
+use common::{eventually, pg_host, pg_port, pg_user, spec_orders, Backend, Proc, TestEnv};
 use restaurant_system::domain::access::{hash_token, token_from_bytes, Access, Role};
 use restaurant_system::modes::Mode;
 use restaurant_system::storage::SharedStore;
@@ -933,3 +933,75 @@ backend_tests!(
     anonymous_loopback_can_be_switched_off,
     no_token_in_any_log_line,
 );
+
+/// Issue 22: re-reading the token table held the cache's lock across the
+/// database call, so every request with a token waited behind a slow
+/// database. Now one request re-reads it and the others use the current copy.
+/// PostgreSQL only: a table lock makes its read slow on demand (SQLite's
+/// readers never wait for a writer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_token_table_delays_one_request_not_all() {
+    let env = TestEnv::new(Backend::Postgres);
+    let app = env.start(Mode::OrderService, None).await;
+    let out = cli(&env, &["token", "create", "pos-till-1", "--role", "pos"]);
+    assert!(out.status.success(), "{out:?}");
+    let token = last_line(&out);
+    let url = format!("{}/openapi.yaml", app.order_url());
+    let get = {
+        let (token, url) = (token.clone(), url.clone());
+        move || {
+            let (token, url) = (token.clone(), url.clone());
+            async move {
+                reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }
+        }
+    };
+    assert_eq!(get().await.unwrap(), 200, "the token works");
+    // Another session holds a lock that makes every read of the table wait.
+    let conninfo = format!(
+        "host={} port={} user={} dbname={}",
+        pg_host(),
+        pg_port(),
+        pg_user(),
+        env.pg_db.as_deref().unwrap()
+    );
+    let (locker, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    locker
+        .batch_execute("begin; lock table api_tokens in access exclusive mode")
+        .await
+        .unwrap();
+    // The copy is now older than its 0.5 s: the next request re-reads it
+    // (and waits for the lock); the ones after it must not wait.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let first = tokio::spawn(get());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let answer = tokio::time::timeout(Duration::from_secs(3), get()).await;
+        assert_eq!(
+            answer.ok().and_then(|r| r.ok()),
+            Some(200),
+            "a request with a token waited behind the re-read of the token table"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "requests with a token waited {took:?} behind one re-read of the token table"
+    );
+    assert!(
+        !first.is_finished(),
+        "the re-read itself waits for the lock"
+    );
+    locker.batch_execute("rollback").await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), 200);
+    app.stop().await;
+}

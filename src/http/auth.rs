@@ -7,7 +7,9 @@
 //! every running service, without a restart, and a busy service reads the
 //! table at most twice a second. An unknown token makes it look again (at most
 //! every `MISS_RELOAD`), so a token just made works at once. Requests without a
-//! token never touch it.
+//! token never touch it. One request at a time re-reads the table; the others
+//! go on with the current copy meanwhile, so a slow database delays one
+//! request, not every request with a token.
 
 use super::{json_response, ApiError, Resp};
 use crate::domain::access::{
@@ -48,7 +50,10 @@ pub struct Guard {
     settings: AuthSettings,
     /// The tracking port actually bound (config port 0 in tests: known only then).
     display_port: AtomicU16,
-    cache: tokio::sync::Mutex<Cache>,
+    /// Never held across an await: a request only copies what it needs.
+    cache: Mutex<Cache>,
+    /// Held by the one request that re-reads the token table.
+    reloading: tokio::sync::Mutex<()>,
     throttle: Mutex<Throttle>,
 }
 
@@ -82,7 +87,8 @@ impl Guard {
             store,
             display_port: AtomicU16::new(settings.display_port),
             settings,
-            cache: tokio::sync::Mutex::new(Cache::default()),
+            cache: Mutex::new(Cache::default()),
+            reloading: tokio::sync::Mutex::new(()),
             throttle: Mutex::new(Throttle::default()),
         })
     }
@@ -97,38 +103,58 @@ impl Guard {
     /// than a stale one that may still hold a revoked token.
     async fn lookup(&self, token: &str) -> Result<Caller, ApiError> {
         let presented = hash_token(token);
-        let mut cache = self.cache.lock().await;
-        if cache.loaded.is_none_or(|t| t.elapsed() > MAX_AGE) {
-            self.reload(&mut cache).await?;
+        if self.older_than(MAX_AGE) {
+            self.reload(MAX_AGE, false).await?;
         }
-        let mut found = cache.find(&presented);
+        let mut found = self.cache().find(&presented);
         // A token made a moment ago by `token create` is not in a cache loaded
         // before it: look again, at most every MISS_RELOAD, so that a new device
         // pairs at once while a stream of wrong tokens costs few reads.
-        if found.is_none() && cache.loaded.is_some_and(|t| t.elapsed() > MISS_RELOAD) {
-            self.reload(&mut cache).await?;
-            found = cache.find(&presented);
+        if found.is_none() && self.older_than(MISS_RELOAD) {
+            self.reload(MISS_RELOAD, true).await?;
+            found = self.cache().find(&presented);
         }
         Ok(match found {
             Some((name, role)) => {
-                cache.used.insert(name.clone(), Utc::now());
+                self.cache().used.insert(name.clone(), Utc::now());
                 Caller::Token { name, role }
             }
             None => Caller::Rejected,
         })
     }
 
-    async fn reload(&self, cache: &mut Cache) -> Result<(), ApiError> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn older_than(&self, age: Duration) -> bool {
+        self.cache().loaded.is_none_or(|t| t.elapsed() > age)
+    }
+
+    /// Re-reads the token table unless another request is doing it: then the
+    /// caller goes on with the current copy, or waits for the new one when
+    /// there is none yet or it asks to (`wait`, for an unknown token).
+    async fn reload(&self, max_age: Duration, wait: bool) -> Result<(), ApiError> {
+        let _reloading = match self.reloading.try_lock() {
+            Ok(g) => g,
+            Err(_) if !wait && self.cache().loaded.is_some() => return Ok(()),
+            Err(_) => self.reloading.lock().await,
+        };
+        // Re-read meanwhile by the request we waited for.
+        if !self.older_than(max_age) {
+            return Ok(());
+        }
         let rows = self.store.tokens().await.map_err(|e| {
             tracing::error!(action = "token_table_unreadable", error = %e, "Cannot read the token table");
             ApiError::unavailable("database unavailable, try again shortly")
         })?;
+        let mut cache = self.cache();
         cache.rows = rows
             .into_iter()
             .map(|r| (r.name, r.role, r.token_hash))
             .collect();
         cache.loaded = Some(Instant::now());
-        self.flush_used(cache);
+        self.flush_used(&mut cache);
         Ok(())
     }
 

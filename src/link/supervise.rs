@@ -100,6 +100,8 @@ struct Link {
     peer: Peer,
     phase: watch::Sender<Phase>,
     outage: Mutex<Outage>,
+    /// Why the link stopped for good, when retrying could not help.
+    fatal: Mutex<Option<String>>,
 }
 
 /// The `restaurant_link_up` gauge counts live links: a dropped one leaves it.
@@ -128,6 +130,7 @@ impl LinkState {
                 down_since: None,
                 failures: 0,
             }),
+            fatal: Mutex::new(None),
         }))
     }
 
@@ -135,12 +138,38 @@ impl LinkState {
         *self.0.phase.borrow() == Phase::Up
     }
 
-    /// The link's line in `/health`: `down` when it is not up.
+    /// The link's line in `/health`: `down` when it is not up, or why it
+    /// stopped for good (until the process has stopped to be restarted).
     pub fn health(&self, down: &str) -> Result<(), String> {
-        if self.is_up() {
+        if let Some(why) = self.fatal() {
+            Err(format!(
+                "{} stopped: {why}; the service exits to be restarted",
+                self.0.what
+            ))
+        } else if self.is_up() {
             Ok(())
         } else {
             Err(down.to_string())
+        }
+    }
+
+    /// Why the link stopped for good, if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.0
+            .fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until the link stopped for good and says why; never returns
+    /// for a link that stops on shutdown.
+    pub async fn stopped_for_good(&self) -> String {
+        let mut rx = self.0.phase.subscribe();
+        let _ = rx.wait_for(|p| *p == Phase::Stopped).await;
+        match self.fatal() {
+            Some(why) => why,
+            None => std::future::pending().await,
         }
     }
 
@@ -260,12 +289,16 @@ impl Supervisor {
                 "{}: starting a new session",
                 self.link.0.what
             ),
-            SessionEnd::Fatal(e) => tracing::error!(
-                action = "session_failed",
-                error = %ErrorChain(e.as_ref()),
-                "{}: stopped; retrying cannot help (restart the service once fixed)",
-                self.link.0.what
-            ),
+            SessionEnd::Fatal(e) => {
+                tracing::error!(
+                    action = "session_failed",
+                    error = %ErrorChain(e.as_ref()),
+                    "{}: stopped; retrying cannot help, so the service stops to be restarted",
+                    self.link.0.what
+                );
+                *self.link.0.fatal.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(ErrorChain(e.as_ref()).to_string());
+            }
         }
         let again = match end {
             SessionEnd::Shutdown | SessionEnd::Fatal(_) => false,
@@ -353,6 +386,9 @@ mod tests {
         let stop = CancellationToken::new();
         assert!(!sup.next(SessionEnd::Fatal("bug".into()), &stop).await);
         assert!(!link.is_up());
+        assert_eq!(link.stopped_for_good().await, "bug");
+        let health = link.health("down").unwrap_err();
+        assert!(health.contains("stopped: bug"), "{health}");
         assert_eq!(
             link.wait_up().await,
             Err(()),

@@ -222,6 +222,9 @@ pub struct DisplayConfig {
     #[serde(deserialize_with = "lenient_string")]
     pub mqtt_username: String,
     pub mqtt_password: Option<Secret>,
+    /// A ready order nobody bumps is completed after this many minutes (0:
+    /// never; issue 26, `services::closer`).
+    pub auto_complete_after_minutes: u64,
 }
 
 impl Default for DisplayConfig {
@@ -233,6 +236,7 @@ impl Default for DisplayConfig {
             red_after_seconds: 480,
             mqtt_username: String::new(),
             mqtt_password: None,
+            auto_complete_after_minutes: 0,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! Each service builds on `storage`, `broker` and `http`; none imports a
 //! sibling, and `modes` (above them all) wires them together.
 
+pub mod closer;
 pub mod display;
 pub mod kitchen;
 pub mod metrics_port;
@@ -32,6 +33,10 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("shutdown requested during start-up")]
     Cancelled,
+    /// A link stopped for good (retrying cannot help): exit non-zero, so the
+    /// service manager restarts us.
+    #[error("{0}")]
+    Fatal(String),
     /// A setting `Config::check` refuses (a `Config` built in code skips it).
     #[error("{0}")]
     Config(#[from] crate::process::config::ConfigError),
@@ -46,7 +51,10 @@ pub async fn ready(
 ) -> Result<(), StartError> {
     crate::process::daemon::status(waiting);
     tokio::select! {
-        r = link.wait_up() => r.map_err(|()| StartError::Cancelled),
+        r = link.wait_up() => r.map_err(|()| match link.fatal() {
+            Some(why) => StartError::Fatal(why),
+            None => StartError::Cancelled,
+        }),
         _ = shutdown.cancelled() => Err(StartError::Cancelled),
     }
 }

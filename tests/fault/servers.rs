@@ -396,6 +396,16 @@ impl PrivateRabbit {
         r
     }
 
+    /// Adds a line to the node's rabbitmq.conf (read when the node starts).
+    pub fn add_config(&self, line: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("rabbitmq.conf"))
+            .expect("opening rabbitmq.conf");
+        writeln!(f, "{line}").expect("writing rabbitmq.conf");
+    }
+
     /// Starts the Erlang node (and the rabbit application) and waits for it.
     pub fn start_node(&mut self) {
         let p = self.dir.path();

@@ -55,7 +55,7 @@ pub async fn start(
     edge: Edge,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
-) -> Result<SocketAddr, StartError> {
+) -> Result<(SocketAddr, [LinkState; 2]), StartError> {
     let rabbit_link = LinkState::new("display bridge consumer", Peer::RabbitMq);
     let mqtt_link = LinkState::new("display bridge", Peer::Mqtt);
     let health = Health {
@@ -89,7 +89,7 @@ pub async fn start(
         rabbit: cfg.rabbitmq.clone(),
         publisher,
         link: rabbit_link.clone(),
-        mqtt: mqtt_link,
+        mqtt: mqtt_link.clone(),
     };
     let s = shutdown.clone();
     tasks.spawn(
@@ -119,7 +119,7 @@ pub async fn start(
         cfg.mqtt.host,
         cfg.mqtt.port
     );
-    Ok(bound)
+    Ok((bound, [rabbit_link, mqtt_link]))
 }
 
 /// What the bridge's health port shares with the other listeners: the

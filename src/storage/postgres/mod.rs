@@ -31,6 +31,29 @@ struct DeferredCommits {
     flushed: AtomicU64,
 }
 
+impl DeferredCommits {
+    /// Counts a deferred commit as started until the guard drops, whatever
+    /// happens meanwhile: a call that fails must not leave it "started" for
+    /// ever, or every later claim would pay a flush of its own.
+    fn begin(&self) -> DeferredCommit<'_> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        DeferredCommit(self)
+    }
+
+    /// Whether a deferred commit may not be on disk yet.
+    fn unflushed(&self) -> bool {
+        self.started.load(Ordering::SeqCst) > self.flushed.load(Ordering::SeqCst)
+    }
+}
+
+struct DeferredCommit<'a>(&'a DeferredCommits);
+
+impl Drop for DeferredCommit<'_> {
+    fn drop(&mut self) {
+        self.0.done.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Serialises concurrent migrations from several processes starting at once.
 const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
 
@@ -518,8 +541,8 @@ impl Store for PgStore {
         // A synchronous commit flushes the WAL up to itself, so every deferred
         // commit done before it began: the relay need not flush those again.
         let done_before = self.deferred.done.load(Ordering::SeqCst);
+        let pending = deferred.then(|| self.deferred.begin());
         let c = if deferred {
-            self.deferred.started.fetch_add(1, Ordering::SeqCst);
             self.lazy_client().await?
         } else {
             self.client().await?
@@ -551,7 +574,7 @@ impl Store for PgStore {
             )
             .await;
         if deferred {
-            self.deferred.done.fetch_add(1, Ordering::SeqCst);
+            drop(pending);
         } else if matches!(row, Ok(Some(_))) {
             // (It wrote a row: a commit that wrote nothing waits for no flush.)
             self.deferred
@@ -820,9 +843,7 @@ impl Store for PgStore {
         // so everything this claim saw. Not needed once no deferred commit
         // started since the last flush finished.
         if let Some(first) = out.first() {
-            if self.deferred.started.load(Ordering::SeqCst)
-                > self.deferred.flushed.load(Ordering::SeqCst)
-            {
+            if self.deferred.unflushed() {
                 let done = self.deferred.done.load(Ordering::SeqCst);
                 let c = self.client().await?;
                 let st = c
@@ -882,5 +903,28 @@ impl Store for PgStore {
         let c = self.client().await?;
         let row = c.query_one(NEWEST_CHANGE_SQL, &[]).await.map_err(pg_err)?;
         row.try_get(0).map_err(pg_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 22: a deferred change that failed before its commit (no pool
+    /// connection, a statement that would not prepare) left the counter
+    /// "started" for ever, so every later claim paid a flush.
+    #[test]
+    fn a_failed_deferred_commit_owes_no_flush() {
+        let d = DeferredCommits::default();
+        let fails = || -> Result<(), ()> {
+            let _pending = d.begin();
+            Err(())
+        };
+        assert!(fails().is_err());
+        assert!(d.unflushed(), "not flushed yet: the relay cannot know");
+        // The relay's flush covers every deferred commit done before it.
+        d.flushed
+            .fetch_max(d.done.load(Ordering::SeqCst), Ordering::SeqCst);
+        assert!(!d.unflushed(), "a failed commit leaves nothing to flush");
     }
 }
