@@ -16,6 +16,7 @@ use crate::link::supervise::SessionEnd;
 use crate::process::config::RabbitConfig;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Connection, ConnectionProperties};
+use std::time::Duration;
 
 pub use lapin;
 
@@ -71,10 +72,61 @@ impl From<lapin::Error> for SessionEnd {
     }
 }
 
+/// How long declaring and subscribing may take once connected. A broker that
+/// accepts connections while it is still recovering its queues (after a power
+/// cut) can leave a declare or consume unanswered for good, and a session
+/// waiting on it would hold its service in "activating" until systemd's start
+/// timeout; it starts over instead (issue 21).
+pub const SETUP_WAIT: Duration = Duration::from_secs(30);
+
+/// A session's declarations and subscriptions, bounded by [`SETUP_WAIT`]: their
+/// result, or the session's end (lost when the broker did not answer in time).
+pub async fn bounded_setup<T>(
+    setup: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, SessionEnd> {
+    bounded(SETUP_WAIT, setup).await
+}
+
+async fn bounded<T>(
+    wait: Duration,
+    setup: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, SessionEnd> {
+    match tokio::time::timeout(wait, setup).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(SessionEnd::Lost(Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "RabbitMQ did not answer the declarations within {} s (still recovering its queues?)",
+                wait.as_secs_f64()
+            ),
+        )))),
+    }
+}
+
 /// The error a session ends with when the broker closed the connection or a
 /// consumer stream ended without saying why.
 pub fn connection_lost() -> SessionEnd {
     SessionEnd::Lost(Box::new(std::io::Error::other(
         "connection to RabbitMQ lost",
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_setup_that_is_never_answered_ends_the_session_as_lost() {
+        let never = std::future::pending::<Result<(), lapin::Error>>();
+        match bounded(Duration::from_millis(20), never).await {
+            Err(SessionEnd::Lost(e)) => assert!(e.to_string().contains("did not answer")),
+            other => panic!("expected a lost session, got {other:?}"),
+        }
+        let quick = async { Ok::<_, lapin::Error>(7) };
+        assert_eq!(
+            bounded(Duration::from_millis(20), quick).await.ok(),
+            Some(7)
+        );
+    }
 }

@@ -134,9 +134,9 @@ impl Relay {
         conn: &lapin::Connection,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
-        let ch = match self.open_channel(conn).await {
+        let ch = match super::bounded_setup(self.open_channel(conn)).await {
             Ok(ch) => ch,
-            Err(e) => return e.into(),
+            Err(end) => return end,
         };
         self.link.up(&format!("exchange '{ORDERS_EXCHANGE}'"));
         // Confirmed by the broker, deleted with the next claim.

@@ -5,7 +5,7 @@
 //! queue would split them between subscribers).
 
 use crate::broker::topology;
-use crate::broker::{connect, connection_lost};
+use crate::broker::{bounded_setup, connect, connection_lost};
 use crate::domain::events::{StatusUpdate, NOTIFICATIONS_EXCHANGE};
 use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::process::config::RabbitConfig;
@@ -49,9 +49,9 @@ impl Subscriber {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        let mut consumer = match subscribe(&conn).await {
+        let mut consumer = match bounded_setup(subscribe(&conn)).await {
             Ok(c) => c,
-            Err(e) => return e.into(),
+            Err(end) => return end,
         };
         self.link
             .up(&format!("exchange '{NOTIFICATIONS_EXCHANGE}'"));

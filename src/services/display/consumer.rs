@@ -19,7 +19,7 @@ use super::mqtt::{Cmd, Publisher};
 use super::payload::Event;
 use crate::broker::delivery::{Outcome, PoisonCap};
 use crate::broker::topology::{self, DISPLAY_QUEUE};
-use crate::broker::{connect, connection_lost};
+use crate::broker::{bounded_setup, connect, connection_lost};
 use crate::domain::events::{OrderMessage, StatusUpdate, NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE};
 use crate::link::backoff::Backoff;
 use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
@@ -71,9 +71,9 @@ impl Consumer {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        let (ch, consumer) = match subscribe(&conn).await {
+        let (ch, consumer) = match bounded_setup(subscribe(&conn)).await {
             Ok(c) => c,
-            Err(e) => return e.into(),
+            Err(end) => return end,
         };
         self.link.up(&format!("queue '{DISPLAY_QUEUE}'"));
         let end = self.consume(consumer, &ch, shutdown).await;

@@ -12,7 +12,7 @@
 use crate::broker::delivery::{Outcome, PoisonCap};
 use crate::broker::relay::Relay;
 use crate::broker::topology::{self, kitchen_queue, REASON_HEADER, REQUEST_ID_HEADER};
-use crate::broker::{connect, connection_lost};
+use crate::broker::{bounded_setup, connect, connection_lost};
 use crate::domain::events::{OrderMessage, ORDERS_EXCHANGE};
 use crate::domain::status::{kitchen_step, KitchenStep};
 use crate::domain::transition::OrderState;
@@ -167,9 +167,9 @@ impl Kitchen {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        let (ch, dlq, consumers) = match self.subscribe(&conn).await {
+        let (ch, dlq, consumers) = match bounded_setup(self.subscribe(&conn)).await {
             Ok(s) => s,
-            Err(e) => return e.into(),
+            Err(end) => return end,
         };
         let tags: Vec<_> = consumers.iter().map(|c| c.tag()).collect();
         let mut deliveries = futures_util::stream::select_all(consumers);
