@@ -212,8 +212,11 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DisplayConfig {
-    /// The WebSocket URL screens use for Mosquitto; empty: same host as the page, port 9001.
+    /// The WebSocket URL screens use for Mosquitto; empty: same host as the
+    /// page, port `mqtt_ws_port`.
     pub mqtt_ws_url: String,
+    /// Mosquitto's WebSockets port, when `mqtt_ws_url` is empty.
+    pub mqtt_ws_port: u16,
     /// Where the page sends bump and recall; empty: same host as the page, port 3000.
     pub order_service_url: String,
     pub yellow_after_seconds: u64,
@@ -231,6 +234,7 @@ impl Default for DisplayConfig {
     fn default() -> Self {
         DisplayConfig {
             mqtt_ws_url: String::new(),
+            mqtt_ws_port: 9001,
             order_service_url: String::new(),
             yellow_after_seconds: 300,
             red_after_seconds: 480,
