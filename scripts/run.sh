@@ -60,6 +60,8 @@ export RESTAURANT_DATABASE__SQLITE_PATH="${RESTAURANT_DATABASE__SQLITE_PATH:-$ST
 export RESTAURANT_RABBITMQ__HOST="${RESTAURANT_RABBITMQ__HOST:-127.0.0.1}"
 export RESTAURANT_MQTT__HOST="${RESTAURANT_MQTT__HOST:-127.0.0.1}"
 export RESTAURANT_MQTT__PORT="${RESTAURANT_MQTT__PORT:-$mqtt_port}"
+# The display page connects to the WebSockets port the broker really listens on.
+export RESTAURANT_DISPLAY__MQTT_WS_PORT="${RESTAURANT_DISPLAY__MQTT_WS_PORT:-$MQTT_WS_PORT}"
 # The private broker's accounts (start_secure_mosquitto): the bridge writes, paired screens read.
 if [[ -s "$ws_dir/bridge.password" && -s "$ws_dir/display.password" ]]; then
     export RESTAURANT_MQTT__USER="${RESTAURANT_MQTT__USER:-restaurant-bridge}"

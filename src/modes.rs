@@ -387,6 +387,12 @@ async fn start_parts(
             clock: clock_floor(&store).await?,
         };
         tasks.spawn(order_api::watch_clock(api.clock.clone(), shutdown.clone()));
+        let closer = services::closer::Closer {
+            business: api.business.clone(),
+            auto_complete_after_minutes: cfg.display.auto_complete_after_minutes,
+        };
+        let relay = api.relay.clone();
+        tasks.spawn(closer.run(store.clone(), move || relay.wake(), shutdown.clone()));
         let addr = bind(cfg.http.order_port);
         let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));
         running.order_addr = Some(api.listen(addr, limits, &shutdown, &tasks).await?);

@@ -909,3 +909,33 @@ backend_tests!(
     state_from_messages_is_the_stored_state,
     kitchen_details_reach_the_retained_ticket
 );
+
+/// Issue 22, item 7: `scripts/run.sh` starts Mosquitto's WebSockets listener
+/// on `MQTT_WS_PORT`, and the display page and the board must connect there,
+/// not to a hard-coded 9001: the port reaches them through `config.json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_follows_the_websockets_port() {
+    let env = TestEnv::new(Backend::Sqlite);
+    let mut cfg = env.cfg.clone();
+    cfg.display.mqtt_ws_port = 9555;
+    let app = env.start_with(Mode::TrackingService, None, &cfg).await;
+    let v: Value = reqwest::get(format!("{}/display/config.json", app.tracking_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["mqtt_ws_port"], 9555, "{v}");
+    app.stop().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    for page in ["web/src/display.js", "web/src/board.js"] {
+        let js = read(page);
+        assert!(js.contains("mqtt_ws_port"), "{page} ignores mqtt_ws_port");
+    }
+    assert!(
+        read("scripts/run.sh")
+            .contains("RESTAURANT_DISPLAY__MQTT_WS_PORT=\"${RESTAURANT_DISPLAY__MQTT_WS_PORT:-$MQTT_WS_PORT}\""),
+        "scripts/run.sh must hand MQTT_WS_PORT to the page"
+    );
+}

@@ -527,7 +527,74 @@ fn date_of(
     rule.date(t).format("%Y%m%d").to_string()
 }
 
+/// Issue 26: tickets that clear themselves. A ready order is completed after
+/// its minutes (not before); at the business day's cut-over yesterday's ready
+/// order is completed and its received one cancelled; the history says it was
+/// automatic. The clock is injected.
+async fn tickets_clear_themselves(b: Backend) {
+    use restaurant_system::services::closer::{Closer, CHANGED_BY};
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let closer = Closer {
+        business: Default::default(),
+        auto_complete_after_minutes: 30,
+    };
+    let mut numbers = Vec::new();
+    for (i, who) in ["Ann", "Bob", "Cy"].into_iter().enumerate() {
+        let t = at(i as i64);
+        let n = store
+            .create_order(&takeout(who), "rid", t, t.date_naive())
+            .await
+            .unwrap()
+            .order_number;
+        numbers.push(n);
+    }
+    let minute = |m: i64| at(0) + chrono::Duration::minutes(m);
+    // Ann's and Bob's are ready at minute 1; Cy's stays received.
+    for n in &numbers[..2] {
+        applied(&store, &change(n, Cooking, "chef", minute(1))).await;
+        applied(&store, &change(n, Ready, "chef", minute(1))).await;
+    }
+    assert_eq!(closer.run_once(&store, minute(30)).await.unwrap(), 0);
+    // Bob's is bumped by hand meanwhile; Ann's waits its 30 minutes.
+    applied(&store, &change(&numbers[1], Completed, "expo", minute(20))).await;
+    assert_eq!(closer.run_once(&store, minute(31)).await.unwrap(), 1);
+    assert_eq!(store.status(&numbers[0]).await.unwrap(), Some(Completed));
+    let h = store.history(&numbers[0]).await.unwrap().unwrap();
+    assert_eq!(h.last().map(|e| e.changed_by.as_str()), Some(CHANGED_BY));
+    let h = store.history(&numbers[1]).await.unwrap().unwrap();
+    assert_eq!(h.last().map(|e| e.changed_by.as_str()), Some("expo"));
+    // The next business day (UTC midnight by default): Cy's is cancelled.
+    let tomorrow = (at(0).date_naive() + chrono::Duration::days(1))
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    assert_eq!(closer.run_once(&store, tomorrow).await.unwrap(), 1);
+    assert_eq!(store.status(&numbers[2]).await.unwrap(), Some(Cancelled));
+    assert!(store.open_orders().await.unwrap().is_empty());
+    // Every automatic change announced itself like a bump does.
+    let updates: Vec<StatusUpdate> = outbox(&store, &[])
+        .await
+        .iter()
+        .filter(|m| m.exchange == NOTIFICATIONS_EXCHANGE)
+        .filter_map(|m| serde_json::from_str(&m.payload).ok())
+        .collect();
+    let auto: Vec<(&str, OrderStatus)> = updates
+        .iter()
+        .filter(|u| u.changed_by == CHANGED_BY)
+        .map(|u| (u.order_number.as_str(), u.new_status))
+        .collect();
+    assert_eq!(
+        auto,
+        [
+            (numbers[0].as_str(), Completed),
+            (numbers[2].as_str(), Cancelled)
+        ]
+    );
+}
+
 backend_tests!(
+    tickets_clear_themselves,
     business_day_numbers_stay_unique_and_in_order,
     create_and_read_back,
     transition_chain_writes_what_the_domain_decided,

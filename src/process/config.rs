@@ -212,8 +212,11 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DisplayConfig {
-    /// The WebSocket URL screens use for Mosquitto; empty: same host as the page, port 9001.
+    /// The WebSocket URL screens use for Mosquitto; empty: same host as the
+    /// page, port `mqtt_ws_port`.
     pub mqtt_ws_url: String,
+    /// Mosquitto's WebSockets port, when `mqtt_ws_url` is empty.
+    pub mqtt_ws_port: u16,
     /// Where the page sends bump and recall; empty: same host as the page, port 3000.
     pub order_service_url: String,
     pub yellow_after_seconds: u64,
@@ -222,17 +225,22 @@ pub struct DisplayConfig {
     #[serde(deserialize_with = "lenient_string")]
     pub mqtt_username: String,
     pub mqtt_password: Option<Secret>,
+    /// A ready order nobody bumps is completed after this many minutes (0:
+    /// never; issue 26, `services::closer`).
+    pub auto_complete_after_minutes: u64,
 }
 
 impl Default for DisplayConfig {
     fn default() -> Self {
         DisplayConfig {
             mqtt_ws_url: String::new(),
+            mqtt_ws_port: 9001,
             order_service_url: String::new(),
             yellow_after_seconds: 300,
             red_after_seconds: 480,
             mqtt_username: String::new(),
             mqtt_password: None,
+            auto_complete_after_minutes: 0,
         }
     }
 }

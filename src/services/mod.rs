@@ -5,6 +5,7 @@
 //! Each service builds on `storage`, `broker` and `http`; none imports a
 //! sibling, and `modes` (above them all) wires them together.
 
+pub mod closer;
 pub mod display;
 pub mod kitchen;
 pub mod metrics_port;

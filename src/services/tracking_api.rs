@@ -352,6 +352,7 @@ impl TrackingApi {
         };
         let mut body = json!({
                 "mqtt_ws_url": self.display.mqtt_ws_url,
+                "mqtt_ws_port": self.display.mqtt_ws_port,
                 "order_service_url": self.display.order_service_url,
                 "topic_prefix": self.mqtt_prefix,
                 "site": self.mqtt_site,

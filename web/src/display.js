@@ -1043,7 +1043,8 @@
   function mqttUrl() {
     const u = state.cfg && state.cfg.mqtt_ws_url;
     if (u) return u;
-    return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hostname}:9001`;
+    const port = (state.cfg && state.cfg.mqtt_ws_port) || 9001;
+    return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hostname}:${port}`;
   }
 
   async function loadConfig() {
