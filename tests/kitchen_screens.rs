@@ -46,9 +46,13 @@ async fn details_are_stored_returned_and_published(b: Backend) {
     assert_eq!(
         o["items"],
         json!([
+            // `category` and `stations` are additive (docs/stations.md): null and empty
+            // without a category and without configured stations.
             {"name": "Burger", "quantity": 2, "price": 12.5, "notes": "well done",
-             "modifiers": ["no onions", "extra cheese"], "allergens": ["gluten", "sesame"]},
-            {"name": "Fries", "quantity": 1, "price": 4.5, "notes": null, "modifiers": [], "allergens": []}
+             "modifiers": ["no onions", "extra cheese"], "allergens": ["gluten", "sesame"],
+             "category": null, "stations": []},
+            {"name": "Fries", "quantity": 1, "price": 4.5, "notes": null, "modifiers": [], "allergens": [],
+             "category": null, "stations": []}
         ])
     );
     for f in [
