@@ -41,11 +41,13 @@ work=$(mktemp -d /var/tmp/restaurant-repro.XXXXXX)
 ROOT="$work/root"
 nspawn_pid=""
 cleanup() {
+    local rc=$?
     set +e
     [[ -n "$nspawn_pid" ]] && kill -KILL "$(pgrep -P "$nspawn_pid" -x systemd)" 2>/dev/null
     [[ -n "$nspawn_pid" ]] && wait "$nspawn_pid" 2>/dev/null
     umount "$ROOT" 2>/dev/null
     rm -rf --one-file-system "$work"
+    exit "$rc"
 }
 trap cleanup EXIT
 
