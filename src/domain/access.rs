@@ -110,11 +110,14 @@ pub enum Route {
     BoardFile,
     /// The box's CA certificate (issue 27): public, for devices to trust.
     CaCert,
+    /// The screens' MQTT WebSocket on the page's own origin (issue 27), passed
+    /// on to Mosquitto, which checks the screen's account itself.
+    MqttWs,
 }
 
 impl Route {
     /// Every route, in the order `find` tries them.
-    pub const ALL: [Route; 25] = [
+    pub const ALL: [Route; 26] = [
         Route::CreateOrder,
         Route::Complete,
         Route::Recall,
@@ -140,6 +143,7 @@ impl Route {
         Route::Board,
         Route::BoardFile,
         Route::CaCert,
+        Route::MqttWs,
     ];
 
     /// The route table: its pattern (`{..}` is any one segment), the one
@@ -188,6 +192,7 @@ impl Route {
             Route::Board => ("/board", "GET", Open),
             Route::BoardFile => ("/board/{file}", "GET", Open),
             Route::CaCert => ("/ca.crt", "GET", Open),
+            Route::MqttWs => ("/mqtt", "GET", Open),
         }
     }
 

@@ -31,6 +31,9 @@ pub struct TrackingApi {
     pub routing: Option<std::sync::Arc<Routing>>,
     /// The speed report's default range is the current business day.
     pub business: crate::domain::business_day::BusinessDay,
+    /// Mosquitto's WebSocket listener (`host:port`), which `GET /mqtt` passes
+    /// a screen's connection on to (issue 27: wss on the page's own origin).
+    pub mqtt_ws: String,
 }
 
 /// The display page: our own files from `web/src/`, and the MQTT client that
@@ -102,6 +105,7 @@ impl Routes for TrackingApi {
                 Route::OpenApi,
                 Route::Display,
                 Route::DisplayFile,
+                Route::MqttWs,
             ],
         )?;
         // The order number or file name: the path's second segment.
@@ -127,6 +131,9 @@ impl Routes for TrackingApi {
                 .map(|(name, _, _)| page(name))
                 .ok_or_else(|| ApiError::not_found("no such file")),
             Route::OpenApi => Ok(static_response("application/yaml", OPENAPI)),
+            Route::MqttWs => {
+                crate::http::upgrade::pass_to(req, &self.mqtt_ws, ctx.limits.timeout).await
+            }
             _ => Err(ApiError::not_found("no such route")),
         }
     }

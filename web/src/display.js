@@ -1043,8 +1043,11 @@
   function mqttUrl() {
     const u = state.cfg && state.cfg.mqtt_ws_url;
     if (u) return u;
+    // Over HTTPS the broker is reached on the page's own origin (the tracking service passes
+    // /mqtt on to Mosquitto): the certificate the screen already trusts, no second prompt.
+    if (location.protocol === 'https:') return `wss://${location.host}/mqtt`;
     const port = (state.cfg && state.cfg.mqtt_ws_port) || 9001;
-    return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hostname}:${port}`;
+    return `ws://${location.hostname}:${port}`;
   }
 
   async function loadConfig() {
