@@ -416,6 +416,7 @@ async fn start_parts(
             routing: routing.clone(),
             business: cfg.business.rule()?,
             mqtt_ws: format!("{}:{}", cfg.mqtt.host, cfg.display.mqtt_ws_port),
+            tls: tls.clone(),
         };
         let addr = bind(cfg.http.tracking_port);
         let api = Api(tracking_api::SERVICE, "Tracking Service", Arc::new(api));

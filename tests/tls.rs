@@ -424,6 +424,22 @@ async fn screens_reach_the_broker_over_wss_on_the_pages_origin() {
         5,
         "Mosquitto still refuses a wrong password (5: not authorised)"
     );
+    // The pairing form's settings carry the CA's fingerprint to compare.
+    let (rc, body, err) = curl(&[
+        "--cacert",
+        cfg.tls.dir.join("ca.crt").to_str().expect("utf-8"),
+        &format!("https://localhost:{port}/display/config.json"),
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let settings: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let ca = std::fs::read_to_string(cfg.tls.dir.join("ca.crt")).expect("CA");
+    assert_eq!(
+        settings["ca_fingerprint"],
+        restaurant_system::tls::ca::summary(&ca)
+            .expect("CA")
+            .fingerprint,
+        "{body}"
+    );
     // A plain GET on /mqtt is a clear JSON refusal, not a hang.
     let (rc, body, _) = curl(&[
         "--cacert",

@@ -34,6 +34,8 @@ pub struct TrackingApi {
     /// Mosquitto's WebSocket listener (`host:port`), which `GET /mqtt` passes
     /// a screen's connection on to (issue 27: wss on the page's own origin).
     pub mqtt_ws: String,
+    /// The process's TLS: the pairing form shows the CA's fingerprint to compare.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// The display page: our own files from `web/src/`, and the MQTT client that
@@ -371,6 +373,16 @@ impl TrackingApi {
                 "paired": paired.is_some(),
                 "role": paired.map(|r| r.as_str()),
         });
+        // Pairing over HTTPS: the screen shows the fingerprint of the CA it
+        // trusts, to compare with `restaurant-system tls show` on the box.
+        if let Some(fp) = self
+            .tls
+            .as_ref()
+            .and_then(crate::tls::Tls::ca_pem)
+            .and_then(|pem| crate::tls::ca::summary(&pem).ok())
+        {
+            body["ca_fingerprint"] = json!(fp.fingerprint);
+        }
         if paired.is_some() && !self.display.mqtt_username.is_empty() {
             body["mqtt_username"] = json!(self.display.mqtt_username);
             body["mqtt_password"] = json!(self
