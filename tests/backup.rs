@@ -133,6 +133,11 @@ async fn backup_under_load_restores_on_a_fresh_box(b: Backend) {
         before.len()
     );
     assert!(restored.len() <= total, "no order the service never took");
+    println!(
+        "{b:?}: {} orders acknowledged before the backup, {} in the restored copy, {total} taken in all",
+        before.len(),
+        restored.len()
+    );
     assert!(
         said.contains(&format!("{} orders", restored.len())),
         "the summary counts the restored orders: {said}"
@@ -203,3 +208,54 @@ async fn dated_copies_are_pruned_and_foreign_files_refused(b: Backend) {
 }
 
 backend_tests!(dated_copies_are_pruned_and_foreign_files_refused);
+
+/// Run as root (the technician's `restaurant-system backup`), the copies belong
+/// to the owner of the state directory (the services' user), at 0640, so the
+/// nightly unit can prune them later. Not root: simply the caller's.
+#[tokio::test]
+async fn root_made_backups_belong_to_the_state_owner() {
+    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let root = nix::unistd::Uid::effective().is_root();
+    let (uid, gid) = if root {
+        (65534, 65534)
+    } else {
+        let m = std::fs::metadata(&state).unwrap();
+        (m.uid(), m.gid())
+    };
+    if root {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown(&state, Some(uid), Some(gid)).unwrap();
+    }
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nbackend = \"sqlite\"\nsqlite_path = \"{}\"\n[backup]\ndirectory = \"{}\"\n",
+            state.join("restaurant.db").display(),
+            state.join("backups").display()
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_restaurant-system");
+    for args in [&["migrate"][..], &["backup"][..]] {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let backups = state.join("backups");
+    let m = std::fs::metadata(&backups).unwrap();
+    assert_eq!((m.uid(), m.gid()), (uid, gid), "the backup directory");
+    let copies: Vec<_> = std::fs::read_dir(&backups).unwrap().flatten().collect();
+    assert_eq!(copies.len(), 1);
+    let m = copies[0].metadata().unwrap();
+    assert_eq!((m.uid(), m.gid()), (uid, gid), "{:?}", copies[0].path());
+    assert_eq!(m.mode() & 0o777, 0o640);
+}
