@@ -104,6 +104,18 @@ enum Command {
         /// A file written by `backup`.
         file: PathBuf,
     },
+    /// The box's certificate (see docs/security.md).
+    Tls {
+        #[command(subcommand)]
+        action: TlsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TlsCommand {
+    /// Print the CA's SHA-256 fingerprint (compare it on a device before trusting
+    /// the CA), the names in the server certificate and when it ends.
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
@@ -192,6 +204,9 @@ fn main() -> ExitCode {
             return backup(&cfg, &file, dated);
         }
         Some(Command::Restore { file }) => return restore(&cfg, &file),
+        Some(Command::Tls {
+            action: TlsCommand::Show,
+        }) => return tls_show(&cfg),
         None => {}
     }
     let Some(mode) = cli.mode else {
@@ -372,6 +387,61 @@ fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runti
         eprintln!("restaurant-system: cannot start the async runtime: {e}");
         ExitCode::from(EXIT_FAILURE)
     })
+}
+
+/// `tls show`: reads the certificates; makes nothing (the services make the
+/// self-signed ones at their first start, as the service user).
+fn tls_show(cfg: &Config) -> ExitCode {
+    use restaurant_system::process::config::TlsMode;
+    use restaurant_system::tls::ca;
+    let describe = |what: &str, pem: &str| match ca::summary(pem) {
+        Ok(s) => {
+            println!("{what}: {}", s.subject);
+            println!("  SHA-256 fingerprint: {}", s.fingerprint);
+            if !s.names.is_empty() {
+                println!("  names: {}", s.names.join(", "));
+            }
+            println!("  expires: {}", s.not_after);
+            true
+        }
+        Err(e) => {
+            eprintln!("restaurant-system: {what}: {e}");
+            false
+        }
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let result = match cfg.tls.mode {
+        TlsMode::Off => {
+            println!("TLS is off ([tls] mode = \"off\"): the services speak plain HTTP");
+            return ExitCode::SUCCESS;
+        }
+        TlsMode::SelfSigned => match (ca::ca_in(&cfg.tls.dir), ca::server_in(&cfg.tls.dir)) {
+            (Ok(Some(ca_pem)), Ok(server)) => {
+                let mut ok = describe("CA", &ca_pem);
+                match server {
+                    Some(s) => ok &= describe("server certificate", &s),
+                    None => println!("server certificate: not issued yet"),
+                }
+                Ok(ok)
+            }
+            (Ok(None), _) => Err(format!(
+                "no CA in {} yet: the order or tracking service makes it at its first start",
+                cfg.tls.dir.display()
+            )),
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        },
+        TlsMode::Files => read(&cfg.tls.cert_file).map(|pem| describe("server certificate", &pem)),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_FAILURE),
+        Err(e) => {
+            eprintln!("restaurant-system: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 /// `token create|list|revoke`: works on the database directly; the running
