@@ -752,6 +752,13 @@ pub fn whole_order(o: &crate::storage::OrderView, confirm: bool) -> Value {
 /// order changed meanwhile, 404, else 500. The cause is logged; the client
 /// gets no internals.
 pub fn store_error(e: StoreError, action: &'static str, what: &str) -> ApiError {
+    if e.is_busy() {
+        // Load, not a fault: a warning, and the client told to come back.
+        tracing::warn!(action, error = %e, "{what}");
+        let mut busy = ApiError::unavailable("the database is busy, try again shortly");
+        busy.retry_after = Some(1);
+        return busy;
+    }
     tracing::error!(action, error = %e, "{what}");
     match e.class() {
         Class::Transient => ApiError::unavailable("database unavailable, try again shortly"),

@@ -25,6 +25,7 @@ pub struct Config {
     pub kitchen: KitchenConfig,
     pub orders: OrdersConfig,
     pub business: BusinessConfig,
+    pub backup: BackupConfig,
     pub http: HttpConfig,
     pub security: SecurityConfig,
     pub metrics: MetricsConfig,
@@ -422,6 +423,28 @@ impl Default for OrdersConfig {
     }
 }
 
+/// `restaurant-system backup` without a file, as the nightly
+/// `restaurant-backup.timer` runs it (issue 26): where the copies go and how
+/// many are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// The directory of the dated copies (created when missing).
+    pub directory: PathBuf,
+    /// How many of them are kept: the oldest beyond that are removed after a
+    /// new copy is written and checked.
+    pub keep: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            directory: "/var/lib/restaurant-system/backups".into(),
+            keep: 7,
+        }
+    }
+}
+
 /// The restaurant's business day (issue 26, `domain::business_day`): the order
 /// number's date and the speed report's default range.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -768,6 +791,11 @@ impl Config {
                 "orders.idempotency_ttl_seconds must be between 1 and {MAX_IDEMPOTENCY_TTL} (30 days), got {}",
                 self.orders.idempotency_ttl_seconds
             ));
+        }
+        if self.backup.keep == 0 || self.backup.directory.as_os_str().is_empty() {
+            return bad(
+                "backup.keep must be at least 1 and backup.directory must not be empty".into(),
+            );
         }
         if self.http.max_concurrent == 0 {
             return bad("http.max_concurrent must be at least 1".into());
