@@ -10,7 +10,7 @@
 //! 5. `anonymous_loopback = false`; an invalid `http.bind` is exit 2;
 //! 6. a log scan: no token, hash or Authorization header in any line, and the
 //!    failed attempts logged with their source and growing delays.
-mod common;
+use crate::common;
 
 use common::{eventually, pg_host, pg_port, pg_user, spec_orders, Backend, Proc, TestEnv};
 use restaurant_system::domain::access::{hash_token, token_from_bytes, Access, Role};
