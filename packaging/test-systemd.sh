@@ -349,23 +349,18 @@ fi
 prev_sha=$(git rev-parse --verify -q "${PREV_COMMIT}^{commit}" || true)
 [[ -n "$prev_sha" ]] || fatal "the previous release $PREV_COMMIT is not in this clone's history (a shallow clone? git fetch --unshallow)"
 prev_deb="$RS_BOX_CACHE/prev-$prev_sha.deb"
-# build_prev: the previous release's package, from a git worktree of that commit, with this
-# tree's target directory (the dependencies are built already). Runs in the background while
-# the box is tested; the upgrade scenario waits for it.
+# build_prev: the previous release's package, from a git worktree of that commit, in a target
+# directory of its own under the cache (never this tree's target/: the old binary left in
+# target/release would be the one later stages run, e.g. the browser stage). Kept between runs,
+# so a new previous release rebuilds only what changed. Runs in the background while the box
+# is tested; the upgrade scenario waits for it.
 bin_sum() { dpkg-deb --fsys-tarfile "$1" | tar -xO ./usr/bin/restaurant-system | sha256sum | cut -c1-16; }
 build_prev() {
     log "building the previous release's package ($prev_sha, once; cached as $prev_deb)"
     git worktree add --detach -f "$work/prev-src" "$prev_sha" >/dev/null 2>&1 || return 1
-    if (cd "$work/prev-src" && CARGO_TARGET_DIR="$REPO/target" cargo deb \
+    if (cd "$work/prev-src" && CARGO_TARGET_DIR="$RS_BOX_CACHE/prev-target" cargo deb \
         --deb-version "0.1.0~git${prev_sha:0:7}-1" --output "$prev_deb.tmp.$$") >"$work/prev-build.log" 2>&1; then
-        # The target directory is shared: another cargo build running meanwhile can put this
-        # tree's binary where cargo deb picks it up. Such a package is not cached.
-        if [[ "$(bin_sum "$prev_deb.tmp.$$")" == "$(bin_sum "$new_deb")" ]]; then
-            echo "    the previous release's package got this tree's binary (a concurrent build in target/?); not cached"
-            rm -f "$prev_deb.tmp.$$"
-        else
-            mv "$prev_deb.tmp.$$" "$prev_deb"
-        fi
+        mv "$prev_deb.tmp.$$" "$prev_deb"
     else
         tail -n 30 "$work/prev-build.log" | sed 's/^/    /'
     fi
@@ -384,7 +379,7 @@ if [[ -z "${new_deb:-}" ]]; then
     [[ "$new_deb" = /* ]] || new_deb="$REPO/$new_deb"
 fi
 [[ -f "$new_deb" ]] || fatal "the package $new_deb exists"
-# A copy of our own: the previous release's cargo deb shares the target directory.
+# A copy of our own: a later cargo deb in this tree replaces target/debian's.
 cp "$new_deb" "$work/"
 new_deb="$work/$(basename "$new_deb")"
 if [[ ! -f "$prev_deb" ]]; then
