@@ -15,7 +15,7 @@ use crate::domain::error::Class;
 use crate::link::supervise::SessionEnd;
 use crate::process::config::RabbitConfig;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 use std::time::Duration;
 
 pub use lapin;
@@ -102,6 +102,25 @@ async fn bounded<T>(
             ),
         )))),
     }
+}
+
+/// How long each step of a clean close may wait for the broker's answer: a
+/// broker that went away must not hold the stop up.
+pub const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Ends a session cleanly: closes the connection (bounded by [`STOP_WAIT`])
+/// while the session still holds its channels, which the connection's close
+/// closes with it. The order matters to lapin (issue 22): a channel whose last
+/// handle drops while the connection is up is closed in the background, and
+/// when that races the connection's close it fails ("invalid channel state:
+/// Closing"); a channel closed explicitly first is removed in the background
+/// too, and the connection's close can remove it again ("invalid channel").
+/// Either way lapin logs a connection ERROR on a clean stop. The channels are
+/// dropped by the caller after this returns, when they are closed already.
+pub async fn close(conn: &Connection, channels: &[&Channel]) {
+    let _ = tokio::time::timeout(STOP_WAIT, conn.close(200, "shutdown".into())).await;
+    // Borrowed only to be held until here.
+    let _ = channels;
 }
 
 /// The error a session ends with when the broker closed the connection or a

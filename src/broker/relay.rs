@@ -122,9 +122,13 @@ impl Relay {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        let end = self.publish_until_stopped(&conn, shutdown).await;
+        let ch = match super::bounded_setup(self.open_channel(&conn)).await {
+            Ok(ch) => ch,
+            Err(end) => return end,
+        };
+        let end = self.publish_until_stopped(&conn, &ch, shutdown).await;
         if matches!(end, SessionEnd::Shutdown) {
-            let _ = conn.close(200, "shutdown".into()).await;
+            super::close(&conn, &[&ch]).await;
         }
         end
     }
@@ -132,22 +136,19 @@ impl Relay {
     async fn publish_until_stopped(
         &self,
         conn: &lapin::Connection,
+        ch: &Channel,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
-        let ch = match super::bounded_setup(self.open_channel(conn)).await {
-            Ok(ch) => ch,
-            Err(end) => return end,
-        };
         self.link.up(&format!("exchange '{ORDERS_EXCHANGE}'"));
         // Confirmed by the broker, deleted with the next claim.
         let mut published = Vec::new();
         let end = loop {
-            if let Err(e) = self.drain(&ch, &mut published).await {
+            if let Err(e) = self.drain(ch, &mut published).await {
                 break e.into();
             }
             let idle = if published.is_empty() { POLL } else { FLUSH };
             if self.wait(idle, shutdown).await {
-                let last = self.drain(&ch, &mut published);
+                let last = self.drain(ch, &mut published);
                 let _ = tokio::time::timeout(Duration::from_secs(3), last).await;
                 break SessionEnd::Shutdown;
             }

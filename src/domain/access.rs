@@ -108,11 +108,13 @@ pub enum Route {
     DisplayFile,
     Board,
     BoardFile,
+    /// The box's CA certificate (issue 27): public, for devices to trust.
+    CaCert,
 }
 
 impl Route {
     /// Every route, in the order `find` tries them.
-    pub const ALL: [Route; 24] = [
+    pub const ALL: [Route; 25] = [
         Route::CreateOrder,
         Route::Complete,
         Route::Recall,
@@ -137,6 +139,7 @@ impl Route {
         Route::DisplayFile,
         Route::Board,
         Route::BoardFile,
+        Route::CaCert,
     ];
 
     /// The route table: its pattern (`{..}` is any one segment), the one
@@ -184,6 +187,7 @@ impl Route {
             // The customer board's static files (it reads the board over MQTT).
             Route::Board => ("/board", "GET", Open),
             Route::BoardFile => ("/board/{file}", "GET", Open),
+            Route::CaCert => ("/ca.crt", "GET", Open),
         }
     }
 
@@ -486,9 +490,12 @@ impl Throttle {
     /// Records a failure from `ip`; returns how long to wait before answering
     /// it, and how many failures in a row this address has.
     pub fn failure(&mut self, ip: IpAddr, now: Instant) -> (Duration, u32) {
-        if self.by_ip.len() >= Self::MAX_ENTRIES {
+        if self.by_ip.len() >= Self::MAX_ENTRIES && !self.by_ip.contains_key(&ip) {
             self.by_ip
                 .retain(|_, (_, last)| now.duration_since(*last) < Self::WINDOW);
+            if self.by_ip.len() >= Self::MAX_ENTRIES {
+                self.evict_oldest();
+            }
         }
         let entry = self.by_ip.entry(ip).or_insert((0, now));
         if now.duration_since(entry.1) >= Self::WINDOW {
@@ -497,6 +504,17 @@ impl Throttle {
         entry.0 = entry.0.saturating_add(1);
         entry.1 = now;
         (Self::delay(entry.0), entry.0)
+    }
+
+    /// Every address still failing within the window (a flood from many
+    /// addresses): forgets the tenth that failed longest ago, so the map never
+    /// passes `MAX_ENTRIES` and the scan is paid once per tenth, not per failure.
+    fn evict_oldest(&mut self) {
+        let mut last: Vec<Instant> = self.by_ip.values().map(|(_, at)| *at).collect();
+        let k = (Self::MAX_ENTRIES / 10).min(last.len() - 1);
+        let (_, cut, _) = last.select_nth_unstable(k);
+        let cut = *cut;
+        self.by_ip.retain(|_, (_, at)| *at > cut);
     }
 
     /// Delay before answering the `n`th failure in a row.
@@ -850,5 +868,28 @@ mod tests {
         assert_eq!(t.failure(ip, later), (Duration::from_millis(200), 1));
         t.success(ip);
         assert_eq!(t.len(), 1);
+    }
+
+    /// A flood of failures from more addresses than the map holds, all within
+    /// the window (issue 22): the map stays bounded, the oldest go first, and a
+    /// recent address keeps its count.
+    #[test]
+    fn the_failure_map_is_bounded() {
+        let mut t = Throttle::default();
+        let t0 = Instant::now();
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let flood = 5 * Throttle::MAX_ENTRIES as u32;
+        for i in 0..flood {
+            t.failure(ip(i), t0 + Duration::from_micros(i as u64));
+            assert!(t.len() <= Throttle::MAX_ENTRIES, "{} entries", t.len());
+        }
+        assert!(t.len() > Throttle::MAX_ENTRIES / 2);
+        // The newest address is still known (its second failure doubles), the first is not.
+        let late = t0 + Duration::from_secs(1);
+        assert_eq!(
+            t.failure(ip(flood - 1), late),
+            (Duration::from_millis(400), 2)
+        );
+        assert_eq!(t.failure(ip(0), late).1, 1);
     }
 }

@@ -50,7 +50,7 @@ impl Subscriber {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        let mut consumer = match bounded_setup(subscribe(&conn)).await {
+        let (ch, mut consumer) = match bounded_setup(subscribe(&conn)).await {
             Ok(c) => c,
             Err(end) => return end,
         };
@@ -59,7 +59,7 @@ impl Subscriber {
         loop {
             let d = tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = conn.close(200, "shutdown".into()).await;
+                    crate::broker::close(&conn, &[&ch]).await;
                     return SessionEnd::Shutdown;
                 }
                 next = consumer.next() => match next {
@@ -120,7 +120,9 @@ impl Subscriber {
 
 /// This subscriber's own queue (exclusive, server-named), bound to the fanout
 /// exchange, and a consumer on it.
-async fn subscribe(conn: &lapin::Connection) -> Result<lapin::Consumer, lapin::Error> {
+async fn subscribe(
+    conn: &lapin::Connection,
+) -> Result<(lapin::Channel, lapin::Consumer), lapin::Error> {
     let ch = conn.create_channel().await?;
     topology::declare(&ch).await?;
     let q = ch
@@ -152,13 +154,15 @@ async fn subscribe(conn: &lapin::Connection) -> Result<lapin::Consumer, lapin::E
         FieldTable::default(),
     )
     .await?;
-    ch.basic_consume(
-        q.name().clone(),
-        "".into(),
-        BasicConsumeOptions::default(),
-        FieldTable::default(),
-    )
-    .await
+    let consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((ch, consumer))
 }
 
 /// How many recent transitions a subscriber remembers to drop duplicates.

@@ -8,6 +8,7 @@
 //! reads the order again and decides again, so a redelivered message can never
 //! apply the same change twice.
 
+pub mod backup;
 mod migrations;
 pub mod postgres;
 pub mod sqlite;
@@ -53,6 +54,8 @@ impl std::fmt::Display for Backend {
 #[derive(Clone)]
 pub struct StoreError {
     class: Class,
+    /// Transient because the store's own queue is full (not the server away).
+    busy: bool,
     context: String,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
@@ -61,9 +64,24 @@ impl StoreError {
     pub fn new(class: Class, context: impl Into<String>) -> Self {
         StoreError {
             class,
+            busy: false,
             context: context.into(),
             source: None,
         }
+    }
+
+    /// Too much work waiting for the database (a bounded queue stayed full):
+    /// transient, and said as such to the client.
+    pub fn busy() -> Self {
+        StoreError {
+            busy: true,
+            ..StoreError::new(Class::Transient, "too many writes waiting")
+        }
+    }
+
+    /// Whether this is [`StoreError::busy`].
+    pub fn is_busy(&self) -> bool {
+        self.busy
     }
 
     pub fn caused_by(
@@ -73,6 +91,7 @@ impl StoreError {
     ) -> Self {
         StoreError {
             class,
+            busy: false,
             context: context.into(),
             source: Some(Arc::new(source)),
         }
@@ -90,7 +109,9 @@ impl StoreError {
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = if self.is_unavailable() {
+        let kind = if self.busy {
+            "database busy"
+        } else if self.is_unavailable() {
             "database unavailable"
         } else {
             "database error"

@@ -428,8 +428,106 @@ async fn cancel_while_cooking(b: Backend) {
     orders.stop().await;
 }
 
+/// A clean stop is clean (issue 22, item 4): each mode that uses RabbitMQ,
+/// the real binary, started until READY, given an order where it takes one,
+/// stopped with SIGTERM: it exits 0 and its whole log (stdout and stderr) has
+/// no line above INFO. Before, lapin logged an ERROR "invalid channel state:
+/// Closing" on every stop of the order service, the worker and `--mode=all`.
+async fn a_clean_stop_logs_nothing_above_info(b: Backend) {
+    use common::mosquitto::{SecureBroker, BRIDGE_USER};
+    let env = TestEnv::new(b);
+    let st = env.command().arg("migrate").output().unwrap();
+    assert!(st.status.success(), "{st:?}");
+    let mqtt = SecureBroker::start(false);
+    let http = http();
+    for mode in [
+        "order-service",
+        "kitchen-worker",
+        "notification-subscriber",
+        "display-bridge",
+        "all",
+    ] {
+        let notify = env.dir.path().join(format!("notify-{mode}.sock"));
+        let ready = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+        ready
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut cmd = env.command();
+        cmd.arg(format!("--mode={mode}"))
+            .arg("--worker-name=chef_stop")
+            .env("NOTIFY_SOCKET", &notify)
+            .env("RESTAURANT_HTTP__ORDER_PORT", "0")
+            .env("RESTAURANT_HTTP__TRACKING_PORT", "0")
+            .env("RESTAURANT_HTTP__BRIDGE_PORT", "0")
+            .env("RESTAURANT_MQTT__ENABLED", "true")
+            .env("RESTAURANT_MQTT__HOST", "127.0.0.1")
+            .env("RESTAURANT_MQTT__PORT", mqtt.port.to_string())
+            .env("RESTAURANT_MQTT__USER", BRIDGE_USER)
+            .env("RESTAURANT_MQTT__PASSWORD", &mqtt.bridge_password);
+        let mut p = Proc::spawn(mode, cmd);
+        // READY=1 comes once every part of the mode serves (links up).
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 512];
+            loop {
+                let n = ready.recv(&mut buf).ok()?;
+                if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                    return Some(());
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            ready.is_some(),
+            "{mode}: no READY=1 within 60 s\nstdout:\n{}\nstderr:\n{}",
+            p.stdout().join("\n"),
+            p.stderr().join("\n")
+        );
+        if mode == "order-service" || mode == "all" {
+            let port = p
+                .wait_log("service_started", Duration::from_secs(5), |v| {
+                    v["service"] == "order-service" && v["details"]["port"].is_u64()
+                })
+                .await["details"]["port"]
+                .as_u64()
+                .unwrap();
+            place_order(
+                &http,
+                &format!("http://127.0.0.1:{port}"),
+                &spec_orders()[0],
+            )
+            .await;
+        }
+        // A moment of work (the relay publishing, the worker cooking) before the stop.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let status = p.stop().await;
+        assert!(status.success(), "{mode}: {status:?}");
+        // Every stderr line, and every log line above INFO; besides log lines,
+        // stdout has only the notifier's spec lines.
+        let mut loud = p.stderr();
+        for line in p.stdout() {
+            match serde_json::from_str::<Value>(&line) {
+                Ok(v) if matches!(v["level"].as_str(), Some("INFO" | "DEBUG" | "TRACE")) => {}
+                Err(_) if line.starts_with("Notification for order ") => {}
+                _ => loud.push(line),
+            }
+        }
+        assert!(
+            loud.is_empty(),
+            "{mode}: a clean stop logged above INFO:\n{}\n\nthe whole stdout:\n{}",
+            loud.join("\n"),
+            p.stdout().join("\n")
+        );
+        assert!(
+            p.logs().iter().any(|v| v["action"] == "service_stopped"),
+            "{mode}: no service_stopped line"
+        );
+    }
+}
+
 backend_tests!(
     spec_orders_through_the_binaries,
     transitions_and_errors,
-    cancel_while_cooking
+    cancel_while_cooking,
+    a_clean_stop_logs_nothing_above_info
 );

@@ -81,7 +81,7 @@ impl Consumer {
         };
         self.link.up(&format!("queue '{DISPLAY_QUEUE}'"));
         let end = self.consume(consumer, &ch, shutdown).await;
-        let _ = conn.close(200, "shutdown".into()).await;
+        crate::broker::close(&conn, &[&ch]).await;
         if matches!(&end, SessionEnd::Restart(e) if e.is::<MqttLost>()) {
             tracing::warn!(
                 action = "display_requeued",

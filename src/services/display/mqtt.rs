@@ -62,8 +62,9 @@ use rumqttc::{
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -115,16 +116,26 @@ pub enum Cmd {
     ForgetSent,
 }
 
+/// Retained order payloads read back after connecting, waiting for the
+/// snapshot task, at most. A broker that retains more (a flood on our topics)
+/// gets the rest dropped, not our memory: they are read back at the next connect.
+const READ_BACK_QUEUE: usize = 1024;
+
 /// What the MQTT task tells the snapshot task.
+pub struct Inbound {
+    /// Notified on every (re)connect: publish the snapshot. Several in a row
+    /// leave one permit, so they need one snapshot.
+    pub connected: Arc<Notify>,
+    /// Retained order payloads read back from the broker after connecting
+    /// (bounded: `READ_BACK_QUEUE`).
+    pub retained: mpsc::Receiver<Retained>,
+}
+
+/// A retained order payload read back from the broker.
 #[derive(Debug)]
-pub enum Inbound {
-    /// Connected (or reconnected): publish the snapshot.
-    Connected,
-    /// A retained order payload read back from the broker after connecting.
-    Retained {
-        order_number: String,
-        payload: Bytes,
-    },
+pub struct Retained {
+    pub order_number: String,
+    pub payload: Bytes,
 }
 
 /// The handle other tasks publish through.
@@ -163,7 +174,7 @@ pub fn new(
     topics: Topics,
     expo_confirm: bool,
     link: LinkState,
-) -> (Mqtt, Publisher, mpsc::UnboundedReceiver<Inbound>) {
+) -> (Mqtt, Publisher, Inbound) {
     let client_id = if cfg.client_id.trim().is_empty() {
         MqttConfig::default().client_id
     } else {
@@ -194,13 +205,16 @@ pub fn new(
     eventloop.set_network_options(net);
 
     let (tx, cmds) = mpsc::channel(2 * WINDOW);
-    let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+    let (retained_tx, retained) = mpsc::channel(READ_BACK_QUEUE);
+    let connected = Arc::new(Notify::new());
     let state = State {
         client: client.clone(),
         topics,
         expo_confirm,
         clear_after: Duration::from_secs_f64(cfg.clear_after_seconds.max(0.0)),
-        inbound: inbound_tx,
+        retained: retained_tx,
+        reconnected: connected.clone(),
+        dropped_read_back: 0,
         connected: false,
         stopping: false,
         unassigned: VecDeque::new(),
@@ -220,7 +234,10 @@ pub fn new(
             broker: format!("{}:{}", cfg.host, cfg.port),
         },
         Publisher { tx },
-        inbound_rx,
+        Inbound {
+            connected,
+            retained,
+        },
     )
 }
 
@@ -353,6 +370,9 @@ async fn poll_session(
     link: &LinkState,
     broker: &str,
 ) -> SessionEnd {
+    // Once our DISCONNECT is written, the connection ending is the clean stop's
+    // last step, not an outage to log.
+    let mut disconnecting = false;
     loop {
         // After an error rumqttc holds what it will resend in `pending`: the
         // unacknowledged publishes (with their packet ids) followed by the
@@ -374,6 +394,7 @@ async fn poll_session(
         };
         let (polled, end) = match event {
             Ok(ev) => {
+                disconnecting |= matches!(ev, MqttEvent::Outgoing(Outgoing::Disconnect));
                 let mut dropped_unsent = 0;
                 if let MqttEvent::Incoming(Packet::ConnAck(ack)) = &ev {
                     link.up(broker);
@@ -383,6 +404,7 @@ async fn poll_session(
                 }
                 (Polled::Event(ev, dropped_unsent), None)
             }
+            Err(_) if disconnecting => (Polled::Disconnected, Some(SessionEnd::Shutdown)),
             Err(e) => (Polled::Disconnected, Some(SessionEnd::Lost(Box::new(e)))),
         };
         if events.send(polled).await.is_err() {
@@ -441,7 +463,10 @@ struct State {
     topics: Topics,
     expo_confirm: bool,
     clear_after: Duration,
-    inbound: mpsc::UnboundedSender<Inbound>,
+    retained: mpsc::Sender<Retained>,
+    reconnected: Arc<Notify>,
+    /// Read-back payloads dropped since the last connect (the queue was full).
+    dropped_read_back: u64,
     connected: bool,
     stopping: bool,
     /// Publishes handed to rumqttc whose packet id is not known yet, in order.
@@ -481,6 +506,15 @@ impl State {
             if self.connected && until <= now {
                 self.read_back_until = None;
                 let _ = self.client.try_unsubscribe(self.topics.all_orders());
+                if self.dropped_read_back > 0 {
+                    tracing::info!(
+                        action = "mqtt_read_back_dropped",
+                        dropped = self.dropped_read_back,
+                        "{} retained orders read back from the broker were left for the next connect (queue full)",
+                        self.dropped_read_back
+                    );
+                    self.dropped_read_back = 0;
+                }
             }
         }
         if !can_send {
@@ -538,10 +572,13 @@ impl State {
                     return;
                 }
                 if let Some(n) = self.topics.order_number_of(&p.topic) {
-                    let _ = self.inbound.send(Inbound::Retained {
+                    let read = Retained {
                         order_number: n.to_string(),
                         payload: p.payload,
-                    });
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(_)) = self.retained.try_send(read) {
+                        self.dropped_read_back += 1;
+                    }
                 }
             }
             _ => {}
@@ -587,7 +624,7 @@ impl State {
         {
             self.read_back_until = Some(Instant::now() + READ_BACK);
         }
-        let _ = self.inbound.send(Inbound::Connected);
+        self.reconnected.notify_one();
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {

@@ -5,19 +5,18 @@
 //! open (clears missed while the bridge was down), and refreshes worker
 //! presence every few seconds, publishing only what changed.
 
-use super::mqtt::{Cmd, Inbound, Publisher};
+use super::mqtt::{Cmd, Inbound, Publisher, Retained};
 use super::payload::{Presence, RetainedOrder};
 use crate::storage::{SharedStore, StoreError};
 use chrono::Utc;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub struct Snapshots {
     pub store: SharedStore,
     pub publisher: Publisher,
-    pub inbound: mpsc::UnboundedReceiver<Inbound>,
+    pub inbound: Inbound,
     /// How often worker presence is refreshed.
     pub refresh: Duration,
 }
@@ -42,15 +41,16 @@ impl Snapshots {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
+                // A (re)connect's snapshot before the payloads it reads back.
+                biased;
                 _ = shutdown.cancelled() => return,
-                msg = self.inbound.recv() => match msg {
+                // Several reconnects in a row leave one permit: one snapshot.
+                _ = self.inbound.connected.notified() => {
+                    seen.owed = !self.snapshot(&mut seen, &shutdown).await;
+                }
+                msg = self.inbound.retained.recv() => match msg {
                     None => return,
-                    Some(Inbound::Connected) => {
-                        // Several reconnects in a row need one snapshot, not one each.
-                        while let Ok(Inbound::Connected) = self.inbound.try_recv() {}
-                        seen.owed = !self.snapshot(&mut seen, &shutdown).await;
-                    }
-                    Some(Inbound::Retained { order_number, payload }) => {
+                    Some(Retained { order_number, payload }) => {
                         self.reconcile(&seen, order_number, &payload, &shutdown).await;
                     }
                 },

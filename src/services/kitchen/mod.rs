@@ -12,7 +12,7 @@
 use crate::broker::delivery::{Outcome, PoisonCap};
 use crate::broker::relay::Relay;
 use crate::broker::topology::{self, kitchen_queue, REASON_HEADER, REQUEST_ID_HEADER};
-use crate::broker::{bounded_setup, connect, connection_lost};
+use crate::broker::{bounded_setup, connect, connection_lost, STOP_WAIT as BROKER_STOP_WAIT};
 use crate::domain::events::{OrderMessage, ORDERS_EXCHANGE};
 use crate::domain::status::{kitchen_step, KitchenStep};
 use crate::domain::transition::OrderState;
@@ -40,9 +40,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub const SERVICE: &str = "kitchen-worker";
-
-/// How long a stopping worker waits for each answer of the broker.
-const BROKER_STOP_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -209,7 +206,7 @@ impl Kitchen {
                 })
                 .await;
         }
-        let _ = tokio::time::timeout(BROKER_STOP_WAIT, conn.close(200, "shutdown".into())).await;
+        crate::broker::close(&conn, &[&ch, &dlq]).await;
         end
     }
 

@@ -40,6 +40,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use writer::OnDisk;
 
+pub(crate) mod backup;
 mod checkpointer;
 mod error;
 mod orders;
@@ -90,7 +91,7 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::new(Class::Permanent, format!("sqlite open task: {e}")))??;
 
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(writer::QUEUE);
         let syncs = Arc::new(AtomicU64::new(0));
         let counted = syncs.clone();
         let (ckpt_tx, ckpt_rx) = mpsc::sync_channel::<()>(1);

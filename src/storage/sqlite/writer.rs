@@ -12,12 +12,22 @@ use crate::storage::StoreError;
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::error::SendTimeoutError;
 
 const MAX_BATCH: usize = 256;
+/// Jobs waiting for the writer, at most: a few batches. Every caller is bounded
+/// already (HTTP slots, kitchen prefetch, one relay), so this is reached only
+/// when the disk stalls; then memory stays flat and callers wait, then fail.
+pub(super) const QUEUE: usize = 4 * MAX_BATCH;
+/// How long a job waits for room in a full queue before it is refused
+/// (Transient: the HTTP edge answers 503 with Retry-After).
+const QUEUE_WAIT: Duration = Duration::from_secs(1);
 
-/// The queue of the writer thread.
-pub(super) type Jobs = mpsc::Sender<Box<dyn WriteJob>>;
+/// The queue of the writer thread (bounded: `QUEUE`).
+pub(super) type Jobs = tokio::sync::mpsc::Sender<Box<dyn WriteJob>>;
+/// The writer thread's end of the queue.
+pub(super) type JobQueue = tokio::sync::mpsc::Receiver<Box<dyn WriteJob>>;
 
 /// What must be on disk before a write job is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +114,11 @@ where
         reply: Some(reply),
     });
     let stopped = || StoreError::new(Class::Transient, "sqlite writer thread stopped");
-    jobs.send(job).map_err(|_| stopped())?;
+    match jobs.send_timeout(job, QUEUE_WAIT).await {
+        Ok(()) => {}
+        Err(SendTimeoutError::Timeout(_)) => return Err(StoreError::busy()),
+        Err(SendTimeoutError::Closed(_)) => return Err(stopped()),
+    }
     rx.await.map_err(|_| stopped())?
 }
 
@@ -112,13 +126,13 @@ pub(super) fn writer_loop(
     conn: Connection,
     wal: std::fs::File,
     syncs: Arc<AtomicU64>,
-    rx: mpsc::Receiver<Box<dyn WriteJob>>,
+    mut rx: JobQueue,
     checkpoint: mpsc::SyncSender<()>,
 ) {
     // A `BeforePublishing` write committed since the last sync.
     let mut unsynced = false;
     let mut last_checkpoint = Instant::now();
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             // Full: one is running or asked for already.
             let _ = checkpoint.try_send(());
