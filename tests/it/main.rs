@@ -9,6 +9,7 @@
 #[macro_use]
 mod common;
 
+mod backup;
 mod cli;
 mod clock;
 mod display;
@@ -25,4 +26,5 @@ mod security;
 mod smoke;
 mod stations;
 mod store_conformance;
+mod tls;
 mod worker;
