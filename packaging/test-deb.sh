@@ -41,12 +41,14 @@ WORKER=deb_test_worker
 MAX_EXPOSURE=${RS_MAX_EXPOSURE:-2.0}
 PY=/usr/bin/python3
 UNITS=(restaurant-order.service restaurant-tracking.service restaurant-notifier.service
-    restaurant-display-bridge.service restaurant-kitchen@.service restaurant-system.target)
+    restaurant-display-bridge.service restaurant-kitchen@.service restaurant-system.target
+    restaurant-backup.service restaurant-backup.timer)
 EXPECTED_FILES=(
     "$BIN" "$CONF"
     "$UNIT_DIR/restaurant-order.service" "$UNIT_DIR/restaurant-tracking.service"
     "$UNIT_DIR/restaurant-notifier.service" "$UNIT_DIR/restaurant-display-bridge.service"
     "$UNIT_DIR/restaurant-kitchen@.service" "$UNIT_DIR/restaurant-system.target"
+    "$UNIT_DIR/restaurant-backup.service" "$UNIT_DIR/restaurant-backup.timer"
     "$UNIT_DIR/restaurant-.service.d/hardening.conf"
     "$UNIT_DIR/rabbitmq-server.service.d/restaurant-system.conf"
     /etc/rabbitmq/conf.d/60-restaurant-system.conf

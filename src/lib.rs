@@ -41,3 +41,4 @@ pub mod modes;
 pub mod process;
 pub mod services;
 pub mod storage;
+pub mod tls;

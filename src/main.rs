@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 /// Exit code for bad flags or config (clap uses 2 as well).
 const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
+/// `restore` refused: the services still use the database.
+const EXIT_IN_USE: u8 = 3;
 
 /// Environment variables that stand in for flags.
 const FLAG_ENV: [&str; 4] = [
@@ -86,6 +88,34 @@ enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
+    /// Write a consistent copy of the database while the services run (SQLite: a
+    /// database file; PostgreSQL: a pg_dump archive). Without FILE: a dated copy in
+    /// `[backup] directory`, keeping the newest `[backup] keep`.
+    Backup {
+        /// Where to write the copy.
+        file: Option<PathBuf>,
+        /// FILE was not given: a dated copy, and the old ones are pruned.
+        #[arg(skip)]
+        dated: bool,
+    },
+    /// Replace the database with a backup; the services must be stopped (exit 3 while
+    /// anything uses the database). Checks the result and prints its counts.
+    Restore {
+        /// A file written by `backup`.
+        file: PathBuf,
+    },
+    /// The box's certificate (see docs/security.md).
+    Tls {
+        #[command(subcommand)]
+        action: TlsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TlsCommand {
+    /// Print the CA's SHA-256 fingerprint (compare it on a device before trusting
+    /// the CA), the names in the server certificate and when it ends.
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
@@ -116,7 +146,7 @@ fn main() -> ExitCode {
             std::env::remove_var(k);
         }
     }
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
@@ -124,12 +154,32 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(msg) => return usage_error(&msg),
     };
+    if let Some(Command::Backup {
+        file: file @ None,
+        dated,
+    }) = &mut cli.command
+    {
+        *file = Some(cfg.backup.directory.join(storage::backup::dated_name(
+            cfg.database.resolved_backend(),
+            chrono::Utc::now(),
+        )));
+        *dated = true;
+    }
     // Everything but `validate` may create the SQLite database: as root, do it as
     // the services' user (see process::owner). Before any thread exists.
     if !matches!(cli.command, Some(Command::Validate))
         && cfg.database.resolved_backend() == StorageBackend::Sqlite
     {
         if let Err(e) = owner::become_state_owner(&cfg.database.sqlite_path) {
+            eprintln!("restaurant-system: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    } else if let Some(Command::Backup {
+        file: Some(file), ..
+    }) = &cli.command
+    {
+        // A PostgreSQL backup is a file of ours too: the owner of its directory's.
+        if let Err(e) = owner::become_state_owner(file) {
             eprintln!("restaurant-system: {e}");
             return ExitCode::from(EXIT_FAILURE);
         }
@@ -149,6 +199,14 @@ fn main() -> ExitCode {
         }
         Some(Command::Migrate) => return migrate(&cfg),
         Some(Command::Token { action }) => return token(&cfg, action),
+        Some(Command::Backup { file, dated }) => {
+            let file = file.unwrap_or_else(|| cfg.backup.directory.clone());
+            return backup(&cfg, &file, dated);
+        }
+        Some(Command::Restore { file }) => return restore(&cfg, &file),
+        Some(Command::Tls {
+            action: TlsCommand::Show,
+        }) => return tls_show(&cfg),
         None => {}
     }
     let Some(mode) = cli.mode else {
@@ -331,6 +389,61 @@ fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runti
     })
 }
 
+/// `tls show`: reads the certificates; makes nothing (the services make the
+/// self-signed ones at their first start, as the service user).
+fn tls_show(cfg: &Config) -> ExitCode {
+    use restaurant_system::process::config::TlsMode;
+    use restaurant_system::tls::ca;
+    let describe = |what: &str, pem: &str| match ca::summary(pem) {
+        Ok(s) => {
+            println!("{what}: {}", s.subject);
+            println!("  SHA-256 fingerprint: {}", s.fingerprint);
+            if !s.names.is_empty() {
+                println!("  names: {}", s.names.join(", "));
+            }
+            println!("  expires: {}", s.not_after);
+            true
+        }
+        Err(e) => {
+            eprintln!("restaurant-system: {what}: {e}");
+            false
+        }
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let result = match cfg.tls.mode {
+        TlsMode::Off => {
+            println!("TLS is off ([tls] mode = \"off\"): the services speak plain HTTP");
+            return ExitCode::SUCCESS;
+        }
+        TlsMode::SelfSigned => match (ca::ca_in(&cfg.tls.dir), ca::server_in(&cfg.tls.dir)) {
+            (Ok(Some(ca_pem)), Ok(server)) => {
+                let mut ok = describe("CA", &ca_pem);
+                match server {
+                    Some(s) => ok &= describe("server certificate", &s),
+                    None => println!("server certificate: not issued yet"),
+                }
+                Ok(ok)
+            }
+            (Ok(None), _) => Err(format!(
+                "no CA in {} yet: the order or tracking service makes it at its first start",
+                cfg.tls.dir.display()
+            )),
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        },
+        TlsMode::Files => read(&cfg.tls.cert_file).map(|pem| describe("server certificate", &pem)),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_FAILURE),
+        Err(e) => {
+            eprintln!("restaurant-system: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 /// `token create|list|revoke`: works on the database directly; the running
 /// services pick changes up within a second.
 fn token(cfg: &Config, action: TokenCommand) -> ExitCode {
@@ -401,6 +514,78 @@ fn token(cfg: &Config, action: TokenCommand) -> ExitCode {
             },
         }
     })
+}
+
+/// `backup [FILE]`: FILE, or a dated copy in `[backup] directory`, after which
+/// the oldest copies beyond `[backup] keep` there are removed.
+fn backup(cfg: &Config, file: &std::path::Path, dated: bool) -> ExitCode {
+    use storage::backup;
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let dir = &cfg.backup.directory;
+    let db = &cfg.database;
+    if dated && db.resolved_backend() == StorageBackend::Sqlite && !db.sqlite_path.exists() {
+        // The nightly timer on a box whose services never ran: not a failure.
+        println!(
+            "no database at {} yet: nothing to back up",
+            db.sqlite_path.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    if dated {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("restaurant-system: backup: creating {}: {e}", dir.display());
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
+    match runtime.block_on(backup::backup(&cfg.database, file)) {
+        Ok(summary) => println!("backup written: {} ({summary})", file.display()),
+        Err(e) => {
+            eprintln!("restaurant-system: backup failed: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
+    if dated {
+        match backup::prune(dir, cfg.backup.keep as usize) {
+            Ok(removed) => {
+                for p in removed {
+                    println!("removed old backup: {}", p.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("restaurant-system: removing old backups: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn restore(cfg: &Config, file: &std::path::Path) -> ExitCode {
+    use storage::backup::{self, BackupError};
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match runtime.block_on(backup::restore(&cfg.database, file)) {
+        Ok(summary) => {
+            println!(
+                "restored {} ({summary}); integrity checked. Start the services: systemctl start restaurant-system.target",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ BackupError::InUse(_)) => {
+            eprintln!("restaurant-system: restore refused: {e}");
+            ExitCode::from(EXIT_IN_USE)
+        }
+        Err(e) => {
+            eprintln!("restaurant-system: restore failed: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 fn migrate(cfg: &Config) -> ExitCode {

@@ -17,6 +17,7 @@ use crate::services::order_api::{self, OrderApi};
 use crate::services::tracking_api::{self, TrackingApi};
 use crate::services::{self, display, StartError};
 use crate::storage::{self, SharedStore};
+use crate::tls::Tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,12 +111,13 @@ impl Api {
         self,
         addr: SocketAddr,
         limits: Limits,
+        tls: &Option<Tls>,
         shutdown: &CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<SocketAddr, StartError> {
         let Api(service, title, routes) = self;
         let span = service_span(service);
-        let server = http::serve(addr, routes, limits, shutdown.clone())
+        let server = http::serve(addr, routes, limits, tls.clone(), shutdown.clone())
             .instrument(span.clone())
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
@@ -125,6 +127,7 @@ impl Api {
                 action = "service_started",
                 port,
                 max_concurrent = limits.max_concurrent,
+                https = tls.is_some(),
                 "{title} started on port {port}"
             )
         });
@@ -259,6 +262,11 @@ async fn start_parts(
         body_limit: cfg.http.body_limit_bytes,
         timeout: Duration::from_secs(cfg.http.request_timeout_seconds.max(1)),
     };
+    // Every listener of the process serves the same certificate (issue 27).
+    let tls = Tls::start(&cfg.tls)?;
+    if let Some(t) = &tls {
+        t.spawn_reloader(shutdown.clone());
+    }
     let bind = |port: u16| -> SocketAddr {
         // Config::check rejects an address that does not parse; a Config built
         // in code that skipped it gets the narrowest bind, never a wider one.
@@ -395,7 +403,7 @@ async fn start_parts(
         tasks.spawn(closer.run(store.clone(), move || relay.wake(), shutdown.clone()));
         let addr = bind(cfg.http.order_port);
         let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));
-        running.order_addr = Some(api.listen(addr, limits, &shutdown, &tasks).await?);
+        running.order_addr = Some(api.listen(addr, limits, &tls, &shutdown, &tasks).await?);
     }
     if matches!(mode, Mode::TrackingService | Mode::All) {
         let api = TrackingApi {
@@ -410,7 +418,7 @@ async fn start_parts(
         };
         let addr = bind(cfg.http.tracking_port);
         let api = Api(tracking_api::SERVICE, "Tracking Service", Arc::new(api));
-        let bound = api.listen(addr, limits, &shutdown, &tasks).await?;
+        let bound = api.listen(addr, limits, &tls, &shutdown, &tasks).await?;
         running.tracking_addr = Some(bound);
         guard.set_display_port(bound.port());
     }
@@ -440,6 +448,7 @@ async fn start_parts(
         let edge = display::Edge {
             guard: guard.clone(),
             metrics: mode == Mode::DisplayBridge,
+            tls: tls.clone(),
         };
         let (bridge, links) = display::start(
             cfg,
@@ -465,7 +474,10 @@ async fn start_parts(
             guard: guard.clone(),
         };
         let api = Api(service, "Metrics endpoint", Arc::new(routes));
-        running.metrics_addr = Some(api.listen(bind(port), limits, &shutdown, &tasks).await?);
+        running.metrics_addr = Some(
+            api.listen(bind(port), limits, &tls, &shutdown, &tasks)
+                .await?,
+        );
     }
     Ok(running)
 }

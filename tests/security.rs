@@ -1005,3 +1005,81 @@ async fn a_slow_token_table_delays_one_request_not_all() {
     assert_eq!(first.await.unwrap().unwrap(), 200);
     app.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// TLS on (issue 27): a token never crosses the LAN in clear
+// ---------------------------------------------------------------------------
+
+/// With `[tls] mode = "self-signed"`, a POS on another host that sends its
+/// token over plain HTTP is refused (403, "use https") and the request does
+/// nothing; the same request over HTTPS, trusting the box's CA, works; on the
+/// box itself plain HTTP keeps working (the seed's curl examples).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_a_token_over_plain_http_from_another_host_is_refused() {
+    let env = TestEnv::new(Backend::Sqlite);
+    // The second host first: its address is then one of the box's, and in
+    // the certificate the box issues at start.
+    let host = SecondHost::create();
+    let mut cfg = env.cfg.clone();
+    cfg.http.bind = "0.0.0.0".into();
+    cfg.tls.mode = restaurant_system::process::config::TlsMode::SelfSigned;
+    cfg.tls.dir = env.dir.path().join("tls");
+    let app = env.start_with(Mode::All, None, &cfg).await;
+    let store = app.store();
+    let tokens = Tokens::create(&store, "tls").await;
+    let order = addr_on(host.host_ip, parse_addr(&app.order_url()));
+    let auth = || {
+        vec![(
+            "Authorization".to_string(),
+            format!("Bearer {}", tokens.pos),
+        )]
+    };
+    let body = spec_orders()[0].to_string();
+
+    let r = request(
+        Some(host.ns.clone()),
+        order,
+        "POST",
+        "/orders",
+        auth(),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.raw);
+    assert_eq!(r.body["error"], "use https", "{}", r.raw);
+    assert!(
+        r.body["details"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("https://"),
+        "{}",
+        r.raw
+    );
+    // Over HTTPS from the same host, trusting the box's CA: accepted.
+    let ca = cfg.tls.dir.join("ca.crt");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &host.ns, "curl", "-sS", "--max-time", "10"])
+        .arg("--cacert")
+        .arg(&ca)
+        .args(["-H", &format!("Authorization: Bearer {}", tokens.pos)])
+        .args(["-H", "Content-Type: application/json", "-d", &body])
+        .arg(format!("https://{order}/orders"))
+        .output()
+        .expect("curl in the second host (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_str(&text).expect("JSON");
+    assert!(created["order_number"].is_string(), "{text}");
+
+    // On the box itself, plain HTTP with a token still works.
+    let local = addr_on(Ipv4Addr::LOCALHOST, order);
+    let r = request(None, local, "POST", "/orders", auth(), Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+
+    drop(host);
+    app.stop().await;
+}

@@ -108,11 +108,13 @@ pub enum Route {
     DisplayFile,
     Board,
     BoardFile,
+    /// The box's CA certificate (issue 27): public, for devices to trust.
+    CaCert,
 }
 
 impl Route {
     /// Every route, in the order `find` tries them.
-    pub const ALL: [Route; 24] = [
+    pub const ALL: [Route; 25] = [
         Route::CreateOrder,
         Route::Complete,
         Route::Recall,
@@ -137,6 +139,7 @@ impl Route {
         Route::DisplayFile,
         Route::Board,
         Route::BoardFile,
+        Route::CaCert,
     ];
 
     /// The route table: its pattern (`{..}` is any one segment), the one
@@ -184,6 +187,7 @@ impl Route {
             // The customer board's static files (it reads the board over MQTT).
             Route::Board => ("/board", "GET", Open),
             Route::BoardFile => ("/board/{file}", "GET", Open),
+            Route::CaCert => ("/ca.crt", "GET", Open),
         }
     }
 

@@ -16,6 +16,7 @@ use crate::domain::access::Route;
 use crate::domain::error::Class;
 use crate::process::metrics;
 use crate::storage::StoreError;
+use crate::tls::{self, Tls};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -254,11 +255,14 @@ pub struct Server {
 }
 
 /// Binds `addr` and serves `routes` until `shutdown`, then lets requests in
-/// flight finish (for at most five seconds).
+/// flight finish (for at most five seconds). With `tls`, a connection that
+/// starts a TLS handshake is served over TLS, any other as plain HTTP (see
+/// `crate::tls`).
 pub async fn serve(
     addr: SocketAddr,
     routes: Arc<dyn Routes>,
     limits: Limits,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
 ) -> std::io::Result<Server> {
     let listener = TcpListener::bind(addr).await?;
@@ -295,26 +299,19 @@ pub async fn serve(
                 };
                 let (stream, peer) = stream;
                 let _ = stream.set_nodelay(true);
-                let io = TokioIo::new(stream);
+                let watcher = graceful.watcher();
                 if let Ok(slot) = conns.clone().try_acquire_owned() {
-                    let routes = routes.clone();
-                    let permits = permits.clone();
-                    let span = tracing::Span::current();
-                    let svc = hyper::service::service_fn(move |req| {
-                        let routes = routes.clone();
-                        let permits = permits.clone();
-                        let span = span.clone();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(
-                                handle(req, peer, routes, permits, limits)
-                                    .instrument(span)
-                                    .await,
-                            )
-                        }
-                    });
-                    let conn = graceful.watch(builder.serve_connection(io, svc));
+                    let conn = Conn {
+                        routes: routes.clone(),
+                        permits: permits.clone(),
+                        limits,
+                        peer,
+                        span: tracing::Span::current(),
+                        tls: tls.clone(),
+                    };
+                    let builder = builder.clone();
                     tokio::spawn(async move {
-                        let _ = conn.await;
+                        conn.serve(stream, builder, watcher).await;
                         drop(slot);
                     });
                 } else {
@@ -330,7 +327,8 @@ pub async fn serve(
                             overloaded("too many open connections").into_response(),
                         )
                     });
-                    let conn = graceful.watch(shedder.serve_connection(io, svc));
+                    // Told in plain HTTP: a TLS client sees the connection close.
+                    let conn = watcher.watch(shedder.serve_connection(TokioIo::new(stream), svc));
                     tokio::spawn(async move {
                         let _ = conn.await;
                         drop(slot);
@@ -345,6 +343,97 @@ pub async fn serve(
     Ok(Server { addr, task })
 }
 
+/// One accepted connection and what serving it needs.
+struct Conn {
+    routes: Arc<dyn Routes>,
+    permits: Arc<Semaphore>,
+    limits: Limits,
+    peer: SocketAddr,
+    span: tracing::Span,
+    tls: Option<Tls>,
+}
+
+impl Conn {
+    async fn serve(
+        self,
+        stream: tokio::net::TcpStream,
+        builder: hyper::server::conn::http1::Builder,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let Some(tls) = self.tls.clone() else {
+            return self
+                .http(TokioIo::new(stream), false, builder, watcher)
+                .await;
+        };
+        match tls::starts_tls(&stream, self.limits.timeout).await {
+            Some(true) => {
+                let handshake = tls.acceptor().accept(stream);
+                match tokio::time::timeout(self.limits.timeout, handshake).await {
+                    Ok(Ok(stream)) => {
+                        self.http(TokioIo::new(stream), true, builder, watcher)
+                            .await
+                    }
+                    // A client that does not trust the certificate, or a scanner:
+                    // nothing to answer, and not worth a line per connection.
+                    Ok(Err(e)) => {
+                        tracing::debug!(action = "tls_handshake_failed", source = %self.peer.ip(), error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => {}
+                }
+            }
+            Some(false) => {
+                self.http(TokioIo::new(stream), false, builder, watcher)
+                    .await
+            }
+            None => {}
+        }
+    }
+
+    async fn http<I>(
+        self,
+        io: I,
+        secure: bool,
+        builder: hyper::server::conn::http1::Builder,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let Conn {
+            routes,
+            permits,
+            limits,
+            peer,
+            span,
+            tls,
+        } = self;
+        let edge = Edge { peer, secure, tls };
+        let svc = hyper::service::service_fn(move |req| {
+            let routes = routes.clone();
+            let permits = permits.clone();
+            let span = span.clone();
+            let edge = edge.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    handle(req, edge, routes, permits, limits)
+                        .instrument(span)
+                        .await,
+                )
+            }
+        });
+        let _ = watcher.watch(builder.serve_connection(io, svc)).await;
+    }
+}
+
+/// What a request's connection says about it.
+#[derive(Clone)]
+struct Edge {
+    peer: SocketAddr,
+    /// Whether it came over TLS.
+    secure: bool,
+    /// The listener's TLS, when it has one.
+    tls: Option<Tls>,
+}
+
 /// The answer when the service is full: try again in a second.
 fn overloaded(what: &str) -> ApiError {
     let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, what);
@@ -354,12 +443,13 @@ fn overloaded(what: &str) -> ApiError {
 
 async fn handle(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    edge: Edge,
     routes: Arc<dyn Routes>,
     permits: Arc<Semaphore>,
     limits: Limits,
 ) -> Resp {
     let started = std::time::Instant::now();
+    let peer = edge.peer;
     let matched = Route::of_path(req.uri().path());
     let route = matched.map_or("other", Route::pattern);
     let method = metrics::method_label(req.method().as_str());
@@ -388,6 +478,12 @@ async fn handle(
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
             return r;
+        }
+        if let Some(refused) = plain_token_refusal(&req, &edge) {
+            return refused.into_response();
+        }
+        if matched == Some(Route::CaCert) {
+            return ca_certificate(&req, &edge);
         }
         // Who is calling, before any permit is taken: a flood of bad tokens is
         // slowed down without holding the slots real requests need.
@@ -460,6 +556,54 @@ async fn handle(
     )
     .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// With TLS on, a token sent over plain HTTP from another host is refused
+/// before it is even looked up: it crossed the LAN in clear, and accepting
+/// it would teach clients that this works. On the box itself (loopback)
+/// plain HTTP keeps working, as the seed's curl examples use it.
+fn plain_token_refusal(req: &Request<Incoming>, edge: &Edge) -> Option<ApiError> {
+    if edge.tls.is_none()
+        || edge.secure
+        || crate::domain::access::is_loopback(edge.peer.ip())
+        || !req.headers().contains_key(hyper::header::AUTHORIZATION)
+    {
+        return None;
+    }
+    tracing::warn!(
+        action = "plain_http_token_refused",
+        source = %edge.peer.ip(),
+        "A token over plain HTTP from another host was refused"
+    );
+    Some(
+        ApiError::new(StatusCode::FORBIDDEN, "use https").with_details(vec![json!({
+            "field": "Authorization",
+            "message": "this box serves HTTPS on this port: send tokens over https:// only (the token was not accepted; docs/security.md)"
+        })]),
+    )
+}
+
+/// `GET /ca.crt`: the box's CA certificate, for devices to trust (public).
+fn ca_certificate(req: &Request<Incoming>, edge: &Edge) -> Resp {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return ApiError::method_not_allowed("GET").into_response();
+    }
+    let Some(pem) = edge.tls.as_ref().and_then(Tls::ca_pem) else {
+        return ApiError::not_found(
+            "this box has no CA of its own ([tls] mode is not \"self-signed\")",
+        )
+        .into_response();
+    };
+    let mut r = Response::new(Full::new(Bytes::from(pem.as_bytes().to_vec())));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-pem-file"),
+    );
+    r.headers_mut().insert(
+        hyper::header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"restaurant-system-ca.crt\""),
+    );
+    r
 }
 
 /// The request's route among those a service `serves`: 404 for any other

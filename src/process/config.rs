@@ -25,12 +25,14 @@ pub struct Config {
     pub kitchen: KitchenConfig,
     pub orders: OrdersConfig,
     pub business: BusinessConfig,
+    pub backup: BackupConfig,
     pub http: HttpConfig,
     pub security: SecurityConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub stations: StationsConfig,
     pub expo: ExpoConfig,
+    pub tls: TlsConfig,
 }
 
 /// A password: never printed by `Debug` or `Display`, so it cannot reach a log line.
@@ -349,6 +351,61 @@ impl Default for HttpConfig {
     }
 }
 
+/// The drop-in files of a config file: `conf.d/*.toml` in its folder, sorted.
+fn drop_ins(file: &Path) -> Vec<PathBuf> {
+    let Some(dir) = file.parent().map(|d| d.join("conf.d")) else {
+        return Vec::new();
+    };
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    parts.sort();
+    parts
+}
+
+/// HTTPS on the listeners (issue 27, `crate::tls`, docs/security.md).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain HTTP (the default; an upgraded install keeps it until turned on).
+    #[default]
+    Off,
+    /// The box's own CA signs a certificate for its names and addresses.
+    SelfSigned,
+    /// The restaurant's own certificate and key (`cert_file`, `key_file`).
+    Files,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    /// Where the self-signed mode keeps its CA and certificate.
+    pub dir: PathBuf,
+    /// The chain (server certificate first) and key, PEM, for `files`.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Names the self-signed certificate carries besides the host name and addresses.
+    pub names: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            mode: TlsMode::Off,
+            dir: "/var/lib/restaurant-system/tls".into(),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            names: Vec::new(),
+        }
+    }
+}
+
 /// Order intake (issue 14).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -362,6 +419,28 @@ impl Default for OrdersConfig {
     fn default() -> Self {
         OrdersConfig {
             idempotency_ttl_seconds: 86_400,
+        }
+    }
+}
+
+/// `restaurant-system backup` without a file, as the nightly
+/// `restaurant-backup.timer` runs it (issue 26): where the copies go and how
+/// many are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// The directory of the dated copies (created when missing).
+    pub directory: PathBuf,
+    /// How many of them are kept: the oldest beyond that are removed after a
+    /// new copy is written and checked.
+    pub keep: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            directory: "/var/lib/restaurant-system/backups".into(),
+            keep: 7,
         }
     }
 }
@@ -590,6 +669,12 @@ impl Config {
             } else {
                 fig.merge(Toml::file_exact(path))
             };
+            // conf.d/*.toml beside the file, in name order, over it: settings the
+            // package writes once at installation (the .deb's postinst turns TLS
+            // on for new installs there, since it may not edit config.toml).
+            for part in drop_ins(path) {
+                fig = fig.merge(Toml::file_exact(part));
+            }
         }
         let spec_env = Env::raw().filter_map(|k| {
             SPEC_ENV
@@ -616,6 +701,15 @@ impl Config {
     /// Rules that parse fine but make no sense.
     pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.tls.mode == TlsMode::Files
+            && (self.tls.cert_file.as_os_str().is_empty()
+                || self.tls.key_file.as_os_str().is_empty())
+        {
+            return bad("tls.mode = \"files\" needs tls.cert_file and tls.key_file".into());
+        }
+        if self.tls.mode == TlsMode::SelfSigned && self.tls.dir.as_os_str().is_empty() {
+            return bad("tls.dir must not be empty".into());
+        }
         self.business.rule()?;
         if self.database.resolved_backend() == StorageBackend::Postgres
             && self.database.host.as_deref().unwrap_or("").is_empty()
@@ -697,6 +791,11 @@ impl Config {
                 "orders.idempotency_ttl_seconds must be between 1 and {MAX_IDEMPOTENCY_TTL} (30 days), got {}",
                 self.orders.idempotency_ttl_seconds
             ));
+        }
+        if self.backup.keep == 0 || self.backup.directory.as_os_str().is_empty() {
+            return bad(
+                "backup.keep must be at least 1 and backup.directory must not be empty".into(),
+            );
         }
         if self.http.max_concurrent == 0 {
             return bad("http.max_concurrent must be at least 1".into());

@@ -40,6 +40,9 @@ pub enum StartError {
     /// A setting `Config::check` refuses (a `Config` built in code skips it).
     #[error("{0}")]
     Config(#[from] crate::process::config::ConfigError),
+    /// The certificate could not be made or read (issue 27).
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Waits until `link` is up: a service is ready once it consumes (or can

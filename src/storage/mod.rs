@@ -8,6 +8,7 @@
 //! reads the order again and decides again, so a redelivered message can never
 //! apply the same change twice.
 
+pub mod backup;
 mod migrations;
 pub mod postgres;
 pub mod sqlite;

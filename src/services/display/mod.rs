@@ -59,6 +59,7 @@ pub async fn start(
 ) -> Result<(SocketAddr, [LinkState; 2]), StartError> {
     let rabbit_link = LinkState::new("display bridge consumer", Peer::RabbitMq);
     let mqtt_link = LinkState::new("display bridge", Peer::Mqtt);
+    let tls = edge.tls.clone();
     let health = Health {
         store: store.clone(),
         rabbit: rabbit_link.clone(),
@@ -66,7 +67,7 @@ pub async fn start(
         broker: format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port),
         edge,
     };
-    let server = http::serve(addr, Arc::new(health), limits, shutdown.clone())
+    let server = http::serve(addr, Arc::new(health), limits, tls, shutdown.clone())
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
     let bound = server.addr;
@@ -131,6 +132,8 @@ pub async fn start(
 pub struct Edge {
     pub guard: Arc<http::auth::Guard>,
     pub metrics: bool,
+    /// The process's TLS (issue 27), when on.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// `GET /health`: database, RabbitMQ and MQTT, 503 when any is down; and

@@ -1,6 +1,7 @@
 //! PostgreSQL backend: tokio-postgres behind a deadpool pool (the pool replaces
 //! dead connections, so a restarted server is picked up again on its own).
 
+pub(crate) mod backup;
 mod intake;
 mod stations;
 
@@ -57,6 +58,21 @@ impl Drop for DeferredCommit<'_> {
 /// Serialises concurrent migrations from several processes starting at once.
 const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
 
+/// How every connection of ours reaches the configured database.
+fn pg_config(cfg: &DatabaseConfig) -> tokio_postgres::Config {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(cfg.host.as_deref().unwrap_or("localhost"))
+        .port(cfg.port)
+        .user(&cfg.user)
+        .dbname(&cfg.database)
+        .application_name("restaurant-system")
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(pw) = cfg.password.as_ref() {
+        pg.password(pw.expose());
+    }
+    pg
+}
+
 pub struct PgStore {
     pool: Pool,
     /// Connections with `synchronous_commit = off`, whose commits do not wait
@@ -76,16 +92,7 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(cfg: &DatabaseConfig, owner: String) -> Result<Self, StoreError> {
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(cfg.host.as_deref().unwrap_or("localhost"))
-            .port(cfg.port)
-            .user(&cfg.user)
-            .dbname(&cfg.database)
-            .application_name("restaurant-system")
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(pw) = cfg.password.as_ref() {
-            pg.password(pw.expose());
-        }
+        let mut pg = pg_config(cfg);
         let pool = build_pool(pg.clone(), cfg.pool_size)?;
         let lease_config = pg.clone();
         pg.options("-c synchronous_commit=off");

@@ -40,6 +40,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use writer::OnDisk;
 
+pub(crate) mod backup;
 mod checkpointer;
 mod error;
 mod orders;
