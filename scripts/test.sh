@@ -48,7 +48,7 @@ check_compose() {
 build_deps() {
     ensure_build_deps
     ensure_rust_components
-    # tests/clock.rs starts the binary with a clock in the past under libfaketime.
+    # tests/it/clock.rs starts the binary with a clock in the past under libfaketime.
     need_apt faketime
 }
 export -f check_compose build_deps

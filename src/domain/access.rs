@@ -474,7 +474,8 @@ pub fn origin_allowed(
     let Some((host, _)) = host_header.and_then(split_host_port) else {
         return false;
     };
-    o.0 == "http" && o.1 == host && o.2 == display_port
+    // The box's own page, over plain HTTP or (issue 27) HTTPS on the same port.
+    (o.0 == "http" || o.0 == "https") && o.1 == host && o.2 == display_port
 }
 
 /// Failed attempts per source address, and how long to hold back the next
@@ -806,6 +807,12 @@ mod tests {
         let none: Vec<String> = vec![];
         assert!(origin_allowed(
             "http://box.local:3002",
+            Some("box.local:3000"),
+            3002,
+            &none
+        ));
+        assert!(origin_allowed(
+            "https://box.local:3002",
             Some("box.local:3000"),
             3002,
             &none

@@ -1,6 +1,6 @@
 //! Kitchen worker behaviour (issue 3) on both backends: specialisation,
 //! priority, poison messages and duplicate deliveries.
-mod common;
+use crate::common;
 
 use common::{
     eventually, get_all, header, notification_tap, place_order, publish_raw, queue_counts,
