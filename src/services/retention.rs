@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Orders deleted per transaction.
 pub const BATCH: u32 = 200;
-/// The pause between batches, in which intake has the database to itself.
+/// The shortest pause between batches, in which intake has the database to
+/// itself (a pause is at least as long as the batch before it).
 pub const PAUSE: Duration = Duration::from_millis(20);
 /// The first purge after start (a restart loop does not purge in a loop), then daily.
 const FIRST_AFTER: Duration = Duration::from_secs(300);
@@ -46,13 +47,16 @@ impl Retention {
         };
         let mut purged = 0;
         loop {
+            let started = std::time::Instant::now();
             let n = store.purge_orders(before, BATCH).await?;
             purged += n;
             if n < u64::from(BATCH) {
                 return Ok(purged);
             }
+            // At least as long as the batch took: the purge has the database
+            // at most half the time, however slow the box.
             tokio::select! {
-                _ = tokio::time::sleep(PAUSE) => {}
+                _ = tokio::time::sleep(started.elapsed().max(PAUSE)) => {}
                 _ = shutdown.cancelled() => return Ok(purged),
             }
         }

@@ -428,10 +428,14 @@ pub(super) fn purge(c: &Connection, before: &str, limit: u32) -> Result<u64, Sto
         .and_then(|mut st| st.execute([before]))
         .map_err(sql_err)?;
     if n > 0 {
-        // Only with auto_vacuum = INCREMENTAL (migration 007); else SQLite
-        // keeps the pages and reuses them for new orders.
-        c.execute_batch("PRAGMA incremental_vacuum")
+        // Only with auto_vacuum = INCREMENTAL (`pool::reclaim_space`); else
+        // SQLite keeps the pages and reuses them for new orders. Each step
+        // frees one page: stepped to the end.
+        let mut st = c
+            .prepare_cached("PRAGMA incremental_vacuum")
             .map_err(sql_err)?;
+        let mut rows = st.query([]).map_err(sql_err)?;
+        while rows.next().map_err(sql_err)?.is_some() {}
     }
     Ok(n as u64)
 }
