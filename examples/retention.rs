@@ -81,8 +81,18 @@ async fn main() -> Result<()> {
         before as f64 / 1e6
     );
 
-    let quiet = load(&store, args.rate, Some(Duration::from_secs(args.seconds)), None).await;
-    println!("{}: intake without purge: {}", args.backend, quiet.summary());
+    let quiet = load(
+        &store,
+        args.rate,
+        Some(Duration::from_secs(args.seconds)),
+        None,
+    )
+    .await;
+    println!(
+        "{}: intake without purge: {}",
+        args.backend,
+        quiet.summary()
+    );
 
     let done = CancellationToken::new();
     let purge = {
@@ -252,8 +262,10 @@ async fn load(
     length: Option<Duration>,
     until: Option<CancellationToken>,
 ) -> Latencies {
-    let order = validate(&serde_json::json!({"customer_name": "Bench Guest", "order_type": "takeout",
-        "items": [{"name": "Pizza", "quantity": 1, "price": 9.5}]}))
+    let order = validate(
+        &serde_json::json!({"customer_name": "Bench Guest", "order_type": "takeout",
+        "items": [{"name": "Pizza", "quantity": 1, "price": 9.5}]}),
+    )
     .expect("a valid order");
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     let start = Instant::now();
@@ -269,7 +281,9 @@ async fn load(
         tasks.spawn(async move {
             let t = Instant::now();
             let now = Utc::now();
-            let r = store.create_order(&order, "bench", now, now.date_naive()).await;
+            let r = store
+                .create_order(&order, "bench", now, now.date_naive())
+                .await;
             (r.is_ok(), t.elapsed())
         });
     }

@@ -458,6 +458,31 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
+    /// Issue 26: a database made before retention (auto_vacuum NONE) is
+    /// switched to INCREMENTAL when a service opens it (small enough), and a
+    /// new one is INCREMENTAL from the start.
+    #[tokio::test]
+    async fn databases_give_freed_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| -> i64 {
+            Connection::open(p)
+                .unwrap()
+                .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+                .unwrap()
+        };
+        let old = dir.path().join("old.db");
+        Connection::open(&old)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode=WAL; create table t (x); insert into t values (1);")
+            .unwrap();
+        assert_eq!(mode(&old), 0);
+        drop(SqliteStore::open(&old, "test".into()).await.unwrap());
+        assert_eq!(mode(&old), 2, "switched at start");
+        let new = dir.path().join("new.db");
+        drop(SqliteStore::open(&new, "test".into()).await.unwrap());
+        assert_eq!(mode(&new), 2, "a new file from the start");
+    }
+
     async fn claim(store: &SqliteStore, done: &[i64]) -> Vec<OutboxMessage> {
         store
             .claim_outbox(done, 10, Duration::from_secs(30), Utc::now())
