@@ -419,6 +419,8 @@ async fn start_parts(
             metrics: mode == Mode::TrackingService,
             routing: routing.clone(),
             business: cfg.business.rule()?,
+            mqtt_ws: format!("{}:{}", cfg.mqtt.host, cfg.display.mqtt_ws_port),
+            tls: tls.clone(),
         };
         let addr = bind(cfg.http.tracking_port);
         let api = Api(tracking_api::SERVICE, "Tracking Service", Arc::new(api));
