@@ -193,6 +193,10 @@ pub struct MqttConfig {
     pub password: Option<Secret>,
     /// How long a completed or cancelled order stays on the board.
     pub clear_after_seconds: f64,
+    /// MQTT over TLS (issue 27), for a broker on another host.
+    pub tls: bool,
+    /// The CA (PEM) that signed the broker's certificate; empty: the system's CAs.
+    pub ca_file: PathBuf,
 }
 
 impl Default for MqttConfig {
@@ -207,6 +211,8 @@ impl Default for MqttConfig {
             user: None,
             password: None,
             clear_after_seconds: 30.0,
+            tls: false,
+            ca_file: PathBuf::new(),
         }
     }
 }
