@@ -4,6 +4,7 @@
 #   bash bench/run.sh            # full run (about 15-25 minutes), appends to docs/BENCHMARKS.md
 #   bash bench/run.sh --short    # a few seconds per step (CI: scripts/test.sh runs it)
 #   bash bench/run.sh --one-core # only the one-core profile (bench/one-core.sh; a full run ends with it)
+#   bash bench/run.sh --pressure # only wrk overload, relay backlog and a flood (bench/pressure.sh; a full run has it)
 #
 # It installs and starts what it needs when missing (PostgreSQL with pgbench, RabbitMQ, Mosquitto;
 # see scripts/lib.sh), builds the release binary and the benchmark program (examples/bench), and
@@ -26,11 +27,13 @@ export RS_LOG_TAG="bench"
 
 short=0
 one_core=0
+pressure=0
 pass=()
 for arg in "$@"; do
     case "$arg" in
     --short) short=1 ;;
     --one-core) one_core=1 ;;
+    --pressure) pressure=1 ;;
     -h | --help)
         sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
         exit 0
@@ -76,6 +79,10 @@ one_core_args=()
 if [[ $one_core -eq 1 ]]; then
     exec bash bench/one-core.sh "${one_core_args[@]}"
 fi
+# Under pressure (issue 22): wrk -t2 -c64 10 s and a flood of 3,000 connections per backend.
+if [[ $pressure -eq 1 ]]; then
+    exec bash bench/pressure.sh
+fi
 
 args=(--bin target/release/restaurant-system --out target/bench --pgbench-script bench/order_tx.sql)
 if [[ $short -eq 1 ]]; then
@@ -95,6 +102,8 @@ intake=(--intake-only)
 log "target/release/examples/bench ${args[*]} ${intake[*]} ${pass[*]:-}"
 target/release/examples/bench "${args[@]}" "${intake[@]}" "${pass[@]}"
 if [[ $short -eq 0 ]]; then
+    log "under pressure (bench/pressure.sh)"
+    bash bench/pressure.sh
     log "the one-core profile (bench/one-core.sh ${one_core_args[*]})"
     bash bench/one-core.sh "${one_core_args[@]}"
 fi

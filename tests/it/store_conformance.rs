@@ -1,7 +1,7 @@
 //! Store conformance (issue 12): the same tests, through the `Store` trait,
 //! against both backends. Whatever one backend does, the other does alike:
 //! the same answers, the same rows, byte for byte the same outbox messages.
-mod common;
+use crate::common;
 
 use chrono::{DateTime, TimeZone, Utc};
 use common::{Backend, TestEnv};

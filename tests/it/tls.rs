@@ -4,7 +4,7 @@
 //! expired certificate fail; SIGHUP swaps the certificate while an open
 //! connection keeps its own.
 
-mod common;
+use crate::common;
 
 use common::*;
 use restaurant_system::modes::Mode;
