@@ -1032,6 +1032,21 @@ mod tests {
     }
 
     #[test]
+    fn backup_and_retention_are_checked() {
+        let d = Config::default();
+        assert_eq!((d.backup.keep, d.retention.keep_days), (7, 400));
+        assert_eq!(
+            load_str("[retention]\nkeep_days = 0\n").unwrap().retention.keep_days,
+            0,
+            "0 keeps orders forever"
+        );
+        let e = load_str("[retention]\nkeep_days = 36501\n").unwrap_err();
+        assert!(e.to_string().contains("retention.keep_days"), "{e}");
+        let e = load_str("[backup]\nkeep = 0\n").unwrap_err();
+        assert!(e.to_string().contains("backup.keep"), "{e}");
+    }
+
+    #[test]
     fn stations_are_off_by_default_and_checked_when_on() {
         assert_eq!(Config::default().routing(), None);
         let text = std::fs::read_to_string(
