@@ -1036,7 +1036,10 @@ mod tests {
         let d = Config::default();
         assert_eq!((d.backup.keep, d.retention.keep_days), (7, 400));
         assert_eq!(
-            load_str("[retention]\nkeep_days = 0\n").unwrap().retention.keep_days,
+            load_str("[retention]\nkeep_days = 0\n")
+                .unwrap()
+                .retention
+                .keep_days,
             0,
             "0 keeps orders forever"
         );
