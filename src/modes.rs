@@ -401,6 +401,10 @@ async fn start_parts(
         };
         let relay = api.relay.clone();
         tasks.spawn(closer.run(store.clone(), move || relay.wake(), shutdown.clone()));
+        let retention = services::retention::Retention {
+            keep_days: cfg.retention.keep_days,
+        };
+        tasks.spawn(retention.run(store.clone(), shutdown.clone()));
         let addr = bind(cfg.http.order_port);
         let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));
         running.order_addr = Some(api.listen(addr, limits, &tls, &shutdown, &tasks).await?);
@@ -415,6 +419,8 @@ async fn start_parts(
             metrics: mode == Mode::TrackingService,
             routing: routing.clone(),
             business: cfg.business.rule()?,
+            mqtt_ws: format!("{}:{}", cfg.mqtt.host, cfg.display.mqtt_ws_port),
+            tls: tls.clone(),
         };
         let addr = bind(cfg.http.tracking_port);
         let api = Api(tracking_api::SERVICE, "Tracking Service", Arc::new(api));

@@ -110,11 +110,14 @@ pub enum Route {
     BoardFile,
     /// The box's CA certificate (issue 27): public, for devices to trust.
     CaCert,
+    /// The screens' MQTT WebSocket on the page's own origin (issue 27), passed
+    /// on to Mosquitto, which checks the screen's account itself.
+    MqttWs,
 }
 
 impl Route {
     /// Every route, in the order `find` tries them.
-    pub const ALL: [Route; 25] = [
+    pub const ALL: [Route; 26] = [
         Route::CreateOrder,
         Route::Complete,
         Route::Recall,
@@ -140,6 +143,7 @@ impl Route {
         Route::Board,
         Route::BoardFile,
         Route::CaCert,
+        Route::MqttWs,
     ];
 
     /// The route table: its pattern (`{..}` is any one segment), the one
@@ -188,6 +192,7 @@ impl Route {
             Route::Board => ("/board", "GET", Open),
             Route::BoardFile => ("/board/{file}", "GET", Open),
             Route::CaCert => ("/ca.crt", "GET", Open),
+            Route::MqttWs => ("/mqtt", "GET", Open),
         }
     }
 
@@ -469,7 +474,8 @@ pub fn origin_allowed(
     let Some((host, _)) = host_header.and_then(split_host_port) else {
         return false;
     };
-    o.0 == "http" && o.1 == host && o.2 == display_port
+    // The box's own page, over plain HTTP or (issue 27) HTTPS on the same port.
+    (o.0 == "http" || o.0 == "https") && o.1 == host && o.2 == display_port
 }
 
 /// Failed attempts per source address, and how long to hold back the next
@@ -801,6 +807,12 @@ mod tests {
         let none: Vec<String> = vec![];
         assert!(origin_allowed(
             "http://box.local:3002",
+            Some("box.local:3000"),
+            3002,
+            &none
+        ));
+        assert!(origin_allowed(
+            "https://box.local:3002",
             Some("box.local:3000"),
             3002,
             &none

@@ -11,6 +11,7 @@
 //! every 4xx/5xx is JSON `{"error": ..., "details": [...]}`.
 
 pub mod auth;
+pub mod upgrade;
 
 use crate::domain::access::Route;
 use crate::domain::error::Class;
@@ -23,7 +24,6 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub type Resp = Response<Full<Bytes>>;
@@ -276,7 +277,10 @@ pub async fn serve(
     let span = tracing::Span::current();
     let task = tokio::spawn(
         async move {
-            let graceful = GracefulShutdown::new();
+            // Every connection's task, so that a stop waits for the requests in
+            // flight (hyper-util's GracefulShutdown cannot watch a connection
+            // that may be upgraded: the display's MQTT WebSocket is one).
+            let open = TaskTracker::new();
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -299,7 +303,6 @@ pub async fn serve(
                 };
                 let (stream, peer) = stream;
                 let _ = stream.set_nodelay(true);
-                let watcher = graceful.watcher();
                 if let Ok(slot) = conns.clone().try_acquire_owned() {
                     let conn = Conn {
                         routes: routes.clone(),
@@ -310,8 +313,9 @@ pub async fn serve(
                         tls: tls.clone(),
                     };
                     let builder = builder.clone();
-                    tokio::spawn(async move {
-                        conn.serve(stream, builder, watcher).await;
+                    let stop = shutdown.clone();
+                    open.spawn(async move {
+                        conn.serve(stream, builder, stop).await;
                         drop(slot);
                     });
                 } else {
@@ -328,15 +332,16 @@ pub async fn serve(
                         )
                     });
                     // Told in plain HTTP: a TLS client sees the connection close.
-                    let conn = watcher.watch(shedder.serve_connection(TokioIo::new(stream), svc));
-                    tokio::spawn(async move {
+                    let conn = shedder.serve_connection(TokioIo::new(stream), svc);
+                    open.spawn(async move {
                         let _ = conn.await;
                         drop(slot);
                     });
                 }
             }
             drop(listener);
-            let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+            open.close();
+            let _ = tokio::time::timeout(Duration::from_secs(5), open.wait()).await;
         }
         .instrument(span),
     );
@@ -358,21 +363,16 @@ impl Conn {
         self,
         stream: tokio::net::TcpStream,
         builder: hyper::server::conn::http1::Builder,
-        watcher: hyper_util::server::graceful::Watcher,
+        stop: CancellationToken,
     ) {
         let Some(tls) = self.tls.clone() else {
-            return self
-                .http(TokioIo::new(stream), false, builder, watcher)
-                .await;
+            return self.http(TokioIo::new(stream), false, builder, stop).await;
         };
         match tls::starts_tls(&stream, self.limits.timeout).await {
             Some(true) => {
                 let handshake = tls.acceptor().accept(stream);
                 match tokio::time::timeout(self.limits.timeout, handshake).await {
-                    Ok(Ok(stream)) => {
-                        self.http(TokioIo::new(stream), true, builder, watcher)
-                            .await
-                    }
+                    Ok(Ok(stream)) => self.http(TokioIo::new(stream), true, builder, stop).await,
                     // A client that does not trust the certificate, or a scanner:
                     // nothing to answer, and not worth a line per connection.
                     Ok(Err(e)) => {
@@ -381,10 +381,7 @@ impl Conn {
                     Err(_) => {}
                 }
             }
-            Some(false) => {
-                self.http(TokioIo::new(stream), false, builder, watcher)
-                    .await
-            }
+            Some(false) => self.http(TokioIo::new(stream), false, builder, stop).await,
             None => {}
         }
     }
@@ -394,7 +391,7 @@ impl Conn {
         io: I,
         secure: bool,
         builder: hyper::server::conn::http1::Builder,
-        watcher: hyper_util::server::graceful::Watcher,
+        stop: CancellationToken,
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -420,7 +417,17 @@ impl Conn {
                 )
             }
         });
-        let _ = watcher.watch(builder.serve_connection(io, svc)).await;
+        // With upgrades: the tracking service hands the display's MQTT
+        // WebSocket on to the broker (`upgrade::pass_to`).
+        let conn = builder.serve_connection(io, svc).with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.cancelled() => {}
+        }
+        // Stopping: finish the request in flight, then close.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
     }
 }
 

@@ -26,6 +26,7 @@ pub struct Config {
     pub orders: OrdersConfig,
     pub business: BusinessConfig,
     pub backup: BackupConfig,
+    pub retention: RetentionConfig,
     pub http: HttpConfig,
     pub security: SecurityConfig,
     pub metrics: MetricsConfig,
@@ -193,6 +194,10 @@ pub struct MqttConfig {
     pub password: Option<Secret>,
     /// How long a completed or cancelled order stays on the board.
     pub clear_after_seconds: f64,
+    /// MQTT over TLS (issue 27), for a broker on another host.
+    pub tls: bool,
+    /// The CA (PEM) that signed the broker's certificate; empty: the system's CAs.
+    pub ca_file: PathBuf,
 }
 
 impl Default for MqttConfig {
@@ -207,6 +212,8 @@ impl Default for MqttConfig {
             user: None,
             password: None,
             clear_after_seconds: 30.0,
+            tls: false,
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -445,6 +452,22 @@ impl Default for BackupConfig {
     }
 }
 
+/// How long orders are kept (issue 26): older ones are deleted by the order
+/// service's daily purge, so the database never fills the disk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Orders created more than this many days ago are deleted, with
+    /// everything that belongs to them; 0 keeps every order forever.
+    pub keep_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { keep_days: 400 }
+    }
+}
+
 /// The restaurant's business day (issue 26, `domain::business_day`): the order
 /// number's date and the speed report's default range.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -485,6 +508,8 @@ impl BusinessConfig {
 
 /// The longest `orders.idempotency_ttl_seconds` accepted: 30 days.
 pub const MAX_IDEMPOTENCY_TTL: u64 = 30 * 86_400;
+/// The longest `retention.keep_days` (100 years); 0 keeps orders forever.
+pub const MAX_KEEP_DAYS: u32 = 36_500;
 
 /// Who may call the HTTP APIs (issue 11, docs/security.md).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -797,6 +822,12 @@ impl Config {
                 "backup.keep must be at least 1 and backup.directory must not be empty".into(),
             );
         }
+        if self.retention.keep_days > MAX_KEEP_DAYS {
+            return bad(format!(
+                "retention.keep_days must be at most {MAX_KEEP_DAYS} (0 keeps orders forever), got {}",
+                self.retention.keep_days
+            ));
+        }
         if self.http.max_concurrent == 0 {
             return bad("http.max_concurrent must be at least 1".into());
         }
@@ -1004,6 +1035,24 @@ mod tests {
         let c = load_str("[orders]\nidempotency_ttl_seconds = 2\n").unwrap();
         assert_eq!(c.orders.idempotency_ttl_seconds, 2);
         assert_eq!(Config::default().orders.idempotency_ttl_seconds, 86_400);
+    }
+
+    #[test]
+    fn backup_and_retention_are_checked() {
+        let d = Config::default();
+        assert_eq!((d.backup.keep, d.retention.keep_days), (7, 400));
+        assert_eq!(
+            load_str("[retention]\nkeep_days = 0\n")
+                .unwrap()
+                .retention
+                .keep_days,
+            0,
+            "0 keeps orders forever"
+        );
+        let e = load_str("[retention]\nkeep_days = 36501\n").unwrap_err();
+        assert!(e.to_string().contains("retention.keep_days"), "{e}");
+        let e = load_str("[backup]\nkeep = 0\n").unwrap_err();
+        assert!(e.to_string().contains("backup.keep"), "{e}");
     }
 
     #[test]

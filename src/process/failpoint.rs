@@ -1,4 +1,4 @@
-//! Failpoints for the fault suite (tests/fault.rs): with
+//! Failpoints for the fault suite (tests/it/fault.rs): with
 //! `RESTAURANT_FAILPOINT=NAME:N` in the environment, the process aborts the Nth
 //! time it passes `hit(NAME)`, as a power cut or `kill -9` would stop it at
 //! that line. Always compiled in, inert unless the variable is set: without it,

@@ -31,6 +31,11 @@ pub struct TrackingApi {
     pub routing: Option<std::sync::Arc<Routing>>,
     /// The speed report's default range is the current business day.
     pub business: crate::domain::business_day::BusinessDay,
+    /// Mosquitto's WebSocket listener (`host:port`), which `GET /mqtt` passes
+    /// a screen's connection on to (issue 27: wss on the page's own origin).
+    pub mqtt_ws: String,
+    /// The process's TLS: the pairing form shows the CA's fingerprint to compare.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// The display page: our own files from `web/src/`, and the MQTT client that
@@ -102,6 +107,7 @@ impl Routes for TrackingApi {
                 Route::OpenApi,
                 Route::Display,
                 Route::DisplayFile,
+                Route::MqttWs,
             ],
         )?;
         // The order number or file name: the path's second segment.
@@ -127,6 +133,9 @@ impl Routes for TrackingApi {
                 .map(|(name, _, _)| page(name))
                 .ok_or_else(|| ApiError::not_found("no such file")),
             Route::OpenApi => Ok(static_response("application/yaml", OPENAPI)),
+            Route::MqttWs => {
+                crate::http::upgrade::pass_to(req, &self.mqtt_ws, ctx.limits.timeout).await
+            }
             _ => Err(ApiError::not_found("no such route")),
         }
     }
@@ -364,6 +373,16 @@ impl TrackingApi {
                 "paired": paired.is_some(),
                 "role": paired.map(|r| r.as_str()),
         });
+        // Pairing over HTTPS: the screen shows the fingerprint of the CA it
+        // trusts, to compare with `restaurant-system tls show` on the box.
+        if let Some(fp) = self
+            .tls
+            .as_ref()
+            .and_then(crate::tls::Tls::ca_pem)
+            .and_then(|pem| crate::tls::ca::summary(&pem).ok())
+        {
+            body["ca_fingerprint"] = json!(fp.fingerprint);
+        }
         if paired.is_some() && !self.display.mqtt_username.is_empty() {
             body["mqtt_username"] = json!(self.display.mqtt_username);
             body["mqtt_password"] = json!(self

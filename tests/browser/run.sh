@@ -16,6 +16,9 @@
 #                     bump; a reload mid-way; rush; 40 orders; WCAG 2 AA; saves
 #                     target/system-station-grill-1920x1080.png, target/system-expo-1920x1080.png
 #                     (DOCS_SHOTS=1: docs/kds-station.png for the README)
+#   tls.test.mjs      issue 27: the whole system with [tls] mode = "self-signed", the box's CA
+#                     trusted in an NSS database: the kitchen display (paired, CA fingerprint
+#                     shown) and the customer board over HTTPS, tickets over wss://, a bump
 #   display.test.mjs  the whole system, started by the test itself (private Mosquitto with a
 #                     WebSockets listener, a fresh RabbitMQ vhost, restaurant-system --mode=all
 #                     on SQLite); saves target/display-board.png (SCREENSHOT=docs/display-board.png to refresh the README one)
@@ -39,12 +42,15 @@ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt no
 
 which=${1:-all}
 case "$which" in
-    all) suites=(page kds stations display expo) ;;
-    page | kds | stations | display | expo) suites=("$which") ;;
-    *) die "usage: tests/browser/run.sh [all|page|kds|stations|display|expo]" ;;
+    all) suites=(page kds stations display expo tls) ;;
+    page | kds | stations | display | expo | tls) suites=("$which") ;;
+    *) die "usage: tests/browser/run.sh [all|page|kds|stations|display|expo|tls]" ;;
 esac
 
-if [[ " ${suites[*]} " == *" display "* || " ${suites[*]} " == *" expo "* ]]; then
+if [[ " ${suites[*]} " == *" tls "* ]]; then
+    need_apt libnss3-tools openssl # certutil: the screen trusts the box's CA
+fi
+if [[ " ${suites[*]} " == *" display "* || " ${suites[*]} " == *" expo "* || " ${suites[*]} " == *" tls "* ]]; then
     ensure_rabbitmq # the whole-system test creates (and deletes) its own vhost there
     command -v rabbitmqctl >/dev/null 2>&1 || die "rabbitmqctl not found (apt-get install rabbitmq-server)"
     if [[ -n "${RS_BIN:-}" ]]; then

@@ -55,7 +55,8 @@ export const env = {
 
 // Starts the whole system for a browser test: a private Mosquitto with the shipped ACL, a fresh
 // RabbitMQ vhost, `restaurant-system --mode=all` on SQLite on free ports. `config` (TOML text),
-// when given, is passed with --config; `extraEnv` adds settings.
+// when given, is passed with --config; `extraEnv` adds settings (an object, or a function of the
+// ports that returns one).
 export async function setUp({ config = null, extraEnv = {} } = {}) {
   env.tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rs-display-test-'));
   fs.chmodSync(env.tmp, 0o755); // mosquitto drops to its own user after reading the config
@@ -97,7 +98,8 @@ export async function setUp({ config = null, extraEnv = {} } = {}) {
     RESTAURANT_HTTP__TRACKING_PORT: String(tracking),
     RESTAURANT_HTTP__BRIDGE_PORT: String(bridge),
     RESTAURANT_LOG__FORMAT: 'json',
-    ...extraEnv,
+    // A function gets the ports chosen above (a setting that names one).
+    ...(typeof extraEnv === 'function' ? extraEnv(env.ports) : extraEnv),
   };
   env.bin = bin;
   env.rsEnv = rsEnv;

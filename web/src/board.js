@@ -159,7 +159,10 @@
   async function start() {
     const cfg = await loadConfig();
     const prefix = `${cfg.topic_prefix || 'restaurant'}/${cfg.site || 'main'}`;
-    const url = cfg.mqtt_ws_url || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hostname}:${cfg.mqtt_ws_port || 9001}`;
+    // Over HTTPS: the page's own origin, passed on to Mosquitto (as the kitchen display does).
+    const url = cfg.mqtt_ws_url || (location.protocol === 'https:'
+      ? `wss://${location.host}/mqtt`
+      : `ws://${location.hostname}:${cfg.mqtt_ws_port || 9001}`);
     const creds = cfg.mqtt_username ? { username: cfg.mqtt_username, password: cfg.mqtt_password || '' } : {};
     const client = mqtt.connect(url, {
       ...creds,

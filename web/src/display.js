@@ -368,6 +368,12 @@
       ? 'This display\'s kitchen token is no longer accepted. Ask a manager for a new one (restaurant-system token create NAME --role kitchen) and enter it here.'
       : 'Bump and recall need a kitchen token. Ask a manager to run: restaurant-system token create NAME --role kitchen, and enter the token here.';
     $('pair-error').textContent = detail || '';
+    // Over HTTPS with the box's own CA: what to compare before trusting this screen's link.
+    const fp = state.cfg && state.cfg.ca_fingerprint;
+    $('pair-ca').hidden = !fp;
+    $('pair-ca').textContent = fp
+      ? `This box's certificate authority, SHA-256: ${fp}. It must match what "restaurant-system tls show" prints on the box.`
+      : '';
     $('pair').hidden = false;
     $('pair-token').value = '';
     $('pair-token').focus();
@@ -1043,8 +1049,11 @@
   function mqttUrl() {
     const u = state.cfg && state.cfg.mqtt_ws_url;
     if (u) return u;
+    // Over HTTPS the broker is reached on the page's own origin (the tracking service passes
+    // /mqtt on to Mosquitto): the certificate the screen already trusts, no second prompt.
+    if (location.protocol === 'https:') return `wss://${location.host}/mqtt`;
     const port = (state.cfg && state.cfg.mqtt_ws_port) || 9001;
-    return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hostname}:${port}`;
+    return `ws://${location.hostname}:${port}`;
   }
 
   async function loadConfig() {

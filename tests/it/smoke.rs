@@ -1,6 +1,6 @@
 //! The shortest path through the whole system, on both backends: an order
 //! placed over HTTP is cooked and reaches `ready`.
-mod common;
+use crate::common;
 
 use common::{eventually, spec_orders, Backend, TestEnv};
 use restaurant_system::modes::Mode;

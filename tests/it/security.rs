@@ -10,7 +10,7 @@
 //! 5. `anonymous_loopback = false`; an invalid `http.bind` is exit 2;
 //! 6. a log scan: no token, hash or Authorization header in any line, and the
 //!    failed attempts logged with their source and growing delays.
-mod common;
+use crate::common;
 
 use common::{eventually, pg_host, pg_port, pg_user, spec_orders, Backend, Proc, TestEnv};
 use restaurant_system::domain::access::{hash_token, token_from_bytes, Access, Role};
@@ -55,7 +55,10 @@ async fn request(
 ) -> Reply {
     let method = method.to_string();
     let path = path.to_string();
-    tokio::task::spawn_blocking(move || {
+    // A thread of its own, not one of the runtime's blocking pool: a thread
+    // that joined a namespace stays in it, and a pooled one would take the
+    // next request (from the box itself) there too.
+    let thread = std::thread::spawn(move || {
         if let Some(ns) = &ns {
             let f = std::fs::File::open(format!("/run/netns/{ns}"))
                 .unwrap_or_else(|e| panic!("opening netns {ns}: {e}"));
@@ -102,9 +105,11 @@ async fn request(
             body,
             raw,
         }
-    })
-    .await
-    .expect("request thread")
+    });
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("request thread")
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 // ---------------------------------------------------------------------------

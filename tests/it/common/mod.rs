@@ -175,6 +175,37 @@ impl TestEnv {
         }
     }
 
+    /// Makes this test's vhost keep its classic queues with index version `v`
+    /// (a policy, as `classic_queue.default_version` in rabbitmq.conf does for
+    /// the whole broker: the .deb ships version 2, issue 21). Call before the
+    /// queues are declared.
+    pub fn classic_queue_version(&self, v: u8) {
+        let definition = format!("{{\"queue-version\":{v}}}");
+        rabbitmqctl(&[
+            "set_policy",
+            "-p",
+            &self.vhost,
+            "--apply-to",
+            "queues",
+            "queue-version",
+            ".*",
+            &definition,
+        ])
+        .expect("setting the queue-version policy");
+    }
+
+    /// The name of the policy RabbitMQ applies to `queue` in this test's vhost.
+    pub fn queue_policy(&self, queue: &str) -> String {
+        let out = Command::new("rabbitmqctl")
+            .args(["-q", "list_queues", "-p", &self.vhost, "name", "policy"])
+            .output()
+            .expect("rabbitmqctl list_queues");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{queue}\t")).map(str::to_string))
+            .unwrap_or_default()
+    }
+
     /// Environment variables that make the real binary use this test's servers.
     pub fn env_vars(&self) -> Vec<(String, String)> {
         let c = &self.cfg;
@@ -624,6 +655,8 @@ pub struct Proc {
     pub child: std::process::Child,
     out: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     err: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The threads reading stdout and stderr: done at the pipes' end.
+    readers: Vec<std::thread::JoinHandle<()>>,
     pub name: String,
 }
 
@@ -639,17 +672,18 @@ impl Proc {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        let collect = |r: Box<dyn std::io::Read + Send>| {
+        let mut readers = Vec::new();
+        let mut collect = |r: Box<dyn std::io::Read + Send>| {
             let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let l = lines.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in std::io::BufReader::new(r).lines() {
                     match line {
                         Ok(line) => l.lock().unwrap().push(line),
                         Err(_) => break,
                     }
                 }
-            });
+            }));
             lines
         };
         let out = collect(Box::new(child.stdout.take().expect("stdout")));
@@ -658,6 +692,7 @@ impl Proc {
             child,
             out,
             err,
+            readers,
             name: name.to_string(),
         }
     }
@@ -744,8 +779,14 @@ impl Proc {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
-                // Let the reader threads take the last lines.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Let the reader threads take the last lines: they end when
+                // the pipes do (a fixed pause lost lines on a loaded machine).
+                let drained = tokio::time::Instant::now() + Duration::from_secs(5);
+                while !self.readers.iter().all(|r| r.is_finished())
+                    && tokio::time::Instant::now() < drained
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 return st;
             }
             assert!(

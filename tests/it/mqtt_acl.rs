@@ -7,7 +7,7 @@
 //! 3. anonymous clients and wrong passwords are refused;
 //! 4. with the admin's `allow_anonymous true`, anonymous clients read but
 //!    cannot write either.
-mod common;
+use crate::common;
 
 use common::mosquitto::{SecureBroker, BRIDGE_USER, DISPLAY_USER};
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};

@@ -5,7 +5,7 @@
 //! journal say so, and once the clock is set right (the offset file changed
 //! while it runs) it takes orders again, numbered after the earlier one.
 //! Both backends.
-mod common;
+use crate::common;
 
 use common::{place_order, post_json, takeout, Backend, Proc, TestEnv};
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! through the real binaries (order service, kitchen worker, tracking, two
 //! notification subscribers), then bump, cancel and recall, illegal
 //! transitions, and a cancel while the order is cooking.
-mod common;
+use crate::common;
 
 use common::{
     eventually, get_all, get_json, notification_tap, place_order, post_json, queue_counts,

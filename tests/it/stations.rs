@@ -4,7 +4,7 @@
 //! the same rows and messages on both), and the real binary's API (the
 //! routes and their answers, the messages on `stations_topic`, a kill -9
 //! between two bumps).
-mod common;
+use crate::common;
 
 use chrono::{DateTime, TimeZone, Utc};
 use common::{Backend, Proc, TestEnv};

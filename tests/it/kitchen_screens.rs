@@ -2,7 +2,7 @@
 //! validated, stored, carried in the Order Message and returned whole by `GET /orders/{n}` on
 //! the tracking service; `GET /reports/speed-of-service` reports ticket times that match the
 //! orders' own history; the customer board is served at `/board`.
-mod common;
+use crate::common;
 
 use common::{get_all, get_json, place_order, post_json, takeout, wait_status, Backend, TestEnv};
 use restaurant_system::domain::speed::percentile;

@@ -4,7 +4,7 @@
 //! holds, and the order service starts on it. Restore refuses while the
 //! services use the database.
 
-mod common;
+use crate::common;
 
 use common::{get_json, place_order, post_json, takeout, Backend, TestEnv};
 use restaurant_system::modes::Mode;

@@ -1,7 +1,7 @@
 //! Order intake (issue 2) against the real servers, on both backends: the
 //! spec's orders and their messages, every validation rule, bad bodies, request
 //! ids, concurrency, health and the in-flight limit.
-mod common;
+use crate::common;
 
 use common::{
     eventually, get_all, get_json, header, place_order, post_json, queue_counts, raw_http,

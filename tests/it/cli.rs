@@ -1,6 +1,6 @@
 //! The real binary: help, usage errors, `validate`, `migrate`, worker
 //! registration (duplicate and stale names) and SIGTERM while cooking.
-mod common;
+use crate::common;
 
 use common::{
     eventually, get_all, get_json, notification_tap, queue_counts, wait_status, Backend, Proc,

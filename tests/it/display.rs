@@ -13,7 +13,7 @@
 //! 5. notes, modifiers and allergens reach the retained ticket;
 //! 6. with stations, each station's retained copy of an order lives while the
 //!    station has an open part of it, and item changes reach the change feed.
-mod common;
+use crate::common;
 
 use common::mosquitto::{free_port, spawn_and_wait};
 use common::{eventually, spec_orders, Backend, TestEnv};

@@ -4,7 +4,7 @@
 //! expired certificate fail; SIGHUP swaps the certificate while an open
 //! connection keeps its own.
 
-mod common;
+use crate::common;
 
 use common::*;
 use restaurant_system::modes::Mode;
@@ -313,4 +313,220 @@ async fn sighup_loads_a_new_certificate_and_open_connections_keep_theirs() {
 
     let st = proc.stop().await;
     assert!(st.success(), "{st:?}");
+}
+
+/// An MQTT 3.1.1 CONNECT packet with a user name and password.
+fn mqtt_connect(client: &str, user: &str, password: &str) -> Vec<u8> {
+    let field = |s: &str| {
+        let mut v = (s.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    };
+    let mut body = field("MQTT");
+    body.extend_from_slice(&[4, 0xC2, 0, 30]); // level 4; user, password, clean; keepalive 30 s
+    body.extend(field(client));
+    body.extend(field(user));
+    body.extend(field(password));
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// The kitchen display over HTTPS reaches the broker over `wss://` on the
+/// page's own origin: the tracking service passes `/mqtt` on to Mosquitto's
+/// WebSocket listener, and Mosquitto still checks the screen's account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screens_reach_the_broker_over_wss_on_the_pages_origin() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new(Backend::Sqlite);
+    let broker = common::mosquitto::SecureBroker::start(false);
+    let mut cfg = self_signed(&env);
+    cfg.mqtt.host = "127.0.0.1".into();
+    cfg.display.mqtt_ws_port = broker.ws_port;
+    let app = env.start_with(Mode::TrackingService, None, &cfg).await;
+    let port = port_of(&app.tracking_url());
+    // Mosquitto opens its WebSocket listener a moment after its MQTT one
+    // (which is what SecureBroker waits for).
+    eventually(
+        Duration::from_secs(10),
+        "Mosquitto's WebSocket listener",
+        || async { std::net::TcpStream::connect(("127.0.0.1", broker.ws_port)).ok() },
+    )
+    .await;
+
+    let connack = |user: &'static str, password: String| {
+        let ca = cfg.tls.dir.join("ca.crt");
+        async move {
+            let mut ws = KeptAlive::connect(port, &ca).await.stream;
+            ws.write_all(
+                b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+                  Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+            )
+            .await
+            .expect("send the upgrade");
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            let head_end = loop {
+                let n = tokio::time::timeout(Duration::from_secs(10), ws.read(&mut chunk))
+                    .await
+                    .expect("an answer to the upgrade")
+                    .expect("read");
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+            assert!(
+                head.starts_with("HTTP/1.1 101"),
+                "{}",
+                String::from_utf8_lossy(&buf)
+            );
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+                "{head}"
+            );
+            // One masked binary frame carrying the CONNECT.
+            let packet = mqtt_connect("tls-test", user, &password);
+            let mask = [0x12u8, 0x34, 0x56, 0x78];
+            let mut frame = vec![0x82, 0x80 | packet.len() as u8];
+            frame.extend_from_slice(&mask);
+            frame.extend(packet.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            ws.write_all(&frame).await.expect("send CONNECT");
+            let mut rest = buf.split_off(head_end);
+            while rest.len() < 6 {
+                let n = tokio::time::timeout(Duration::from_secs(10), ws.read(&mut chunk))
+                    .await
+                    .expect("a CONNACK within 10 s")
+                    .expect("read");
+                assert!(n > 0, "closed before the CONNACK");
+                rest.extend_from_slice(&chunk[..n]);
+            }
+            // Frame: binary, 4 bytes; MQTT: CONNACK, remaining 2, flags, return code.
+            assert_eq!(&rest[..5], &[0x82, 4, 0x20, 2, 0], "{rest:?}");
+            rest[5]
+        }
+    };
+    assert_eq!(
+        connack(
+            common::mosquitto::DISPLAY_USER,
+            broker.display_password.clone()
+        )
+        .await,
+        0,
+        "the screen's account is accepted through the pass-through"
+    );
+    assert_eq!(
+        connack(common::mosquitto::DISPLAY_USER, "wrong".into()).await,
+        5,
+        "Mosquitto still refuses a wrong password (5: not authorised)"
+    );
+    // The pairing form's settings carry the CA's fingerprint to compare.
+    let (rc, body, err) = curl(&[
+        "--cacert",
+        cfg.tls.dir.join("ca.crt").to_str().expect("utf-8"),
+        &format!("https://localhost:{port}/display/config.json"),
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let settings: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let ca = std::fs::read_to_string(cfg.tls.dir.join("ca.crt")).expect("CA");
+    assert_eq!(
+        settings["ca_fingerprint"],
+        restaurant_system::tls::ca::summary(&ca)
+            .expect("CA")
+            .fingerprint,
+        "{body}"
+    );
+    // A plain GET on /mqtt is a clear JSON refusal, not a hang.
+    let (rc, body, _) = curl(&[
+        "--cacert",
+        cfg.tls.dir.join("ca.crt").to_str().expect("utf-8"),
+        &format!("https://localhost:{port}/mqtt"),
+    ]);
+    assert_eq!(rc, 0);
+    assert!(body.contains("expected a WebSocket upgrade"), "{body}");
+    app.stop().await;
+}
+
+/// The display bridge reaches a broker on another host over MQTT with TLS
+/// (`[mqtt] tls`, `ca_file`), checking the broker's certificate; a broker
+/// whose certificate the CA file does not vouch for is never talked to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_talks_mqtt_over_tls_to_a_broker_it_trusts() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new(Backend::Sqlite);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Mosquitto started as root reads its files as its own user.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (ca, chain, key) = files_cert(dir.path(), "broker", 30);
+    let (other_ca, _, _) = files_cert(dir.path(), "other", 30);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (plain, tls_port) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("mosquitto.conf"),
+        format!(
+            "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+             log_dest stderr\nlog_type error\nlog_type warning\n\
+             listener {plain} 127.0.0.1\n\
+             listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            ca.display(),
+            chain.display(),
+            key.display()
+        ),
+    )
+    .expect("mosquitto.conf");
+    let mut broker = common::mosquitto::spawn_and_wait(dir.path(), plain);
+
+    let start = |ca_file: PathBuf| {
+        let mut cfg = env.cfg.clone();
+        cfg.mqtt.enabled = true;
+        cfg.mqtt.host = "localhost".into();
+        cfg.mqtt.port = tls_port;
+        cfg.mqtt.tls = true;
+        cfg.mqtt.ca_file = ca_file;
+        cfg.mqtt.client_id = format!("tls-bridge-{}", rand::random::<u32>());
+        cfg
+    };
+    let health = |url: String| async move {
+        let r = reqwest::get(format!("{url}/health")).await.ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        Some(v)
+    };
+
+    let app = env
+        .start_with(Mode::DisplayBridge, None, &start(ca.clone()))
+        .await;
+    let url = app.bridge_url();
+    let v = eventually(
+        Duration::from_secs(20),
+        "the bridge's MQTT link up over TLS",
+        || {
+            let url = url.clone();
+            async move {
+                health(url)
+                    .await
+                    .filter(|v| v["checks"]["mqtt"] == "healthy")
+            }
+        },
+    )
+    .await;
+    assert_eq!(v["checks"]["mqtt"], "healthy", "{v}");
+    app.stop().await;
+
+    // The same broker, but a CA that did not sign its certificate: no link.
+    let app = env
+        .start_with(Mode::DisplayBridge, None, &start(other_ca))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = health(app.bridge_url()).await.expect("health answers");
+    assert_ne!(
+        v["checks"]["mqtt"], "healthy",
+        "trusted a broker the CA file does not vouch for: {v}"
+    );
+    app.stop().await;
+    let _ = broker.kill();
+    let _ = broker.wait();
 }

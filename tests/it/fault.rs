@@ -6,23 +6,21 @@
 //! `Idempotency-Key`: every order is stored exactly once.
 //!
 //!   bash tests/fault/run.sh
-//!   cargo test --test fault -- --ignored --test-threads=1 --nocapture
+//!   cargo test --test it fault:: -- --ignored --test-threads=1 --nocapture
 //!
 //! The tests are `#[ignore]`d so that the ordinary `cargo test` stays fast:
-//! they start private servers (tests/fault/servers.rs) and the real binary as
-//! separate processes (tests/fault/harness.rs), take about a minute each, and
+//! they start private servers (tests/it/fault/servers.rs) and the real binary as
+//! separate processes (tests/it/fault/harness.rs), take about a minute each, and
 //! need root for the private RabbitMQ node. The servers they stop are always
 //! their own; the machine's shared PostgreSQL and RabbitMQ only lend a private
-//! database and vhost (tests/common) where a scenario does not restart them.
+//! database and vhost (tests/it/common) where a scenario does not restart them.
 //!
 //! Each scenario prints one summary line, e.g.
 //! `fault broker-restart [postgres]: placed=300 accepted=300 ready=300 lost=0 duplicate_transitions=0 ...`
 //! (also appended to target/tmp/fault-summary.txt); process logs are kept in
 //! target/tmp/fault-logs/<scenario>/.
-mod common;
-#[path = "fault/harness.rs"]
+use crate::common;
 mod harness;
-#[path = "fault/servers.rs"]
 mod servers;
 
 use common::{Backend, TestEnv};

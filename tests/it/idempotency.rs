@@ -4,7 +4,7 @@
 //! another body is a 422; concurrent requests with one key make one order;
 //! keys survive a restart, are per caller, and expire; a bad key is a 400; no
 //! key is today's intake.
-mod common;
+use crate::common;
 
 use common::{eventually, split, takeout, Backend, TestEnv};
 use restaurant_system::domain::access::{hash_token, token_from_bytes, Role};

@@ -14,7 +14,7 @@
 //!    display bridge's health port and the worker's and notifier's metrics
 //!    ports alike; the answer without one is the same 401 JSON as the API's;
 //! 4. `--mode=all` has one endpoint (the order service's port).
-mod common;
+use crate::common;
 
 use common::{place_order, spec_orders, takeout, wait_status, Backend, Proc, TestEnv};
 use restaurant_system::domain::OrderStatus;
