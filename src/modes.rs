@@ -431,6 +431,22 @@ impl<'a> Wiring<'a> {
         Ok(relay)
     }
 
+    /// Runs a broker consumer: its link joins the mode's, and start-up waits
+    /// until it is up.
+    async fn consume<F>(
+        &mut self,
+        link: &LinkState,
+        run: F,
+        waiting: &str,
+    ) -> Result<(), StartError>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.running.links.push(link.clone());
+        self.all.work.spawn(run);
+        services::ready(link, &self.shutdown, waiting).await
+    }
+
     async fn kitchen(&mut self, opts: &Options) -> Result<(), StartError> {
         let relay = self.relay().await?;
         if self.routing.is_some() {
@@ -476,16 +492,9 @@ impl<'a> Wiring<'a> {
         for k in kitchens {
             crate::process::metrics::worker_started(&k.cfg.name);
             let link = k.link.clone();
-            self.running.links.push(link.clone());
-            self.all
-                .work
-                .spawn(k.run(self.shutdown.clone()).instrument(span.clone()));
-            services::ready(
-                &link,
-                &self.shutdown,
-                "waiting for RabbitMQ (kitchen queues)",
-            )
-            .await?;
+            let run = k.run(self.shutdown.clone()).instrument(span.clone());
+            self.consume(&link, run, "waiting for RabbitMQ (kitchen queues)")
+                .await?;
             // The first worker's consumer answers for the process's health:
             // they all share one broker.
             if self.alone && self.consumer_link.is_none() {
@@ -548,16 +557,9 @@ impl<'a> Wiring<'a> {
             link: LinkState::new("notification subscriber", Peer::RabbitMq),
         };
         let link = sub.link.clone();
-        self.running.links.push(link.clone());
-        self.all
-            .work
-            .spawn(sub.run(self.shutdown.clone()).instrument(span.clone()));
-        services::ready(
-            &link,
-            &self.shutdown,
-            "waiting for RabbitMQ (notifications)",
-        )
-        .await?;
+        let run = sub.run(self.shutdown.clone()).instrument(span.clone());
+        self.consume(&link, run, "waiting for RabbitMQ (notifications)")
+            .await?;
         if self.alone {
             self.consumer_link = Some(link);
         }
