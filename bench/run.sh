@@ -4,6 +4,7 @@
 #   bash bench/run.sh            # full run (about 15-25 minutes), recorded in docs/BENCHMARKS.md
 #   bash bench/run.sh --short    # a few seconds per step (CI: scripts/test.sh runs it)
 #   bash bench/run.sh --one-core # only the one-core profile (bench/one-core.sh; a full run ends with it)
+#   bash bench/run.sh --pressure # only wrk overload, relay backlog and a flood (bench/pressure.sh; a full run has it)
 #
 # It installs and starts what it needs when missing (PostgreSQL with pgbench, RabbitMQ, Mosquitto;
 # see scripts/lib.sh), builds the release binary and the benchmark program (examples/bench), and
@@ -26,11 +27,13 @@ export RS_LOG_TAG="bench"
 
 short=0
 one_core=0
+pressure=0
 pass=()
 for arg in "$@"; do
     case "$arg" in
     --short) short=1 ;;
     --one-core) one_core=1 ;;
+    --pressure) pressure=1 ;;
     -h | --help)
         sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
         exit 0
@@ -78,6 +81,10 @@ one_core_args=()
 if [[ $one_core -eq 1 ]]; then
     exec bash bench/one-core.sh "${one_core_args[@]}"
 fi
+# Under pressure (issue 22): wrk -t2 -c64 10 s and a flood of 3,000 connections per backend.
+if [[ $pressure -eq 1 ]]; then
+    exec bash bench/pressure.sh
+fi
 
 # The program appends each pass's summary to a file of this run's; bench/record.sh then puts both
 # passes on top of the doc and adds their history lines.
@@ -104,6 +111,8 @@ if [[ $short -eq 0 && -n "$doc" ]]; then
     bash bench/record.sh "$run_md" "$doc"
 fi
 if [[ $short -eq 0 ]]; then
+    log "under pressure (bench/pressure.sh)"
+    bash bench/pressure.sh
     log "the one-core profile (bench/one-core.sh ${one_core_args[*]})"
     bash bench/one-core.sh "${one_core_args[@]}"
 fi

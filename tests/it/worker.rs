@@ -137,7 +137,24 @@ async fn specialised_worker(b: Backend) {
 /// Orders queued while no worker runs are cooked highest priority first
 /// (10, then 5, then 1), first come first served within a priority.
 async fn high_priority_first(b: Backend) {
+    priority_order(&TestEnv::new(b)).await
+}
+
+/// The same with the classic queue index version 2 that the .deb makes the
+/// box's RabbitMQ use (issue 21): priorities hold there too.
+async fn high_priority_first_v2_index(b: Backend) {
     let env = TestEnv::new(b);
+    env.classic_queue_version(2);
+    priority_order(&env).await;
+    // The policy `classic_queue_version` set: {"queue-version":2}.
+    assert_eq!(
+        env.queue_policy("kitchen_takeout_queue"),
+        "queue-version",
+        "the takeout queue ran under the index version 2 policy"
+    );
+}
+
+async fn priority_order(env: &TestEnv) {
     let mut cfg = env.cfg.clone();
     cfg.kitchen.cooking_seconds.takeout = 0.05;
     let orders = env.start_with(Mode::OrderService, None, &cfg).await;
@@ -511,6 +528,7 @@ backend_tests!(
     two_workers_in_one_process,
     specialised_worker,
     high_priority_first,
+    high_priority_first_v2_index,
     poison_messages,
     redelivered_after_ready,
     concurrent_duplicates,

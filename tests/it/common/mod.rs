@@ -175,6 +175,37 @@ impl TestEnv {
         }
     }
 
+    /// Makes this test's vhost keep its classic queues with index version `v`
+    /// (a policy, as `classic_queue.default_version` in rabbitmq.conf does for
+    /// the whole broker: the .deb ships version 2, issue 21). Call before the
+    /// queues are declared.
+    pub fn classic_queue_version(&self, v: u8) {
+        let definition = format!("{{\"queue-version\":{v}}}");
+        rabbitmqctl(&[
+            "set_policy",
+            "-p",
+            &self.vhost,
+            "--apply-to",
+            "queues",
+            "queue-version",
+            ".*",
+            &definition,
+        ])
+        .expect("setting the queue-version policy");
+    }
+
+    /// The name of the policy RabbitMQ applies to `queue` in this test's vhost.
+    pub fn queue_policy(&self, queue: &str) -> String {
+        let out = Command::new("rabbitmqctl")
+            .args(["-q", "list_queues", "-p", &self.vhost, "name", "policy"])
+            .output()
+            .expect("rabbitmqctl list_queues");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{queue}\t")).map(str::to_string))
+            .unwrap_or_default()
+    }
+
     /// Environment variables that make the real binary use this test's servers.
     pub fn env_vars(&self) -> Vec<(String, String)> {
         let c = &self.cfg;
