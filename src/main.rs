@@ -596,6 +596,13 @@ fn migrate(cfg: &Config) -> ExitCode {
     match runtime.block_on(storage::open(&cfg.database)) {
         Ok(store) => {
             println!("schema is up to date ({} backend)", store.backend());
+            if cfg.database.resolved_backend() == StorageBackend::Sqlite {
+                // Once, for a database too large to switch at a service's start.
+                if let Err(e) = storage::sqlite::reclaim_space(&cfg.database.sqlite_path) {
+                    eprintln!("restaurant-system: switching to incremental vacuum: {e}");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

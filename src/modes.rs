@@ -524,6 +524,10 @@ impl<'a> Wiring<'a> {
             auto_complete_after_minutes: cfg.display.auto_complete_after_minutes,
         };
         tasks.spawn(closer.run(store.clone(), move || relay.wake(), shutdown.clone()));
+        let retention = services::retention::Retention {
+            keep_days: cfg.retention.keep_days,
+        };
+        tasks.spawn(retention.run(store.clone(), shutdown.clone()));
         let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));
         self.running.order_addr = Some(self.listen(api, cfg.http.order_port).await?);
         Ok(())

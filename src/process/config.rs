@@ -26,6 +26,7 @@ pub struct Config {
     pub orders: OrdersConfig,
     pub business: BusinessConfig,
     pub backup: BackupConfig,
+    pub retention: RetentionConfig,
     pub http: HttpConfig,
     pub security: SecurityConfig,
     pub metrics: MetricsConfig,
@@ -445,6 +446,22 @@ impl Default for BackupConfig {
     }
 }
 
+/// How long orders are kept (issue 26): older ones are deleted by the order
+/// service's daily purge, so the database never fills the disk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Orders created more than this many days ago are deleted, with
+    /// everything that belongs to them; 0 keeps every order forever.
+    pub keep_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { keep_days: 400 }
+    }
+}
+
 /// The restaurant's business day (issue 26, `domain::business_day`): the order
 /// number's date and the speed report's default range.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -485,6 +502,8 @@ impl BusinessConfig {
 
 /// The longest `orders.idempotency_ttl_seconds` accepted: 30 days.
 pub const MAX_IDEMPOTENCY_TTL: u64 = 30 * 86_400;
+/// The longest `retention.keep_days` (100 years); 0 keeps orders forever.
+pub const MAX_KEEP_DAYS: u32 = 36_500;
 
 /// Who may call the HTTP APIs (issue 11, docs/security.md).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -796,6 +815,12 @@ impl Config {
             return bad(
                 "backup.keep must be at least 1 and backup.directory must not be empty".into(),
             );
+        }
+        if self.retention.keep_days > MAX_KEEP_DAYS {
+            return bad(format!(
+                "retention.keep_days must be at most {MAX_KEEP_DAYS} (0 keeps orders forever), got {}",
+                self.retention.keep_days
+            ));
         }
         if self.http.max_concurrent == 0 {
             return bad("http.max_concurrent must be at least 1".into());

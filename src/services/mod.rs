@@ -11,6 +11,7 @@ pub mod kitchen;
 pub mod metrics_port;
 pub mod notifier;
 pub mod order_api;
+pub mod retention;
 pub mod tracking_api;
 
 use crate::link::supervise::LinkState;

@@ -717,7 +717,24 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// status-log row), None on an empty database: the clock cannot be
     /// earlier than that (`domain::clock`). Two index lookups.
     async fn newest_change(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Retention (issue 26): deletes up to `limit` of the oldest orders created
+    /// before `before`, with their items, status history, parts and part
+    /// history, and the outbox rows written before `before`, in one short
+    /// transaction. Returns how many orders went; fewer than `limit` means none
+    /// older is left. SQLite then hands the freed pages back to the file
+    /// system (incremental vacuum, migration 007).
+    async fn purge_orders(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
 }
+
+/// The tables whose rows belong to an order (`order_id`), emptied by
+/// `Store::purge_orders` before the orders themselves.
+const ORDER_CHILD_TABLES: [&str; 4] = [
+    "order_items",
+    "order_status_log",
+    "order_item_stations",
+    "order_item_events",
+];
 
 /// `Store::newest_change`, the same on both backends.
 const NEWEST_CHANGE_SQL: &str = "select max(t) from (\

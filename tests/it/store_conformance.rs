@@ -593,7 +593,76 @@ async fn tickets_clear_themselves(b: Backend) {
     );
 }
 
+/// Issue 26: retention. `purge_orders` deletes the oldest orders created
+/// before the cut-off, a batch at a time, with their items and history (no
+/// row is left pointing at a deleted order); newer orders are untouched. On
+/// SQLite a new database gives the space back (auto_vacuum = INCREMENTAL).
+async fn purge_deletes_old_orders_in_batches(b: Backend) {
+    let env = TestEnv::new(b);
+    let store = env.open_store().await;
+    let old = at(0);
+    let cutoff = old + chrono::Duration::days(1);
+    let mut numbers = Vec::new();
+    for (i, t) in [0, 1, 2, 3, 4, 2 * 86_400_000, 3 * 86_400_000]
+        .into_iter()
+        .enumerate()
+    {
+        let t = at(t + i as i64);
+        let n = store
+            .create_order(&takeout("Ann"), "rid", t, t.date_naive())
+            .await
+            .unwrap()
+            .order_number;
+        applied(&store, &change(&n, Cooking, "chef", t)).await;
+        numbers.push(n);
+    }
+    let (gone, kept) = numbers.split_at(5);
+    let mut batches = Vec::new();
+    loop {
+        let n = store.purge_orders(cutoff, 2).await.expect("purge");
+        batches.push(n);
+        if n < 2 {
+            break;
+        }
+    }
+    assert_eq!(batches, [2, 2, 1]);
+    for n in gone {
+        assert!(
+            store.order(n).await.unwrap().is_none(),
+            "{n} is still there"
+        );
+        assert!(store.history(n).await.unwrap().is_none(), "{n}'s history");
+    }
+    for n in kept {
+        let o = store.order(n).await.unwrap().expect("a newer order stays");
+        assert_eq!(o.status, Cooking);
+        assert_eq!(store.history(n).await.unwrap().unwrap().len(), 2);
+    }
+    assert_eq!(store.purge_orders(cutoff, 2).await.unwrap(), 0);
+    let orphans =
+        "select (select count(*) from order_items where order_id not in (select id from orders)) \
+         + (select count(*) from order_status_log where order_id not in (select id from orders))";
+    match b {
+        Backend::Sqlite => {
+            let c = rusqlite::Connection::open(&env.cfg.database.sqlite_path).unwrap();
+            let n: i64 = c.query_row(orphans, [], |r| r.get(0)).unwrap();
+            assert_eq!(n, 0);
+            let mode: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).unwrap();
+            assert_eq!(mode, 2, "a new database is INCREMENTAL");
+            let free: i64 = c
+                .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(free, 0, "the freed pages went back to the file system");
+        }
+        Backend::Postgres => {
+            let db = env.pg_db.as_deref().unwrap();
+            assert_eq!(common::pg_query(db, orphans).unwrap(), "0");
+        }
+    }
+}
+
 backend_tests!(
+    purge_deletes_old_orders_in_batches,
     tickets_clear_themselves,
     business_day_numbers_stay_unique_and_in_order,
     create_and_read_back,

@@ -400,3 +400,42 @@ pub(super) fn ticket_times(
     .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
     .map_err(sql_err)
 }
+
+/// `Store::purge_orders`: the oldest `limit` orders created before `before`
+/// and what belongs to them, then the freed pages back to the file system.
+pub(super) fn purge(c: &Connection, before: &str, limit: u32) -> Result<u64, StoreError> {
+    c.execute_batch(
+        "create temp table if not exists purge_ids (id integer primary key); delete from temp.purge_ids;",
+    )
+    .map_err(sql_err)?;
+    c.prepare_cached(
+        "insert into temp.purge_ids select id from orders where created_at < ?1 order by created_at limit ?2",
+    )
+    .and_then(|mut st| st.execute(params![before, limit]))
+    .map_err(sql_err)?;
+    for t in ORDER_CHILD_TABLES {
+        c.prepare_cached(&format!(
+            "delete from {t} where order_id in (select id from temp.purge_ids)"
+        ))
+        .and_then(|mut st| st.execute([]))
+        .map_err(sql_err)?;
+    }
+    let n = c
+        .prepare_cached("delete from orders where id in (select id from temp.purge_ids)")
+        .and_then(|mut st| st.execute([]))
+        .map_err(sql_err)?;
+    c.prepare_cached("delete from outbox where created_at < ?1")
+        .and_then(|mut st| st.execute([before]))
+        .map_err(sql_err)?;
+    if n > 0 {
+        // Only with auto_vacuum = INCREMENTAL (`pool::reclaim_space`); else
+        // SQLite keeps the pages and reuses them for new orders. Each step
+        // frees one page: stepped to the end.
+        let mut st = c
+            .prepare_cached("PRAGMA incremental_vacuum")
+            .map_err(sql_err)?;
+        let mut rows = st.query([]).map_err(sql_err)?;
+        while rows.next().map_err(sql_err)?.is_some() {}
+    }
+    Ok(n as u64)
+}

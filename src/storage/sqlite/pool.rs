@@ -135,3 +135,53 @@ pub(super) fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<(),
         }
     }
 }
+
+/// Databases up to this size are switched to incremental vacuum when a service
+/// opens them (a VACUUM of that many bytes takes seconds); a larger one only by
+/// `restaurant-system migrate` (`reclaim_space`), with the services stopped.
+pub(super) const RECLAIM_AT_START_MAX_BYTES: u64 = 256 << 20;
+
+/// Makes the file give deleted orders' pages back to the file system
+/// (`auto_vacuum = INCREMENTAL`, then `PRAGMA incremental_vacuum` after each
+/// purge: `Store::purge_orders`). A database that has no table yet takes the
+/// setting at once; an existing one needs a VACUUM (a rewrite of the whole
+/// file, needing as much free disk again), done when it is at most `max_bytes`
+/// (None: any size). Returns whether the file now reclaims space. Until then
+/// SQLite reuses the freed pages for new orders: the file stops growing but
+/// does not shrink.
+pub(super) fn reclaim_space(conn: &Connection, max_bytes: Option<u64>) -> Result<bool, StoreError> {
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .map_err(sql_err)?;
+    if mode == 2 {
+        return Ok(true);
+    }
+    let tables: i64 = conn
+        .query_row("select count(*) from sqlite_master", [], |r| r.get(0))
+        .map_err(sql_err)?;
+    if tables == 0 {
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+            .map_err(sql_err)?;
+        return Ok(true);
+    }
+    let bytes: i64 = conn
+        .query_row(
+            "select page_count * page_size from pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    if max_bytes.is_some_and(|m| bytes as u64 > m) {
+        return Ok(false);
+    }
+    let started = Instant::now();
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+        .map_err(sql_err)?;
+    tracing::info!(
+        action = "sqlite_reclaim_enabled",
+        bytes,
+        seconds = started.elapsed().as_secs_f64(),
+        "The database now gives deleted orders' space back (VACUUM done once)"
+    );
+    Ok(true)
+}
