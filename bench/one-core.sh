@@ -16,7 +16,7 @@
 #     p99 <= 10 ms, POST -> retained MQTT p50/p99 at 20/s (a dinner rush) and 100/s.
 # --stock runs the servers with Debian's default settings; the default is the frugal settings
 # shipped in packaging/small-box/ and packaging/mosquitto/ (docs/install.md, "A small box"). Figures go to stdout, to
-# target/bench/one-core-PROFILE/one-core.json and, with --doc, appended to that file.
+# target/bench/one-core-PROFILE/one-core.json and, with --doc, recorded in that file (bench/record.sh).
 # Needs root (the servers run as their own users) and at least 2 CPUs.
 set -euo pipefail
 
@@ -361,7 +361,7 @@ md=$(jq -r '
     ""' <<<"$summary")
 printf '\n%s\n' "$md"
 if [[ -n "$doc" ]]; then
-    printf '\n%s\n' "$md" >>"$doc"
-    log "summary appended to $doc"
+    printf '%s\n' "$md" >"$out/one-core-summary.md"
+    bash bench/record.sh "$out/one-core-summary.md" "$doc"
 fi
 log "JSON written to $out/one-core.json"

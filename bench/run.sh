@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark (issue 7), one command:
 #
-#   bash bench/run.sh            # full run (about 15-25 minutes), appends to docs/BENCHMARKS.md
+#   bash bench/run.sh            # full run (about 15-25 minutes), recorded in docs/BENCHMARKS.md
 #   bash bench/run.sh --short    # a few seconds per step (CI: scripts/test.sh runs it)
 #   bash bench/run.sh --one-core # only the one-core profile (bench/one-core.sh; a full run ends with it)
 #   bash bench/run.sh --pressure # only wrk overload, relay backlog and a flood (bench/pressure.sh; a full run has it)
@@ -11,13 +11,13 @@
 # runs it twice: for PostgreSQL and then SQLite, the limit the machine gives (bench/order_tx.sql
 # through pgbench; the library SQLite store, one order at a time), then the real binary on a fresh database and a fresh RabbitMQ
 # vhost under open-loop load: first with --mode=all, then the intake alone (--intake-only). Figures are printed, written as JSON to target/bench/ and,
-# for a full run, appended to docs/BENCHMARKS.md. It asserts nothing about speed; it fails only when
+# for a full run, recorded in docs/BENCHMARKS.md by bench/record.sh (the latest run on top, a line of history). It asserts nothing about speed; it fails only when
 # it could not measure. Any other flag is passed to the program (see
 # `target/release/examples/bench --help`), e.g. --backends sqlite, --rates 100,500, --step-seconds 5.
 #
 # Environment (all optional): TEST_PG_HOST/PORT/USER/PASSWORD, TEST_RABBITMQ_HOST/PORT/USER/PASSWORD,
 # TEST_MQTT_HOST/PORT (defaults: the local servers), BENCH_NOTE (recorded with the run),
-# BENCH_DOC (where a full run appends its summary; empty: nowhere).
+# BENCH_DOC (where a full run is recorded; empty: nowhere).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -73,9 +73,11 @@ fi
 export BENCH_COMMIT="$commit"
 
 # The one-core profile (issue 15): the servers and the daemon on one CPU, the load on the other.
+# It records itself (bench/one-core.sh --doc goes through bench/record.sh).
+doc="${BENCH_DOC-docs/BENCHMARKS.md}"
 one_core_args=()
 [[ $short -eq 1 ]] && one_core_args+=(--short)
-[[ $short -eq 0 && -n "${BENCH_DOC-docs/BENCHMARKS.md}" ]] && one_core_args+=(--doc "${BENCH_DOC-docs/BENCHMARKS.md}")
+[[ $short -eq 0 && -n "$doc" ]] && one_core_args+=(--doc "$doc")
 if [[ $one_core -eq 1 ]]; then
     exec bash bench/one-core.sh "${one_core_args[@]}"
 fi
@@ -84,12 +86,16 @@ if [[ $pressure -eq 1 ]]; then
     exec bash bench/pressure.sh
 fi
 
+# The program appends each pass's summary to a file of this run's; bench/record.sh then puts both
+# passes on top of the doc and adds their history lines.
+mkdir -p target/bench
+run_md=target/bench/run-summary.md
+rm -f "$run_md"
 args=(--bin target/release/restaurant-system --out target/bench --pgbench-script bench/order_tx.sql)
 if [[ $short -eq 1 ]]; then
     args+=(--short)
-else
-    doc="${BENCH_DOC-docs/BENCHMARKS.md}"
-    [[ -n "$doc" ]] && args+=(--doc "$doc")
+elif [[ -n "$doc" ]]; then
+    args+=(--doc "$run_md")
 fi
 # Two passes, each with the limits of its own moment: the whole system (--mode=all: intake, kitchen
 # at cooking time 0, notifier, display bridge in one process), then the intake alone
@@ -101,6 +107,9 @@ intake=(--intake-only)
 [[ $short -eq 1 ]] && intake+=(--rates 500,1000 --burst 100)
 log "target/release/examples/bench ${args[*]} ${intake[*]} ${pass[*]:-}"
 target/release/examples/bench "${args[@]}" "${intake[@]}" "${pass[@]}"
+if [[ $short -eq 0 && -n "$doc" ]]; then
+    bash bench/record.sh "$run_md" "$doc"
+fi
 if [[ $short -eq 0 ]]; then
     log "under pressure (bench/pressure.sh)"
     bash bench/pressure.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # POST /orders over HTTPS beside plain HTTP (issue 27), with wrk:
 #
-#   bash bench/tls.sh             # 10 s per run; prints a table, appends it to docs/BENCHMARKS.md
+#   bash bench/tls.sh             # 10 s per run; prints a table, records it in docs/BENCHMARKS.md (bench/record.sh)
 #   BENCH_SECONDS=3 BENCH_DOC= bash bench/tls.sh    # shorter, and written nowhere
 #
 # One order service (release build, SQLite in a temp dir, no broker: orders wait in the outbox,
@@ -85,10 +85,11 @@ load=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "$table"
 echo "load average during the run: $load ($(nproc) cores)"
 if [[ -n "$doc" ]]; then
+    mkdir -p target/bench
     {
-        printf '\n## HTTPS beside plain HTTP (bench/tls.sh, %s, %s)\n\n' "$(date -u +%Y-%m-%d)" "$(git rev-parse --short HEAD)"
+        printf '### %s · HTTPS beside plain HTTP (bench/tls.sh) · commit %s\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(git rev-parse --short HEAD)"
         echo "$table"
         printf '\nOne order service on SQLite, TLS 1.3 (rustls, ECDSA P-256), load average %s on %s cores.\n' "$load" "$(nproc)"
-    } >>"$doc"
-    log "appended to $doc"
+    } >target/bench/tls-summary.md
+    bash bench/record.sh target/bench/tls-summary.md "$doc"
 fi

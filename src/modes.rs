@@ -236,6 +236,40 @@ pub async fn start(
     }
 }
 
+/// A part of a mode: what `start` brings up for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Kitchen workers: register, then consume their queues. None with
+    /// `[stations]`: the cooks bump items instead (docs/architecture.md;
+    /// `main` refuses `--mode=kitchen-worker` then).
+    Kitchen,
+    /// The order service's API, its clock watch and its closer.
+    OrderApi,
+    TrackingApi,
+    Notifier,
+    /// The display bridge; in `All` only with `[mqtt] enabled`.
+    DisplayBridge,
+}
+
+impl Mode {
+    /// What each mode runs, in start order: workers first, so that a duplicate
+    /// name fails before anything listens. A mode with a part that writes
+    /// (the kitchen, the order API) also runs the outbox relay; a mode of one
+    /// part serves that part's `GET /metrics` (the kitchen and the notifier on
+    /// their `[metrics] port`), `All` only the order API's.
+    fn parts(self) -> &'static [Part] {
+        use Part::*;
+        match self {
+            Mode::OrderService => &[OrderApi],
+            Mode::KitchenWorker => &[Kitchen],
+            Mode::TrackingService => &[TrackingApi],
+            Mode::NotificationSubscriber => &[Notifier],
+            Mode::DisplayBridge => &[DisplayBridge],
+            Mode::All => &[Kitchen, OrderApi, TrackingApi, Notifier, DisplayBridge],
+        }
+    }
+}
+
 async fn start_parts(
     mode: Mode,
     cfg: &Config,
@@ -244,76 +278,145 @@ async fn start_parts(
     store: SharedStore,
     all: &Tasks,
 ) -> Result<Running, StartError> {
-    let shutdown = shutdown.clone();
-    let tasks = all.work.clone();
-    let mut running = Running {
-        order_addr: None,
-        tracking_addr: None,
-        bridge_addr: None,
-        metrics_addr: None,
-        store: store.clone(),
-        tasks: all.clone(),
-        links: Vec::new(),
-    };
-    let limits = Limits {
-        max_concurrent: cfg.http.max_concurrent,
-        queue_timeout: Duration::from_millis(cfg.http.queue_timeout_ms),
-        max_connections: cfg.http.max_connections,
-        body_limit: cfg.http.body_limit_bytes,
-        timeout: Duration::from_secs(cfg.http.request_timeout_seconds.max(1)),
-    };
-    // Every listener of the process serves the same certificate (issue 27).
-    let tls = Tls::start(&cfg.tls)?;
-    if let Some(t) = &tls {
-        t.spawn_reloader(shutdown.clone());
+    let mut w = Wiring::new(mode, cfg, shutdown, store, all)?;
+    for part in mode.parts() {
+        match part {
+            Part::Kitchen => w.kitchen(&opts).await?,
+            Part::OrderApi => w.order_api().await?,
+            Part::TrackingApi => w.tracking_api().await?,
+            Part::Notifier => w.notifier().await?,
+            Part::DisplayBridge => w.display_bridge().await?,
+        }
     }
-    let bind = |port: u16| -> SocketAddr {
+    w.metrics_port().await?;
+    Ok(w.running)
+}
+
+/// What the parts of one process share while `start_parts` brings them up.
+struct Wiring<'a> {
+    cfg: &'a Config,
+    mode: Mode,
+    /// The mode runs one part, which then serves its own `GET /metrics`.
+    alone: bool,
+    store: SharedStore,
+    shutdown: CancellationToken,
+    all: &'a Tasks,
+    limits: Limits,
+    /// Every listener of the process serves the same certificate (issue 27).
+    tls: Option<Tls>,
+    /// One per process: the order and tracking APIs share its token cache and
+    /// its record of failed attempts.
+    guard: Arc<http::auth::Guard>,
+    /// `[stations]`: items routed to stations.
+    routing: Option<Arc<crate::domain::stations::Routing>>,
+    /// The outbox relay, started by the first part that writes.
+    relay: Option<Relay>,
+    /// The consumer of a mode without HTTP, for its metrics port's `/health`.
+    consumer_link: Option<LinkState>,
+    running: Running,
+}
+
+impl<'a> Wiring<'a> {
+    fn new(
+        mode: Mode,
+        cfg: &'a Config,
+        shutdown: &CancellationToken,
+        store: SharedStore,
+        all: &'a Tasks,
+    ) -> Result<Self, StartError> {
+        let tls = Tls::start(&cfg.tls)?;
+        if let Some(t) = &tls {
+            t.spawn_reloader(shutdown.clone());
+        }
+        let guard = http::auth::Guard::new(
+            store.clone(),
+            http::auth::AuthSettings {
+                policy: crate::domain::access::Policy {
+                    anonymous_loopback: cfg.security.anonymous_loopback,
+                },
+                allowed_origins: cfg.security.allowed_origins.clone(),
+                display_port: cfg.http.tracking_port,
+            },
+        );
+        all.work.spawn(services::metrics_port::probe(
+            store.clone(),
+            shutdown.clone(),
+        ));
+        Ok(Wiring {
+            cfg,
+            mode,
+            alone: mode.parts().len() == 1,
+            store: store.clone(),
+            shutdown: shutdown.clone(),
+            all,
+            limits: Limits {
+                max_concurrent: cfg.http.max_concurrent,
+                queue_timeout: Duration::from_millis(cfg.http.queue_timeout_ms),
+                max_connections: cfg.http.max_connections,
+                body_limit: cfg.http.body_limit_bytes,
+                timeout: Duration::from_secs(cfg.http.request_timeout_seconds.max(1)),
+            },
+            guard,
+            routing: cfg.routing().map(Arc::new),
+            relay: None,
+            consumer_link: None,
+            running: Running {
+                order_addr: None,
+                tracking_addr: None,
+                bridge_addr: None,
+                metrics_addr: None,
+                store,
+                tasks: all.clone(),
+                links: Vec::new(),
+            },
+            tls,
+        })
+    }
+
+    fn bind(&self, port: u16) -> SocketAddr {
         // Config::check rejects an address that does not parse; a Config built
         // in code that skipped it gets the narrowest bind, never a wider one.
-        let ip = cfg
+        let ip = self
+            .cfg
             .http
             .bind
             .trim()
             .parse()
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
         SocketAddr::new(ip, port)
-    };
-    // One guard per process: the order and tracking APIs share its token cache
-    // and its record of failed attempts.
-    let guard = http::auth::Guard::new(
-        store.clone(),
-        http::auth::AuthSettings {
-            policy: crate::domain::access::Policy {
-                anonymous_loopback: cfg.security.anonymous_loopback,
-            },
-            allowed_origins: cfg.security.allowed_origins.clone(),
-            display_port: cfg.http.tracking_port,
-        },
-    );
-    tasks.spawn(services::metrics_port::probe(
-        store.clone(),
-        shutdown.clone(),
-    ));
-    let writes = matches!(mode, Mode::OrderService | Mode::KitchenWorker | Mode::All);
-    let relay = writes.then(|| {
-        Relay::new(
-            store.clone(),
-            cfg.rabbitmq.clone(),
-            &format!("{} relay", mode.service_name()),
-        )
-    });
-    if let Some(relay) = &relay {
-        running.links.push(relay.link());
-        let r = relay.clone();
-        all.relay.spawn(
-            r.run(all.relay_stop.clone())
-                .instrument(service_span(mode.service_name())),
+    }
+
+    async fn listen(&self, api: Api, port: u16) -> Result<SocketAddr, StartError> {
+        let addr = self.bind(port);
+        api.listen(addr, self.limits, &self.tls, &self.shutdown, &self.all.work)
+            .await
+    }
+
+    /// The outbox relay of the process's writing parts: started (on its own
+    /// task tracker, which stops last) by the first of them to ask.
+    async fn relay(&mut self) -> Result<Relay, StartError> {
+        if let Some(relay) = &self.relay {
+            return Ok(relay.clone());
+        }
+        let service = self.mode.service_name();
+        let relay = Relay::new(
+            self.store.clone(),
+            self.cfg.rabbitmq.clone(),
+            &format!("{service} relay"),
+        );
+        self.relay = Some(relay.clone());
+        self.running.links.push(relay.link());
+        self.all.relay.spawn(
+            relay
+                .clone()
+                .run(self.all.relay_stop.clone())
+                .instrument(service_span(service)),
         );
         // Ready means connected to the broker too, when it is there. When it is
         // not, the order service still starts: orders wait in the outbox.
         let connected = tokio::time::timeout(
             RELAY_CONNECT_WAIT,
-            services::ready(&relay.link(), &shutdown, "waiting for RabbitMQ"),
+            services::ready(&relay.link(), &self.shutdown, "waiting for RabbitMQ"),
         )
         .await;
         if let Ok(Err(e)) = connected {
@@ -325,15 +428,30 @@ async fn start_parts(
                 "Starting without RabbitMQ; orders are kept in the outbox until it is reachable"
             );
         }
+        Ok(relay)
     }
 
-    // The consumer of a mode without HTTP, for its metrics port's `/health`.
-    let mut consumer_link = None;
-    // Workers first: a duplicate name must fail before anything else listens.
-    let routing = cfg.routing().map(Arc::new);
-    // With stations the cooks bump items: no worker cooks whole orders on a
-    // timer (docs/architecture.md; `main` refuses --mode=kitchen-worker then).
-    if matches!(mode, Mode::KitchenWorker | Mode::All) && routing.is_none() {
+    /// Runs a broker consumer: its link joins the mode's, and start-up waits
+    /// until it is up.
+    async fn consume<F>(
+        &mut self,
+        link: &LinkState,
+        run: F,
+        waiting: &str,
+    ) -> Result<(), StartError>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.running.links.push(link.clone());
+        self.all.work.spawn(run);
+        services::ready(link, &self.shutdown, waiting).await
+    }
+
+    async fn kitchen(&mut self, opts: &Options) -> Result<(), StartError> {
+        let relay = self.relay().await?;
+        if self.routing.is_some() {
+            return Ok(());
+        }
         let span = service_span(kitchen::SERVICE);
         let mut workers = opts.workers.clone();
         if workers.is_empty() {
@@ -342,12 +460,13 @@ async fn start_parts(
                 order_types: Vec::new(),
                 prefetch: 1,
                 heartbeat: Duration::from_secs(30),
-                cooking: cfg.kitchen.cooking_seconds,
+                cooking: self.cfg.kitchen.cooking_seconds,
             });
         }
+        let store = &self.store;
         let mut kitchens: Vec<Kitchen> = Vec::new();
         for wcfg in workers {
-            let lease = match kitchen::register(&store, &wcfg)
+            let lease = match kitchen::register(store, &wcfg)
                 .instrument(span.clone())
                 .await
             {
@@ -363,8 +482,8 @@ async fn start_parts(
             kitchens.push(Kitchen {
                 cfg: wcfg,
                 store: store.clone(),
-                rabbit: cfg.rabbitmq.clone(),
-                relay: relay.clone().expect("writing modes have a relay"),
+                rabbit: self.cfg.rabbitmq.clone(),
+                relay: relay.clone(),
                 link: LinkState::new("kitchen consumer", Peer::RabbitMq),
                 poison: Default::default(),
                 lease,
@@ -373,73 +492,80 @@ async fn start_parts(
         for k in kitchens {
             crate::process::metrics::worker_started(&k.cfg.name);
             let link = k.link.clone();
-            running.links.push(link.clone());
-            tasks.spawn(k.run(shutdown.clone()).instrument(span.clone()));
-            services::ready(&link, &shutdown, "waiting for RabbitMQ (kitchen queues)").await?;
+            let run = k.run(self.shutdown.clone()).instrument(span.clone());
+            self.consume(&link, run, "waiting for RabbitMQ (kitchen queues)")
+                .await?;
             // The first worker's consumer answers for the process's health:
             // they all share one broker.
-            if mode == Mode::KitchenWorker && consumer_link.is_none() {
-                consumer_link = Some(link);
+            if self.alone && self.consumer_link.is_none() {
+                self.consumer_link = Some(link);
             }
         }
+        Ok(())
     }
-    if matches!(mode, Mode::OrderService | Mode::All) {
+
+    async fn order_api(&mut self) -> Result<(), StartError> {
+        let relay = self.relay().await?;
+        let (cfg, store, shutdown) = (self.cfg, &self.store, &self.shutdown);
         crate::process::metrics::order_service_started();
         let api = OrderApi {
             store: store.clone(),
-            relay: relay.clone().expect("writing modes have a relay"),
-            guard: guard.clone(),
+            relay: relay.clone(),
+            guard: self.guard.clone(),
             idempotency: order_api::Idempotency::new(cfg.orders.idempotency_ttl_seconds),
-            routing: routing.clone(),
+            routing: self.routing.clone(),
             business: cfg.business.rule()?,
-            clock: clock_floor(&store).await?,
+            clock: clock_floor(store).await?,
         };
+        let tasks = &self.all.work;
         tasks.spawn(order_api::watch_clock(api.clock.clone(), shutdown.clone()));
         let closer = services::closer::Closer {
             business: api.business.clone(),
             auto_complete_after_minutes: cfg.display.auto_complete_after_minutes,
         };
-        let relay = api.relay.clone();
         tasks.spawn(closer.run(store.clone(), move || relay.wake(), shutdown.clone()));
         let retention = services::retention::Retention {
             keep_days: cfg.retention.keep_days,
         };
         tasks.spawn(retention.run(store.clone(), shutdown.clone()));
-        let addr = bind(cfg.http.order_port);
         let api = Api(order_api::SERVICE, "Order Service", Arc::new(api));
-        running.order_addr = Some(api.listen(addr, limits, &tls, &shutdown, &tasks).await?);
+        self.running.order_addr = Some(self.listen(api, cfg.http.order_port).await?);
+        Ok(())
     }
-    if matches!(mode, Mode::TrackingService | Mode::All) {
+
+    async fn tracking_api(&mut self) -> Result<(), StartError> {
+        let cfg = self.cfg;
         let api = TrackingApi {
-            store: store.clone(),
+            store: self.store.clone(),
             display: cfg.display.clone(),
             mqtt_prefix: cfg.mqtt.topic_prefix.clone(),
             mqtt_site: cfg.mqtt.site.clone(),
-            guard: guard.clone(),
-            metrics: mode == Mode::TrackingService,
-            routing: routing.clone(),
-            business: cfg.business.rule()?,
             mqtt_ws: format!("{}:{}", cfg.mqtt.host, cfg.display.mqtt_ws_port),
-            tls: tls.clone(),
+            tls: self.tls.clone(),
+            guard: self.guard.clone(),
+            metrics: self.alone,
+            routing: self.routing.clone(),
+            business: cfg.business.rule()?,
         };
-        let addr = bind(cfg.http.tracking_port);
         let api = Api(tracking_api::SERVICE, "Tracking Service", Arc::new(api));
-        let bound = api.listen(addr, limits, &tls, &shutdown, &tasks).await?;
-        running.tracking_addr = Some(bound);
-        guard.set_display_port(bound.port());
+        let bound = self.listen(api, cfg.http.tracking_port).await?;
+        self.running.tracking_addr = Some(bound);
+        self.guard.set_display_port(bound.port());
+        Ok(())
     }
-    if matches!(mode, Mode::NotificationSubscriber | Mode::All) {
+
+    async fn notifier(&mut self) -> Result<(), StartError> {
         let span = service_span(notifier::SERVICE);
         let sub = Subscriber {
-            rabbit: cfg.rabbitmq.clone(),
+            rabbit: self.cfg.rabbitmq.clone(),
             link: LinkState::new("notification subscriber", Peer::RabbitMq),
         };
         let link = sub.link.clone();
-        running.links.push(link.clone());
-        tasks.spawn(sub.run(shutdown.clone()).instrument(span.clone()));
-        services::ready(&link, &shutdown, "waiting for RabbitMQ (notifications)").await?;
-        if mode == Mode::NotificationSubscriber {
-            consumer_link = Some(link);
+        let run = sub.run(self.shutdown.clone()).instrument(span.clone());
+        self.consume(&link, run, "waiting for RabbitMQ (notifications)")
+            .await?;
+        if self.alone {
+            self.consumer_link = Some(link);
         }
         span.in_scope(|| {
             tracing::info!(
@@ -447,43 +573,51 @@ async fn start_parts(
                 "Notification subscriber started"
             )
         });
+        Ok(())
     }
-    if mode == Mode::DisplayBridge || (mode == Mode::All && cfg.mqtt.enabled) {
+
+    async fn display_bridge(&mut self) -> Result<(), StartError> {
+        // `--mode=all` bridges to MQTT only when asked to; the bridge's own
+        // mode always does.
+        if !self.alone && !self.cfg.mqtt.enabled {
+            return Ok(());
+        }
         let span = service_span(display::SERVICE);
-        let addr = bind(cfg.http.bridge_port);
         let edge = display::Edge {
-            guard: guard.clone(),
-            metrics: mode == Mode::DisplayBridge,
-            tls: tls.clone(),
+            guard: self.guard.clone(),
+            metrics: self.alone,
+            tls: self.tls.clone(),
         };
         let (bridge, links) = display::start(
-            cfg,
-            store.clone(),
-            addr,
-            limits,
+            self.cfg,
+            self.store.clone(),
+            self.bind(self.cfg.http.bridge_port),
+            self.limits,
             edge,
-            shutdown.clone(),
-            &tasks,
+            self.shutdown.clone(),
+            &self.all.work,
         )
         .instrument(span)
         .await?;
-        running.bridge_addr = Some(bridge);
-        running.links.extend(links);
+        self.running.bridge_addr = Some(bridge);
+        self.running.links.extend(links);
+        Ok(())
     }
-    // The modes without HTTP get a metrics listener when asked for one.
-    if let (Some(port), Some(rabbit)) = (cfg.metrics.port, consumer_link) {
-        let service = mode.service_name();
+
+    /// The modes without HTTP get a metrics listener when asked for one.
+    async fn metrics_port(&mut self) -> Result<(), StartError> {
+        let (Some(port), Some(rabbit)) = (self.cfg.metrics.port, self.consumer_link.take()) else {
+            return Ok(());
+        };
+        let service = self.mode.service_name();
         let routes = services::metrics_port::MetricsPort {
             service,
-            store: store.clone(),
+            store: self.store.clone(),
             rabbit,
-            guard: guard.clone(),
+            guard: self.guard.clone(),
         };
         let api = Api(service, "Metrics endpoint", Arc::new(routes));
-        running.metrics_addr = Some(
-            api.listen(bind(port), limits, &tls, &shutdown, &tasks)
-                .await?,
-        );
+        self.running.metrics_addr = Some(self.listen(api, port).await?);
+        Ok(())
     }
-    Ok(running)
 }

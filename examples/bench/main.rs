@@ -44,7 +44,8 @@ struct Args {
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// Append the Markdown summary to this file (docs/BENCHMARKS.md).
+    /// Append the Markdown summary to this file (bench/run.sh gives a file of
+    /// its own and records it in docs/BENCHMARKS.md with bench/record.sh).
     #[arg(long)]
     doc: Option<PathBuf>,
     /// Backends to run, in order.

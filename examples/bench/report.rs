@@ -1,6 +1,7 @@
 //! The report: run-wide and per-backend results (serialised to JSON as they
 //! are), the ratios to the limits, the targets of issue 7, and the Markdown
-//! summary that is printed and appended to docs/BENCHMARKS.md.
+//! summary that is printed and appended to a file (bench/run.sh records it in
+//! docs/BENCHMARKS.md with bench/record.sh).
 
 use crate::limits::{AmqpLimit, TxLimit};
 use crate::load::PhaseReport;

@@ -20,6 +20,7 @@ use crate::storage::{OutboxMessage, SharedStore};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Rows published per round trip of confirms.
 const BATCH: usize = 500;
+/// Batches written and not yet confirmed, at most.
+const DEPTH: usize = 2;
 /// A leased row is taken over by another relay when we have not confirmed it by then.
 const LEASE: Duration = Duration::from_secs(10);
 /// Wake-ups can be missed by another process's commits; poll as well.
@@ -192,9 +195,37 @@ impl Relay {
     }
 
     /// Publishes everything waiting in the outbox; `published` collects the
-    /// confirmed rows, each claim deletes them. Database errors are logged and
-    /// left for the next round; broker errors end the session.
+    /// confirmed rows, each claim deletes them. Up to `DEPTH` batches are in
+    /// flight: the next batch is claimed and written while the broker confirms
+    /// the previous one (same channel, so they still leave in commit order).
+    /// Database errors are logged and left for the next round; broker errors
+    /// end the session.
     async fn drain(&self, ch: &Channel, published: &mut Vec<i64>) -> Result<(), lapin::Error> {
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let result = self.fill(ch, published, &mut in_flight).await;
+        // Whatever happened, settle what was sent: confirmed rows are deleted
+        // with the next claim, the rest given back.
+        let mut failed = result.err();
+        while let Some(f) = in_flight.pop_front() {
+            if failed.is_some() {
+                let _ = self.store.release_outbox(&f.ids()).await;
+                continue;
+            }
+            if let Err(e) = self.settle(f, published).await {
+                failed = Some(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Claims and writes batches until the outbox is empty, settling the oldest
+    /// batch whenever `DEPTH` are in flight.
+    async fn fill(
+        &self,
+        ch: &Channel,
+        published: &mut Vec<i64>,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<(), lapin::Error> {
         loop {
             let batch = match self
                 .store
@@ -215,31 +246,12 @@ impl Relay {
             }
             let full = batch.len() == BATCH;
             let started = std::time::Instant::now();
-            let result = publish_batch(ch, &batch).await;
-            ::metrics::histogram!(metrics::RELAY_PUBLISH).record(started.elapsed().as_secs_f64());
-            match result {
-                Ok((sent, refused)) => {
-                    if !refused.is_empty() {
-                        tracing::error!(
-                            action = "rabbitmq_publish_failed",
-                            count = refused.len(),
-                            "Broker refused messages; they stay in the outbox"
-                        );
-                        let _ = self.store.release_outbox(&refused).await;
-                    }
-                    // Only when asked for: `sent.contains` per row is quadratic in the batch.
-                    let traced = tracing::enabled!(tracing::Level::DEBUG);
-                    for m in batch.iter().filter(|m| traced && sent.contains(&m.id)) {
-                        tracing::debug!(
-                            action = if m.exchange == ORDERS_EXCHANGE { "order_published" } else { "notification_published" },
-                            request_id = %m.request_id,
-                            amqp_message_id = %m.message_id,
-                            routing_key = %m.routing_key,
-                            "Message published to '{}'", m.exchange
-                        );
-                    }
-                    published.extend(sent);
-                }
+            match send_batch(ch, &batch).await {
+                Ok(confirms) => in_flight.push_back(InFlight {
+                    batch,
+                    confirms,
+                    started,
+                }),
                 Err(e) => {
                     let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
                     let _ = self.store.release_outbox(&ids).await;
@@ -247,16 +259,76 @@ impl Relay {
                     return Err(e);
                 }
             }
+            if in_flight.len() >= DEPTH {
+                if let Some(oldest) = in_flight.pop_front() {
+                    self.settle(oldest, published).await?;
+                }
+            }
             if !full {
                 return Ok(());
             }
         }
     }
+
+    /// Awaits a batch's confirms: confirmed rows go to `published`, refused
+    /// ones back to the outbox.
+    async fn settle(&self, f: InFlight, published: &mut Vec<i64>) -> Result<(), lapin::Error> {
+        let InFlight {
+            batch,
+            confirms,
+            started,
+        } = f;
+        let result = await_confirms(confirms).await;
+        ::metrics::histogram!(metrics::RELAY_PUBLISH).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok((sent, refused)) => {
+                if !refused.is_empty() {
+                    tracing::error!(
+                        action = "rabbitmq_publish_failed",
+                        count = refused.len(),
+                        "Broker refused messages; they stay in the outbox"
+                    );
+                    let _ = self.store.release_outbox(&refused).await;
+                }
+                // Only when asked for: `sent.contains` per row is quadratic in the batch.
+                let traced = tracing::enabled!(tracing::Level::DEBUG);
+                for m in batch.iter().filter(|m| traced && sent.contains(&m.id)) {
+                    tracing::debug!(
+                        action = if m.exchange == ORDERS_EXCHANGE { "order_published" } else { "notification_published" },
+                        request_id = %m.request_id,
+                        amqp_message_id = %m.message_id,
+                        routing_key = %m.routing_key,
+                        "Message published to '{}'", m.exchange
+                    );
+                }
+                published.extend(sent);
+                Ok(())
+            }
+            Err(e) => {
+                let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
+                let _ = self.store.release_outbox(&ids).await;
+                tracing::error!(action = "rabbitmq_publish_failed", error = %e, "Publishing from the outbox failed");
+                Err(e)
+            }
+        }
+    }
 }
 
-/// Publishes a batch with pipelined confirms: hand every message to lapin,
-/// then wait until all are written, then await all the confirms. Returns the
-/// ids the broker confirmed and the ids it refused.
+/// A batch written to the broker whose confirms are on their way.
+struct InFlight {
+    batch: Vec<OutboxMessage>,
+    confirms: Vec<(i64, PublisherConfirm)>,
+    started: std::time::Instant,
+}
+
+impl InFlight {
+    fn ids(&self) -> Vec<i64> {
+        self.batch.iter().map(|m| m.id).collect()
+    }
+}
+
+/// Writes a batch: hands every message to lapin, then waits until all are
+/// written. Returns each row's confirm, to be awaited with `await_confirms`.
 ///
 /// lapin's `basic_publish` queues the frames when first polled and then waits
 /// for its I/O thread to write them; awaiting each in turn cost one hand-over
@@ -264,10 +336,10 @@ impl Relay {
 /// (issue 22, item 2). Each publish is polled once here, in order, so the
 /// frames (and the confirms' delivery tags) keep the outbox's order, and the
 /// I/O thread writes the whole batch in a few writes.
-async fn publish_batch(
+async fn send_batch(
     ch: &Channel,
     batch: &[OutboxMessage],
-) -> Result<(Vec<i64>, Vec<i64>), lapin::Error> {
+) -> Result<Vec<(i64, PublisherConfirm)>, lapin::Error> {
     type Publish<'a> = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send + 'a>>;
     let mut writing: Vec<(i64, Publish<'_>)> = Vec::with_capacity(batch.len());
     let mut pending = Vec::with_capacity(batch.len());
@@ -287,6 +359,13 @@ async fn publish_batch(
     for (id, publish) in writing {
         pending.push((id, publish.await?));
     }
+    Ok(pending)
+}
+
+/// The ids the broker confirmed and the ids it refused.
+async fn await_confirms(
+    pending: Vec<(i64, PublisherConfirm)>,
+) -> Result<(Vec<i64>, Vec<i64>), lapin::Error> {
     let (mut sent, mut refused) = (Vec::new(), Vec::new());
     for (id, confirm) in pending {
         match confirm.await? {

@@ -80,14 +80,7 @@ pub async fn declare(ch: &Channel) -> Result<(), lapin::Error> {
         FieldTable::default(),
     )
     .await?;
-    ch.queue_bind(
-        DEAD_LETTER_QUEUE.into(),
-        DEAD_LETTER_EXCHANGE.into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    bind(ch, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "").await?;
     for t in OrderType::ALL {
         let mut args = FieldTable::default();
         args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(10));
@@ -98,16 +91,26 @@ pub async fn declare(ch: &Channel) -> Result<(), lapin::Error> {
         let q = kitchen_queue(t);
         ch.queue_declare(q.as_str().into(), durable_queue(), args)
             .await?;
-        ch.queue_bind(
-            q.as_str().into(),
-            ORDERS_EXCHANGE.into(),
-            format!("kitchen.{t}.*").into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        bind(ch, q.as_str(), ORDERS_EXCHANGE, &format!("kitchen.{t}.*")).await?;
     }
     Ok(())
+}
+
+/// Binds `queue` to `exchange` with `key` (idempotent, like every declare here).
+pub async fn bind(
+    ch: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), lapin::Error> {
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
 }
 
 /// The display bridge's queue: every order and every status change, in the order
@@ -122,30 +125,9 @@ pub async fn declare_display_queue(ch: &Channel) -> Result<(), lapin::Error> {
     args.insert("x-max-length".into(), AMQPValue::LongInt(DISPLAY_QUEUE_MAX));
     ch.queue_declare(DISPLAY_QUEUE.into(), durable_queue(), args)
         .await?;
-    ch.queue_bind(
-        DISPLAY_QUEUE.into(),
-        ORDERS_EXCHANGE.into(),
-        "kitchen.#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_bind(
-        DISPLAY_QUEUE.into(),
-        NOTIFICATIONS_EXCHANGE.into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    bind(ch, DISPLAY_QUEUE, ORDERS_EXCHANGE, "kitchen.#").await?;
+    bind(ch, DISPLAY_QUEUE, NOTIFICATIONS_EXCHANGE, "").await?;
     // Issue 24: part and rush changes (docs/stations.md), in publish order
     // with the rest.
-    ch.queue_bind(
-        DISPLAY_QUEUE.into(),
-        STATIONS_EXCHANGE.into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
+    bind(ch, DISPLAY_QUEUE, STATIONS_EXCHANGE, "#").await
 }

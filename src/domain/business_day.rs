@@ -116,13 +116,20 @@ mod tests {
         NaiveDate::from_ymd_opt(y, mo, d).unwrap()
     }
 
+    /// `at` is where `r` starts `after`: a second earlier is still `before`.
+    fn assert_cut_over(r: &BusinessDay, at: DateTime<Utc>, before: NaiveDate, after: NaiveDate) {
+        assert_eq!(r.date(at - chrono::Duration::seconds(1)), before);
+        assert_eq!(r.date(at), after);
+    }
+
     #[test]
     fn the_default_is_the_seeds_utc_midnight() {
         let r = BusinessDay::default();
-        assert_eq!(r.date(utc(2026, 12, 7, 0, 0)), day(2026, 12, 7));
-        assert_eq!(
-            r.date(utc(2026, 12, 7, 0, 0) - chrono::Duration::seconds(1)),
-            day(2026, 12, 6)
+        assert_cut_over(
+            &r,
+            utc(2026, 12, 7, 0, 0),
+            day(2026, 12, 6),
+            day(2026, 12, 7),
         );
         assert_eq!(r.date(utc(2026, 12, 7, 23, 59)), day(2026, 12, 7));
         assert_eq!(
@@ -140,11 +147,12 @@ mod tests {
         // 01:30 local on Dec 8: still the 7th's service.
         assert_eq!(r.date(utc(2026, 12, 8, 6, 30)), day(2026, 12, 7));
         // The cut-over: 03:59:59 local is the 7th, 04:00 the 8th.
-        assert_eq!(
-            r.date(utc(2026, 12, 8, 9, 0) - chrono::Duration::seconds(1)),
-            day(2026, 12, 7)
+        assert_cut_over(
+            &r,
+            utc(2026, 12, 8, 9, 0),
+            day(2026, 12, 7),
+            day(2026, 12, 8),
         );
-        assert_eq!(r.date(utc(2026, 12, 8, 9, 0)), day(2026, 12, 8));
         assert_eq!(
             r.bounds(day(2026, 12, 7)),
             (utc(2026, 12, 7, 9, 0), utc(2026, 12, 8, 9, 0))
@@ -170,11 +178,7 @@ mod tests {
         let start = r.start(day(2026, 3, 8));
         // 02:30 EST would be 07:30 UTC = 03:30 EDT: after the jump, once.
         assert_eq!(start, utc(2026, 3, 8, 7, 30));
-        assert_eq!(
-            r.date(start - chrono::Duration::seconds(1)),
-            day(2026, 3, 7)
-        );
-        assert_eq!(r.date(start), day(2026, 3, 8));
+        assert_cut_over(&r, start, day(2026, 3, 7), day(2026, 3, 8));
     }
 
     #[test]

@@ -209,51 +209,28 @@ pub fn validate(body: &Value) -> Result<ValidOrder, Vec<FieldError>> {
     };
     let address_given = present(obj, "delivery_address").is_some();
 
-    // Conditional rules: which of table_number / delivery_address each type needs.
-    match order_type {
-        Some(OrderType::DineIn) => {
-            if !table_given {
-                errors.push(FieldError::new(
-                    "table_number",
-                    "is required for dine_in orders",
-                ));
-            }
-            if address_given {
-                errors.push(FieldError::new(
-                    "delivery_address",
-                    "must not be present for dine_in orders",
-                ));
-            }
+    // Conditional rules: which of table_number / delivery_address each type
+    // needs, the type's own field first (the order the errors are listed in).
+    if let Some(t) = order_type {
+        let table = ("table_number", table_given);
+        let address = ("delivery_address", address_given);
+        let (needed, refused) = match t {
+            OrderType::DineIn => (Some(table), [Some(address), None]),
+            OrderType::Delivery => (Some(address), [Some(table), None]),
+            OrderType::Takeout => (None, [Some(table), Some(address)]),
+        };
+        if let Some((field, false)) = needed {
+            errors.push(FieldError::new(
+                field,
+                format!("is required for {t} orders"),
+            ));
         }
-        Some(OrderType::Delivery) => {
-            if !address_given {
-                errors.push(FieldError::new(
-                    "delivery_address",
-                    "is required for delivery orders",
-                ));
-            }
-            if table_given {
-                errors.push(FieldError::new(
-                    "table_number",
-                    "must not be present for delivery orders",
-                ));
-            }
+        for (field, _) in refused.into_iter().flatten().filter(|(_, given)| *given) {
+            errors.push(FieldError::new(
+                field,
+                format!("must not be present for {t} orders"),
+            ));
         }
-        Some(OrderType::Takeout) => {
-            if table_given {
-                errors.push(FieldError::new(
-                    "table_number",
-                    "must not be present for takeout orders",
-                ));
-            }
-            if address_given {
-                errors.push(FieldError::new(
-                    "delivery_address",
-                    "must not be present for takeout orders",
-                ));
-            }
-        }
-        None => {}
     }
 
     let items = validate_items(obj, &mut errors);
@@ -561,46 +538,26 @@ mod tests {
     #[test]
     fn item_rules_name_the_field() {
         let one = |item: Value| fields(takeout(json!([item])));
-        assert_eq!(
-            one(json!({"name": "", "quantity": 1, "price": 1.0})),
-            ["items[0].name"]
-        );
-        assert_eq!(
-            one(json!({"name": "x".repeat(51), "quantity": 1, "price": 1.0})),
-            ["items[0].name"]
-        );
-        assert_eq!(
-            one(json!({"name": "P", "quantity": 0, "price": 1.0})),
-            ["items[0].quantity"]
-        );
-        assert_eq!(
-            one(json!({"name": "P", "quantity": 11, "price": 1.0})),
-            ["items[0].quantity"]
-        );
-        assert_eq!(
-            one(json!({"name": "P", "quantity": 1.5, "price": 1.0})),
-            ["items[0].quantity"]
-        );
-        assert_eq!(
-            one(json!({"name": "P", "quantity": 1, "price": 0.0})),
-            ["items[0].price"]
-        );
-        assert_eq!(
-            one(json!({"name": "P", "quantity": 1, "price": 1000.0})),
-            ["items[0].price"]
-        );
-        assert_eq!(
-            one(json!({"name": "P", "quantity": 1, "price": 1.001})),
-            ["items[0].price"]
-        );
-        assert_eq!(
-            one(json!({"name": "P", "quantity": 1, "price": "1.00"})),
-            ["items[0].price"]
-        );
-        assert_eq!(
-            one(json!({"name": "P", "quantity": 1, "price": 1.0, "x": 1})),
-            ["items[0].x"]
-        );
+        // [the field named, the item]
+        let cases = json!([
+            ["items[0].name", {"name": "", "quantity": 1, "price": 1.0}],
+            ["items[0].name", {"name": "x".repeat(51), "quantity": 1, "price": 1.0}],
+            ["items[0].quantity", {"name": "P", "quantity": 0, "price": 1.0}],
+            ["items[0].quantity", {"name": "P", "quantity": 11, "price": 1.0}],
+            ["items[0].quantity", {"name": "P", "quantity": 1.5, "price": 1.0}],
+            ["items[0].price", {"name": "P", "quantity": 1, "price": 0.0}],
+            ["items[0].price", {"name": "P", "quantity": 1, "price": 1000.0}],
+            ["items[0].price", {"name": "P", "quantity": 1, "price": 1.001}],
+            ["items[0].price", {"name": "P", "quantity": 1, "price": "1.00"}],
+            ["items[0].x", {"name": "P", "quantity": 1, "price": 1.0, "x": 1}]
+        ]);
+        for case in cases.as_array().into_iter().flatten() {
+            assert_eq!(
+                one(case[1].clone()),
+                [case[0].as_str().unwrap_or("")],
+                "{case}"
+            );
+        }
         assert_eq!(fields(takeout(json!([]))), ["items"]);
         let many: Vec<Value> = (0..21)
             .map(|_| json!({"name": "P", "quantity": 1, "price": 1.0}))

@@ -805,6 +805,12 @@ mod tests {
         }
     }
 
+    fn bump_station(station: &str) -> Action {
+        Action::BumpStation {
+            station: station.into(),
+        }
+    }
+
     fn kinds(d: &TicketDecision) -> Vec<String> {
         d.messages
             .iter()
@@ -901,16 +907,7 @@ mod tests {
             decide(&t0, &Action::Confirm, "expo", t(1), &r),
             Err(Refusal::ExpoNotWaiting)
         );
-        let d = decide(
-            &t0,
-            &Action::BumpStation {
-                station: "grill".into(),
-            },
-            "anna",
-            t(2),
-            &r,
-        )
-        .unwrap();
+        let d = decide(&t0, &bump_station("grill"), "anna", t(2), &r).unwrap();
         let d = decide(&d.ticket, &bump("fry", 1), "ben", t(3), &r).unwrap();
         assert_eq!(kinds(&d), ["item_done@4"]);
         assert!(d.ticket.waiting_for_expo());
@@ -938,28 +935,11 @@ mod tests {
         let r = routing(false);
         let mut t0 = ticket(&[(0, "grill"), (1, "grill"), (1, "fry")]);
         t0.items.push(("Shake".into(), 1));
-        let d = decide(
-            &t0,
-            &Action::BumpStation {
-                station: "grill".into(),
-            },
-            "anna",
-            t(2),
-            &r,
-        )
-        .unwrap();
+        let d = decide(&t0, &bump_station("grill"), "anna", t(2), &r).unwrap();
         assert_eq!(kinds(&d), ["item_done@2", "item_done@3", "cooking@4"]);
         assert_eq!(d.ticket.parts[2].state, PartState::Waiting);
         assert_eq!(
-            decide(
-                &t0,
-                &Action::BumpStation {
-                    station: "drinks".into()
-                },
-                "x",
-                t(2),
-                &r
-            ),
+            decide(&t0, &bump_station("drinks"), "x", t(2), &r),
             Err(Refusal::NothingAtStation("drinks".into()))
         );
         assert_eq!(

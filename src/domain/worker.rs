@@ -133,40 +133,30 @@ mod tests {
             decide(Some(&row("offline", 5)), &reg(true)),
             Registered::Returned
         );
-        // systemd restarts a SIGKILLed worker 2 s later: fresh heartbeat, dead process.
-        let fresh = row("online", 2);
-        assert_eq!(
-            decide(Some(&fresh), &reg(true)),
-            Registered::TakenOver {
-                last_seen: fresh.last_seen
-            }
-        );
-        let stale = row("online", 3600);
-        assert_eq!(
-            decide(Some(&stale), &reg(true)),
-            Registered::TakenOver {
-                last_seen: stale.last_seen
-            }
-        );
+        // systemd restarts a SIGKILLed worker 2 s later: fresh heartbeat, dead
+        // process; and a stale one.
+        for seen in [row("online", 2), row("online", 3600)] {
+            assert_eq!(
+                decide(Some(&seen), &reg(true)),
+                Registered::TakenOver {
+                    last_seen: seen.last_seen
+                }
+            );
+        }
     }
 
     #[test]
     fn lock_held_elsewhere_refuses_a_live_worker() {
-        let fresh = row("online", 2);
-        assert_eq!(
-            decide(Some(&fresh), &reg(false)),
-            Registered::AlreadyOnline {
-                last_seen: fresh.last_seen
-            }
-        );
-        // Shutting down (already marked offline) but still holding the lock.
-        let leaving = row("offline", 1);
-        assert_eq!(
-            decide(Some(&leaving), &reg(false)),
-            Registered::AlreadyOnline {
-                last_seen: leaving.last_seen
-            }
-        );
+        // Alive; or shutting down (already marked offline) but still holding
+        // the lock.
+        for held in [row("online", 2), row("offline", 1)] {
+            assert_eq!(
+                decide(Some(&held), &reg(false)),
+                Registered::AlreadyOnline {
+                    last_seen: held.last_seen
+                }
+            );
+        }
         assert_eq!(
             decide(None, &reg(false)),
             Registered::AlreadyOnline { last_seen: now() }

@@ -68,4 +68,22 @@ mod tests {
         b.reset();
         assert!(b.next_delay() < Duration::from_millis(100));
     }
+
+    /// On tokio's paused clock: `wait` sleeps exactly the next delay, and
+    /// returns at once, false, on shutdown.
+    #[tokio::test(start_paused = true)]
+    async fn wait_sleeps_the_delay_unless_shut_down() {
+        let mut b = Backoff::new(Duration::from_secs(2), Duration::from_secs(10));
+        let stop = CancellationToken::new();
+        let t0 = tokio::time::Instant::now();
+        assert!(b.wait(&stop).await);
+        let slept = t0.elapsed();
+        assert!(
+            slept >= Duration::from_secs(1) && slept < Duration::from_secs(2),
+            "{slept:?}"
+        );
+        stop.cancel();
+        assert!(!b.wait(&stop).await);
+        assert_eq!(t0.elapsed(), slept, "shutdown does not wait out the delay");
+    }
 }

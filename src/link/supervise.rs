@@ -260,7 +260,6 @@ impl LinkState {
 pub struct Supervisor {
     link: LinkState,
     backoff: Backoff,
-    stable_after: Duration,
 }
 
 impl Supervisor {
@@ -268,7 +267,6 @@ impl Supervisor {
         Supervisor {
             link,
             backoff: Backoff::default(),
-            stable_after: STABLE_AFTER,
         }
     }
 
@@ -277,7 +275,7 @@ impl Supervisor {
     /// on shutdown, during the pause too, and after a fatal end).
     pub async fn next(&mut self, end: SessionEnd, shutdown: &CancellationToken) -> bool {
         let stayed_up = self.link.down();
-        if stayed_up >= self.stable_after {
+        if stayed_up >= STABLE_AFTER {
             self.backoff.reset();
         }
         match &end {
@@ -342,18 +340,12 @@ mod tests {
         SessionEnd::Lost("connection refused".into())
     }
 
-    /// A supervisor with tiny delays, so the test runs on real time quickly.
-    fn quick(link: &LinkState) -> Supervisor {
-        let mut sup = Supervisor::new(link.clone());
-        sup.backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
-        sup.stable_after = Duration::from_millis(50);
-        sup
-    }
-
-    #[tokio::test]
+    /// The real supervisor (default backoff, STABLE_AFTER) on tokio's paused
+    /// clock: its backoff pauses pass at once, and `advance` is time spent up.
+    #[tokio::test(start_paused = true)]
     async fn backoff_resets_only_after_a_session_stayed_up() {
         let link = LinkState::new("test", Peer::RabbitMq);
-        let mut sup = quick(&link);
+        let mut sup = Supervisor::new(link.clone());
         let stop = CancellationToken::new();
         for _ in 0..5 {
             assert!(sup.next(lost(), &stop).await);
@@ -361,11 +353,12 @@ mod tests {
         assert_eq!(sup.backoff.attempts(), 5);
         // Up for a moment, then lost: no reset.
         link.up("x");
+        tokio::time::advance(STABLE_AFTER - Duration::from_millis(1)).await;
         assert!(sup.next(lost(), &stop).await);
         assert_eq!(sup.backoff.attempts(), 6);
-        // Up for longer than STABLE_AFTER: the next delay starts small again.
+        // Up for STABLE_AFTER: the next delay starts small again.
         link.up("x");
-        tokio::time::sleep(sup.stable_after).await;
+        tokio::time::advance(STABLE_AFTER).await;
         assert!(sup.next(lost(), &stop).await);
         assert_eq!(sup.backoff.attempts(), 1);
     }
@@ -382,7 +375,7 @@ mod tests {
         link.up("broker");
         assert_eq!(waiter.await.unwrap(), Ok(()));
         assert!(link.is_up());
-        let mut sup = quick(&link);
+        let mut sup = Supervisor::new(link.clone());
         let stop = CancellationToken::new();
         assert!(!sup.next(SessionEnd::Fatal("bug".into()), &stop).await);
         assert!(!link.is_up());

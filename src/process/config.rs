@@ -194,6 +194,10 @@ pub struct MqttConfig {
     pub password: Option<Secret>,
     /// How long a completed or cancelled order stays on the board.
     pub clear_after_seconds: f64,
+    /// MQTT over TLS (issue 27), for a broker on another host.
+    pub tls: bool,
+    /// The CA (PEM) that signed the broker's certificate; empty: the system's CAs.
+    pub ca_file: PathBuf,
 }
 
 impl Default for MqttConfig {
@@ -208,6 +212,8 @@ impl Default for MqttConfig {
             user: None,
             password: None,
             clear_after_seconds: 30.0,
+            tls: false,
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -1029,6 +1035,24 @@ mod tests {
         let c = load_str("[orders]\nidempotency_ttl_seconds = 2\n").unwrap();
         assert_eq!(c.orders.idempotency_ttl_seconds, 2);
         assert_eq!(Config::default().orders.idempotency_ttl_seconds, 86_400);
+    }
+
+    #[test]
+    fn backup_and_retention_are_checked() {
+        let d = Config::default();
+        assert_eq!((d.backup.keep, d.retention.keep_days), (7, 400));
+        assert_eq!(
+            load_str("[retention]\nkeep_days = 0\n")
+                .unwrap()
+                .retention
+                .keep_days,
+            0,
+            "0 keeps orders forever"
+        );
+        let e = load_str("[retention]\nkeep_days = 36501\n").unwrap_err();
+        assert!(e.to_string().contains("retention.keep_days"), "{e}");
+        let e = load_str("[backup]\nkeep = 0\n").unwrap_err();
+        assert!(e.to_string().contains("backup.keep"), "{e}");
     }
 
     #[test]

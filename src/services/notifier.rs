@@ -12,7 +12,7 @@ use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
 use crate::process::config::RabbitConfig;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicRejectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use std::collections::{HashSet, VecDeque};
@@ -136,24 +136,10 @@ async fn subscribe(
             FieldTable::default(),
         )
         .await?;
-    ch.queue_bind(
-        q.name().clone(),
-        NOTIFICATIONS_EXCHANGE.into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    topology::bind(&ch, q.name().as_str(), NOTIFICATIONS_EXCHANGE, "").await?;
     // Issue 24: part and rush changes too (their own exchange, so subscribers
     // written against the spec never see them).
-    ch.queue_bind(
-        q.name().clone(),
-        STATIONS_EXCHANGE.into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    topology::bind(&ch, q.name().as_str(), STATIONS_EXCHANGE, "#").await?;
     let consumer = ch
         .basic_consume(
             q.name().clone(),

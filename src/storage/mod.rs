@@ -831,14 +831,25 @@ fn attach_parts<I: std::hash::Hash + Eq + Copy>(
     ids: &[I],
     parts: Vec<(I, Part)>,
 ) {
+    by_order(ids, parts, |i, part| {
+        if let Some(item) = orders[i].items.get_mut(part.item_index as usize) {
+            item.stations.push(part.station.clone());
+        }
+        orders[i].parts.push(part);
+    });
+}
+
+/// Hands each `(order id, row)` to `put` with its order's index in `ids`.
+fn by_order<I: std::hash::Hash + Eq + Copy, T>(
+    ids: &[I],
+    rows: Vec<(I, T)>,
+    mut put: impl FnMut(usize, T),
+) {
     let at: std::collections::HashMap<I, usize> =
         ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    for (order_id, part) in parts {
+    for (order_id, row) in rows {
         if let Some(&i) = at.get(&order_id) {
-            if let Some(item) = orders[i].items.get_mut(part.item_index as usize) {
-                item.stations.push(part.station.clone());
-            }
-            orders[i].parts.push(part);
+            put(i, row);
         }
     }
 }
@@ -875,13 +886,7 @@ fn attach_items<I: std::hash::Hash + Eq + Copy>(
     ids: &[I],
     items: Vec<(I, Item)>,
 ) {
-    let at: std::collections::HashMap<I, usize> =
-        ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    for (order_id, item) in items {
-        if let Some(&i) = at.get(&order_id) {
-            orders[i].items.push(item);
-        }
-    }
+    by_order(ids, items, |i, item| orders[i].items.push(item));
 }
 
 /// The speed-of-service query's row, the same on both backends.

@@ -20,6 +20,7 @@ mod lifecycle;
 mod metrics;
 mod mqtt_acl;
 mod orders_api;
+mod pressure;
 mod proptest_domain;
 mod proptest_kitchen;
 mod security;

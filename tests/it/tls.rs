@@ -450,3 +450,83 @@ async fn screens_reach_the_broker_over_wss_on_the_pages_origin() {
     assert!(body.contains("expected a WebSocket upgrade"), "{body}");
     app.stop().await;
 }
+
+/// The display bridge reaches a broker on another host over MQTT with TLS
+/// (`[mqtt] tls`, `ca_file`), checking the broker's certificate; a broker
+/// whose certificate the CA file does not vouch for is never talked to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_talks_mqtt_over_tls_to_a_broker_it_trusts() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new(Backend::Sqlite);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Mosquitto started as root reads its files as its own user.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (ca, chain, key) = files_cert(dir.path(), "broker", 30);
+    let (other_ca, _, _) = files_cert(dir.path(), "other", 30);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (plain, tls_port) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("mosquitto.conf"),
+        format!(
+            "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+             log_dest stderr\nlog_type error\nlog_type warning\n\
+             listener {plain} 127.0.0.1\n\
+             listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            ca.display(),
+            chain.display(),
+            key.display()
+        ),
+    )
+    .expect("mosquitto.conf");
+    let mut broker = common::mosquitto::spawn_and_wait(dir.path(), plain);
+
+    let start = |ca_file: PathBuf| {
+        let mut cfg = env.cfg.clone();
+        cfg.mqtt.enabled = true;
+        cfg.mqtt.host = "localhost".into();
+        cfg.mqtt.port = tls_port;
+        cfg.mqtt.tls = true;
+        cfg.mqtt.ca_file = ca_file;
+        cfg.mqtt.client_id = format!("tls-bridge-{}", rand::random::<u32>());
+        cfg
+    };
+    let health = |url: String| async move {
+        let r = reqwest::get(format!("{url}/health")).await.ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        Some(v)
+    };
+
+    let app = env
+        .start_with(Mode::DisplayBridge, None, &start(ca.clone()))
+        .await;
+    let url = app.bridge_url();
+    let v = eventually(
+        Duration::from_secs(20),
+        "the bridge's MQTT link up over TLS",
+        || {
+            let url = url.clone();
+            async move {
+                health(url)
+                    .await
+                    .filter(|v| v["checks"]["mqtt"] == "healthy")
+            }
+        },
+    )
+    .await;
+    assert_eq!(v["checks"]["mqtt"], "healthy", "{v}");
+    app.stop().await;
+
+    // The same broker, but a CA that did not sign its certificate: no link.
+    let app = env
+        .start_with(Mode::DisplayBridge, None, &start(other_ca))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = health(app.bridge_url()).await.expect("health answers");
+    assert_ne!(
+        v["checks"]["mqtt"], "healthy",
+        "trusted a broker the CA file does not vouch for: {v}"
+    );
+    app.stop().await;
+    let _ = broker.kill();
+    let _ = broker.wait();
+}

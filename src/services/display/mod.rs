@@ -73,8 +73,20 @@ pub async fn start(
     let bound = server.addr;
 
     let topics = payload::Topics::new(&cfg.mqtt);
-    let (mqtt, publisher, inbound) =
-        mqtt::new(&cfg.mqtt, topics, cfg.expo.confirm, mqtt_link.clone());
+    // MQTT over TLS (issue 27) for a broker on another host: a CA file that
+    // cannot be read stops the start, with its reason.
+    let mqtt_tls = if cfg.mqtt.tls {
+        Some(crate::tls::client_config(&cfg.mqtt.ca_file)?)
+    } else {
+        None
+    };
+    let (mqtt, publisher, inbound) = mqtt::new(
+        &cfg.mqtt,
+        topics,
+        cfg.expo.confirm,
+        mqtt_link.clone(),
+        mqtt_tls,
+    );
     let span = tracing::Span::current();
     // The MQTT task outlives the consumer: it must see the PUBACKs of what the
     // consumer settles while stopping.

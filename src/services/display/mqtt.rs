@@ -174,6 +174,7 @@ pub fn new(
     topics: Topics,
     expo_confirm: bool,
     link: LinkState,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> (Mqtt, Publisher, Inbound) {
     let client_id = if cfg.client_id.trim().is_empty() {
         MqttConfig::default().client_id
@@ -192,6 +193,11 @@ pub fn new(
         .set_inflight((2 * WINDOW + SPARE) as u16)
         // Orders with many items exceed rumqttc's default of 10 KiB.
         .set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(tls) = tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     if let Some(user) = &cfg.user {
         let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
         opts.set_credentials(user.clone(), password);

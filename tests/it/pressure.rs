@@ -5,7 +5,7 @@
 //! bound, the failed-login throttle's map, is a unit test of
 //! `domain::access::Throttle` (`the_failure_map_is_bounded`): telling 10,000
 //! small entries from 50,000 apart needs no process.
-mod common;
+use crate::common;
 
 use common::mosquitto::{SecureBroker, BRIDGE_USER};
 use common::{place_order, spec_orders, Backend, Proc, TestEnv};
