@@ -16,6 +16,7 @@ forwarded ports on 127.0.0.1 only. Standard library only.
                                                   none duplicated
 """
 import json
+import ssl
 import sys
 import threading
 import time
@@ -34,15 +35,39 @@ ORDERS = [
 ]
 
 
+# A new install serves HTTPS with the box's own CA and refuses a token sent over plain HTTP
+# from another host (issue 27); qemu's forwarded ports are another host to the guest. The CA is
+# fetched once over plain HTTP (GET /ca.crt is public) and then trusted for 127.0.0.1, which the
+# box's certificate names (every address of the box, loopback included).
+TLS = {}
+
+
+def https(port):
+    """The SSL context for the box behind PORT, or None while it does not answer."""
+    if port not in TLS:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ca.crt", timeout=5) as r:
+                TLS[port] = ssl.create_default_context(cadata=r.read().decode())
+        except (OSError, ValueError, ssl.SSLError):
+            return None
+    return TLS[port]
+
+
 def call(method, url, token, body=None, timeout=10):
-    """(status, parsed JSON or None); status 0 when no answer came."""
+    """(status, parsed JSON or None); status 0 when no answer came. URL: http://127.0.0.1:PORT/...,
+    sent over HTTPS."""
+    port = int(url.split(":")[2].split("/")[0])
+    ctx = https(port)
+    if ctx is None:
+        return 0, None
+    url = url.replace("http://", "https://", 1)
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Authorization", "Bearer " + token)
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, None
