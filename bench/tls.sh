@@ -4,8 +4,8 @@
 #   bash bench/tls.sh             # 10 s per run; prints a table, records it in docs/BENCHMARKS.md (bench/record.sh)
 #   BENCH_SECONDS=3 BENCH_DOC= bash bench/tls.sh    # shorter, and written nowhere
 #
-# One order service (release build, SQLite in a temp dir, no broker: orders wait in the outbox,
-# which is what intake costs) with `[tls] mode = "self-signed"`; the same port serves both. Four
+# One order service (release build, SQLite in a temp dir, the local RabbitMQ on a vhost of its
+# own, removed afterwards) with `[tls] mode = "self-signed"`; the same port serves both. Four
 # runs of wrk -t2 -c16: plain HTTP and HTTPS, each with kept-alive connections and with a new
 # connection per request (`Connection: close`, so every HTTPS request pays a full handshake).
 # Prints requests/s, p50 and p99 latency and non-2xx answers. Asserts nothing about speed.
@@ -28,21 +28,26 @@ fi
 tmp=$(mktemp -d)
 pid=""
 
+vhost="rs_bench_tls_$$"
 cleanup() {
     [[ -n "$pid" ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
     rm -rf "$tmp"
 }
 trap cleanup EXIT
 
 : >"$tmp/empty.toml"
+ensure_rabbitmq
+rabbitmqctl -q add_vhost "$vhost" >/dev/null
+rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 RESTAURANT_DATABASE__BACKEND=sqlite RESTAURANT_DATABASE__SQLITE_PATH="$tmp/r.db" \
     RESTAURANT_HTTP__BIND=127.0.0.1 RESTAURANT_HTTP__ORDER_PORT="$port" \
     RESTAURANT_TLS__MODE=self-signed RESTAURANT_TLS__DIR="$tmp/tls" \
-    RESTAURANT_RABBITMQ__PORT=1 RESTAURANT_LOG__LEVEL=error RESTAURANT_LOG__FORMAT=json \
+    RESTAURANT_RABBITMQ__HOST=127.0.0.1 RESTAURANT_RABBITMQ__VHOST="$vhost" RESTAURANT_LOG__LEVEL=error RESTAURANT_LOG__FORMAT=json \
     "$bin" --config "$tmp/empty.toml" --mode=order-service >"$tmp/service.log" 2>&1 &
 pid=$!
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
     curl -sf -o /dev/null "http://127.0.0.1:$port/health" && break
     sleep 0.2
 done
