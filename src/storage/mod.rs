@@ -9,6 +9,7 @@
 //! apply the same change twice.
 
 pub mod backup;
+pub mod backup_file;
 mod migrations;
 pub mod postgres;
 pub mod sqlite;

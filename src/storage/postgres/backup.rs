@@ -7,7 +7,7 @@
 
 use super::pg_config;
 use crate::process::config::DatabaseConfig;
-use crate::storage::backup::{
+use crate::storage::backup_file::{
     commit_file, expect_magic, partial, BackupError, Summary, COUNTS_SQL,
 };
 use std::path::Path;

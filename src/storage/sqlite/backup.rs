@@ -7,7 +7,7 @@
 //! intake could be forever.
 
 use super::pool::open_conn;
-use crate::storage::backup::{
+use crate::storage::backup_file::{
     commit_file, expect_magic, partial, BackupError, Summary, COUNTS_SQL,
 };
 use crate::storage::migrations::SQLITE;
