@@ -20,9 +20,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   ROOT, Runner, assert, assertAccessible, launchBrowser, log, pageRecorder, sleep,
-  startSecureMosquitto, stopProcess, tail, waitFor,
+  startSecureMosquitto, stopProcess, waitFor,
 } from './lib.mjs';
-import { env, pair, postOrder, setUp, tearDown, token } from './system.mjs';
+import { env, pair, postOrder, setUp, token, runSuite } from './system.mjs';
 
 const SCREENSHOT = path.resolve(ROOT, process.env.SCREENSHOT || 'target/display-board.png');
 const APPEAR_LIMIT_MS = 1000;
@@ -250,27 +250,4 @@ async function main() {
   }
 }
 
-let interrupted = false;
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.once(sig, async () => {
-    interrupted = true;
-    log(`${sig}: cleaning up`);
-    await tearDown();
-    process.exit(130);
-  });
-}
-
-try {
-  await main();
-} catch (e) {
-  runner.failed += 1;
-  console.log(`FAIL harness: ${e && e.stack ? e.stack : e}`);
-} finally {
-  if (runner.failed && env.tmp) {
-    console.log(`--- restaurant-system log (tail) ---\n${tail(path.join(env.tmp, 'restaurant-system.log'))}`);
-    console.log(`--- mosquitto log (tail) ---\n${tail(path.join(env.tmp, 'mosquitto.log'), 15)}`);
-  }
-  if (!interrupted) await tearDown();
-}
-console.log(runner.summary());
-process.exit(runner.ok ? 0 : 1);
+await runSuite(runner, main);

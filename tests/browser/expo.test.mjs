@@ -22,9 +22,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  ROOT, Runner, assert, assertAccessible, launchBrowser, log, sleep, tail, waitFor,
+  ROOT, Runner, assert, assertAccessible, launchBrowser, log, sleep, waitFor,
 } from './lib.mjs';
-import { env, postOrder, setUp, tearDown, token } from './system.mjs';
+import { env, postOrder, setUp, token, runSuite } from './system.mjs';
 
 const runner = new Runner();
 const SHOTS = path.join(ROOT, 'target');
@@ -234,25 +234,4 @@ async function main() {
   });
 }
 
-let interrupted = false;
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.once(sig, async () => {
-    interrupted = true;
-    await tearDown();
-    process.exit(130);
-  });
-}
-
-try {
-  await main();
-} catch (e) {
-  runner.failed += 1;
-  console.log(`FAIL harness: ${e && e.stack ? e.stack : e}`);
-} finally {
-  if (runner.failed && env.tmp) {
-    console.log(`--- restaurant-system log (tail) ---\n${tail(path.join(env.tmp, 'restaurant-system.log'))}`);
-  }
-  if (!interrupted) await tearDown();
-}
-console.log(runner.summary());
-process.exit(runner.ok ? 0 : 1);
+await runSuite(runner, main);

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   ROOT, PREFIX, Fatal, assert, freePorts, log, portOpen, startSecureMosquitto, startProcess,
-  stopProcess, waitFor,
+  stopProcess, tail, waitFor,
 } from './lib.mjs';
 
 // ---- helpers --------------------------------------------------------------------------------
@@ -187,4 +187,33 @@ export async function postOrder(order) {
   const num = findOrderNumber(JSON.parse(text));
   assert(num, `POST /orders answer has no order_number: ${text}`);
   return num;
+}
+
+// ---- running a whole-system suite ---------------------------------------------------------------
+// Runs `main` with `runner`: cleans up on SIGINT/SIGTERM and at the end (failed or not), prints
+// the logs' tails when something failed, then the summary, and exits 0 only when all passed.
+export async function runSuite(runner, main) {
+  let interrupted = false;
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.once(sig, async () => {
+      interrupted = true;
+      log(`${sig}: cleaning up`);
+      await tearDown();
+      process.exit(130);
+    });
+  }
+  try {
+    await main();
+  } catch (e) {
+    runner.failed += 1;
+    console.log(`FAIL harness: ${e && e.stack ? e.stack : e}`);
+  } finally {
+    if (runner.failed && env.tmp) {
+      console.log(`--- restaurant-system log (tail) ---\n${tail(path.join(env.tmp, 'restaurant-system.log'))}`);
+      console.log(`--- mosquitto log (tail) ---\n${tail(path.join(env.tmp, 'mosquitto.log'), 15)}`);
+    }
+    if (!interrupted) await tearDown();
+  }
+  console.log(runner.summary());
+  process.exit(runner.ok ? 0 : 1);
 }

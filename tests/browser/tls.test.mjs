@@ -18,8 +18,8 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { Runner, assert, log, tail, waitFor } from './lib.mjs';
-import { env, postOrder, setUp, tearDown, token } from './system.mjs';
+import { Runner, assert, log, waitFor } from './lib.mjs';
+import { env, postOrder, setUp, token, runSuite } from './system.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const runner = new Runner();
@@ -128,27 +128,4 @@ async function main() {
   }
 }
 
-let interrupted = false;
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.once(sig, async () => {
-    interrupted = true;
-    log(`${sig}: cleaning up`);
-    await tearDown();
-    process.exit(130);
-  });
-}
-
-try {
-  await main();
-} catch (e) {
-  runner.failed += 1;
-  console.log(`FAIL harness: ${e && e.stack ? e.stack : e}`);
-} finally {
-  if (runner.failed && env.tmp) {
-    console.log(`--- restaurant-system log (tail) ---\n${tail(path.join(env.tmp, 'restaurant-system.log'))}`);
-    console.log(`--- mosquitto log (tail) ---\n${tail(path.join(env.tmp, 'mosquitto.log'), 15)}`);
-  }
-  if (!interrupted) await tearDown();
-}
-console.log(runner.summary());
-process.exit(runner.ok ? 0 : 1);
+await runSuite(runner, main);
