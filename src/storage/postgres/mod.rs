@@ -59,13 +59,27 @@ impl Drop for DeferredCommit<'_> {
 const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
 
 /// How every connection of ours reaches the configured database.
+/// A `url` (checked when the config was loaded) names the hosts, the
+/// database and the user itself; else `host`, `port`, `user` and `database`.
 fn pg_config(cfg: &DatabaseConfig) -> tokio_postgres::Config {
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(cfg.host.as_deref().unwrap_or("localhost"))
-        .port(cfg.port)
-        .user(&cfg.user)
-        .dbname(&cfg.database)
-        .application_name("restaurant-system")
+    let mut pg = match cfg.parsed_url() {
+        Ok(Some(pg)) => pg,
+        _ => {
+            let mut pg = tokio_postgres::Config::new();
+            pg.host(cfg.host.as_deref().unwrap_or("localhost"))
+                .port(cfg.port)
+                .user(&cfg.user)
+                .dbname(&cfg.database);
+            pg
+        }
+    };
+    if pg.get_user().is_none() {
+        pg.user(&cfg.user);
+    }
+    if pg.get_dbname().is_none() {
+        pg.dbname(&cfg.database);
+    }
+    pg.application_name("restaurant-system")
         .connect_timeout(Duration::from_secs(5));
     if let Some(pw) = cfg.password.as_ref() {
         pg.password(pw.expose());
