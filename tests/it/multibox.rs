@@ -146,3 +146,169 @@ fn sqlite_is_refused_when_several_boxes_serve_the_kitchen() {
     let out = run(&one, &["validate"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+/// Customer names may not hold digits: request 120 is "Guest bca".
+fn guest(i: usize) -> String {
+    let letters: String = i
+        .to_string()
+        .bytes()
+        .map(|d| char::from(b'a' + (d - b'0')))
+        .collect();
+    format!("Guest {letters}")
+}
+
+/// One POST with an Idempotency-Key: the status and the order number (on 200).
+async fn post_keyed(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    customer: &str,
+) -> (u16, Option<String>) {
+    let r = http
+        .post(format!("{url}/orders"))
+        .header("Idempotency-Key", key)
+        .json(&crate::common::takeout(customer, 1, 12.5))
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            match v["order_number"].as_str() {
+                Some(n) => (s, Some(n.to_string())),
+                None => (s, v["error"].as_str().map(str::to_string)),
+            }
+        }
+        // A timeout counts as "no answer", like a 503: the POS retries.
+        Err(_) => (0, None),
+    }
+}
+
+/// The pool follows a PostgreSQL failover without replication: two private
+/// clusters behind a multi-host URL (`target_session_attrs=read-write`), one
+/// writable, one read-only. A steady keyed POS load runs while they swap
+/// roles twice: first as a failover does it (the old primary read-only and
+/// its sessions ended), then with the old primary's sessions left open (the
+/// pool must notice they went read-only). Every answer is 200 or 503, never
+/// 500; orders are accepted again within a few seconds of each swap; a 503'd
+/// request retried with its key makes one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_finds_the_new_primary_after_a_failover() {
+    use crate::common::postgres::PrivatePg;
+    use restaurant_system::modes::Mode;
+    use restaurant_system::process::config::StorageBackend;
+    use std::time::{Duration, Instant};
+
+    let a = PrivatePg::start();
+    let b = PrivatePg::start();
+    let mut env = TestEnv::new(Backend::Postgres);
+    for pg in [&a, &b] {
+        pg.sql("postgres", "create database restaurant");
+        // The schema on both: without replication, b would have nothing.
+        let mut one = env.cfg.database.clone();
+        one.host = Some("127.0.0.1".into());
+        one.port = pg.port;
+        one.user = "postgres".into();
+        one.password = None;
+        one.database = "restaurant".into();
+        drop(
+            restaurant_system::storage::open(&one)
+                .await
+                .expect("schema"),
+        );
+    }
+    b.read_only(true, true);
+    env.cfg.database.backend = StorageBackend::Postgres;
+    env.cfg.database.host = None;
+    env.cfg.database.password = None;
+    env.cfg.database.url = Some(format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/restaurant?target_session_attrs=read-write",
+        a.port, b.port
+    ));
+    let orders = env.start(Mode::OrderService, None).await;
+    let url = orders.order_url();
+    let http = reqwest::Client::new();
+
+    // The POS: an order every 20 ms, each with its own key.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = {
+        let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                i += 1;
+                let key = format!("pos-{i}");
+                let (s, n) = post_keyed(&http, &url, &key, &guest(i)).await;
+                answers.push((Instant::now(), key, s, n));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Swap 1, as a failover: a demoted (read-only, sessions ended), b promoted.
+    let swap1 = Instant::now();
+    a.read_only(true, true);
+    b.read_only(false, false);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Swap 2: b read-only with its sessions left open, a writable again.
+    let swap2 = Instant::now();
+    b.read_only(true, false);
+    a.read_only(false, false);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    let answers = load.await.unwrap();
+
+    let bad: Vec<_> = answers
+        .iter()
+        .filter(|(_, _, s, _)| ![200, 503, 0].contains(s))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "only 200 or 503: {:?}",
+        &bad[..bad.len().min(3)]
+    );
+    for (swap, name) in [(swap1, "swap 1"), (swap2, "swap 2")] {
+        let back = answers
+            .iter()
+            .find(|(t, _, s, _)| *t > swap && *s == 200)
+            .map(|(t, ..)| t.duration_since(swap))
+            .unwrap_or_else(|| panic!("no order accepted after {name}"));
+        println!("{name}: orders accepted again after {back:?}");
+        assert!(back < Duration::from_secs(4), "{name}: {back:?}");
+    }
+    let ok = answers.iter().filter(|a| a.2 == 200).count();
+    let failed: Vec<_> = answers.iter().filter(|a| a.2 != 200).collect();
+    println!(
+        "{} requests: {ok} accepted, {} answered 503 or not at all",
+        answers.len(),
+        failed.len()
+    );
+    // The POS retries what was not accepted, with the same key.
+    for (_, key, _, _) in &failed {
+        let i: usize = key.trim_start_matches("pos-").parse().unwrap_or(0);
+        let customer = guest(i);
+        let (s, _) = post_keyed(&http, &url, key, &customer).await;
+        assert_eq!(s, 200, "retry of {key}");
+    }
+    orders.stop().await;
+    // Every request made exactly one order, on one of the two servers.
+    let count = |pg: &PrivatePg| -> std::collections::BTreeMap<String, i64> {
+        pg.sql(
+            "restaurant",
+            "select customer_name || '|' || count(*) from orders group by customer_name",
+        )
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(c, n)| (c.to_string(), n.parse().unwrap_or(0)))
+        .collect()
+    };
+    let (ca, cb) = (count(&a), count(&b));
+    for (i, _) in answers.iter().enumerate() {
+        let c = guest(i + 1);
+        let n = ca.get(&c).unwrap_or(&0) + cb.get(&c).unwrap_or(&0);
+        assert_eq!(n, 1, "{c}: orders on a {ca:?} / b {cb:?}");
+    }
+}

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod postgres;
 
 use restaurant_system::modes::{self, Mode, Options, Running};
 use restaurant_system::process::config::{Config, QueueType, Secret, StorageBackend};
