@@ -1056,6 +1056,19 @@
     return `ws://${location.hostname}:${port}`;
   }
 
+  // Several boxes ([cluster] boxes, docs/multi-box.md): this page's own broker first, then every
+  // other box's /mqtt, on the scheme and port this page came from (the tracking service of each
+  // box passes /mqtt on to its Mosquitto, and each box's display bridge feeds its own Mosquitto).
+  function mqttUrls() {
+    const boxes = (state.cfg && state.cfg.boxes) || [];
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    const port = location.port ? `:${location.port}` : '';
+    const others = boxes
+      .filter((b) => b !== location.hostname)
+      .map((b) => `${scheme}://${b.includes(':') ? `[${b}]` : b}${port}/mqtt`);
+    return [mqttUrl(), ...others];
+  }
+
   async function loadConfig() {
     const t0 = Date.now();
     const r = await fetch('config.json', { cache: 'no-store', headers: authHeaders() });
@@ -1080,7 +1093,17 @@
     const orderTopic = mode === 'station' ? `stations/${stationName}/orders/+` : 'orders/+';
     const topics = [orderTopic, 'events', 'workers/+', 'bridge/status'].map((t) => `${state.prefix}/${t}`);
     const creds = cfg.mqtt_username ? { username: cfg.mqtt_username, password: cfg.mqtt_password || '' } : {};
-    const client = mqtt.connect(mqttUrl(), {
+    const urls = mqttUrls();
+    const several = urls.length > 1;
+    let at = 0;
+    // With several boxes a dead box must be noticed within seconds (a power cut sends no close:
+    // only the missing ping answers tell), and every reconnect after a loss tries the next box.
+    const failover = several ? {
+      keepalive: 3,
+      connectTimeout: 3000,
+      transformWsUrl: () => urls[at],
+    } : {};
+    const client = mqtt.connect(urls[0], {
       ...creds,
       clientId: `kds-${stationName || (mode === 'expo' ? 'expo' : orderType || 'all')}-${Math.random().toString(16).slice(2, 10)}`,
       clean: true, // the retained messages are the state; no session to keep
@@ -1088,6 +1111,7 @@
       reconnectPeriod: 1000,
       connectTimeout: 5000,
       resubscribe: false, // we subscribe on every connect ourselves (and resync)
+      ...failover,
     });
     client.on('connect', () => {
       state.connected = true;
@@ -1106,6 +1130,7 @@
     client.on('message', onMessage);
     client.on('close', () => {
       if (state.connected) console.warn('MQTT connection lost');
+      if (several) at = (at + 1) % urls.length;
       state.connected = false;
       state.sync = null;
       scheduleRender();
