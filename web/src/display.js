@@ -47,6 +47,7 @@
     recall: [], // completed orders seen in this session, newest first
     workers: new Map(), // worker_name -> payload
     bridge: null, // 'online' | 'offline' | null (unknown)
+    box: null, // the box whose Mosquitto the screen is on (several boxes: after a failover, another)
     connected: false,
     everConnected: false,
     sync: null, // { orders: Set, workers: Set } awaiting confirmation after a subscribe
@@ -1043,7 +1044,8 @@
   function orderServiceUrl() {
     const u = state.cfg && state.cfg.order_service_url;
     if (u) return u.replace(/\/+$/, '');
-    return `${location.protocol}//${location.hostname}:3000`;
+    // The box whose broker the screen is on: its own box, or the next one after a failover.
+    return `${location.protocol}//${state.box || location.hostname}:3000`;
   }
 
   function mqttUrl() {
@@ -1063,10 +1065,12 @@
     const boxes = (state.cfg && state.cfg.boxes) || [];
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
     const port = location.port ? `:${location.port}` : '';
-    const others = boxes
-      .filter((b) => b !== location.hostname)
-      .map((b) => `${scheme}://${b.includes(':') ? `[${b}]` : b}${port}/mqtt`);
-    return [mqttUrl(), ...others];
+    const others = boxes.filter((b) => b !== location.hostname);
+    const host = (b) => (b.includes(':') ? `[${b}]` : b);
+    return [
+      { url: mqttUrl(), box: location.hostname },
+      ...others.map((b) => ({ url: `${scheme}://${host(b)}${port}/mqtt`, box: host(b) })),
+    ];
   }
 
   async function loadConfig() {
@@ -1101,9 +1105,9 @@
     const failover = several ? {
       keepalive: 3,
       connectTimeout: 3000,
-      transformWsUrl: () => urls[at],
+      transformWsUrl: () => urls[at].url,
     } : {};
-    const client = mqtt.connect(urls[0], {
+    const client = mqtt.connect(urls[0].url, {
       ...creds,
       clientId: `kds-${stationName || (mode === 'expo' ? 'expo' : orderType || 'all')}-${Math.random().toString(16).slice(2, 10)}`,
       clean: true, // the retained messages are the state; no session to keep
@@ -1114,6 +1118,7 @@
       ...failover,
     });
     client.on('connect', () => {
+      state.box = urls[at].box;
       state.connected = true;
       state.everConnected = true;
       state.bridge = null;
