@@ -113,6 +113,22 @@ pub struct DatabaseConfig {
     pub database: String,
     pub sqlite_path: PathBuf,
     pub pool_size: usize,
+    /// TLS to a PostgreSQL on another host (issue 27); loopback stays plain.
+    pub sslmode: PgSslMode,
+    /// The CA (PEM) that signed the server's certificate; empty: the system's CAs.
+    pub ca_file: PathBuf,
+}
+
+/// libpq's `sslmode`, the values that protect against someone on the LAN:
+/// `prefer` and `require` check no certificate, so they are not offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgSslMode {
+    Disable,
+    /// The server's certificate must chain to `ca_file`; its name is not checked.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name `host`.
+    VerifyFull,
 }
 
 impl Default for DatabaseConfig {
@@ -126,6 +142,8 @@ impl Default for DatabaseConfig {
             database: "restaurant_db".into(),
             sqlite_path: "/var/lib/restaurant-system/restaurant.db".into(),
             pool_size: 16,
+            sslmode: PgSslMode::Disable,
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -164,6 +182,11 @@ pub struct RabbitConfig {
     pub password: Secret,
     #[serde(deserialize_with = "lenient_string")]
     pub vhost: String,
+    /// amqps:// (issue 27), for a broker on another host: TLS to `port`
+    /// (RabbitMQ's TLS listener, usually 5671), the broker's name checked.
+    pub tls: bool,
+    /// The CA (PEM) that signed the broker's certificate; empty: the system's CAs.
+    pub ca_file: PathBuf,
 }
 
 impl Default for RabbitConfig {
@@ -174,6 +197,8 @@ impl Default for RabbitConfig {
             user: "guest".into(),
             password: Secret::new("guest"),
             vhost: "/".into(),
+            tls: false,
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -735,6 +760,29 @@ impl Config {
         if self.tls.mode == TlsMode::SelfSigned && self.tls.dir.as_os_str().is_empty() {
             return bad("tls.dir must not be empty".into());
         }
+        // A CA file with TLS off is a half-made setting: say so rather than
+        // talk in clear to a server the operator meant to verify.
+        for (key, set, on) in [
+            (
+                "rabbitmq.ca_file needs rabbitmq.tls = true",
+                &self.rabbitmq.ca_file,
+                self.rabbitmq.tls,
+            ),
+            (
+                "mqtt.ca_file needs mqtt.tls = true",
+                &self.mqtt.ca_file,
+                self.mqtt.tls,
+            ),
+            (
+                "database.ca_file needs database.sslmode = \"verify-full\" (or \"verify-ca\")",
+                &self.database.ca_file,
+                self.database.sslmode != PgSslMode::Disable,
+            ),
+        ] {
+            if !set.as_os_str().is_empty() && !on {
+                return bad(key.into());
+            }
+        }
         self.business.rule()?;
         if self.database.resolved_backend() == StorageBackend::Postgres
             && self.database.host.as_deref().unwrap_or("").is_empty()
@@ -1003,6 +1051,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("rabbitmq.port"), "{e}");
+    }
+
+    #[test]
+    fn tls_to_other_hosts_is_off_by_default_and_checked() {
+        let c = Config::default();
+        assert_eq!(c.database.sslmode, PgSslMode::Disable);
+        assert!(!c.rabbitmq.tls && !c.mqtt.tls);
+        let c = load_str(
+            "[database]\nhost = \"db.lan\"\nsslmode = \"verify-full\"\nca_file = \"/etc/ca.crt\"\n\
+             [rabbitmq]\ntls = true\nca_file = \"/etc/ca.crt\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.database.sslmode, PgSslMode::VerifyFull);
+        assert!(c.rabbitmq.tls);
+        assert_eq!(
+            load_str("[database]\nsslmode = \"verify-ca\"\n")
+                .unwrap()
+                .database
+                .sslmode,
+            PgSslMode::VerifyCa
+        );
+        // require checks no certificate: refused, naming the values that do.
+        let e = load_str("[database]\nsslmode = \"require\"\n").unwrap_err();
+        assert!(e.to_string().contains("verify-full"), "{e}");
+        for toml in [
+            "[rabbitmq]\nca_file = \"/etc/ca.crt\"\n",
+            "[mqtt]\nca_file = \"/etc/ca.crt\"\n",
+            "[database]\nca_file = \"/etc/ca.crt\"\n",
+        ] {
+            let e = load_str(toml).unwrap_err().to_string();
+            assert!(e.contains("ca_file needs"), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -28,4 +28,5 @@ mod smoke;
 mod stations;
 mod store_conformance;
 mod tls;
+mod tls_clients;
 mod worker;

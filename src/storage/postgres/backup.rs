@@ -5,8 +5,8 @@
 //! command line another user could read in `ps`; without one configured they
 //! use what libpq finds itself (~/.pgpass, PGPASSFILE).
 
-use super::pg_config;
-use crate::process::config::DatabaseConfig;
+use super::Connector;
+use crate::process::config::{DatabaseConfig, PgSslMode};
 use crate::storage::backup_file::{
     commit_file, expect_magic, partial, BackupError, Summary, COUNTS_SQL,
 };
@@ -103,9 +103,9 @@ pub(crate) async fn restore(cfg: &DatabaseConfig, file: &Path) -> Result<Summary
 }
 
 async fn connect(cfg: &DatabaseConfig) -> Result<tokio_postgres::Client, BackupError> {
-    let mut pg = pg_config(cfg);
-    pg.application_name("restaurant-system backup");
-    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+    let mut at = Connector::new(cfg).map_err(|e| BackupError::failed("database TLS", e))?;
+    at.pg.application_name("restaurant-system backup");
+    let (client, _conn) = at.connect().await.map_err(|e| {
         BackupError::failed(
             format!(
                 "connecting to database {} on {}:{}",
@@ -116,7 +116,6 @@ async fn connect(cfg: &DatabaseConfig) -> Result<tokio_postgres::Client, BackupE
             e,
         )
     })?;
-    tokio::spawn(conn);
     Ok(client)
 }
 
@@ -151,6 +150,16 @@ fn tool(name: &str, cfg: &DatabaseConfig) -> tokio::process::Command {
     .kill_on_drop(true);
     if let Some(pw) = cfg.password.as_ref() {
         cmd.env("PGPASSWORD", pw.expose());
+    }
+    // libpq checks the server as our own connections do (`tls`).
+    let mode = match cfg.sslmode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    };
+    cmd.env("PGSSLMODE", mode);
+    if cfg.sslmode != PgSslMode::Disable {
+        cmd.env("PGSSLROOTCERT", crate::tls::ca_file_or_system(&cfg.ca_file));
     }
     cmd
 }
