@@ -34,6 +34,15 @@ pub struct Config {
     pub stations: StationsConfig,
     pub expo: ExpoConfig,
     pub tls: TlsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Several boxes serving one kitchen (docs/multi-box.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Host names or addresses of every box, this one included; empty: one box.
+    pub boxes: Vec<String>,
 }
 
 /// A password: never printed by `Debug` or `Display`, so it cannot reach a log line.
@@ -113,7 +122,12 @@ pub struct DatabaseConfig {
     pub database: String,
     pub sqlite_path: PathBuf,
     pub pool_size: usize,
+    /// A PostgreSQL URL, instead of host and port: several hosts for a
+    /// cluster that fails over (`postgres://u@b1:5432,b2:5432/db?target_session_attrs=read-write`).
+    /// The password stays in `password`, never in the URL.
+    pub url: Option<String>,
     /// TLS to a PostgreSQL on another host (issue 27); loopback stays plain.
+    /// A URL's `sslmode` and `sslrootcert` take the place of these two.
     pub sslmode: PgSslMode,
     /// The CA (PEM) that signed the server's certificate; empty: the system's CAs.
     pub ca_file: PathBuf,
@@ -131,6 +145,42 @@ pub enum PgSslMode {
     VerifyFull,
 }
 
+/// Takes `sslmode` and `sslrootcert` out of a PostgreSQL URL: tokio-postgres
+/// 0.7 refuses `verify-ca` and `verify-full`, which we implement ourselves
+/// (`storage::postgres::tls`). `prefer` and `require` check no certificate
+/// and are refused, as in `[database] sslmode`.
+fn split_url_tls(url: &str) -> Result<(String, Option<PgSslMode>, Option<PathBuf>), ConfigError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None, None));
+    };
+    let (mut mode, mut ca, mut kept) = (None, None, Vec::new());
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", v)) => {
+                mode = Some(match v {
+                    "disable" => PgSslMode::Disable,
+                    "verify-ca" => PgSslMode::VerifyCa,
+                    "verify-full" => PgSslMode::VerifyFull,
+                    other => {
+                        return Err(ConfigError::Invalid(format!(
+                            "database.url: sslmode={other} is not supported: use verify-full \
+                             (with sslrootcert=CA file) to a server on another host, or disable"
+                        )))
+                    }
+                })
+            }
+            Some(("sslrootcert", v)) => ca = Some(PathBuf::from(v)),
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, mode, ca))
+}
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
@@ -142,6 +192,7 @@ impl Default for DatabaseConfig {
             database: "restaurant_db".into(),
             sqlite_path: "/var/lib/restaurant-system/restaurant.db".into(),
             pool_size: 16,
+            url: None,
             sslmode: PgSslMode::Disable,
             ca_file: PathBuf::new(),
         }
@@ -152,11 +203,70 @@ impl DatabaseConfig {
     /// The backend actually used: `auto` resolved.
     pub fn resolved_backend(&self) -> StorageBackend {
         match self.backend {
-            StorageBackend::Auto if self.host.as_deref().is_some_and(|h| !h.is_empty()) => {
-                StorageBackend::Postgres
-            }
+            StorageBackend::Auto if self.postgres_named() => StorageBackend::Postgres,
             StorageBackend::Auto => StorageBackend::Sqlite,
             other => other,
+        }
+    }
+
+    /// A PostgreSQL server is named, by `host` or by `url`.
+    fn postgres_named(&self) -> bool {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|h| !h.trim().is_empty());
+        set(&self.host) || set(&self.url)
+    }
+
+    /// The URL parsed, when one is set.
+    pub fn parsed_url(&self) -> Result<Option<tokio_postgres::Config>, ConfigError> {
+        let Some(url) = self.url.as_deref().filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let (url, _, _) = split_url_tls(url)?;
+        let pg: tokio_postgres::Config = url.parse().map_err(|e| {
+            ConfigError::Invalid(format!("database.url is not a PostgreSQL URL: {e}"))
+        })?;
+        if pg.get_password().is_some() {
+            return Err(ConfigError::Invalid(
+                "database.url must not carry the password: put it in database.password".into(),
+            ));
+        }
+        Ok(Some(pg))
+    }
+
+    /// The TLS our connections take: the URL's `sslmode` and `sslrootcert`
+    /// when it has them, else `sslmode` and `ca_file`. (A URL that does not
+    /// parse was refused when the config was loaded.)
+    pub fn ssl(&self) -> (PgSslMode, PathBuf) {
+        let from_url = self
+            .url
+            .as_deref()
+            .and_then(|u| split_url_tls(u).ok())
+            .map(|(_, mode, ca)| (mode, ca))
+            .unwrap_or_default();
+        (
+            from_url.0.unwrap_or(self.sslmode),
+            from_url.1.unwrap_or_else(|| self.ca_file.clone()),
+        )
+    }
+
+    /// What the PostgreSQL tools take as `--dbname`: the URL (which names the
+    /// hosts too, over `--host`) when one is set, else the database's name.
+    pub fn dbname_arg(&self) -> String {
+        match self.url.as_deref().filter(|u| !u.trim().is_empty()) {
+            Some(url) => url.to_string(),
+            None => self.database.clone(),
+        }
+    }
+
+    /// Where the database is, for messages (never with the password).
+    pub fn place(&self) -> String {
+        match self.url.as_deref().filter(|u| !u.trim().is_empty()) {
+            Some(url) => url.to_string(),
+            None => format!(
+                "database {} on {}:{}",
+                self.database,
+                self.host.as_deref().unwrap_or("localhost"),
+                self.port
+            ),
         }
     }
 
@@ -182,11 +292,23 @@ pub struct RabbitConfig {
     pub password: Secret,
     #[serde(deserialize_with = "lenient_string")]
     pub vhost: String,
+    /// The kind of queue that holds orders and status changes.
+    pub queue_type: QueueType,
     /// amqps:// (issue 27), for a broker on another host: TLS to `port`
     /// (RabbitMQ's TLS listener, usually 5671), the broker's name checked.
     pub tls: bool,
     /// The CA (PEM) that signed the broker's certificate; empty: the system's CAs.
     pub ca_file: PathBuf,
+}
+
+/// Classic queues live on one node; quorum queues are replicated over a
+/// RabbitMQ cluster and survive the loss of a minority of its nodes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
 }
 
 impl Default for RabbitConfig {
@@ -197,6 +319,7 @@ impl Default for RabbitConfig {
             user: "guest".into(),
             password: Secret::new("guest"),
             vhost: "/".into(),
+            queue_type: QueueType::Classic,
             tls: false,
             ca_file: PathBuf::new(),
         }
@@ -748,6 +871,11 @@ impl Config {
         Ok(cfg)
     }
 
+    /// More than one box serves this kitchen, or its queues are made to survive one.
+    pub fn multi_box(&self) -> bool {
+        self.cluster.boxes.len() >= 2 || self.rabbitmq.queue_type == QueueType::Quorum
+    }
+
     /// Rules that parse fine but make no sense.
     pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -776,7 +904,7 @@ impl Config {
             (
                 "database.ca_file needs database.sslmode = \"verify-full\" (or \"verify-ca\")",
                 &self.database.ca_file,
-                self.database.sslmode != PgSslMode::Disable,
+                self.database.ssl().0 != PgSslMode::Disable,
             ),
         ] {
             if !set.as_os_str().is_empty() && !on {
@@ -785,14 +913,31 @@ impl Config {
         }
         self.business.rule()?;
         if self.database.resolved_backend() == StorageBackend::Postgres
-            && self.database.host.as_deref().unwrap_or("").is_empty()
+            && !self.database.postgres_named()
         {
-            return bad("database.backend = \"postgres\" needs database.host".into());
+            return bad(
+                "database.backend = \"postgres\" needs database.host or database.url".into(),
+            );
         }
+        self.database.parsed_url()?;
         if self.database.resolved_backend() == StorageBackend::Sqlite
             && self.database.sqlite_path.as_os_str().is_empty()
         {
             return bad("database.sqlite_path must not be empty".into());
+        }
+        if self.multi_box() && self.database.resolved_backend() == StorageBackend::Sqlite {
+            return bad(
+                "a multi-box configuration (cluster.boxes with 2 or more boxes, or rabbitmq.queue_type = \"quorum\") needs PostgreSQL: SQLite lives on one box (set database.backend = \"postgres\" and database.host or database.url)"
+                    .into(),
+            );
+        }
+        for b in &self.cluster.boxes {
+            if b.trim().is_empty() || b.contains(|c: char| c.is_whitespace() || "/@?#".contains(c))
+            {
+                return bad(format!(
+                    "cluster.boxes: '{b}' is not a host name or address"
+                ));
+            }
         }
         if self.database.pool_size == 0 {
             return bad("database.pool_size must be at least 1".into());
@@ -1074,6 +1219,19 @@ mod tests {
         );
         // require checks no certificate: refused, naming the values that do.
         let e = load_str("[database]\nsslmode = \"require\"\n").unwrap_err();
+        assert!(e.to_string().contains("verify-full"), "{e}");
+        // In a URL too, with the CA file as libpq names it.
+        let c = load_str(
+            "[database]\nurl = \"postgres://u@db1:5432,db2:5432/r?target_session_attrs=read-write&sslmode=verify-full&sslrootcert=/etc/db-ca.crt\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.database.ssl(),
+            (PgSslMode::VerifyFull, PathBuf::from("/etc/db-ca.crt"))
+        );
+        let pg = c.database.parsed_url().unwrap().unwrap();
+        assert_eq!(pg.get_hosts().len(), 2);
+        let e = load_str("[database]\nurl = \"postgres://u@db/r?sslmode=require\"\n").unwrap_err();
         assert!(e.to_string().contains("verify-full"), "{e}");
         for toml in [
             "[rabbitmq]\nca_file = \"/etc/ca.crt\"\n",

@@ -38,7 +38,7 @@ pub(crate) async fn backup(cfg: &DatabaseConfig, file: &Path) -> Result<Summary,
         .arg(format!("--snapshot={snapshot}"))
         .arg("--file")
         .arg(&tmp)
-        .arg(format!("--dbname={}", cfg.database));
+        .arg(format!("--dbname={}", cfg.dbname_arg()));
     let ran = run(dump, "pg_dump").await;
     // The snapshot had to live until pg_dump imported it; it is done now.
     let _ = client.batch_execute("commit").await;
@@ -90,7 +90,7 @@ pub(crate) async fn restore(cfg: &DatabaseConfig, file: &Path) -> Result<Summary
             "--single-transaction",
             "--exit-on-error",
         ])
-        .arg(format!("--dbname={}", cfg.database))
+        .arg(format!("--dbname={}", cfg.dbname_arg()))
         .arg(file);
     run(restore, "pg_restore").await?;
     // Opening applies the migrations a copy from an older version lacks.
@@ -105,17 +105,10 @@ pub(crate) async fn restore(cfg: &DatabaseConfig, file: &Path) -> Result<Summary
 async fn connect(cfg: &DatabaseConfig) -> Result<tokio_postgres::Client, BackupError> {
     let mut at = Connector::new(cfg).map_err(|e| BackupError::failed("database TLS", e))?;
     at.pg.application_name("restaurant-system backup");
-    let (client, _conn) = at.connect().await.map_err(|e| {
-        BackupError::failed(
-            format!(
-                "connecting to database {} on {}:{}",
-                cfg.database,
-                cfg.host.as_deref().unwrap_or("localhost"),
-                cfg.port
-            ),
-            e,
-        )
-    })?;
+    let (client, _conn) = at
+        .connect()
+        .await
+        .map_err(|e| BackupError::failed(format!("connecting to {}", cfg.place()), e))?;
     Ok(client)
 }
 
@@ -151,15 +144,17 @@ fn tool(name: &str, cfg: &DatabaseConfig) -> tokio::process::Command {
     if let Some(pw) = cfg.password.as_ref() {
         cmd.env("PGPASSWORD", pw.expose());
     }
-    // libpq checks the server as our own connections do (`tls`).
-    let mode = match cfg.sslmode {
-        PgSslMode::Disable => "disable",
-        PgSslMode::VerifyCa => "verify-ca",
-        PgSslMode::VerifyFull => "verify-full",
-    };
-    cmd.env("PGSSLMODE", mode);
-    if cfg.sslmode != PgSslMode::Disable {
-        cmd.env("PGSSLROOTCERT", crate::tls::ca_file_or_system(&cfg.ca_file));
+    // libpq checks the server as our own connections do (`tls`); without
+    // TLS its defaults stay as they were.
+    let (mode, ca) = cfg.ssl();
+    if mode != PgSslMode::Disable {
+        let mode = if mode == PgSslMode::VerifyCa {
+            "verify-ca"
+        } else {
+            "verify-full"
+        };
+        cmd.env("PGSSLMODE", mode)
+            .env("PGSSLROOTCERT", crate::tls::ca_file_or_system(&ca));
     }
     cmd
 }

@@ -2,8 +2,9 @@
 //! ring provider: tokio-postgres 0.7 knows only sslmode disable / prefer /
 //! require, so verify-ca and verify-full are ours. tokio-postgres is told
 //! `require` and given this connector, whose rustls config checks the
-//! certificate against `[database] ca_file` (and, for verify-full, the host
-//! name). With `sslmode = "disable"` (the default, loopback) nothing here runs.
+//! certificate against `[database] ca_file` (or the URL's `sslrootcert`) and,
+//! for verify-full, the host name. With `sslmode = "disable"` (the default,
+//! loopback) nothing here runs.
 
 use crate::process::config::{DatabaseConfig, PgSslMode};
 use crate::tls::TlsError;
@@ -23,10 +24,10 @@ pub(crate) struct MakeRustls(Arc<rustls::ClientConfig>);
 impl MakeRustls {
     /// The connector `cfg` asks for, or None for a plain connection.
     pub(crate) fn from_config(cfg: &DatabaseConfig) -> Result<Option<Self>, TlsError> {
-        let config = match cfg.sslmode {
-            PgSslMode::Disable => return Ok(None),
-            PgSslMode::VerifyCa => crate::tls::client_config_any_name(&cfg.ca_file)?,
-            PgSslMode::VerifyFull => crate::tls::client_config(&cfg.ca_file)?,
+        let config = match cfg.ssl() {
+            (PgSslMode::Disable, _) => return Ok(None),
+            (PgSslMode::VerifyCa, ca) => crate::tls::client_config_any_name(&ca)?,
+            (PgSslMode::VerifyFull, ca) => crate::tls::client_config(&ca)?,
         };
         Ok(Some(MakeRustls(config)))
     }
