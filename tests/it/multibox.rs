@@ -312,3 +312,30 @@ async fn the_pool_finds_the_new_primary_after_a_failover() {
         assert_eq!(n, 1, "{c}: orders on a {ca:?} / b {cb:?}");
     }
 }
+
+/// The display page learns every box from `config.json`, to move to the next
+/// box's /mqtt when its own dies; one box gives an empty list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screens_get_the_list_of_boxes() {
+    use restaurant_system::modes::Mode;
+    let mut env = quorum_env();
+    let http = reqwest::Client::new();
+    let one = env.start(Mode::TrackingService, None).await;
+    let (_, _, v) = crate::common::get_json(
+        &http,
+        &format!("{}/display/config.json", one.tracking_url()),
+    )
+    .await;
+    assert_eq!(v["boxes"], serde_json::json!([]), "{v}");
+    one.stop().await;
+    let boxes = ["10.77.0.11", "10.77.0.12", "10.77.0.13"];
+    env.cfg.cluster.boxes = boxes.iter().map(|b| b.to_string()).collect();
+    let three = env.start(Mode::TrackingService, None).await;
+    let (_, _, v) = crate::common::get_json(
+        &http,
+        &format!("{}/display/config.json", three.tracking_url()),
+    )
+    .await;
+    assert_eq!(v["boxes"], serde_json::json!(boxes), "{v}");
+    three.stop().await;
+}
