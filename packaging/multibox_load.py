@@ -71,10 +71,21 @@ def post(box, token, key, body):
         return 0, None
 
 
+def letters(n):
+    """N in base 26, written with letters: customer names take only letters, spaces, hyphens."""
+    s = ""
+    while True:
+        n, d = divmod(n, 26)
+        s = chr(ord("a") + d) + s
+        if n == 0:
+            return s
+
+
 def one_order(boxes, token, run, k, out, lock):
     key = f"{run}-{k}"
     body = dict(ORDERS[k % len(ORDERS)])
-    body["customer_name"] = f"POS {key}"
+    # One name per key, so a doubled order shows as a doubled name in the database.
+    body["customer_name"] = f"POS {letters(int(run[2:], 16))}-{letters(k)}"
     sent = time.time()
     attempts, code, number, box = 0, 0, None, None
     i = k % len(boxes)

@@ -466,7 +466,7 @@ ip link set "vb-$iso" down
 for ((i = 0; i < 45; i++)); do
     code=$(mb "$iso" curl -s -m 5 -o "$work/isolated.body" -w '%{http_code}' -X POST http://127.0.0.1:3000/orders \
         -H 'Content-Type: application/json' -H "Idempotency-Key: split-$i" \
-        -d "{\"customer_name\":\"POS split-$i\",\"order_type\":\"takeout\",\"items\":[{\"name\":\"Soup\",\"quantity\":1,\"price\":5.5}]}" || true)
+        -d "{\"customer_name\":\"POS split-$(tr 0-9 a-j <<<"$i")\",\"order_type\":\"takeout\",\"items\":[{\"name\":\"Soup\",\"quantity\":1,\"price\":5.5}]}" || true)
     echo "$(secs_since "$split_at") $code $(jq -r '.order_number // "-"' "$work/isolated.body" 2>/dev/null || echo -)" >>"$work/isolated.codes"
     sleep 1
 done
