@@ -98,7 +98,7 @@ def one_order(boxes, token, run, k, out, lock):
             break
         i += 1
         time.sleep(0.5)
-    rec = {"key": key, "sent": round(sent, 3), "answered": round(time.time(), 3), "code": code,
+    rec = {"key": key, "name": body["customer_name"], "sent": round(sent, 3), "answered": round(time.time(), 3), "code": code,
            "number": number, "box": box, "attempts": attempts}
     with lock:
         out.write(json.dumps(rec) + "\n")

@@ -376,6 +376,11 @@ accepted_of() { python3 -c 'import json,sys
 for l in open(sys.argv[1]):
     r = json.loads(l)
     if r["code"] == 200: print(r["number"])' "$1"; }
+# answered_pairs FILE: "NUMBER|CUSTOMER NAME" of every order answered 200.
+answered_pairs() { python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    if r["code"] == 200: print(r["number"] + "|" + r["name"])' "$1"; }
 # verdict FILE LABEL: every 200 is in the database and ready, none twice, none cooked twice.
 verdict() {
     local f=$1 label=$2 nums keys stored ready dup cooked missing
@@ -384,7 +389,11 @@ verdict() {
     keys=$(python3 -c 'import json,sys; print(len({json.loads(l)["key"] for l in open(sys.argv[1])}))' "$f")
     wait_until 180 all_ready "$work/$label.numbers" || true
     db "select number || ' ' || status from orders where customer_name like 'POS %'" >"$work/$label.db"
-    stored=$(awk 'NR == FNR { w[$1] = 1; next } ($1 in w)' "$work/$label.numbers" "$work/$label.db" | wc -l)
+    # Stored as answered: the same number with the same customer (a number given again to another
+    # order after a failover means the answered one was lost).
+    answered_pairs "$f" | sort -u >"$work/$label.pairs"
+    db "select number || '|' || customer_name from orders where customer_name like 'POS %'" | sort -u >"$work/$label.dbpairs"
+    stored=$(comm -12 "$work/$label.pairs" "$work/$label.dbpairs" | wc -l)
     ready=$(awk 'NR == FNR { w[$1] = 1; next } ($1 in w) && ($2 == "ready" || $2 == "completed")' "$work/$label.numbers" "$work/$label.db" | wc -l)
     missing=$((${#nums[@]} - stored))
     # Doubled: one POS order (customer "POS KEY") stored twice, or cooked twice.
@@ -467,7 +476,7 @@ for ((i = 0; i < 45; i++)); do
     code=$(mb "$iso" curl -s -m 5 -o "$work/isolated.body" -w '%{http_code}' -X POST http://127.0.0.1:3000/orders \
         -H 'Content-Type: application/json' -H "Idempotency-Key: split-$i" \
         -d "{\"customer_name\":\"POS split-$(tr 0-9 a-j <<<"$i")\",\"order_type\":\"takeout\",\"items\":[{\"name\":\"Soup\",\"quantity\":1,\"price\":5.5}]}" || true)
-    echo "$(secs_since "$split_at") $code $(jq -r '.order_number // "-"' "$work/isolated.body" 2>/dev/null || echo -)" >>"$work/isolated.codes"
+    echo "$(secs_since "$split_at") $code $(jq -r '.order_number // "-"' "$work/isolated.body" 2>/dev/null || echo -) split-$(tr 0-9 a-j <<<"$i")" >>"$work/isolated.codes"
     sleep 1
 done
 ip link set "vb-$iso" up
@@ -484,7 +493,7 @@ touch "$work/stop-split"
 wait "$load_pid" || true
 load_pid=""
 # The isolated box's own 200s count as accepted orders too.
-awk '$2 == 200 && $3 != "-" { printf "{\"key\": \"split-%d\", \"code\": 200, \"number\": \"%s\", \"answered\": 0}\n", NR, $3 }' \
+awk '$2 == 200 && $3 != "-" { printf "{\"key\": \"%s\", \"name\": \"POS %s\", \"code\": 200, \"number\": \"%s\", \"answered\": 0}\n", $4, $4, $3 }' \
     "$work/isolated.codes" >>"$split_out"
 verdict "$split_out" split
 mapfile -t gap_lines < <(python3 "$LOAD" gaps "$split_out" "$split_at")
