@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # packaging/box-lib.sh: a Debian 12 "kitchen box" booted with systemd-nspawn (systemd as PID 1),
-# for packaging/test-systemd.sh. Sourced after scripts/lib.sh.
+# for packaging/test-systemd.sh and packaging/test-multibox.sh. Sourced after scripts/lib.sh.
 #
 # The box's root file system is built once with debootstrap (minbase, systemd, and the servers a
 # kitchen PC runs: RabbitMQ, Mosquitto, PostgreSQL) and cached OUTSIDE the repository, under
@@ -12,9 +12,11 @@ RS_BOX_SUITE=bookworm
 RS_BOX_MIRROR=${RS_BOX_MIRROR:-http://deb.debian.org/debian}
 RS_BOX_HOSTNAME=kitchen-box
 # debootstrap --include (what makes it boot) and what apt then installs into the tree.
+# pg_auto_failover and iproute2 are for the three-box test (packaging/test-multibox.sh); the
+# single-box tests never start them.
 RS_BOX_BASE=systemd,systemd-sysv,dbus,adduser
 RS_BOX_PACKAGES=(rabbitmq-server mosquitto mosquitto-clients postgresql curl jq sqlite3 procps
-    ca-certificates)
+    ca-certificates postgresql-15-auto-failover pg-auto-failover-cli iproute2)
 # Bump when the way the box is made changes (so the cache key changes).
 RS_BOX_RECIPE=2
 
@@ -153,4 +155,85 @@ vm_image() {
     mv "$tmp" "$dir"
     mv "$tmp.log" "$dir.log"
     echo "$dir"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Booting a box, running commands in it, cutting its power (shared by the box tests)
+
+BOX_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# box_exec PID CMD...: run CMD as root in the box whose systemd is PID (all its namespaces),
+# with a clean environment.
+box_exec() {
+    local pid=$1
+    shift
+    nsenter -t "$pid" -a env -i PATH="$BOX_PATH" LANG=C.UTF-8 HOME=/root TERM=dumb \
+        SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"
+}
+
+# box_start LOG DIR HOSTNAME [NSPAWN OPTION...]: boots DIR with systemd as PID 1 in the
+# background (systemd-nspawn -b, output to LOG) and waits until the box's systemd says it is
+# running (or degraded). Sets BOX_NSPAWN_PID and BOX_PID1 (the box's systemd); prints the
+# system state. Fails when the box did not come up.
+box_start() {
+    local logf=$1 dir=$2 name=$3 i state=""
+    shift 3
+    systemd-nspawn --register=no --keep-unit -D "$dir" --hostname="$name" "$@" -b \
+        </dev/null >"$logf" 2>&1 &
+    BOX_NSPAWN_PID=$!
+    BOX_PID1=""
+    for ((i = 0; i < 200; i++)); do
+        BOX_PID1=$(pgrep -P "$BOX_NSPAWN_PID" -x systemd || true)
+        [[ -n "$BOX_PID1" ]] && break
+        kill -0 "$BOX_NSPAWN_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ -z "$BOX_PID1" ]]; then
+        tail -n 20 "$logf" >&2
+        return 1
+    fi
+    # The first calls can come before the box's systemd answers on its bus: systemctl then says
+    # "offline" (no bus yet) at once, even with --wait, so that is a state to wait out too.
+    for ((i = 0; i < 120; i++)); do
+        state=$(timeout 120 nsenter -t "$BOX_PID1" -a env -i PATH="$BOX_PATH" systemctl is-system-running --wait 2>/dev/null || true)
+        case "$state" in
+            "" | initializing | starting | offline) ;;
+            *) break ;;
+        esac
+        sleep 0.5
+    done
+    echo "system state: $state"
+    if [[ "$state" == degraded ]]; then
+        box_exec "$BOX_PID1" systemctl --failed --no-legend >&2 || true
+    fi
+    [[ "$state" == running || "$state" == degraded ]]
+}
+
+# wait_gone PID SECONDS
+wait_gone() {
+    local i
+    for ((i = 0; i < $2 * 10; i++)); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# wait_until SECONDS CMD...: polls CMD every 0.5 s.
+wait_until() {
+    local limit=$1 end
+    shift
+    end=$(($(date +%s) + limit))
+    while ! "$@" >/dev/null 2>&1; do
+        [[ $(date +%s) -lt $end ]] || return 1
+        sleep 0.5
+    done
+}
+
+# box_power_cut NSPAWN_PID PID1: SIGKILL to the box's own PID 1 ends every process in it at
+# once (SIGKILL to systemd-nspawn would not: the box's processes would run on, orphaned).
+box_power_cut() {
+    kill -KILL "$2" 2>/dev/null || true
+    wait_gone "$1" 30
+    wait "$1" 2>/dev/null || true
 }

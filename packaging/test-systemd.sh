@@ -40,7 +40,6 @@ CONF=/etc/restaurant-system/config.toml
 SQLITE_DB=/var/lib/restaurant-system/restaurant.db
 UNITS=(restaurant-order restaurant-tracking restaurant-notifier restaurant-display-bridge
     restaurant-kitchen@chef_mario restaurant-kitchen@chef_luigi)
-BOX_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 passed=0
 failed=0
@@ -125,54 +124,16 @@ t_start=$(date +%s)
 # The box: boot, run commands in it, stop it
 
 # in_box CMD...: run CMD in the box as root (all its namespaces), with a clean environment.
-in_box() {
-    nsenter -t "$box_pid" -a env -i PATH="$BOX_PATH" LANG=C.UTF-8 HOME=/root TERM=dumb \
-        SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"
-}
+in_box() { box_exec "$box_pid" "$@"; }
 
 # boot_box: boots $ROOT with systemd as PID 1 on a private network; waits until it is up.
 boot_box() {
-    local i state
+    local rc=0
     boots=$((boots + 1))
-    systemd-nspawn --register=no --keep-unit --private-network -D "$ROOT" \
-        --hostname="$RS_BOX_HOSTNAME" -b </dev/null >"$work/boot-$boots.log" 2>&1 &
-    nspawn_pid=$!
-    box_pid=""
-    for ((i = 0; i < 200; i++)); do
-        box_pid=$(pgrep -P "$nspawn_pid" -x systemd || true)
-        [[ -n "$box_pid" ]] && break
-        kill -0 "$nspawn_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [[ -z "$box_pid" ]]; then
-        tail -n 20 "$work/boot-$boots.log" >&2
-        return 1
-    fi
-    # The first calls can come before the box's systemd answers on its bus: systemctl then says
-    # "offline" (no bus yet) at once, even with --wait, so that is a state to wait out too.
-    for ((i = 0; i < 120; i++)); do
-        state=$(timeout 120 nsenter -t "$box_pid" -a env -i PATH="$BOX_PATH" systemctl is-system-running --wait 2>/dev/null || true)
-        case "$state" in
-            "" | initializing | starting | offline) ;;
-            *) break ;;
-        esac
-        sleep 0.5
-    done
-    echo "system state: $state"
-    if [[ "$state" == degraded ]]; then
-        in_box systemctl --failed --no-legend >&2 || true
-    fi
-    [[ "$state" == running || "$state" == degraded ]]
-}
-
-# wait_gone PID SECONDS
-wait_gone() {
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        kill -0 "$1" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    return 1
+    box_start "$work/boot-$boots.log" "$ROOT" "$RS_BOX_HOSTNAME" --private-network || rc=$?
+    nspawn_pid=$BOX_NSPAWN_PID
+    box_pid=$BOX_PID1
+    return $rc
 }
 
 # box_halt: a clean shutdown (SIGTERM to systemd-nspawn halts the box).
@@ -196,9 +157,7 @@ box_stop_hard() {
 
 # power_cut: SIGKILL to the box's own PID 1: every process in it ends at once.
 power_cut() {
-    kill -KILL "$box_pid"
-    wait_gone "$nspawn_pid" 30
-    wait "$nspawn_pid" 2>/dev/null || true
+    box_power_cut "$nspawn_pid" "$box_pid"
     nspawn_pid=""
     box_pid=""
 }
@@ -214,17 +173,6 @@ active_all() {
         [[ "$s" == active ]] || bad=1
     done
     return $bad
-}
-
-# wait_until SECONDS CMD...: polls CMD every 0.5 s.
-wait_until() {
-    local limit=$1 end
-    shift
-    end=$(($(date +%s) + limit))
-    while ! "$@" >/dev/null 2>&1; do
-        [[ $(date +%s) -lt $end ]] || return 1
-        sleep 0.5
-    done
 }
 
 main_pid() { in_box systemctl show -p MainPID --value "$1"; }

@@ -35,6 +35,7 @@ impl Servers {
             user: self.amqp_user.clone(),
             password: Secret::new(self.amqp_password.clone()),
             vhost: vhost.to_string(),
+            ..Default::default()
         }
     }
 

@@ -92,6 +92,34 @@ impl PoisonCap {
     }
 }
 
+/// Deliveries received and not started yet, one line per priority band (0 the
+/// highest). With quorum queues (one per priority) a worker is sent work from
+/// every band at once; it starts the highest band's first, so under a backlog
+/// a rush order overtakes the normal ones already waiting.
+#[derive(Debug)]
+pub struct Bands<T> {
+    lines: Vec<VecDeque<T>>,
+}
+
+impl<T> Bands<T> {
+    pub fn new(bands: usize) -> Self {
+        Bands {
+            lines: (0..bands.max(1)).map(|_| VecDeque::new()).collect(),
+        }
+    }
+
+    /// Queues `item` in band `band` (past the last band: the last).
+    pub fn push(&mut self, band: usize, item: T) {
+        let last = self.lines.len() - 1;
+        self.lines[band.min(last)].push_back(item);
+    }
+
+    /// The oldest item of the highest band that has one.
+    pub fn pop(&mut self) -> Option<T> {
+        self.lines.iter_mut().find_map(VecDeque::pop_front)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +174,28 @@ mod tests {
         );
         cap.forget("ORD_2");
         assert!(cap.failures.is_empty() && cap.age.is_empty());
+    }
+
+    #[test]
+    fn bands_start_the_highest_first_and_keep_order_within_a_band() {
+        let mut b = Bands::new(3);
+        b.push(2, "low 1");
+        b.push(2, "low 2");
+        b.push(0, "rush 1");
+        b.push(1, "mid");
+        b.push(0, "rush 2");
+        b.push(9, "past the last band");
+        let order: Vec<_> = std::iter::from_fn(|| b.pop()).collect();
+        assert_eq!(
+            order,
+            [
+                "rush 1",
+                "rush 2",
+                "mid",
+                "low 1",
+                "low 2",
+                "past the last band"
+            ]
+        );
     }
 }

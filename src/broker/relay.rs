@@ -195,7 +195,7 @@ impl Relay {
     async fn open_channel(&self, conn: &lapin::Connection) -> Result<Channel, lapin::Error> {
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        topology::declare(&ch).await?;
+        topology::declare(&ch, self.rabbit.queue_type).await?;
         Ok(ch)
     }
 

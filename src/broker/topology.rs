@@ -8,9 +8,18 @@
 //!                      --kitchen.#----------> display_bridge_queue (single active consumer)
 //! notifications_fanout (fanout) ------------> display_bridge_queue, one exclusive queue per notification subscriber
 //! ```
+//!
+//! With `[rabbitmq] queue_type = "quorum"` (several boxes, docs/multi-box.md)
+//! every durable queue above is a quorum queue, replicated over the RabbitMQ
+//! cluster. RabbitMQ 3.10's quorum queues refuse `x-max-priority`, so each
+//! kitchen queue becomes one queue per priority, as RabbitMQ's documentation
+//! advises: `kitchen.dine_in.10` goes to `kitchen_dine_in_p10_queue`, and the
+//! worker drains the higher one first (`services::kitchen`).
 
 use crate::domain::events::{NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE, STATIONS_EXCHANGE};
+use crate::domain::order::PRIORITIES;
 use crate::domain::OrderType;
+use crate::process::config::QueueType;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
@@ -29,6 +38,30 @@ pub fn kitchen_queue(t: OrderType) -> String {
     format!("kitchen_{t}_queue")
 }
 
+/// The queues a worker for type `t` consumes, highest priority first, each
+/// with its priority (one queue holding all priorities: `None`).
+pub fn kitchen_queues(t: OrderType, qt: QueueType) -> Vec<(String, Option<i32>)> {
+    match qt {
+        QueueType::Classic => vec![(kitchen_queue(t), None)],
+        QueueType::Quorum => PRIORITIES
+            .iter()
+            .map(|p| (format!("kitchen_{t}_p{p}_queue"), Some(*p)))
+            .collect(),
+    }
+}
+
+/// The arguments every durable queue of ours gets for `qt`.
+fn queue_args(qt: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    if qt == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    args
+}
+
 fn durable_exchange() -> ExchangeDeclareOptions {
     ExchangeDeclareOptions {
         durable: true,
@@ -44,8 +77,11 @@ fn durable_queue() -> QueueDeclareOptions {
 }
 
 /// Exchanges (orders, notifications, stations), the dead-letter queue and the
-/// three kitchen queues.
-pub async fn declare(ch: &Channel) -> Result<(), lapin::Error> {
+/// kitchen queues (three, or three per priority with quorum queues). The
+/// dead-letter queue comes first: a box configured with the other queue type
+/// fails there (PRECONDITION_FAILED), before it binds a kitchen queue that
+/// would take a copy of every order.
+pub async fn declare(ch: &Channel, qt: QueueType) -> Result<(), lapin::Error> {
     ch.exchange_declare(
         ORDERS_EXCHANGE.into(),
         ExchangeKind::Topic,
@@ -74,24 +110,28 @@ pub async fn declare(ch: &Channel) -> Result<(), lapin::Error> {
         FieldTable::default(),
     )
     .await?;
-    ch.queue_declare(
-        DEAD_LETTER_QUEUE.into(),
-        durable_queue(),
-        FieldTable::default(),
-    )
-    .await?;
+    ch.queue_declare(DEAD_LETTER_QUEUE.into(), durable_queue(), queue_args(qt))
+        .await?;
     bind(ch, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "").await?;
     for t in OrderType::ALL {
-        let mut args = FieldTable::default();
-        args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(10));
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
-        );
-        let q = kitchen_queue(t);
-        ch.queue_declare(q.as_str().into(), durable_queue(), args)
-            .await?;
-        bind(ch, q.as_str(), ORDERS_EXCHANGE, &format!("kitchen.{t}.*")).await?;
+        for (q, priority) in kitchen_queues(t, qt) {
+            let mut args = queue_args(qt);
+            if qt == QueueType::Classic {
+                args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(10));
+            }
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+            );
+            ch.queue_declare(q.as_str().into(), durable_queue(), args)
+                .await?;
+            // The routing key ends with the order's priority (`events::routing_key`).
+            let key = match priority {
+                Some(p) => format!("kitchen.{t}.{p}"),
+                None => format!("kitchen.{t}.*"),
+            };
+            bind(ch, q.as_str(), ORDERS_EXCHANGE, &key).await?;
+        }
     }
     Ok(())
 }
@@ -116,8 +156,8 @@ pub async fn bind(
 /// The display bridge's queue: every order and every status change, in the order
 /// they were published. Single active consumer: a second bridge is a hot
 /// standby, never a second reader that could reorder events.
-pub async fn declare_display_queue(ch: &Channel) -> Result<(), lapin::Error> {
-    let mut args = FieldTable::default();
+pub async fn declare_display_queue(ch: &Channel, qt: QueueType) -> Result<(), lapin::Error> {
+    let mut args = queue_args(qt);
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     // A bridge switched off for good must not grow this queue without end. The
     // oldest updates go first; the board is rebuilt from the database anyway
@@ -130,4 +170,28 @@ pub async fn declare_display_queue(ch: &Channel) -> Result<(), lapin::Error> {
     // Issue 24: part and rush changes (docs/stations.md), in publish order
     // with the rest.
     bind(ch, DISPLAY_QUEUE, STATIONS_EXCHANGE, "#").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_kitchen_queues_are_one_per_priority_highest_first() {
+        assert_eq!(
+            kitchen_queues(OrderType::DineIn, QueueType::Classic),
+            [("kitchen_dine_in_queue".to_string(), None)]
+        );
+        let q = kitchen_queues(OrderType::Takeout, QueueType::Quorum);
+        let names: Vec<_> = q.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "kitchen_takeout_p10_queue",
+                "kitchen_takeout_p5_queue",
+                "kitchen_takeout_p1_queue"
+            ]
+        );
+        assert!(queue_args(QueueType::Classic).inner().is_empty());
+    }
 }

@@ -81,6 +81,11 @@ pub struct ValidOrder {
     pub notes: Option<String>,
 }
 
+/// Every priority `priority_for` gives, highest first. With quorum queues
+/// (which have no message priorities in RabbitMQ 3.10) each has a queue of its
+/// own, and workers drain them in this order.
+pub const PRIORITIES: [i32; 3] = [10, 5, 1];
+
 /// Priority from the total: 10 above $100, 5 from $50 to $100, else 1.
 pub fn priority_for(total: Cents) -> i32 {
     if total > Cents(10_000) {
@@ -478,6 +483,14 @@ mod tests {
             o.delivery_address.as_deref(),
             Some("123 Main Street, Apt 4B")
         );
+    }
+
+    #[test]
+    fn every_priority_has_a_band() {
+        for cents in [0, 1, 4_999, 5_000, 10_000, 10_001, 1_000_000] {
+            assert!(PRIORITIES.contains(&priority_for(Cents(cents))), "{cents}");
+        }
+        assert!(PRIORITIES.windows(2).all(|w| w[0] > w[1]), "highest first");
     }
 
     #[test]

@@ -34,6 +34,15 @@ pub struct Config {
     pub stations: StationsConfig,
     pub expo: ExpoConfig,
     pub tls: TlsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Several boxes serving one kitchen (docs/multi-box.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Host names or addresses of every box, this one included; empty: one box.
+    pub boxes: Vec<String>,
 }
 
 /// A password: never printed by `Debug` or `Display`, so it cannot reach a log line.
@@ -113,6 +122,10 @@ pub struct DatabaseConfig {
     pub database: String,
     pub sqlite_path: PathBuf,
     pub pool_size: usize,
+    /// A PostgreSQL URL, instead of host and port: several hosts for a
+    /// cluster that fails over (`postgres://u@b1:5432,b2:5432/db?target_session_attrs=read-write`).
+    /// The password stays in `password`, never in the URL.
+    pub url: Option<String>,
 }
 
 impl Default for DatabaseConfig {
@@ -126,6 +139,7 @@ impl Default for DatabaseConfig {
             database: "restaurant_db".into(),
             sqlite_path: "/var/lib/restaurant-system/restaurant.db".into(),
             pool_size: 16,
+            url: None,
         }
     }
 }
@@ -134,11 +148,53 @@ impl DatabaseConfig {
     /// The backend actually used: `auto` resolved.
     pub fn resolved_backend(&self) -> StorageBackend {
         match self.backend {
-            StorageBackend::Auto if self.host.as_deref().is_some_and(|h| !h.is_empty()) => {
-                StorageBackend::Postgres
-            }
+            StorageBackend::Auto if self.postgres_named() => StorageBackend::Postgres,
             StorageBackend::Auto => StorageBackend::Sqlite,
             other => other,
+        }
+    }
+
+    /// A PostgreSQL server is named, by `host` or by `url`.
+    fn postgres_named(&self) -> bool {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|h| !h.trim().is_empty());
+        set(&self.host) || set(&self.url)
+    }
+
+    /// The URL parsed, when one is set.
+    pub fn parsed_url(&self) -> Result<Option<tokio_postgres::Config>, ConfigError> {
+        let Some(url) = self.url.as_deref().filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let pg: tokio_postgres::Config = url.parse().map_err(|e| {
+            ConfigError::Invalid(format!("database.url is not a PostgreSQL URL: {e}"))
+        })?;
+        if pg.get_password().is_some() {
+            return Err(ConfigError::Invalid(
+                "database.url must not carry the password: put it in database.password".into(),
+            ));
+        }
+        Ok(Some(pg))
+    }
+
+    /// What the PostgreSQL tools take as `--dbname`: the URL (which names the
+    /// hosts too, over `--host`) when one is set, else the database's name.
+    pub fn dbname_arg(&self) -> String {
+        match self.url.as_deref().filter(|u| !u.trim().is_empty()) {
+            Some(url) => url.to_string(),
+            None => self.database.clone(),
+        }
+    }
+
+    /// Where the database is, for messages (never with the password).
+    pub fn place(&self) -> String {
+        match self.url.as_deref().filter(|u| !u.trim().is_empty()) {
+            Some(url) => url.to_string(),
+            None => format!(
+                "database {} on {}:{}",
+                self.database,
+                self.host.as_deref().unwrap_or("localhost"),
+                self.port
+            ),
         }
     }
 
@@ -164,6 +220,18 @@ pub struct RabbitConfig {
     pub password: Secret,
     #[serde(deserialize_with = "lenient_string")]
     pub vhost: String,
+    /// The kind of queue that holds orders and status changes.
+    pub queue_type: QueueType,
+}
+
+/// Classic queues live on one node; quorum queues are replicated over a
+/// RabbitMQ cluster and survive the loss of a minority of its nodes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
 }
 
 impl Default for RabbitConfig {
@@ -174,6 +242,7 @@ impl Default for RabbitConfig {
             user: "guest".into(),
             password: Secret::new("guest"),
             vhost: "/".into(),
+            queue_type: QueueType::Classic,
         }
     }
 }
@@ -723,6 +792,11 @@ impl Config {
         Ok(cfg)
     }
 
+    /// More than one box serves this kitchen, or its queues are made to survive one.
+    pub fn multi_box(&self) -> bool {
+        self.cluster.boxes.len() >= 2 || self.rabbitmq.queue_type == QueueType::Quorum
+    }
+
     /// Rules that parse fine but make no sense.
     pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -737,14 +811,31 @@ impl Config {
         }
         self.business.rule()?;
         if self.database.resolved_backend() == StorageBackend::Postgres
-            && self.database.host.as_deref().unwrap_or("").is_empty()
+            && !self.database.postgres_named()
         {
-            return bad("database.backend = \"postgres\" needs database.host".into());
+            return bad(
+                "database.backend = \"postgres\" needs database.host or database.url".into(),
+            );
         }
+        self.database.parsed_url()?;
         if self.database.resolved_backend() == StorageBackend::Sqlite
             && self.database.sqlite_path.as_os_str().is_empty()
         {
             return bad("database.sqlite_path must not be empty".into());
+        }
+        if self.multi_box() && self.database.resolved_backend() == StorageBackend::Sqlite {
+            return bad(
+                "a multi-box configuration (cluster.boxes with 2 or more boxes, or rabbitmq.queue_type = \"quorum\") needs PostgreSQL: SQLite lives on one box (set database.backend = \"postgres\" and database.host or database.url)"
+                    .into(),
+            );
+        }
+        for b in &self.cluster.boxes {
+            if b.trim().is_empty() || b.contains(|c: char| c.is_whitespace() || "/@?#".contains(c))
+            {
+                return bad(format!(
+                    "cluster.boxes: '{b}' is not a host name or address"
+                ));
+            }
         }
         if self.database.pool_size == 0 {
             return bad("database.pool_size must be at least 1".into());

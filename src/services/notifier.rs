@@ -9,7 +9,7 @@ use crate::broker::{bounded_setup, connect, connection_lost};
 use crate::domain::events::{StatusUpdate, NOTIFICATIONS_EXCHANGE, STATIONS_EXCHANGE};
 use crate::domain::stations::StationUpdate;
 use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
-use crate::process::config::RabbitConfig;
+use crate::process::config::{QueueType, RabbitConfig};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicRejectOptions, QueueDeclareOptions,
@@ -50,7 +50,8 @@ impl Subscriber {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        let (ch, mut consumer) = match bounded_setup(subscribe(&conn)).await {
+        let (ch, mut consumer) = match bounded_setup(subscribe(&conn, self.rabbit.queue_type)).await
+        {
             Ok(c) => c,
             Err(end) => return end,
         };
@@ -121,9 +122,10 @@ fn show_status(u: &StatusUpdate, seen: &mut Seen) {
 /// exchange, and a consumer on it.
 async fn subscribe(
     conn: &lapin::Connection,
+    qt: QueueType,
 ) -> Result<(lapin::Channel, lapin::Consumer), lapin::Error> {
     let ch = conn.create_channel().await?;
-    topology::declare(&ch).await?;
+    topology::declare(&ch, qt).await?;
     let q = ch
         .queue_declare(
             "".into(),

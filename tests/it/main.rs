@@ -19,6 +19,7 @@ mod kitchen_screens;
 mod lifecycle;
 mod metrics;
 mod mqtt_acl;
+mod multibox;
 mod orders_api;
 mod pressure;
 mod proptest_domain;

@@ -6,7 +6,7 @@ use common::{
     eventually, get_all, header, notification_tap, place_order, publish_raw, queue_counts,
     spec_orders, takeout, wait_status, Backend, OrderType, TestEnv,
 };
-use restaurant_system::broker::topology::DEAD_LETTER_QUEUE;
+use restaurant_system::broker::topology::{kitchen_queues, DEAD_LETTER_QUEUE};
 use restaurant_system::domain::events::ORDERS_EXCHANGE;
 use restaurant_system::domain::OrderStatus;
 use restaurant_system::modes::Mode;
@@ -22,6 +22,15 @@ fn http() -> reqwest::Client {
 fn dine_in(customer: &str) -> Value {
     json!({"customer_name": customer, "order_type": "dine_in", "table_number": 7,
            "items": [{"name": "Soup", "quantity": 1, "price": 6.5}]})
+}
+
+/// Messages ready in all of `t`'s queues.
+pub(crate) async fn queued(env: &TestEnv, ch: &lapin::Channel, t: OrderType) -> u32 {
+    let mut n = 0;
+    for (q, _) in kitchen_queues(t, env.cfg.rabbitmq.queue_type) {
+        n += queue_counts(ch, &q).await.0;
+    }
+    n
 }
 
 async fn changed_by(store: &SharedStore, n: &str) -> BTreeSet<String> {
@@ -154,7 +163,7 @@ async fn high_priority_first_v2_index(b: Backend) {
     );
 }
 
-async fn priority_order(env: &TestEnv) {
+pub(crate) async fn priority_order(env: &TestEnv) {
     let mut cfg = env.cfg.clone();
     cfg.kitchen.cooking_seconds.takeout = 0.05;
     let orders = env.start_with(Mode::OrderService, None, &cfg).await;
@@ -180,7 +189,7 @@ async fn priority_order(env: &TestEnv) {
     }
     let ch = env.amqp_with_topology().await;
     eventually(Duration::from_secs(15), "all orders queued", || async {
-        (queue_counts(&ch, "kitchen_takeout_queue").await.0 == plan.len() as u32).then_some(())
+        (queued(env, &ch, OrderType::Takeout).await == plan.len() as u32).then_some(())
     })
     .await;
 
@@ -329,7 +338,10 @@ fn by_order(msgs: &[lapin::message::Delivery]) -> BTreeMap<String, Vec<(String, 
 /// The same order message delivered again after the order is ready: acked,
 /// with no second transition, log row or notification.
 async fn redelivered_after_ready(b: Backend) {
-    let env = TestEnv::new(b);
+    redelivered_after_ready_in(&TestEnv::new(b)).await
+}
+
+pub(crate) async fn redelivered_after_ready_in(env: &TestEnv) {
     let ch = env.amqp_with_topology().await;
     let tap = notification_tap(&ch).await;
     let orders = env.start(Mode::OrderService, None).await;
@@ -372,7 +384,7 @@ async fn redelivered_after_ready(b: Backend) {
         "order untouched"
     );
     assert_eq!(store.workers().await.unwrap()[0].orders_processed, 2);
-    assert_eq!(queue_counts(&ch, "kitchen_takeout_queue").await.0, 0);
+    assert_eq!(queued(env, &ch, OrderType::Takeout).await, 0);
     assert_eq!(
         queue_counts(&ch, DEAD_LETTER_QUEUE).await.0,
         0,
@@ -402,7 +414,10 @@ async fn redelivered_after_ready(b: Backend) {
 /// (prefetch 3): the compare-and-set lets exactly one cooking and one ready
 /// transition through.
 async fn concurrent_duplicates(b: Backend) {
-    let env = TestEnv::new(b);
+    concurrent_duplicates_in(&TestEnv::new(b)).await
+}
+
+pub(crate) async fn concurrent_duplicates_in(env: &TestEnv) {
     let mut cfg = env.cfg.clone();
     cfg.kitchen.cooking_seconds.takeout = 0.5;
     let ch = env.amqp_with_topology().await;
@@ -426,7 +441,7 @@ async fn concurrent_duplicates(b: Backend) {
         .await;
     }
     eventually(Duration::from_secs(15), "three copies queued", || async {
-        (queue_counts(&ch, "kitchen_takeout_queue").await.0 == 3).then_some(())
+        (queued(env, &ch, OrderType::Takeout).await == 3).then_some(())
     })
     .await;
     let mut w = env.worker("chef_triple", &[]);
@@ -435,7 +450,7 @@ async fn concurrent_duplicates(b: Backend) {
     let worker = env.start_with(Mode::KitchenWorker, Some(w), &cfg).await;
     wait_status(&store, &n, OrderStatus::Ready, Duration::from_secs(15)).await;
     eventually(Duration::from_secs(15), "all copies settled", || async {
-        (queue_counts(&ch, "kitchen_takeout_queue").await.0 == 0).then_some(())
+        (queued(env, &ch, OrderType::Takeout).await == 0).then_some(())
     })
     .await;
     // Stopping waits for every delivery in hand, so each copy's handler has

@@ -27,7 +27,7 @@ use crate::domain::events::{
 use crate::domain::stations::StationUpdate;
 use crate::link::backoff::Backoff;
 use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
-use crate::process::config::RabbitConfig;
+use crate::process::config::{QueueType, RabbitConfig};
 use crate::process::metrics;
 use crate::storage::{OrderView, SharedStore};
 use chrono::Utc;
@@ -75,7 +75,7 @@ impl Consumer {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        let (ch, consumer) = match bounded_setup(subscribe(&conn)).await {
+        let (ch, consumer) = match bounded_setup(subscribe(&conn, self.rabbit.queue_type)).await {
             Ok(c) => c,
             Err(end) => return end,
         };
@@ -280,10 +280,11 @@ impl Consumer {
 /// Declares the topology and the display queue, and consumes it.
 async fn subscribe(
     conn: &lapin::Connection,
+    qt: QueueType,
 ) -> Result<(lapin::Channel, lapin::Consumer), lapin::Error> {
     let ch = conn.create_channel().await?;
-    topology::declare(&ch).await?;
-    topology::declare_display_queue(&ch).await?;
+    topology::declare(&ch, qt).await?;
+    topology::declare_display_queue(&ch, qt).await?;
     ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let consumer = ch
         .basic_consume(

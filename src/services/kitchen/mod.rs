@@ -9,16 +9,17 @@
 //! from the message. A message that can never succeed goes to the dead-letter
 //! queue with its reason; a transient failure is requeued after a pause.
 
-use crate::broker::delivery::{Outcome, PoisonCap};
+use crate::broker::delivery::{Bands, Outcome, PoisonCap};
 use crate::broker::relay::Relay;
-use crate::broker::topology::{self, kitchen_queue, REASON_HEADER, REQUEST_ID_HEADER};
+use crate::broker::topology::{self, kitchen_queues, REASON_HEADER, REQUEST_ID_HEADER};
 use crate::broker::{bounded_setup, connect, connection_lost, STOP_WAIT as BROKER_STOP_WAIT};
 use crate::domain::events::{OrderMessage, ORDERS_EXCHANGE};
+use crate::domain::order::PRIORITIES;
 use crate::domain::status::{kitchen_step, KitchenStep};
 use crate::domain::transition::OrderState;
 use crate::domain::{OrderStatus, OrderType};
 use crate::link::supervise::{LinkState, SessionEnd, Supervisor};
-use crate::process::config::{CookingSeconds, RabbitConfig};
+use crate::process::config::{CookingSeconds, QueueType, RabbitConfig};
 use crate::process::metrics;
 use crate::storage::{
     Durability, Registered, SharedStore, StoreError, Transition, TransitionOutcome, WorkerLease,
@@ -40,6 +41,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub const SERVICE: &str = "kitchen-worker";
+
+/// With a queue per priority: how long a new session lets its bands fill
+/// before it starts the first order.
+const GATHER: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -168,22 +173,43 @@ impl Kitchen {
             Ok(s) => s,
             Err(end) => return end,
         };
-        let tags: Vec<_> = consumers.iter().map(|c| c.tag()).collect();
-        let mut deliveries = futures_util::stream::select_all(consumers);
+        let tags: Vec<_> = consumers.iter().map(|(_, c)| c.tag()).collect();
+        let mut deliveries = futures_util::stream::select_all(
+            consumers
+                .into_iter()
+                .map(|(band, c)| c.map(move |d| (band, d))),
+        );
         self.link.up(&format!("exchange '{ORDERS_EXCHANGE}'"));
 
+        // Orders in hand, at most `prefetch`; what arrives beyond that (only
+        // with quorum queues, one per priority) waits in its band, and the
+        // highest band's order starts first.
+        let limit = usize::from(self.cfg.prefetch.max(1));
+        let mut waiting = Bands::new(PRIORITIES.len());
         let mut in_hand = JoinSet::new();
+        // A backlog arrives from every band's queue at once when the session
+        // starts; the first order to arrive must not start merely for having
+        // arrived first, so the bands fill for a moment before any starts.
+        let mut gather = (self.rabbit.queue_type == QueueType::Quorum)
+            .then(|| tokio::time::Instant::now() + GATHER);
         let end = loop {
+            while gather.is_none() && in_hand.len() < limit {
+                let Some(d) = waiting.pop() else { break };
+                let me = self.clone();
+                let dlq = dlq.clone();
+                in_hand.spawn(
+                    async move { me.handle(d, &dlq).await }.instrument(tracing::Span::current()),
+                );
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break SessionEnd::Shutdown,
                 Some(_) = in_hand.join_next(), if !in_hand.is_empty() => {}
+                _ = tokio::time::sleep_until(gather.unwrap_or_else(tokio::time::Instant::now)), if gather.is_some() => {
+                    gather = None;
+                }
                 next = deliveries.next() => match next {
-                    Some(Ok(d)) => {
-                        let me = self.clone();
-                        let dlq = dlq.clone();
-                        in_hand.spawn(async move { me.handle(d, &dlq).await }.instrument(tracing::Span::current()));
-                    }
-                    Some(Err(e)) => break e.into(),
+                    Some((band, Ok(d))) => waiting.push(band, d),
+                    Some((_, Err(e))) => break e.into(),
                     None => break connection_lost(),
                 },
             }
@@ -196,47 +222,67 @@ impl Kitchen {
             let _ = tokio::time::timeout(BROKER_STOP_WAIT, cancel).await;
         }
         while in_hand.join_next().await.is_some() {}
-        while let Ok(Some(Ok(d))) =
+        let requeue = BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        };
+        while let Some(d) = waiting.pop() {
+            let _ = d.nack(requeue).await;
+        }
+        while let Ok(Some((_, Ok(d)))) =
             tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
         {
-            let _ = d
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
+            let _ = d.nack(requeue).await;
         }
         crate::broker::close(&conn, &[&ch, &dlq]).await;
         end
     }
 
     /// Declares the topology and consumes this worker's queues. Returns the
-    /// consuming channel, the (confirming) dead-letter channel and the consumers.
+    /// consuming channel, the (confirming) dead-letter channel and the
+    /// consumers, each with its priority band (0 the highest).
     async fn subscribe(
         &self,
         conn: &lapin::Connection,
-    ) -> Result<(Channel, Channel, Vec<lapin::Consumer>), lapin::Error> {
+    ) -> Result<(Channel, Channel, Vec<(usize, lapin::Consumer)>), lapin::Error> {
+        let qt = self.rabbit.queue_type;
         let ch = conn.create_channel().await?;
-        topology::declare(&ch).await?;
-        // global: the limit covers all of this channel's consumers together, so
-        // `--prefetch=1` means one order in hand, whatever the number of queues.
-        ch.basic_qos(self.cfg.prefetch.max(1), BasicQosOptions { global: true })
-            .await?;
+        topology::declare(&ch, qt).await?;
+        let prefetch = self.cfg.prefetch.max(1);
+        match qt {
+            // global: the limit covers all of this channel's consumers together, so
+            // `--prefetch=1` means one order in hand, whatever the number of queues.
+            QueueType::Classic => {
+                ch.basic_qos(prefetch, BasicQosOptions { global: true })
+                    .await?
+            }
+            // Quorum queues take a limit per consumer only. One more than the
+            // orders in hand keeps the next order of each band here, so when
+            // one is done the highest band's next starts at once, not the
+            // lower band's that happened to be here while the broker sends it.
+            QueueType::Quorum => {
+                ch.basic_qos(prefetch.saturating_add(1), BasicQosOptions::default())
+                    .await?
+            }
+        }
         let dlq = conn.create_channel().await?;
         dlq.confirm_select(ConfirmSelectOptions::default()).await?;
         let mut consumers = Vec::new();
         for t in self.cfg.handled_types() {
-            let q = kitchen_queue(t);
-            let tag = format!("{}-{}", self.cfg.name, t);
-            consumers.push(
-                ch.basic_consume(
-                    q.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?,
-            );
+            for (band, (q, _)) in kitchen_queues(t, qt).into_iter().enumerate() {
+                // chef-dine_in, or chef-dine_in_p10 with a queue per priority.
+                let short = q.trim_start_matches("kitchen_").trim_end_matches("_queue");
+                let tag = format!("{}-{}", self.cfg.name, short);
+                let c = ch
+                    .basic_consume(
+                        q.as_str().into(),
+                        tag.as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                consumers.push((band, c));
+            }
         }
         Ok((ch, dlq, consumers))
     }

@@ -38,7 +38,7 @@ pub(crate) async fn backup(cfg: &DatabaseConfig, file: &Path) -> Result<Summary,
         .arg(format!("--snapshot={snapshot}"))
         .arg("--file")
         .arg(&tmp)
-        .arg(format!("--dbname={}", cfg.database));
+        .arg(format!("--dbname={}", cfg.dbname_arg()));
     let ran = run(dump, "pg_dump").await;
     // The snapshot had to live until pg_dump imported it; it is done now.
     let _ = client.batch_execute("commit").await;
@@ -90,7 +90,7 @@ pub(crate) async fn restore(cfg: &DatabaseConfig, file: &Path) -> Result<Summary
             "--single-transaction",
             "--exit-on-error",
         ])
-        .arg(format!("--dbname={}", cfg.database))
+        .arg(format!("--dbname={}", cfg.dbname_arg()))
         .arg(file);
     run(restore, "pg_restore").await?;
     // Opening applies the migrations a copy from an older version lacks.
@@ -105,17 +105,10 @@ pub(crate) async fn restore(cfg: &DatabaseConfig, file: &Path) -> Result<Summary
 async fn connect(cfg: &DatabaseConfig) -> Result<tokio_postgres::Client, BackupError> {
     let mut pg = pg_config(cfg);
     pg.application_name("restaurant-system backup");
-    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-        BackupError::failed(
-            format!(
-                "connecting to database {} on {}:{}",
-                cfg.database,
-                cfg.host.as_deref().unwrap_or("localhost"),
-                cfg.port
-            ),
-            e,
-        )
-    })?;
+    let (client, conn) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| BackupError::failed(format!("connecting to {}", cfg.place()), e))?;
     tokio::spawn(conn);
     Ok(client)
 }

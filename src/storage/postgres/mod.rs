@@ -12,7 +12,8 @@ use crate::storage::migrations::POSTGRES;
 use crate::storage::*;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
+    ClientWrapper, Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError,
+    RecyclingMethod, Runtime, Timeouts,
 };
 use intake::Intake;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,13 +61,27 @@ impl Drop for DeferredCommit<'_> {
 const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
 
 /// How every connection of ours reaches the configured database.
+/// A `url` (checked when the config was loaded) names the hosts, the
+/// database and the user itself; else `host`, `port`, `user` and `database`.
 fn pg_config(cfg: &DatabaseConfig) -> tokio_postgres::Config {
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(cfg.host.as_deref().unwrap_or("localhost"))
-        .port(cfg.port)
-        .user(&cfg.user)
-        .dbname(&cfg.database)
-        .application_name("restaurant-system")
+    let mut pg = match cfg.parsed_url() {
+        Ok(Some(pg)) => pg,
+        _ => {
+            let mut pg = tokio_postgres::Config::new();
+            pg.host(cfg.host.as_deref().unwrap_or("localhost"))
+                .port(cfg.port)
+                .user(&cfg.user)
+                .dbname(&cfg.database);
+            pg
+        }
+    };
+    if pg.get_user().is_none() {
+        pg.user(&cfg.user);
+    }
+    if pg.get_dbname().is_none() {
+        pg.dbname(&cfg.database);
+    }
+    pg.application_name("restaurant-system")
         .connect_timeout(Duration::from_secs(5));
     if let Some(pw) = cfg.password.as_ref() {
         pg.password(pw.expose());
@@ -259,6 +274,7 @@ async fn hold_lease(
 /// A pool that connects lazily and replaces dead connections, so a restarted
 /// server is picked up again on its own.
 fn build_pool(pg: tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+    let several_hosts = pg.get_hosts().len() > 1;
     let mgr = Manager::from_config(
         pg,
         NoTls,
@@ -271,17 +287,44 @@ fn build_pool(pg: tokio_postgres::Config, size: usize) -> Result<Pool, StoreErro
         create: Some(Duration::from_secs(5)),
         recycle: Some(Duration::from_secs(5)),
     };
-    Pool::builder(mgr)
+    let mut builder = Pool::builder(mgr)
         .max_size(size)
         .timeouts(timeouts)
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| {
-            StoreError::new(
-                Class::Permanent,
-                format!("building the connection pool: {e}"),
-            )
-        })
+        .runtime(Runtime::Tokio1);
+    if several_hosts {
+        builder = builder.pre_recycle(Hook::async_fn(|client, _| {
+            Box::pin(async move { writable(client).await })
+        }));
+    }
+    builder.build().map_err(|e| {
+        StoreError::new(
+            Class::Permanent,
+            format!("building the connection pool: {e}"),
+        )
+    })
+}
+
+/// With several hosts (a cluster that fails over), a connection is checked
+/// before each use: one to a former primary that still answers, now read-only,
+/// is dropped, and the pool connects again, to the host that takes writes
+/// (`target_session_attrs=read-write`: the driver checks that only when it
+/// connects). Closed connections and ones the old primary shut down are
+/// dropped by the usual recycling (`is_closed`).
+async fn writable(client: &mut ClientWrapper) -> Result<(), HookError> {
+    let row = client
+        .query_one("show transaction_read_only", &[])
+        .await
+        .map_err(HookError::Backend)?;
+    match row
+        .try_get::<_, String>(0)
+        .map_err(HookError::Backend)?
+        .as_str()
+    {
+        "off" => Ok(()),
+        _ => Err(HookError::message(
+            "connection to a read-only server (a former primary)",
+        )),
+    }
 }
 
 fn pool_err(e: PoolError) -> StoreError {
@@ -328,6 +371,11 @@ fn sqlstate_class(code: &SqlState) -> Class {
     let c = code.code();
     if *code == SqlState::UNIQUE_VIOLATION {
         return Class::Conflict;
+    }
+    // A write on a server that became read-only: a primary demoted by a
+    // failover. Another connection reaches the new primary.
+    if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+        return Class::Transient;
     }
     match &c[..2.min(c.len())] {
         // connection exception; insufficient resources (too many connections,

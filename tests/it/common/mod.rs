@@ -8,9 +8,10 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod postgres;
 
 use restaurant_system::modes::{self, Mode, Options, Running};
-use restaurant_system::process::config::{Config, Secret, StorageBackend};
+use restaurant_system::process::config::{Config, QueueType, Secret, StorageBackend};
 use restaurant_system::services::kitchen::WorkerConfig;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -226,6 +227,9 @@ impl TestEnv {
             ("RESTAURANT_MQTT__PORT".into(), c.mqtt.port.to_string()),
             ("RESTAURANT_HTTP__BIND".into(), "127.0.0.1".into()),
         ];
+        if c.rabbitmq.queue_type == QueueType::Quorum {
+            v.push(("RESTAURANT_RABBITMQ__QUEUE_TYPE".into(), "quorum".into()));
+        }
         let k = c.kitchen.cooking_seconds;
         v.push((
             "RESTAURANT_KITCHEN__COOKING_SECONDS__DINE_IN".into(),
@@ -471,7 +475,7 @@ impl TestEnv {
     /// be inspected before any mode declared them.
     pub async fn amqp_with_topology(&self) -> lapin::Channel {
         let ch = self.amqp().await;
-        restaurant_system::broker::topology::declare(&ch)
+        restaurant_system::broker::topology::declare(&ch, self.cfg.rabbitmq.queue_type)
             .await
             .expect("declaring the topology");
         ch
