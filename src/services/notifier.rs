@@ -124,8 +124,7 @@ async fn subscribe(
     conn: &lapin::Connection,
     qt: QueueType,
 ) -> Result<(lapin::Channel, lapin::Consumer), lapin::Error> {
-    let ch = conn.create_channel().await?;
-    topology::declare(&ch, qt).await?;
+    let ch = topology::channel(conn, qt).await?;
     let q = ch
         .queue_declare(
             "".into(),

@@ -282,8 +282,7 @@ async fn subscribe(
     conn: &lapin::Connection,
     qt: QueueType,
 ) -> Result<(lapin::Channel, lapin::Consumer), lapin::Error> {
-    let ch = conn.create_channel().await?;
-    topology::declare(&ch, qt).await?;
+    let ch = topology::channel(conn, qt).await?;
     topology::declare_display_queue(&ch, qt).await?;
     ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let consumer = ch
