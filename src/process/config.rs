@@ -145,10 +145,11 @@ pub enum PgSslMode {
     VerifyFull,
 }
 
-/// Takes `sslmode` and `sslrootcert` out of a PostgreSQL URL: tokio-postgres
-/// 0.7 refuses `verify-ca` and `verify-full`, which we implement ourselves
-/// (`storage::postgres::tls`). `prefer` and `require` check no certificate
-/// and are refused, as in `[database] sslmode`.
+/// Takes `sslmode=verify-ca|verify-full` and `sslrootcert` out of a
+/// PostgreSQL URL: tokio-postgres 0.7 refuses them, and we implement them
+/// ourselves (`storage::postgres::tls`). The modes it knows stay in the URL
+/// for it, as before: `disable`, and `prefer`, which without a TLS connector
+/// is plain (what packaging/multi-box writes); `require` fails without one.
 fn split_url_tls(url: &str) -> Result<(String, Option<PgSslMode>, Option<PathBuf>), ConfigError> {
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_string(), None, None));
@@ -156,18 +157,14 @@ fn split_url_tls(url: &str) -> Result<(String, Option<PgSslMode>, Option<PathBuf
     let (mut mode, mut ca, mut kept) = (None, None, Vec::new());
     for pair in query.split('&') {
         match pair.split_once('=') {
-            Some(("sslmode", v)) => {
-                mode = Some(match v {
-                    "disable" => PgSslMode::Disable,
-                    "verify-ca" => PgSslMode::VerifyCa,
-                    "verify-full" => PgSslMode::VerifyFull,
-                    other => {
-                        return Err(ConfigError::Invalid(format!(
-                            "database.url: sslmode={other} is not supported: use verify-full \
-                             (with sslrootcert=CA file) to a server on another host, or disable"
-                        )))
-                    }
-                })
+            Some(("sslmode", "verify-ca")) => mode = Some(PgSslMode::VerifyCa),
+            Some(("sslmode", "verify-full")) => mode = Some(PgSslMode::VerifyFull),
+            Some(("sslmode", "require")) => {
+                return Err(ConfigError::Invalid(
+                    "database.url: sslmode=require checks no certificate: use verify-full \
+                     (with sslrootcert=CA file) to a server on another host"
+                        .into(),
+                ))
             }
             Some(("sslrootcert", v)) => ca = Some(PathBuf::from(v)),
             _ => kept.push(pair),
@@ -1233,6 +1230,9 @@ mod tests {
         assert_eq!(pg.get_hosts().len(), 2);
         let e = load_str("[database]\nurl = \"postgres://u@db/r?sslmode=require\"\n").unwrap_err();
         assert!(e.to_string().contains("verify-full"), "{e}");
+        // prefer (what packaging/multi-box writes) stays as it was: plain.
+        let c = load_str("[database]\nurl = \"postgres://u@db/r?sslmode=prefer\"\n").unwrap();
+        assert_eq!(c.database.ssl().0, PgSslMode::Disable);
         for toml in [
             "[rabbitmq]\nca_file = \"/etc/ca.crt\"\n",
             "[mqtt]\nca_file = \"/etc/ca.crt\"\n",
