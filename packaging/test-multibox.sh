@@ -412,7 +412,7 @@ load_out="$work/load.jsonl"
 : >"$load_out"
 python3 "$LOAD" load "$boxes_csv" "$token" "$RATE" 1800 "$load_out" "$work/stop-load" >"$work/load.summary" 2>"$work/load.err" &
 load_pid=$!
-sleep 20
+sleep 15
 cuts=()
 for n in "${NAMES[@]}"; do
     role=$(pg_state | awk -F'|' -v n="$n" '$1 == n { print $2 }')
@@ -428,7 +428,7 @@ for n in "${NAMES[@]}"; do
         { units_active "$n"; echo "rabbit nodes running seen from $n: $(rabbit_running "$n")"; pg_state; } 2>&1 | sed 's/^/    /'
     fi
     echo "$n ${role:-monitor} $(secs_since "$cut_at")" >>"$work/cuts"
-    sleep 15
+    sleep 10
 done
 touch "$work/stop-load"
 wait "$load_pid" || true
@@ -498,7 +498,7 @@ kitchen_rate() { # LABEL WORKER-BOX...
     shift
     for n in "${NAMES[@]}"; do mb "$n" systemctl stop "restaurant-kitchen@$n"; done
     : >"$f"
-    python3 "$LOAD" load "$boxes_csv" "$token" 60 10 "$f" "$work/none" >/dev/null
+    python3 "$LOAD" load "$boxes_csv" "$token" 40 8 "$f" "$work/none" >/dev/null
     accepted_of "$f" >"$work/backlog-$label.numbers"
     t0=$(date +%s.%N)
     for n in "$@"; do mb "$n" systemctl start "restaurant-kitchen@$n"; done

@@ -542,6 +542,7 @@ impl<'a> Wiring<'a> {
             mqtt_site: cfg.mqtt.site.clone(),
             mqtt_ws: format!("{}:{}", cfg.mqtt.host, cfg.display.mqtt_ws_port),
             tls: self.tls.clone(),
+            boxes: cfg.cluster.boxes.clone(),
             guard: self.guard.clone(),
             metrics: self.alone,
             routing: self.routing.clone(),

@@ -14,16 +14,21 @@ pub mod topology;
 use crate::domain::error::Class;
 use crate::link::supervise::SessionEnd;
 use crate::process::config::RabbitConfig;
+use lapin::tcp::AMQPUriTcpExt;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Connection, ConnectionProperties};
 use std::time::Duration;
+use tcp_stream::RustlsConnector;
 
 pub use lapin;
 
 /// Opens a connection. The password goes into the client and nowhere else: the
 /// URI is built as a struct, never formatted into a string that could be logged.
+/// With `[rabbitmq] tls` it is amqps: TLS on rustls with our provider, the
+/// broker's certificate checked against `ca_file` and its name against `host`.
 pub async fn connect(cfg: &RabbitConfig, name: &str) -> Result<Connection, lapin::Error> {
     let uri = AMQPUri {
+        // TLS, when on, is ours (`connect_tls`): lapin dials plain TCP.
         scheme: AMQPScheme::AMQP,
         authority: AMQPAuthority {
             userinfo: AMQPUserInfo {
@@ -46,7 +51,36 @@ pub async fn connect(cfg: &RabbitConfig, name: &str) -> Result<Connection, lapin
         },
     };
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect_uri(uri, props).await
+    if !cfg.tls {
+        return Connection::connect_uri(uri, props).await;
+    }
+    // Read on every connect, so a replaced CA file is picked up by the next session.
+    let tls = crate::tls::client_config(&cfg.ca_file).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("rabbitmq.ca_file: {e}"),
+        )
+    })?;
+    let connector = std::sync::Arc::new(RustlsConnector::from(tls));
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri: AMQPUri, runtime| {
+            let plain = uri.connect_async(&runtime).await?;
+            let host = &uri.authority.host;
+            plain.into_rustls(&connector, host).await.map_err(|e| {
+                // The handshake's own reason (unknown issuer, not valid for
+                // name): what the operator needs to fix the CA file or host.
+                lapin::Error::from(std::io::Error::new(
+                    e.kind(),
+                    format!("TLS to RabbitMQ at {host}:{}: {e}", uri.authority.port),
+                ))
+            })
+        },
+        props,
+    )
+    .await
 }
 
 /// How a RabbitMQ failure is handled, from lapin's own classification (never

@@ -161,23 +161,40 @@ pub async fn bind(
     .await
 }
 
-/// The display bridge's queue: every order and every status change, in the order
-/// they were published. Single active consumer: a second bridge is a hot
-/// standby, never a second reader that could reorder events.
-pub async fn declare_display_queue(ch: &Channel, qt: QueueType) -> Result<(), lapin::Error> {
+/// The display bridges' queue. One box: `display_bridge_queue`. Several
+/// boxes (`[cluster] boxes`): one per box, `display_bridge_queue.HOST`, so
+/// the bridge of every box feeds its own Mosquitto with every ticket, and a
+/// screen that moves to another box finds the same board there
+/// (docs/multi-box.md).
+pub fn display_queue(several_boxes: bool, host: &str) -> String {
+    if several_boxes {
+        format!("{DISPLAY_QUEUE}.{host}")
+    } else {
+        DISPLAY_QUEUE.to_string()
+    }
+}
+
+/// A display bridge's queue (`display_queue`): every order and every status
+/// change, in the order they were published. Single active consumer: a second
+/// bridge on it is a hot standby, never a second reader that could reorder events.
+pub async fn declare_display_queue(
+    ch: &Channel,
+    qt: QueueType,
+    queue: &str,
+) -> Result<(), lapin::Error> {
     let mut args = queue_args(qt);
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     // A bridge switched off for good must not grow this queue without end. The
     // oldest updates go first; the board is rebuilt from the database anyway
     // (the snapshot on every MQTT connect), so nothing an order needs is lost.
     args.insert("x-max-length".into(), AMQPValue::LongInt(DISPLAY_QUEUE_MAX));
-    ch.queue_declare(DISPLAY_QUEUE.into(), durable_queue(), args)
+    ch.queue_declare(queue.into(), durable_queue(), args)
         .await?;
-    bind(ch, DISPLAY_QUEUE, ORDERS_EXCHANGE, "kitchen.#").await?;
-    bind(ch, DISPLAY_QUEUE, NOTIFICATIONS_EXCHANGE, "").await?;
+    bind(ch, queue, ORDERS_EXCHANGE, "kitchen.#").await?;
+    bind(ch, queue, NOTIFICATIONS_EXCHANGE, "").await?;
     // Issue 24: part and rush changes (docs/stations.md), in publish order
     // with the rest.
-    bind(ch, DISPLAY_QUEUE, STATIONS_EXCHANGE, "#").await
+    bind(ch, queue, STATIONS_EXCHANGE, "#").await
 }
 
 #[cfg(test)]
@@ -201,5 +218,7 @@ mod tests {
             ]
         );
         assert!(queue_args(QueueType::Classic).inner().is_empty());
+        assert_eq!(display_queue(false, "b1"), "display_bridge_queue");
+        assert_eq!(display_queue(true, "b1"), "display_bridge_queue.b1");
     }
 }

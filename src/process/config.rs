@@ -126,6 +126,56 @@ pub struct DatabaseConfig {
     /// cluster that fails over (`postgres://u@b1:5432,b2:5432/db?target_session_attrs=read-write`).
     /// The password stays in `password`, never in the URL.
     pub url: Option<String>,
+    /// TLS to a PostgreSQL on another host (issue 27); loopback stays plain.
+    /// A URL's `sslmode` and `sslrootcert` take the place of these two.
+    pub sslmode: PgSslMode,
+    /// The CA (PEM) that signed the server's certificate; empty: the system's CAs.
+    pub ca_file: PathBuf,
+}
+
+/// libpq's `sslmode`, the values that protect against someone on the LAN:
+/// `prefer` and `require` check no certificate, so they are not offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgSslMode {
+    Disable,
+    /// The server's certificate must chain to `ca_file`; its name is not checked.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name `host`.
+    VerifyFull,
+}
+
+/// Takes `sslmode=verify-ca|verify-full` and `sslrootcert` out of a
+/// PostgreSQL URL: tokio-postgres 0.7 refuses them, and we implement them
+/// ourselves (`storage::postgres::tls`). The modes it knows stay in the URL
+/// for it, as before: `disable`, and `prefer`, which without a TLS connector
+/// is plain (what packaging/multi-box writes); `require` fails without one.
+fn split_url_tls(url: &str) -> Result<(String, Option<PgSslMode>, Option<PathBuf>), ConfigError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None, None));
+    };
+    let (mut mode, mut ca, mut kept) = (None, None, Vec::new());
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", "verify-ca")) => mode = Some(PgSslMode::VerifyCa),
+            Some(("sslmode", "verify-full")) => mode = Some(PgSslMode::VerifyFull),
+            Some(("sslmode", "require")) => {
+                return Err(ConfigError::Invalid(
+                    "database.url: sslmode=require checks no certificate: use verify-full \
+                     (with sslrootcert=CA file) to a server on another host"
+                        .into(),
+                ))
+            }
+            Some(("sslrootcert", v)) => ca = Some(PathBuf::from(v)),
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, mode, ca))
 }
 
 impl Default for DatabaseConfig {
@@ -140,6 +190,8 @@ impl Default for DatabaseConfig {
             sqlite_path: "/var/lib/restaurant-system/restaurant.db".into(),
             pool_size: 16,
             url: None,
+            sslmode: PgSslMode::Disable,
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -165,6 +217,7 @@ impl DatabaseConfig {
         let Some(url) = self.url.as_deref().filter(|u| !u.trim().is_empty()) else {
             return Ok(None);
         };
+        let (url, _, _) = split_url_tls(url)?;
         let pg: tokio_postgres::Config = url.parse().map_err(|e| {
             ConfigError::Invalid(format!("database.url is not a PostgreSQL URL: {e}"))
         })?;
@@ -174,6 +227,22 @@ impl DatabaseConfig {
             ));
         }
         Ok(Some(pg))
+    }
+
+    /// The TLS our connections take: the URL's `sslmode` and `sslrootcert`
+    /// when it has them, else `sslmode` and `ca_file`. (A URL that does not
+    /// parse was refused when the config was loaded.)
+    pub fn ssl(&self) -> (PgSslMode, PathBuf) {
+        let from_url = self
+            .url
+            .as_deref()
+            .and_then(|u| split_url_tls(u).ok())
+            .map(|(_, mode, ca)| (mode, ca))
+            .unwrap_or_default();
+        (
+            from_url.0.unwrap_or(self.sslmode),
+            from_url.1.unwrap_or_else(|| self.ca_file.clone()),
+        )
     }
 
     /// What the PostgreSQL tools take as `--dbname`: the URL (which names the
@@ -222,6 +291,11 @@ pub struct RabbitConfig {
     pub vhost: String,
     /// The kind of queue that holds orders and status changes.
     pub queue_type: QueueType,
+    /// amqps:// (issue 27), for a broker on another host: TLS to `port`
+    /// (RabbitMQ's TLS listener, usually 5671), the broker's name checked.
+    pub tls: bool,
+    /// The CA (PEM) that signed the broker's certificate; empty: the system's CAs.
+    pub ca_file: PathBuf,
 }
 
 /// Classic queues live on one node; quorum queues are replicated over a
@@ -243,6 +317,8 @@ impl Default for RabbitConfig {
             password: Secret::new("guest"),
             vhost: "/".into(),
             queue_type: QueueType::Classic,
+            tls: false,
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -809,6 +885,29 @@ impl Config {
         if self.tls.mode == TlsMode::SelfSigned && self.tls.dir.as_os_str().is_empty() {
             return bad("tls.dir must not be empty".into());
         }
+        // A CA file with TLS off is a half-made setting: say so rather than
+        // talk in clear to a server the operator meant to verify.
+        for (key, set, on) in [
+            (
+                "rabbitmq.ca_file needs rabbitmq.tls = true",
+                &self.rabbitmq.ca_file,
+                self.rabbitmq.tls,
+            ),
+            (
+                "mqtt.ca_file needs mqtt.tls = true",
+                &self.mqtt.ca_file,
+                self.mqtt.tls,
+            ),
+            (
+                "database.ca_file needs database.sslmode = \"verify-full\" (or \"verify-ca\")",
+                &self.database.ca_file,
+                self.database.ssl().0 != PgSslMode::Disable,
+            ),
+        ] {
+            if !set.as_os_str().is_empty() && !on {
+                return bad(key.into());
+            }
+        }
         self.business.rule()?;
         if self.database.resolved_backend() == StorageBackend::Postgres
             && !self.database.postgres_named()
@@ -1100,6 +1199,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("rabbitmq.port"), "{e}");
+    }
+
+    #[test]
+    fn tls_to_other_hosts_is_off_by_default_and_checked() {
+        let c = Config::default();
+        assert_eq!(c.database.sslmode, PgSslMode::Disable);
+        assert!(!c.rabbitmq.tls && !c.mqtt.tls);
+        let c = load_str(
+            "[database]\nhost = \"db.lan\"\nsslmode = \"verify-full\"\nca_file = \"/etc/ca.crt\"\n\
+             [rabbitmq]\ntls = true\nca_file = \"/etc/ca.crt\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.database.sslmode, PgSslMode::VerifyFull);
+        assert!(c.rabbitmq.tls);
+        assert_eq!(
+            load_str("[database]\nsslmode = \"verify-ca\"\n")
+                .unwrap()
+                .database
+                .sslmode,
+            PgSslMode::VerifyCa
+        );
+        // require checks no certificate: refused, naming the values that do.
+        let e = load_str("[database]\nsslmode = \"require\"\n").unwrap_err();
+        assert!(e.to_string().contains("verify-full"), "{e}");
+        // In a URL too, with the CA file as libpq names it.
+        let c = load_str(
+            "[database]\nurl = \"postgres://u@db1:5432,db2:5432/r?target_session_attrs=read-write&sslmode=verify-full&sslrootcert=/etc/db-ca.crt\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.database.ssl(),
+            (PgSslMode::VerifyFull, PathBuf::from("/etc/db-ca.crt"))
+        );
+        let pg = c.database.parsed_url().unwrap().unwrap();
+        assert_eq!(pg.get_hosts().len(), 2);
+        let e = load_str("[database]\nurl = \"postgres://u@db/r?sslmode=require\"\n").unwrap_err();
+        assert!(e.to_string().contains("verify-full"), "{e}");
+        // prefer (what packaging/multi-box writes) stays as it was: plain.
+        let c = load_str("[database]\nurl = \"postgres://u@db/r?sslmode=prefer\"\n").unwrap();
+        assert_eq!(c.database.ssl().0, PgSslMode::Disable);
+        for toml in [
+            "[rabbitmq]\nca_file = \"/etc/ca.crt\"\n",
+            "[mqtt]\nca_file = \"/etc/ca.crt\"\n",
+            "[database]\nca_file = \"/etc/ca.crt\"\n",
+        ] {
+            let e = load_str(toml).unwrap_err().to_string();
+            assert!(e.contains("ca_file needs"), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct TrackingApi {
     pub mqtt_ws: String,
     /// The process's TLS: the pairing form shows the CA's fingerprint to compare.
     pub tls: Option<crate::tls::Tls>,
+    /// Every box serving the kitchen (`[cluster] boxes`): a screen whose box
+    /// dies carries on from the next one.
+    pub boxes: Vec<String>,
 }
 
 /// The display page: our own files from `web/src/`, and the MQTT client that
@@ -353,6 +356,7 @@ impl TrackingApi {
                 "pairing": true,
                 "paired": paired.is_some(),
                 "role": paired.map(|r| r.as_str()),
+                "boxes": self.boxes,
         });
         // Pairing over HTTPS: the screen shows the fingerprint of the CA it
         // trusts, to compare with `restaurant-system tls show` on the box.

@@ -17,6 +17,9 @@
 //! the new one, an open connection keeps going.
 
 pub mod ca;
+mod client;
+
+pub use client::{ca_file_or_system, client_config, client_config_any_name};
 
 use crate::process::config::{TlsConfig, TlsMode};
 use rustls::pki_types::pem::PemObject;
@@ -176,7 +179,7 @@ impl Tls {
 /// rustls 0.23.48 deprecates it for lacking post-quantum key exchange; revisit
 /// when the box moves to aws-lc-rs.
 #[allow(deprecated)]
-fn provider() -> rustls::crypto::CryptoProvider {
+pub(crate) fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
@@ -250,41 +253,6 @@ pub fn box_names(extra: &[String]) -> BTreeSet<String> {
         }
     }
     names
-}
-
-/// The system's CAs (Debian's ca-certificates), for a client given no CA file.
-const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-/// A client's TLS for a server on another host (issue 27: MQTT over TLS):
-/// trusts the CAs in `ca_file` (PEM), or the system's when it is empty, and
-/// checks the server's name against its certificate.
-pub fn client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let path = if ca_file.as_os_str().is_empty() {
-        Path::new(SYSTEM_CAS)
-    } else {
-        ca_file
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::Certificate(format!("{}: {e}", path.display())))?
-    {
-        let cert = cert.map_err(|e| TlsError::Certificate(format!("{}: {e}", path.display())))?;
-        roots
-            .add(cert)
-            .map_err(|e| TlsError::Certificate(format!("{}: {e}", path.display())))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::Certificate(format!(
-            "{}: no CA certificate in the file",
-            path.display()
-        )));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::cert)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 /// Whether a connection starts with a TLS handshake (0x16), read without

@@ -11,6 +11,7 @@
 
 import mqtt from 'mqtt';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -19,7 +20,7 @@ import {
 } from './lib.mjs';
 
 const runner = new Runner();
-const env = { tmp: null, ports: {}, mosquitto: null, server: null, browser: null, client: null, skewMs: 0 };
+const env = { tmp: null, ports: {}, mosquitto: null, mosquitto2: null, server: null, browser: null, client: null, skewMs: 0, boxes: [] };
 
 // ---- payloads (docs/mqtt.md) -------------------------------------------------------------------
 const iso = (ms) => new Date(ms).toISOString();
@@ -67,6 +68,7 @@ const pageConfig = () => ({
   yellow_after_seconds: 300,
   red_after_seconds: 480,
   server_time: iso(serverNow()),
+  boxes: env.boxes || [],
 });
 
 // ---- page helpers ---------------------------------------------------------------------------------
@@ -259,6 +261,56 @@ async function main() {
     await page.locator('#bridge-banner').waitFor({ state: 'hidden', timeout: 2000 });
   });
 
+  await runner.test('several boxes: when its box stops answering, the screen carries on from the next one within 10 s', async () => {
+    // Box 2: a broker of its own, reached like every box's, through /mqtt on the page's port
+    // (the tracking service passes it on; here the page server does).
+    const dir2 = path.join(env.tmp, 'box2');
+    fs.mkdirSync(dir2);
+    fs.chmodSync(dir2, 0o755);
+    const [m2, ws2] = await freePorts(2);
+    env.mosquitto2 = await startMosquitto(dir2, m2, ws2);
+    const proxy = (req, socket, head) => {
+      if (!req.url.startsWith('/mqtt')) return socket.destroy();
+      const up = net.connect(ws2, '127.0.0.1', () => {
+        const lines = [`${req.method} ${req.url} HTTP/1.1`];
+        for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+        up.write(`${lines.join('\r\n')}\r\n\r\n`);
+        if (head && head.length) up.write(head);
+        socket.pipe(up).pipe(socket);
+      });
+      up.on('error', () => socket.destroy());
+      socket.on('error', () => up.destroy());
+    };
+    env.server.on('upgrade', proxy);
+    const c2 = await mqtt.connectAsync(`mqtt://127.0.0.1:${m2}`, { clientId: `rs-page-test-box2-${process.pid}` });
+    // Box 2's bridge has fed its broker everything, including an order box 1's screen has not seen yet.
+    const moved = order({ order_number: 'ORD_20261125_120', order_type: 'takeout', items: [{ name: 'Lasagne', quantity: 1, price: 16 }] });
+    for (const o of [...Object.values(board), moved]) {
+      await c2.publishAsync(`${PREFIX}/orders/${o.order_number}`, JSON.stringify(o), { qos: 1, retain: true });
+    }
+    await c2.publishAsync(`${PREFIX}/bridge/status`, 'online', { qos: 1, retain: true });
+    env.boxes = ['127.0.0.1', 'localhost'];
+    const p3 = await openPage();
+    try {
+      await p3.evaluate(() => { window.__noReload = true; });
+      assert(await ticket(p3, moved.order_number).count() === 0, 'box 2 order shown while on box 1');
+      // Box 1 stops answering without closing anything, as a box that lost its power does.
+      env.mosquitto.kill('SIGSTOP');
+      const t0 = Date.now();
+      await ticket(p3, moved.order_number).waitFor({ timeout: 10000 });
+      log(`screen on the next box ${Date.now() - t0} ms after its own stopped answering`);
+      assert(await p3.evaluate(() => window.__noReload === true), 'the page was reloaded');
+      assert(p3.errors.length === 0, `page errors: ${p3.errors.join(' | ')}`);
+    } finally {
+      env.mosquitto.kill('SIGCONT');
+      env.boxes = [];
+      env.server.off('upgrade', proxy);
+      await p3.close();
+      await c2.endAsync(true);
+      await stopProcess(env.mosquitto2);
+    }
+  });
+
   if (page) {
     await runner.test('no JavaScript errors on the page', async () => {
       assert(page.errors.length === 0, `page errors: ${page.errors.join(' | ')}`);
@@ -272,6 +324,7 @@ async function tearDown() {
     ['mqtt client', () => env.client && env.client.endAsync(true)],
     ['server', () => env.server && new Promise((r) => env.server.close(r))],
     ['mosquitto', () => stopProcess(env.mosquitto)],
+    ['second mosquitto', () => stopProcess(env.mosquitto2)],
     ['temp dir', () => env.tmp && fs.rmSync(env.tmp, { recursive: true, force: true })],
   ]) {
     try {

@@ -2,7 +2,9 @@
 # Browser tests of the kitchen display page (issue 4), in headless Debian Chromium driven by
 # playwright-core:
 #   page.test.mjs     the page's own logic: web/dist served like /display, a private Mosquitto,
-#                     retained payloads published by the test (no Rust services needed)
+#                     retained payloads published by the test (no Rust services needed); with
+#                     [cluster] boxes, the move to a second box's broker when the first stops
+#                     answering (issue 25)
 #   kds.test.mjs      issue 13's pages the same way: ticket notes/modifiers/allergens, 40 open
 #                     orders at 1920x1080 and 1280x800 with nothing hidden without a "+N more"
 #                     marker, the header's ticket time, the customer board (/board); saves

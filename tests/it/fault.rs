@@ -9,7 +9,7 @@
 //!   cargo test --test it fault:: -- --ignored --test-threads=1 --nocapture
 //!
 //! The tests are `#[ignore]`d so that the ordinary `cargo test` stays fast:
-//! they start private servers (tests/it/fault/servers.rs) and the real binary as
+//! they start private servers (tests/it/common/servers.rs) and the real binary as
 //! separate processes (tests/it/fault/harness.rs), take about a minute each, and
 //! need root for the private RabbitMQ node. The servers they stop are always
 //! their own; the machine's shared PostgreSQL and RabbitMQ only lend a private
@@ -21,15 +21,14 @@
 //! target/tmp/fault-logs/<scenario>/.
 use crate::common;
 mod harness;
-mod servers;
 
+use common::servers::{free_port, PrivatePostgres, PrivateRabbit};
 use common::{Backend, TestEnv};
 use harness::{
     check_idle, check_running, doubled, notification_counts, place_orders, place_orders_keyed,
     stop_all, wait_unhealthy, Answer, Db, Keyed, Placed, Proc, Report, Setup,
 };
 use restaurant_system::process::config::{Secret, StorageBackend};
-use servers::{free_port, PrivatePostgres, PrivateRabbit};
 use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};

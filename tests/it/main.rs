@@ -29,4 +29,5 @@ mod smoke;
 mod stations;
 mod store_conformance;
 mod tls;
+mod tls_clients;
 mod worker;

@@ -195,13 +195,13 @@ async fn post_keyed(
 /// request retried with its key makes one order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_finds_the_new_primary_after_a_failover() {
-    use crate::common::postgres::PrivatePg;
+    use crate::common::servers::PrivatePostgres;
     use restaurant_system::modes::Mode;
     use restaurant_system::process::config::StorageBackend;
     use std::time::{Duration, Instant};
 
-    let a = PrivatePg::start();
-    let b = PrivatePg::start();
+    let a = PrivatePostgres::start();
+    let b = PrivatePostgres::start();
     let mut env = TestEnv::new(Backend::Postgres);
     for pg in [&a, &b] {
         pg.sql("postgres", "create database restaurant");
@@ -295,7 +295,7 @@ async fn the_pool_finds_the_new_primary_after_a_failover() {
     }
     orders.stop().await;
     // Every request made exactly one order, on one of the two servers.
-    let count = |pg: &PrivatePg| -> std::collections::BTreeMap<String, i64> {
+    let count = |pg: &PrivatePostgres| -> std::collections::BTreeMap<String, i64> {
         pg.sql(
             "restaurant",
             "select customer_name || '|' || count(*) from orders group by customer_name",
@@ -311,4 +311,31 @@ async fn the_pool_finds_the_new_primary_after_a_failover() {
         let n = ca.get(&c).unwrap_or(&0) + cb.get(&c).unwrap_or(&0);
         assert_eq!(n, 1, "{c}: orders on a {ca:?} / b {cb:?}");
     }
+}
+
+/// The display page learns every box from `config.json`, to move to the next
+/// box's /mqtt when its own dies; one box gives an empty list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screens_get_the_list_of_boxes() {
+    use restaurant_system::modes::Mode;
+    let mut env = quorum_env();
+    let http = reqwest::Client::new();
+    let one = env.start(Mode::TrackingService, None).await;
+    let (_, _, v) = crate::common::get_json(
+        &http,
+        &format!("{}/display/config.json", one.tracking_url()),
+    )
+    .await;
+    assert_eq!(v["boxes"], serde_json::json!([]), "{v}");
+    one.stop().await;
+    let boxes = ["10.77.0.11", "10.77.0.12", "10.77.0.13"];
+    env.cfg.cluster.boxes = boxes.iter().map(|b| b.to_string()).collect();
+    let three = env.start(Mode::TrackingService, None).await;
+    let (_, _, v) = crate::common::get_json(
+        &http,
+        &format!("{}/display/config.json", three.tracking_url()),
+    )
+    .await;
+    assert_eq!(v["boxes"], serde_json::json!(boxes), "{v}");
+    three.stop().await;
 }

@@ -152,36 +152,8 @@ async fn every_listener_serves_https_with_the_box_ca_and_plain_http_on_loopback(
 /// A CA and a server certificate for `localhost`, valid from `from` for `days`
 /// (negative: already expired), written as files; returns (ca, chain, key).
 fn files_cert(dir: &Path, tag: &str, days: i64) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let now = time::OffsetDateTime::now_utc();
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("test CA {tag}"));
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().expect("server key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("params");
-    if days < 0 {
-        params.not_before = now - time::Duration::days(30);
-        params.not_after = now + time::Duration::days(days);
-    } else {
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(days);
-    }
-    let cert = params.signed_by(&key, &issuer).expect("server cert");
-    let paths = (
-        dir.join(format!("ca-{tag}.crt")),
-        dir.join(format!("server-{tag}.crt")),
-        dir.join(format!("server-{tag}.key")),
-    );
-    std::fs::write(&paths.0, ca.pem()).expect("write CA");
-    std::fs::write(&paths.1, format!("{}{}", cert.pem(), ca.pem())).expect("write chain");
-    std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
-    paths
+    let c = common::servers::test_cert(dir, tag, &["localhost", "127.0.0.1"], days);
+    (c.ca, c.chain, c.key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

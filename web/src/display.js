@@ -47,6 +47,7 @@
     recall: [], // completed orders seen in this session, newest first
     workers: new Map(), // worker_name -> payload
     bridge: null, // 'online' | 'offline' | null (unknown)
+    box: null, // the box whose Mosquitto the screen is on (several boxes: after a failover, another)
     connected: false,
     everConnected: false,
     sync: null, // { orders: Set, workers: Set } awaiting confirmation after a subscribe
@@ -1043,7 +1044,8 @@
   function orderServiceUrl() {
     const u = state.cfg && state.cfg.order_service_url;
     if (u) return u.replace(/\/+$/, '');
-    return `${location.protocol}//${location.hostname}:3000`;
+    // The box whose broker the screen is on: its own box, or the next one after a failover.
+    return `${location.protocol}//${state.box || location.hostname}:3000`;
   }
 
   function mqttUrl() {
@@ -1054,6 +1056,21 @@
     if (location.protocol === 'https:') return `wss://${location.host}/mqtt`;
     const port = (state.cfg && state.cfg.mqtt_ws_port) || 9001;
     return `ws://${location.hostname}:${port}`;
+  }
+
+  // Several boxes ([cluster] boxes, docs/multi-box.md): this page's own broker first, then every
+  // other box's /mqtt, on the scheme and port this page came from (the tracking service of each
+  // box passes /mqtt on to its Mosquitto, and each box's display bridge feeds its own Mosquitto).
+  function mqttUrls() {
+    const boxes = (state.cfg && state.cfg.boxes) || [];
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    const port = location.port ? `:${location.port}` : '';
+    const others = boxes.filter((b) => b !== location.hostname);
+    const host = (b) => (b.includes(':') ? `[${b}]` : b);
+    return [
+      { url: mqttUrl(), box: location.hostname },
+      ...others.map((b) => ({ url: `${scheme}://${host(b)}${port}/mqtt`, box: host(b) })),
+    ];
   }
 
   async function loadConfig() {
@@ -1080,7 +1097,17 @@
     const orderTopic = mode === 'station' ? `stations/${stationName}/orders/+` : 'orders/+';
     const topics = [orderTopic, 'events', 'workers/+', 'bridge/status'].map((t) => `${state.prefix}/${t}`);
     const creds = cfg.mqtt_username ? { username: cfg.mqtt_username, password: cfg.mqtt_password || '' } : {};
-    const client = mqtt.connect(mqttUrl(), {
+    const urls = mqttUrls();
+    const several = urls.length > 1;
+    let at = 0;
+    // With several boxes a dead box must be noticed within seconds (a power cut sends no close:
+    // only the missing ping answers tell), and every reconnect after a loss tries the next box.
+    const failover = several ? {
+      keepalive: 3,
+      connectTimeout: 3000,
+      transformWsUrl: () => urls[at].url,
+    } : {};
+    const client = mqtt.connect(urls[0].url, {
       ...creds,
       clientId: `kds-${stationName || (mode === 'expo' ? 'expo' : orderType || 'all')}-${Math.random().toString(16).slice(2, 10)}`,
       clean: true, // the retained messages are the state; no session to keep
@@ -1088,8 +1115,10 @@
       reconnectPeriod: 1000,
       connectTimeout: 5000,
       resubscribe: false, // we subscribe on every connect ourselves (and resync)
+      ...failover,
     });
     client.on('connect', () => {
+      state.box = urls[at].box;
       state.connected = true;
       state.everConnected = true;
       state.bridge = null;
@@ -1106,6 +1135,7 @@
     client.on('message', onMessage);
     client.on('close', () => {
       if (state.connected) console.warn('MQTT connection lost');
+      if (several) at = (at + 1) % urls.length;
       state.connected = false;
       state.sync = null;
       scheduleRender();

@@ -19,7 +19,7 @@ use super::cache::{self, OrderCache};
 use super::mqtt::{Cmd, Publisher};
 use super::payload::Event;
 use crate::broker::delivery::{Outcome, PoisonCap};
-use crate::broker::topology::{self, DISPLAY_QUEUE};
+use crate::broker::topology;
 use crate::broker::{bounded_setup, connect, connection_lost};
 use crate::domain::events::{
     OrderMessage, StatusUpdate, NOTIFICATIONS_EXCHANGE, ORDERS_EXCHANGE, STATIONS_EXCHANGE,
@@ -48,6 +48,8 @@ const SETTLE: Duration = Duration::from_secs(5);
 pub struct Consumer {
     pub store: SharedStore,
     pub rabbit: RabbitConfig,
+    /// `topology::display_queue`: one per box when several serve the kitchen.
+    pub queue: String,
     pub publisher: Publisher,
     pub link: LinkState,
     /// The MQTT connection: no use waiting for PUBACKs while it is down.
@@ -75,11 +77,12 @@ impl Consumer {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        let (ch, consumer) = match bounded_setup(subscribe(&conn, self.rabbit.queue_type)).await {
-            Ok(c) => c,
-            Err(end) => return end,
-        };
-        self.link.up(&format!("queue '{DISPLAY_QUEUE}'"));
+        let (ch, consumer) =
+            match bounded_setup(subscribe(&conn, self.rabbit.queue_type, &self.queue)).await {
+                Ok(c) => c,
+                Err(end) => return end,
+            };
+        self.link.up(&format!("queue '{}'", self.queue));
         let end = self.consume(consumer, &ch, shutdown).await;
         crate::broker::close(&conn, &[&ch]).await;
         if matches!(&end, SessionEnd::Restart(e) if e.is::<MqttLost>()) {
@@ -281,13 +284,14 @@ impl Consumer {
 async fn subscribe(
     conn: &lapin::Connection,
     qt: QueueType,
+    queue: &str,
 ) -> Result<(lapin::Channel, lapin::Consumer), lapin::Error> {
     let ch = topology::channel(conn, qt).await?;
-    topology::declare_display_queue(&ch, qt).await?;
+    topology::declare_display_queue(&ch, qt, queue).await?;
     ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let consumer = ch
         .basic_consume(
-            DISPLAY_QUEUE.into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),

@@ -102,6 +102,10 @@ pub async fn start(
     let consumer = consumer::Consumer {
         store,
         rabbit: cfg.rabbitmq.clone(),
+        queue: crate::broker::topology::display_queue(
+            cfg.cluster.boxes.len() >= 2,
+            &crate::process::telemetry::hostname(),
+        ),
         publisher,
         link: rabbit_link.clone(),
         mqtt: mqtt_link.clone(),

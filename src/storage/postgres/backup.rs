@@ -5,8 +5,8 @@
 //! command line another user could read in `ps`; without one configured they
 //! use what libpq finds itself (~/.pgpass, PGPASSFILE).
 
-use super::pg_config;
-use crate::process::config::DatabaseConfig;
+use super::Connector;
+use crate::process::config::{DatabaseConfig, PgSslMode};
 use crate::storage::backup_file::{
     commit_file, expect_magic, partial, BackupError, Summary, COUNTS_SQL,
 };
@@ -103,13 +103,12 @@ pub(crate) async fn restore(cfg: &DatabaseConfig, file: &Path) -> Result<Summary
 }
 
 async fn connect(cfg: &DatabaseConfig) -> Result<tokio_postgres::Client, BackupError> {
-    let mut pg = pg_config(cfg);
-    pg.application_name("restaurant-system backup");
-    let (client, conn) = pg
-        .connect(tokio_postgres::NoTls)
+    let mut at = Connector::new(cfg).map_err(|e| BackupError::failed("database TLS", e))?;
+    at.pg.application_name("restaurant-system backup");
+    let (client, _conn) = at
+        .connect()
         .await
         .map_err(|e| BackupError::failed(format!("connecting to {}", cfg.place()), e))?;
-    tokio::spawn(conn);
     Ok(client)
 }
 
@@ -144,6 +143,18 @@ fn tool(name: &str, cfg: &DatabaseConfig) -> tokio::process::Command {
     .kill_on_drop(true);
     if let Some(pw) = cfg.password.as_ref() {
         cmd.env("PGPASSWORD", pw.expose());
+    }
+    // libpq checks the server as our own connections do (`tls`); without
+    // TLS its defaults stay as they were.
+    let (mode, ca) = cfg.ssl();
+    if mode != PgSslMode::Disable {
+        let mode = if mode == PgSslMode::VerifyCa {
+            "verify-ca"
+        } else {
+            "verify-full"
+        };
+        cmd.env("PGSSLMODE", mode)
+            .env("PGSSLROOTCERT", crate::tls::ca_file_or_system(&ca));
     }
     cmd
 }

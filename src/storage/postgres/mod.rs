@@ -4,10 +4,11 @@
 pub(crate) mod backup;
 mod intake;
 mod stations;
+mod tls;
 
 use crate::domain::error::Class;
 use crate::domain::events::NOTIFICATIONS_EXCHANGE;
-use crate::process::config::DatabaseConfig;
+use crate::process::config::{DatabaseConfig, PgSslMode};
 use crate::storage::migrations::POSTGRES;
 use crate::storage::*;
 use deadpool_postgres::GenericClient;
@@ -17,6 +18,7 @@ use deadpool_postgres::{
 };
 use intake::Intake;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tls::MakeRustls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{NoTls, Row};
@@ -86,7 +88,39 @@ fn pg_config(cfg: &DatabaseConfig) -> tokio_postgres::Config {
     if let Some(pw) = cfg.password.as_ref() {
         pg.password(pw.expose());
     }
+    if cfg.ssl().0 != PgSslMode::Disable {
+        // TLS or no connection; the certificate is checked by `tls::MakeRustls`.
+        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
     pg
+}
+
+/// What one session outside the pools needs: where, and the TLS if any.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    pg: tokio_postgres::Config,
+    tls: Option<MakeRustls>,
+}
+
+impl Connector {
+    pub(crate) fn new(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
+        let tls = MakeRustls::from_config(cfg).map_err(|e| {
+            StoreError::new(
+                Class::Permanent,
+                format!("database.ca_file (sslmode {:?}): {e}", cfg.ssl().0),
+            )
+        })?;
+        Ok(Connector {
+            pg: pg_config(cfg),
+            tls,
+        })
+    }
+
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        tls::connect_one(&self.pg, self.tls.as_ref()).await
+    }
 }
 
 pub struct PgStore {
@@ -102,23 +136,23 @@ pub struct PgStore {
     /// Order intake, batched (group commit): see `intake`.
     intake: Intake,
     /// For the kitchen workers' liveness-lock sessions (`worker_lease`).
-    lease_config: tokio_postgres::Config,
+    lease: Connector,
     owner: String,
 }
 
 impl PgStore {
     pub async fn connect(cfg: &DatabaseConfig, owner: String) -> Result<Self, StoreError> {
-        let mut pg = pg_config(cfg);
-        let pool = build_pool(pg.clone(), cfg.pool_size)?;
-        let lease_config = pg.clone();
-        pg.options("-c synchronous_commit=off");
-        let lazy_pool = build_pool(pg, 4)?;
+        let lease = Connector::new(cfg)?;
+        let pool = build_pool(&lease, cfg.pool_size)?;
+        let mut lazy = lease.clone();
+        lazy.pg.options("-c synchronous_commit=off");
+        let lazy_pool = build_pool(&lazy, 4)?;
         let store = PgStore {
             intake: Intake::start(pool.clone(), owner.clone()),
             pool,
             lazy_pool,
             deferred: Default::default(),
-            lease_config,
+            lease,
             owner,
         };
         store.migrate().await?;
@@ -179,11 +213,8 @@ struct LeaseSession {
 }
 
 impl LeaseSession {
-    async fn open(pg: &tokio_postgres::Config) -> Result<Self, StoreError> {
-        let (client, conn) = pg.connect(NoTls).await.map_err(pg_err)?;
-        let connection = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+    async fn open(at: &Connector) -> Result<Self, StoreError> {
+        let (client, connection) = at.connect().await.map_err(pg_err)?;
         Ok(LeaseSession { client, connection })
     }
 
@@ -208,7 +239,7 @@ impl LeaseSession {
 /// database restart) it opens a new one and takes the lock again; when the
 /// lock was not ours (taken over from a hung holder), it takes it once free.
 async fn hold_lease(
-    pg: tokio_postgres::Config,
+    at: Connector,
     key: String,
     mut session: LeaseSession,
     mut held: bool,
@@ -230,7 +261,7 @@ async fn hold_lease(
         }
         loop {
             if session.is_gone() {
-                match LeaseSession::open(&pg).await {
+                match LeaseSession::open(&at).await {
                     Ok(s) => session = s,
                     Err(e) => {
                         tracing::warn!(action = "worker_lock_lost", error = %e, "Worker name lock lost with its database session; reconnecting");
@@ -273,15 +304,15 @@ async fn hold_lease(
 
 /// A pool that connects lazily and replaces dead connections, so a restarted
 /// server is picked up again on its own.
-fn build_pool(pg: tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
-    let several_hosts = pg.get_hosts().len() > 1;
-    let mgr = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+fn build_pool(at: &Connector, size: usize) -> Result<Pool, StoreError> {
+    let several_hosts = at.pg.get_hosts().len() > 1;
+    let config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let mgr = match &at.tls {
+        None => Manager::from_config(at.pg.clone(), NoTls, config),
+        Some(tls) => Manager::from_config(at.pg.clone(), tls.clone(), config),
+    };
     let timeouts = Timeouts {
         wait: Some(Duration::from_secs(5)),
         create: Some(Duration::from_secs(5)),
@@ -821,11 +852,11 @@ impl Store for PgStore {
             "restaurant-system worker {}",
             crate::domain::worker::lock_key(name)
         );
-        let session = LeaseSession::open(&self.lease_config).await?;
+        let session = LeaseSession::open(&self.lease).await?;
         let held = session.try_lock(&key).await?;
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(hold_lease(
-            self.lease_config.clone(),
+            self.lease.clone(),
             key,
             session,
             held,

@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
-pub mod postgres;
+pub mod servers;
 
 use restaurant_system::modes::{self, Mode, Options, Running};
 use restaurant_system::process::config::{Config, QueueType, Secret, StorageBackend};
@@ -296,18 +296,7 @@ impl TestEnv {
     }
 
     async fn launch(&self, mode: Mode, cfg: &Config, workers: Vec<WorkerConfig>) -> App {
-        let shutdown = CancellationToken::new();
-        let running = tokio::time::timeout(
-            Duration::from_secs(30),
-            modes::start(mode, cfg, Options { workers }, shutdown.clone()),
-        )
-        .await
-        .expect("mode did not start within 30 s")
-        .expect("mode failed to start");
-        App {
-            running: Some(running),
-            shutdown,
-        }
+        launch(mode, cfg, workers).await
     }
 
     pub fn worker(&self, name: &str, types: &[OrderType]) -> WorkerConfig {
@@ -338,6 +327,22 @@ impl Drop for TestEnv {
         if let Some(db) = &self.pg_db {
             let _ = psql(&format!("drop database if exists {db} with (force)"));
         }
+    }
+}
+
+/// Starts a mode in-process with `cfg` (the same code path as the binary).
+pub async fn launch(mode: Mode, cfg: &Config, workers: Vec<WorkerConfig>) -> App {
+    let shutdown = CancellationToken::new();
+    let running = tokio::time::timeout(
+        Duration::from_secs(30),
+        modes::start(mode, cfg, Options { workers }, shutdown.clone()),
+    )
+    .await
+    .expect("mode did not start within 30 s")
+    .expect("mode failed to start");
+    App {
+        running: Some(running),
+        shutdown,
     }
 }
 

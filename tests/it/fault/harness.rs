@@ -97,7 +97,7 @@ impl Setup {
             .join(scenario);
         let _ = std::fs::remove_dir_all(&logs);
         std::fs::create_dir_all(&logs).expect("creating the log dir");
-        let scratch = super::servers::owned_dir("rs_fault_run");
+        let scratch = crate::common::servers::owned_dir("rs_fault_run");
         std::fs::write(scratch.path().join("empty.toml"), "").expect("empty config");
         Setup {
             env: binary_env(cfg),

@@ -1,7 +1,9 @@
-//! Private PostgreSQL clusters and RabbitMQ nodes for the fault suite.
+//! Private PostgreSQL clusters and RabbitMQ nodes, for what the machine's
+//! shared servers cannot show: the fault suite stops and starts them, and the
+//! TLS client tests (issue 27) need them to speak TLS with a certificate from
+//! a CA the test makes (`test_cert`, `start_tls`).
 //!
-//! The fault tests stop and start servers, so they never touch the machine's
-//! shared ones: each test starts its own on free ports in a temp dir, and
+//! Each test starts its own on free ports in a temp dir, and
 //! `Drop` stops it and removes its files, also when the test fails. When we
 //! are root the servers run as the `postgres` and `rabbitmq` users (neither
 //! runs as root); otherwise as the current user.
@@ -203,11 +205,15 @@ fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
 // PostgreSQL
 
 /// A throwaway PostgreSQL cluster on 127.0.0.1:`port`, trust authentication,
-/// user `postgres`, database `postgres`.
+/// user `postgres`, database `postgres`. With TLS (`start_tls`): only
+/// `hostssl` connections from 127.0.0.1, by `password` (SCRAM).
 pub struct PrivatePostgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    pub password: Option<String>,
+    /// Server options beyond the port, socket and listen address.
+    options: String,
 }
 
 /// The newest /usr/lib/postgresql/N/bin with initdb (TEST_PG_BINDIR overrides).
@@ -235,6 +241,55 @@ fn pg_bindir() -> PathBuf {
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
+        let pg = PrivatePostgres::init();
+        pg.start_server();
+        pg
+    }
+
+    /// `ssl = on` with `cert`, and no connection without TLS: an order that
+    /// gets through went over TLS.
+    pub fn start_tls(cert: &TestCert) -> PrivatePostgres {
+        let mut pg = PrivatePostgres::init();
+        let data = pg.dir.path().join("data");
+        for (from, to) in [(&cert.chain, "server.crt"), (&cert.key, "server.key")] {
+            std::fs::copy(from, data.join(to)).expect("copying the server certificate");
+            std::fs::set_permissions(
+                data.join(to),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .expect("chmod");
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("pg_hba.conf");
+        give_to(&data, "postgres");
+        let password = format!("pg-{:016x}", rand::random::<u64>());
+        pg.options = " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into();
+        pg.start_server();
+        // Over the Unix socket (trust): the password is never on a command line.
+        pg.pg(
+            "psql",
+            &[
+                "-h",
+                &pg.dir.path().display().to_string(),
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+                "-qAt",
+                "-c",
+                &format!("alter user postgres password '{password}'"),
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("setting the password: {e}"));
+        pg.password = Some(password);
+        pg
+    }
+
+    fn init() -> PrivatePostgres {
         let bin = pg_bindir();
         let dir = owned_dir("rs_fault_pg");
         give_to(dir.path(), "postgres");
@@ -242,6 +297,8 @@ impl PrivatePostgres {
             dir,
             bin,
             port: free_port(),
+            password: None,
+            options: String::new(),
         };
         let data = pg.data();
         pg.pg(
@@ -260,7 +317,6 @@ impl PrivatePostgres {
             Duration::from_secs(120),
         )
         .unwrap_or_else(|e| panic!("initdb for the private PostgreSQL failed: {e}"));
-        pg.start_server();
         pg
     }
 
@@ -285,9 +341,10 @@ impl PrivatePostgres {
     /// Starts the server and waits until it accepts connections.
     pub fn start_server(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.options
         );
         let (data, log) = (self.data(), self.log().display().to_string());
         self.pg(
@@ -320,6 +377,53 @@ impl PrivatePostgres {
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log(), lines)
     }
+
+    /// Runs `sql` as `postgres` in database `db`; its output, unaligned.
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        let port = self.port.to_string();
+        self.pg(
+            "psql",
+            &[
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("psql on the private PostgreSQL: {e}"))
+        .trim()
+        .to_string()
+    }
+
+    /// Makes the server refuse writes (`default_transaction_read_only`, as a
+    /// demoted primary does) or take them again (issue 25); `kick` ends every
+    /// client session, as a failover does.
+    pub fn read_only(&self, on: bool, kick: bool) {
+        let v = if on { "on" } else { "off" };
+        self.sql(
+            "postgres",
+            &format!("alter system set default_transaction_read_only = {v}"),
+        );
+        self.sql("postgres", "select pg_reload_conf()");
+        if kick {
+            self.sql(
+                "postgres",
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
+            );
+        }
+    }
 }
 
 impl Drop for PrivatePostgres {
@@ -343,6 +447,8 @@ pub struct PrivateRabbit {
     dir: tempfile::TempDir,
     pub node: String,
     pub port: u16,
+    /// The TLS listener's port (`start_tls`); 0 without one.
+    pub tls_port: u16,
     dist_port: u16,
     /// The node started in the foreground: its exit before readiness is a
     /// start failure we can report at once.
@@ -354,6 +460,34 @@ const RABBITMQCTL: &str = "/usr/sbin/rabbitmqctl";
 
 impl PrivateRabbit {
     pub fn start() -> PrivateRabbit {
+        let mut r = PrivateRabbit::configure();
+        r.start_node();
+        r
+    }
+
+    /// With a TLS listener on `tls_port` serving `cert` (no client certificates).
+    pub fn start_tls(cert: &TestCert) -> PrivateRabbit {
+        let mut r = PrivateRabbit::configure();
+        let p = r.dir.path();
+        // The node runs as the rabbitmq user: its own copies, in its own dir.
+        std::fs::copy(&cert.chain, p.join("server.crt")).expect("copying the certificate");
+        std::fs::copy(&cert.key, p.join("server.key")).expect("copying the key");
+        give_to(p, "rabbitmq");
+        r.tls_port = free_port();
+        for line in [
+            format!("listeners.ssl.1 = 127.0.0.1:{}", r.tls_port),
+            format!("ssl_options.certfile = {}", p.join("server.crt").display()),
+            format!("ssl_options.keyfile = {}", p.join("server.key").display()),
+            "ssl_options.verify = verify_none".into(),
+            "ssl_options.fail_if_no_peer_cert = false".into(),
+        ] {
+            r.add_config(&line);
+        }
+        r.start_node();
+        r
+    }
+
+    fn configure() -> PrivateRabbit {
         assert!(
             Path::new(RABBITMQ_SERVER).exists(),
             "{RABBITMQ_SERVER} is missing: apt-get install rabbitmq-server"
@@ -385,15 +519,14 @@ impl PrivateRabbit {
             .expect("writing rabbitmq-env.conf");
         std::fs::write(p.join("enabled_plugins"), "[].\n").expect("writing enabled_plugins");
         give_to(p, "rabbitmq");
-        let mut r = PrivateRabbit {
+        PrivateRabbit {
             dir,
             node,
             port,
+            tls_port: 0,
             dist_port,
             server: None,
-        };
-        r.start_node();
-        r
+        }
     }
 
     /// Adds a line to the node's rabbitmq.conf (read when the node starts).
@@ -545,4 +678,49 @@ impl Drop for PrivateRabbit {
         }
         self.kill_beam();
     }
+}
+
+// ---------------------------------------------------------------------------
+// Certificates
+
+/// A CA made for a test and a server certificate it signed.
+pub struct TestCert {
+    pub ca: PathBuf,
+    /// The server certificate, then the CA.
+    pub chain: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a CA (`ca-TAG.crt`) and a server certificate for `names` valid for
+/// `days` from now (negative: expired that many days ago) in `dir`.
+pub fn test_cert(dir: &Path, tag: &str, names: &[&str], days: i64) -> TestCert {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let now = time::OffsetDateTime::now_utc();
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("test CA {tag}"));
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(names).expect("params");
+    if days < 0 {
+        params.not_before = now - time::Duration::days(30);
+    } else {
+        params.not_before = now - time::Duration::hours(1);
+    }
+    params.not_after = now + time::Duration::days(days);
+    let cert = params.signed_by(&key, &issuer).expect("server cert");
+    let files = TestCert {
+        ca: dir.join(format!("ca-{tag}.crt")),
+        chain: dir.join(format!("server-{tag}.crt")),
+        key: dir.join(format!("server-{tag}.key")),
+    };
+    std::fs::write(&files.ca, ca.pem()).expect("write CA");
+    std::fs::write(&files.chain, format!("{}{}", cert.pem(), ca.pem())).expect("write chain");
+    std::fs::write(&files.key, key.serialize_pem()).expect("write key");
+    files
 }
