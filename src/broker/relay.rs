@@ -29,8 +29,13 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Rows published per round trip of confirms.
-const BATCH: usize = 500;
+/// Rows claimed (and published per round trip of confirms), at most. A claim
+/// takes whatever waits, up to this, so under load a claim (on SQLite one job
+/// of the single writer thread, queued behind intake's) carries everything
+/// committed since the previous one: a few claims a second at any rate. Under
+/// load the relay's rate is set by RabbitMQ's confirms (issue 22, item 2:
+/// docs/BENCHMARKS.md), and a batch must be confirmed well within `LEASE`.
+const BATCH: usize = 2_048;
 /// Batches written and not yet confirmed, at most.
 const DEPTH: usize = 2;
 /// A leased row is taken over by another relay when we have not confirmed it by then.

@@ -76,6 +76,14 @@ fn durable_queue() -> QueueDeclareOptions {
     }
 }
 
+/// A new channel on `conn` with the topology declared (`declare`): what every
+/// consumer opens first.
+pub async fn channel(conn: &lapin::Connection, qt: QueueType) -> Result<Channel, lapin::Error> {
+    let ch = conn.create_channel().await?;
+    declare(&ch, qt).await?;
+    Ok(ch)
+}
+
 /// Exchanges (orders, notifications, stations), the dead-letter queue and the
 /// kitchen queues (three, or three per priority with quorum queues). The
 /// dead-letter queue comes first: a box configured with the other queue type

@@ -231,6 +231,30 @@ impl Route {
     pub fn access(self) -> Access {
         self.row().2
     }
+
+    /// Whether `api` serves the route (its own match then handles it). The
+    /// edge answers `/metrics` and `/ca.crt` itself; every port answers
+    /// `/health` and `/openapi.yaml`.
+    pub fn served_by(self, api: Api) -> bool {
+        use Route::*;
+        match self {
+            Health | OpenApi => true,
+            CreateOrder | Complete | Cancel | Recall | ItemStart | ItemBump | ItemUndo
+            | StationBump | ExpoConfirm | Rush => api == Api::Orders,
+            Order | OrderStatus | OrderHistory | SpeedOfService | Board | BoardFile | Workers
+            | Stations | Tickets | Display | DisplayFile | MqttWs => api == Api::Tracking,
+            Metrics | CaCert => false,
+        }
+    }
+}
+
+/// The two APIs that share the route table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// The order service's (intake and the kitchen's actions).
+    Orders,
+    /// The tracking service's (reads, the display and the board).
+    Tracking,
 }
 
 /// The class of `method` on the path split into segments. Open routes are

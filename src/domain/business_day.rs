@@ -116,26 +116,31 @@ mod tests {
         NaiveDate::from_ymd_opt(y, mo, d).unwrap()
     }
 
-    /// `at` is where `r` starts `after`: a second earlier is still `before`.
-    fn assert_cut_over(r: &BusinessDay, at: DateTime<Utc>, before: NaiveDate, after: NaiveDate) {
+    /// `at` is where `r` starts `new_day`: a second earlier is still the day before.
+    fn assert_cut_over(r: &BusinessDay, at: DateTime<Utc>, new_day: NaiveDate) {
+        let before = new_day.pred_opt().expect("a day before");
         assert_eq!(r.date(at - chrono::Duration::seconds(1)), before);
-        assert_eq!(r.date(at), after);
+        assert_eq!(r.date(at), new_day);
+    }
+
+    /// Business day `d` in New York with a 04:00 cut-over runs over `bounds`
+    /// and lasts `hours`.
+    fn assert_new_york_day(d: NaiveDate, bounds: (DateTime<Utc>, DateTime<Utc>), hours: i64) {
+        let (s, e) = rule("America/New_York", "04:00").bounds(d);
+        assert_eq!((s, e), bounds, "{d}");
+        assert_eq!(e - s, chrono::Duration::hours(hours));
     }
 
     #[test]
     fn the_default_is_the_seeds_utc_midnight() {
         let r = BusinessDay::default();
-        assert_cut_over(
-            &r,
-            utc(2026, 12, 7, 0, 0),
-            day(2026, 12, 6),
-            day(2026, 12, 7),
-        );
-        assert_eq!(r.date(utc(2026, 12, 7, 23, 59)), day(2026, 12, 7));
+        let (start, end) = r.bounds(day(2026, 12, 7));
         assert_eq!(
-            r.bounds(day(2026, 12, 7)),
+            (start, end),
             (utc(2026, 12, 7, 0, 0), utc(2026, 12, 8, 0, 0))
         );
+        assert_cut_over(&r, start, day(2026, 12, 7));
+        assert_eq!(r.date(utc(2026, 12, 7, 23, 59)), day(2026, 12, 7));
     }
 
     #[test]
@@ -147,12 +152,7 @@ mod tests {
         // 01:30 local on Dec 8: still the 7th's service.
         assert_eq!(r.date(utc(2026, 12, 8, 6, 30)), day(2026, 12, 7));
         // The cut-over: 03:59:59 local is the 7th, 04:00 the 8th.
-        assert_cut_over(
-            &r,
-            utc(2026, 12, 8, 9, 0),
-            day(2026, 12, 7),
-            day(2026, 12, 8),
-        );
+        assert_cut_over(&r, utc(2026, 12, 8, 9, 0), day(2026, 12, 8));
         assert_eq!(
             r.bounds(day(2026, 12, 7)),
             (utc(2026, 12, 7, 9, 0), utc(2026, 12, 8, 9, 0))
@@ -162,11 +162,9 @@ mod tests {
     #[test]
     fn spring_forward_makes_a_23_hour_day() {
         // US DST starts 2026-03-08 at 02:00 EST -> 03:00 EDT.
+        let bounds = (utc(2026, 3, 7, 9, 0), utc(2026, 3, 8, 8, 0)); // 04:00 EST, 04:00 EDT
+        assert_new_york_day(day(2026, 3, 7), bounds, 23);
         let r = rule("America/New_York", "04:00");
-        let (s, e) = r.bounds(day(2026, 3, 7));
-        assert_eq!(s, utc(2026, 3, 7, 9, 0)); // 04:00 EST
-        assert_eq!(e, utc(2026, 3, 8, 8, 0)); // 04:00 EDT
-        assert_eq!(e - s, chrono::Duration::hours(23));
         assert_eq!(r.date(utc(2026, 3, 8, 7, 59)), day(2026, 3, 7));
         assert_eq!(r.date(utc(2026, 3, 8, 8, 0)), day(2026, 3, 8));
     }
@@ -178,17 +176,14 @@ mod tests {
         let start = r.start(day(2026, 3, 8));
         // 02:30 EST would be 07:30 UTC = 03:30 EDT: after the jump, once.
         assert_eq!(start, utc(2026, 3, 8, 7, 30));
-        assert_cut_over(&r, start, day(2026, 3, 7), day(2026, 3, 8));
+        assert_cut_over(&r, start, day(2026, 3, 8));
     }
 
     #[test]
     fn fall_back_makes_a_25_hour_day() {
         // US DST ends 2026-11-01 at 02:00 EDT -> 01:00 EST.
-        let r = rule("America/New_York", "04:00");
-        let (s, e) = r.bounds(day(2026, 10, 31));
-        assert_eq!(s, utc(2026, 10, 31, 8, 0)); // 04:00 EDT
-        assert_eq!(e, utc(2026, 11, 1, 9, 0)); // 04:00 EST
-        assert_eq!(e - s, chrono::Duration::hours(25));
+        let bounds = (utc(2026, 10, 31, 8, 0), utc(2026, 11, 1, 9, 0)); // 04:00 EDT, 04:00 EST
+        assert_new_york_day(day(2026, 10, 31), bounds, 25);
     }
 
     #[test]

@@ -295,6 +295,12 @@ fn validate_customer_name(
     None
 }
 
+/// Records that `field` broke `rule`; the field has no value.
+fn refuse<T>(errors: &mut Vec<FieldError>, field: String, rule: &str) -> Option<T> {
+    errors.push(FieldError::new(field, rule));
+    None
+}
+
 fn validate_items(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Vec<Item>> {
     let list = match present(obj, "items") {
         None => {
@@ -333,73 +339,36 @@ fn validate_items(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
             Some(Value::String(s)) => {
                 let len = s.chars().count();
                 if len == 0 || len > 50 || s.trim().is_empty() {
-                    errors.push(FieldError::new(path("name"), "must be 1-50 characters"));
-                    None
+                    refuse(errors, path("name"), "must be 1-50 characters")
                 } else if s.chars().any(char::is_control) {
-                    errors.push(FieldError::new(
-                        path("name"),
-                        "must not contain control characters",
-                    ));
-                    None
+                    refuse(errors, path("name"), "must not contain control characters")
                 } else {
                     Some(s.clone())
                 }
             }
-            Some(_) => {
-                errors.push(FieldError::new(path("name"), "must be a string"));
-                None
-            }
-            None => {
-                errors.push(FieldError::new(path("name"), "is required"));
-                None
-            }
+            Some(_) => refuse(errors, path("name"), "must be a string"),
+            None => refuse(errors, path("name"), "is required"),
         };
         let quantity = match present(item, "quantity") {
             Some(v) => match v.as_i64() {
                 Some(q) if (1..=10).contains(&q) => Some(q),
-                Some(_) => {
-                    errors.push(FieldError::new(
-                        path("quantity"),
-                        "must be between 1 and 10",
-                    ));
-                    None
-                }
-                None => {
-                    errors.push(FieldError::new(path("quantity"), "must be an integer"));
-                    None
-                }
+                Some(_) => refuse(errors, path("quantity"), "must be between 1 and 10"),
+                None => refuse(errors, path("quantity"), "must be an integer"),
             },
-            None => {
-                errors.push(FieldError::new(path("quantity"), "is required"));
-                None
-            }
+            None => refuse(errors, path("quantity"), "is required"),
         };
         let price = match present(item, "price") {
             Some(Value::Number(n)) => match n.as_f64().and_then(Cents::from_decimal) {
                 Some(p) if (MIN_PRICE..=MAX_PRICE).contains(&p) => Some(p),
-                Some(_) => {
-                    errors.push(FieldError::new(
-                        path("price"),
-                        "must be between 0.01 and 999.99",
-                    ));
-                    None
-                }
-                None => {
-                    errors.push(FieldError::new(
-                        path("price"),
-                        "must have at most two decimal places",
-                    ));
-                    None
-                }
+                Some(_) => refuse(errors, path("price"), "must be between 0.01 and 999.99"),
+                None => refuse(
+                    errors,
+                    path("price"),
+                    "must have at most two decimal places",
+                ),
             },
-            Some(_) => {
-                errors.push(FieldError::new(path("price"), "must be a number"));
-                None
-            }
-            None => {
-                errors.push(FieldError::new(path("price"), "is required"));
-                None
-            }
+            Some(_) => refuse(errors, path("price"), "must be a number"),
+            None => refuse(errors, path("price"), "is required"),
         };
         let details = kitchen_notes::validate_item_details(i, item, errors);
         let category = match present(item, "category") {

@@ -69,46 +69,24 @@ impl Subscriber {
                     None => return connection_lost(),
                 },
             };
-            if d.exchange.as_str() == STATIONS_EXCHANGE {
-                let settled = match StationUpdate::decode(&d.data) {
-                    Ok(u) => {
+            // Shown (or seen before) and acked, or unreadable and dropped.
+            let read = if d.exchange.as_str() == STATIONS_EXCHANGE {
+                StationUpdate::decode(&d.data)
+                    .map(|u| {
                         if seen.first(u.event_id()) {
                             print_line(&u.human_line());
                         }
-                        d.ack(BasicAckOptions::default()).await
-                    }
-                    Err(e) => {
-                        tracing::error!(action = "message_processing_failed", error = %e, "Unreadable station update dropped");
-                        d.reject(BasicRejectOptions { requeue: false }).await
-                    }
-                };
-                if let Err(e) = settled {
-                    return e.into();
-                }
-                continue;
-            }
-            let settled = match StatusUpdate::decode(&d.data) {
-                Ok(u) if seen.first(u.event_id()) => {
-                    tracing::debug!(
-                        action = "notification_received",
-                        order_number = %u.order_number,
-                        new_status = %u.new_status,
-                        "Received status update for order {}", u.order_number
-                    );
-                    print_line(&u.human_line());
-                    d.ack(BasicAckOptions::default()).await
-                }
-                Ok(u) => {
-                    tracing::debug!(
-                        action = "duplicate_notification",
-                        order_number = %u.order_number,
-                        event_id = %u.event_id(),
-                        "Status update already shown (published again after a crash); skipped"
-                    );
-                    d.ack(BasicAckOptions::default()).await
-                }
-                Err(e) => {
-                    tracing::error!(action = "message_processing_failed", error = %e, "Unreadable notification dropped");
+                    })
+                    .map_err(|e| (e.to_string(), "Unreadable station update dropped"))
+            } else {
+                StatusUpdate::decode(&d.data)
+                    .map(|u| show_status(&u, seen))
+                    .map_err(|e| (e.to_string(), "Unreadable notification dropped"))
+            };
+            let settled = match read {
+                Ok(()) => d.ack(BasicAckOptions::default()).await,
+                Err((e, what)) => {
+                    tracing::error!(action = "message_processing_failed", error = %e, "{what}");
                     d.reject(BasicRejectOptions { requeue: false }).await
                 }
             };
@@ -119,14 +97,34 @@ impl Subscriber {
     }
 }
 
+/// Prints a status update the first time it is seen; a copy published again
+/// after a crash is skipped.
+fn show_status(u: &StatusUpdate, seen: &mut Seen) {
+    if seen.first(u.event_id()) {
+        tracing::debug!(
+            action = "notification_received",
+            order_number = %u.order_number,
+            new_status = %u.new_status,
+            "Received status update for order {}", u.order_number
+        );
+        print_line(&u.human_line());
+    } else {
+        tracing::debug!(
+            action = "duplicate_notification",
+            order_number = %u.order_number,
+            event_id = %u.event_id(),
+            "Status update already shown (published again after a crash); skipped"
+        );
+    }
+}
+
 /// This subscriber's own queue (exclusive, server-named), bound to the fanout
 /// exchange, and a consumer on it.
 async fn subscribe(
     conn: &lapin::Connection,
     qt: QueueType,
 ) -> Result<(lapin::Channel, lapin::Consumer), lapin::Error> {
-    let ch = conn.create_channel().await?;
-    topology::declare(&ch, qt).await?;
+    let ch = topology::channel(conn, qt).await?;
     let q = ch
         .queue_declare(
             "".into(),

@@ -2,7 +2,7 @@
 //! transitions (complete = the display's bump, cancel, recall).
 
 use crate::broker::relay::Relay;
-use crate::domain::access::{Caller, Route};
+use crate::domain::access::{Api, Caller, Route};
 use crate::domain::business_day::BusinessDay;
 use crate::domain::clock::{Behind, ClockFloor};
 use crate::domain::idempotency;
@@ -117,24 +117,7 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 #[async_trait::async_trait]
 impl Routes for OrderApi {
     async fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> Result<Resp, ApiError> {
-        let route = route_of(
-            &req,
-            &ctx,
-            &[
-                Route::CreateOrder,
-                Route::Complete,
-                Route::Cancel,
-                Route::Recall,
-                Route::ItemStart,
-                Route::ItemBump,
-                Route::ItemUndo,
-                Route::StationBump,
-                Route::ExpoConfirm,
-                Route::Rush,
-                Route::Health,
-                Route::OpenApi,
-            ],
-        )?;
+        let route = route_of(&req, &ctx, |r| r.served_by(Api::Orders))?;
         // The order number of `/orders/{n}/...`, and the station and item of
         // `/orders/{n}/stations/{station}/items/{i}/...`.
         let seg = segments(&req);

@@ -2,7 +2,7 @@
 //! speed-of-service report, plus the kitchen display page and the customer
 //! order board (static files embedded in the binary).
 
-use crate::domain::access::Route;
+use crate::domain::access::{Api, Route};
 use crate::domain::access::{Caller, Role, HOW_TO_GET_A_TOKEN};
 use crate::domain::order::is_order_number;
 use crate::domain::speed;
@@ -93,26 +93,7 @@ const BOARD: &[(&str, &str, &[u8])] = &[
 #[async_trait::async_trait]
 impl Routes for TrackingApi {
     async fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> Result<Resp, ApiError> {
-        let route = route_of(
-            &req,
-            &ctx,
-            &[
-                Route::Order,
-                Route::OrderStatus,
-                Route::OrderHistory,
-                Route::SpeedOfService,
-                Route::Board,
-                Route::BoardFile,
-                Route::Workers,
-                Route::Stations,
-                Route::Tickets,
-                Route::Health,
-                Route::OpenApi,
-                Route::Display,
-                Route::DisplayFile,
-                Route::MqttWs,
-            ],
-        )?;
+        let route = route_of(&req, &ctx, |r| r.served_by(Api::Tracking))?;
         // The order number or file name: the path's second segment.
         let arg = segments(&req).get(1).cloned().unwrap_or_default();
         match route {

@@ -469,6 +469,16 @@ pub struct OutboxMessage {
     pub request_id: String,
 }
 
+/// An order as a backend stores it (see `Store::create_order`): the request
+/// that carried it, when, and the business day its number belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOrder<'a> {
+    pub order: &'a ValidOrder,
+    pub request_id: &'a str,
+    pub now: DateTime<Utc>,
+    pub day: NaiveDate,
+}
+
 /// One step of the outbox relay (see `Store::claim_outbox`): delete the rows
 /// `published`, then lease up to `limit` rows until `until`: this process's
 /// own, and other processes' created before `orphaned_before`.
@@ -496,7 +506,17 @@ pub trait Store: TokenStore + Send + Sync + 'static {
         request_id: &str,
         now: DateTime<Utc>,
         day: NaiveDate,
-    ) -> Result<CreatedOrder, StoreError>;
+    ) -> Result<CreatedOrder, StoreError> {
+        self.insert_order(NewOrder {
+            order,
+            request_id,
+            now,
+            day,
+        })
+        .await
+    }
+    /// The backend's half of `create_order`.
+    async fn insert_order(&self, new: NewOrder<'_>) -> Result<CreatedOrder, StoreError>;
 
     /// `create_order` under an idempotency key: the key row is written in the
     /// order's transaction (a unique key per scope). A key already stored and
@@ -509,6 +529,20 @@ pub trait Store: TokenStore + Send + Sync + 'static {
         request_id: &str,
         now: DateTime<Utc>,
         day: NaiveDate,
+        key: &IdempotencyKey,
+    ) -> Result<KeyedOutcome, StoreError> {
+        let new = NewOrder {
+            order,
+            request_id,
+            now,
+            day,
+        };
+        self.insert_order_keyed(new, key).await
+    }
+    /// The backend's half of `create_order_keyed`.
+    async fn insert_order_keyed(
+        &self,
+        new: NewOrder<'_>,
         key: &IdempotencyKey,
     ) -> Result<KeyedOutcome, StoreError>;
 

@@ -557,9 +557,60 @@ async fn one_endpoint_in_mode_all(b: Backend) {
     p.stop().await;
 }
 
+// ---------------------------------------------------------------------------
+// 3. The relay under a backlog
+// ---------------------------------------------------------------------------
+
+/// Issue 22, item 2: the relay claims what waits in a few large steps, not a
+/// step per 500 rows (each a job of SQLite's single writer, queued behind
+/// intake's). 3,000 rows left by another process (old enough to be taken
+/// over) go out in at most two batches, each message once.
+async fn a_backlog_goes_out_in_few_batches(b: Backend) {
+    const BACKLOG: usize = 3_000;
+    let env = TestEnv::new(b);
+    let ch = env.amqp_with_topology().await;
+    let store = env.open_store().await;
+    let order =
+        restaurant_system::domain::order::validate(&takeout("Ann", 1, 4.5)).expect("a valid order");
+    let then = chrono::Utc::now() - chrono::Duration::seconds(30);
+    let mut writes = tokio::task::JoinSet::new();
+    for chunk in 0..BACKLOG / 100 {
+        let (store, order) = (store.clone(), order.clone());
+        writes.spawn(async move {
+            for i in 0..100 {
+                store
+                    .create_order(&order, &format!("rid-{chunk}-{i}"), then, then.date_naive())
+                    .await
+                    .expect("create");
+            }
+        });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.expect("writer task");
+    }
+    assert_eq!(store.outbox_len().await.expect("outbox"), BACKLOG as i64);
+
+    let (mut p, base) = spawn(&env, "order-service", &[]).await;
+    common::eventually(Duration::from_secs(60), "the backlog published", || {
+        let store = store.clone();
+        async move { (store.outbox_len().await.ok()? == 0).then_some(()) }
+    })
+    .await;
+    let m = scrape(&base).await;
+    let batches = m.value("restaurant_relay_publish_duration_seconds_count", &[]);
+    assert!(
+        (1.0..=2.0).contains(&batches),
+        "{BACKLOG} rows went out in {batches} batches"
+    );
+    let (waiting, _) = common::queue_counts(&ch, "kitchen_takeout_queue").await;
+    assert_eq!(waiting as usize, BACKLOG, "each message once");
+    assert!(p.stop().await.success());
+}
+
 backend_tests!(
     orders_created_and_request_durations,
     worker_metrics_port_counts_orders_cooked,
     off_the_box_a_token_is_needed,
     one_endpoint_in_mode_all,
+    a_backlog_goes_out_in_few_batches,
 );

@@ -195,13 +195,13 @@ async fn post_keyed(
 /// request retried with its key makes one order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_finds_the_new_primary_after_a_failover() {
-    use crate::common::postgres::PrivatePg;
+    use crate::common::servers::PrivatePostgres;
     use restaurant_system::modes::Mode;
     use restaurant_system::process::config::StorageBackend;
     use std::time::{Duration, Instant};
 
-    let a = PrivatePg::start();
-    let b = PrivatePg::start();
+    let a = PrivatePostgres::start();
+    let b = PrivatePostgres::start();
     let mut env = TestEnv::new(Backend::Postgres);
     for pg in [&a, &b] {
         pg.sql("postgres", "create database restaurant");
@@ -295,7 +295,7 @@ async fn the_pool_finds_the_new_primary_after_a_failover() {
     }
     orders.stop().await;
     // Every request made exactly one order, on one of the two servers.
-    let count = |pg: &PrivatePg| -> std::collections::BTreeMap<String, i64> {
+    let count = |pg: &PrivatePostgres| -> std::collections::BTreeMap<String, i64> {
         pg.sql(
             "restaurant",
             "select customer_name || '|' || count(*) from orders group by customer_name",

@@ -286,8 +286,7 @@ async fn subscribe(
     qt: QueueType,
     queue: &str,
 ) -> Result<(lapin::Channel, lapin::Consumer), lapin::Error> {
-    let ch = conn.create_channel().await?;
-    topology::declare(&ch, qt).await?;
+    let ch = topology::channel(conn, qt).await?;
     topology::declare_display_queue(&ch, qt, queue).await?;
     ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let consumer = ch

@@ -246,8 +246,7 @@ impl Kitchen {
         conn: &lapin::Connection,
     ) -> Result<(Channel, Channel, Vec<(usize, lapin::Consumer)>), lapin::Error> {
         let qt = self.rabbit.queue_type;
-        let ch = conn.create_channel().await?;
-        topology::declare(&ch, qt).await?;
+        let ch = topology::channel(conn, qt).await?;
         let prefetch = self.cfg.prefetch.max(1);
         match qt {
             // global: the limit covers all of this channel's consumers together, so

@@ -20,6 +20,7 @@ use intake::Intake;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tls::MakeRustls;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
 mod tokens;
@@ -537,9 +538,40 @@ fn worker_row(r: &Row) -> Result<WorkerRow, StoreError> {
 
 const WORKER_COLUMNS: &str = "name, type, status, orders_processed, last_seen, heartbeat_interval";
 
+/// What every compare-and-set on `orders` writes, as `$1`..`$6`: status,
+/// version, updated_at, processed_by, estimated_completion, completed_at.
+/// The caller's own placeholders follow.
+fn state_params(s: &OrderState) -> [&(dyn ToSql + Sync); 6] {
+    [
+        &s.status,
+        &s.version,
+        &s.updated_at,
+        &s.processed_by,
+        &s.estimated_completion,
+        &s.completed_at,
+    ]
+}
+
+/// A status is stored as its name.
+impl ToSql for OrderStatus {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.as_str().to_sql(ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <&str as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
 /// Persists a status change decided in Rust (`domain::transition::decide`),
 /// in one statement (one round trip, one commit): update the order only if it
-/// is still in the state the decision started from ($2 status, $3 version),
+/// is still in the state the decision started from ($8 status, $9 version),
 /// count the worker's cooked order, write the history row and the outbox
 /// message ($13, the Status Update as built in Rust, with its event id $14).
 /// Returns the updated order, or no row when the compare-and-set missed (the
@@ -547,9 +579,9 @@ const WORKER_COLUMNS: &str = "name, type, status, orders_processed, last_seen, h
 /// message building here: only what was decided.
 const TRANSITION_SQL: &str = r#"
 with done as (
-    update orders o set status = $4, version = $5, updated_at = $6, processed_by = $7,
-        estimated_completion = $8, completed_at = $9
-    where o.number = $1 and o.status = $2 and o.version = $3
+    update orders o set status = $1, version = $2, updated_at = $3, processed_by = $4,
+        estimated_completion = $5, completed_at = $6
+    where o.number = $7 and o.status = $8 and o.version = $9
     returning o.id, o.number, o.customer_name, o.type, o.table_number, o.delivery_address,
         (o.total_amount * 100)::bigint, o.priority, o.status, o.processed_by,
         o.created_at, o.updated_at, o.estimated_completion, o.completed_at, o.version, o.notes,
@@ -559,10 +591,10 @@ with done as (
     where $10 and name = $11 and exists (select 1 from done)
 ), l as (
     insert into order_status_log (created_at, order_id, status, changed_by, changed_at, notes)
-    select $6, done.id, $4, $11, $6, $12 from done
+    select $3, done.id, $1, $11, $3, $12 from done
 ), x as (
     insert into outbox (created_at, exchange, routing_key, payload, priority, message_id, request_id, owner)
-    select $6, $15, '', $13, 0, $14, $16, $17 from done
+    select $3, $15, '', $13, 0, $14, $16, $17 from done
 )
 select * from done
 "#;
@@ -579,14 +611,12 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn create_order(
-        &self,
-        order: &ValidOrder,
-        request_id: &str,
-        now: DateTime<Utc>,
-        day: NaiveDate,
-    ) -> Result<CreatedOrder, StoreError> {
-        let number = self.intake.create(order, request_id, now, day).await?;
+    async fn insert_order(&self, new: NewOrder<'_>) -> Result<CreatedOrder, StoreError> {
+        let (order, request_id) = (new.order, new.request_id);
+        let number = self
+            .intake
+            .create(order, request_id, new.now, new.day)
+            .await?;
         Ok(CreatedOrder {
             order_number: number,
             total: order.total,
@@ -595,15 +625,21 @@ impl Store for PgStore {
     }
 
     /// Not batched: see `intake::create_keyed`.
-    async fn create_order_keyed(
+    async fn insert_order_keyed(
         &self,
-        order: &ValidOrder,
-        request_id: &str,
-        now: DateTime<Utc>,
-        day: NaiveDate,
+        new: NewOrder<'_>,
         key: &IdempotencyKey,
     ) -> Result<KeyedOutcome, StoreError> {
-        intake::create_keyed(&self.pool, &self.owner, order, request_id, (now, day), key).await
+        let (order, request_id) = (new.order, new.request_id);
+        intake::create_keyed(
+            &self.pool,
+            &self.owner,
+            order,
+            request_id,
+            (new.now, new.day),
+            key,
+        )
+        .await
     }
 
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -634,30 +670,21 @@ impl Store for PgStore {
             self.client().await?
         };
         let st = c.prepare_cached(TRANSITION_SQL).await.map_err(pg_err)?;
-        let s = &d.state;
+        let own: [&(dyn ToSql + Sync); 11] = [
+            &cur.order_number,
+            &cur.status,
+            &cur.version,
+            &d.finishes_cooking(),
+            &d.update.changed_by,
+            &t.notes,
+            &to_json(&d.update)?,
+            &d.update.event_id(),
+            &NOTIFICATIONS_EXCHANGE,
+            &t.request_id,
+            &self.owner,
+        ];
         let row = c
-            .query_opt(
-                &st,
-                &[
-                    &cur.order_number,
-                    &cur.status.as_str(),
-                    &cur.version,
-                    &s.status.as_str(),
-                    &s.version,
-                    &s.updated_at,
-                    &s.processed_by,
-                    &s.estimated_completion,
-                    &s.completed_at,
-                    &d.finishes_cooking(),
-                    &d.update.changed_by,
-                    &t.notes,
-                    &to_json(&d.update)?,
-                    &d.update.event_id(),
-                    &NOTIFICATIONS_EXCHANGE,
-                    &t.request_id,
-                    &self.owner,
-                ],
-            )
+            .query_opt(&st, &[&state_params(&d.state)[..], &own].concat())
             .await;
         if deferred {
             drop(pending);

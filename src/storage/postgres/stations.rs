@@ -2,7 +2,7 @@
 //! history, the screens' tickets and the report's samples. The same rows as
 //! `sqlite/stations.rs`.
 
-use super::{items_of, order_row, pg_err, ORDER_COLUMNS};
+use super::{items_of, order_row, pg_err, state_params, ORDER_COLUMNS};
 use crate::domain::error::Class;
 use crate::domain::stations::{Part, Ticket, TicketDecision};
 use crate::storage::{
@@ -11,6 +11,7 @@ use crate::storage::{
 };
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 fn parse<T: std::str::FromStr<Err = String>>(s: String) -> Result<T, StoreError> {
@@ -59,23 +60,18 @@ pub(super) async fn persist_ticket(
 ) -> Result<bool, StoreError> {
     let tx = c.transaction().await.map_err(pg_err)?;
     let s = &d.ticket.state;
+    let own: [&(dyn ToSql + Sync); 4] = [
+        &d.ticket.rush,
+        &d.ticket.stations_done_at,
+        &cur.state.order_number,
+        &cur.state.version,
+    ];
     let row = tx
         .query_opt(
             "update orders set status = $1, version = $2, updated_at = $3, processed_by = $4,
                 estimated_completion = $5, completed_at = $6, rush = $7, stations_done_at = $8
              where number = $9 and version = $10 returning id",
-            &[
-                &s.status.as_str(),
-                &s.version,
-                &s.updated_at,
-                &s.processed_by,
-                &s.estimated_completion,
-                &s.completed_at,
-                &d.ticket.rush,
-                &d.ticket.stations_done_at,
-                &cur.state.order_number,
-                &cur.state.version,
-            ],
+            &[&state_params(s)[..], &own].concat(),
         )
         .await
         .map_err(pg_err)?;

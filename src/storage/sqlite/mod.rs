@@ -186,6 +186,20 @@ fn opt_ts(s: Option<String>) -> rusqlite::Result<Option<DateTime<Utc>>> {
     s.as_deref().map(parse_ts).transpose()
 }
 
+/// What every compare-and-set on `orders` writes, as `?1`..`?6`: status,
+/// version, updated_at, processed_by, estimated_completion, completed_at.
+/// The caller appends the values of its own placeholders.
+fn state_values(s: &OrderState) -> Vec<rusqlite::types::Value> {
+    vec![
+        s.status.as_str().to_string().into(),
+        s.version.into(),
+        ts(s.updated_at).into(),
+        s.processed_by.clone().into(),
+        s.estimated_completion.map(ts).into(),
+        s.completed_at.map(ts).into(),
+    ]
+}
+
 fn parse_col<T: std::str::FromStr<Err = String>>(s: String) -> rusqlite::Result<T> {
     s.parse::<T>().map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
@@ -215,35 +229,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_order(
-        &self,
-        order: &ValidOrder,
-        request_id: &str,
-        now: DateTime<Utc>,
-        day: NaiveDate,
-    ) -> Result<CreatedOrder, StoreError> {
-        let order = order.clone();
-        let request_id = request_id.to_string();
-        let owner = self.owner.clone();
-        self.write(move |c| orders::create_order_tx(c, &owner, &order, &request_id, (now, day)))
+    async fn insert_order(&self, new: NewOrder<'_>) -> Result<CreatedOrder, StoreError> {
+        let (order, request_id) = (new.order.clone(), new.request_id.to_string());
+        let (owner, at) = (self.owner.clone(), (new.now, new.day));
+        self.write(move |c| orders::create_order_tx(c, &owner, &order, &request_id, at))
             .await
     }
 
-    async fn create_order_keyed(
+    async fn insert_order_keyed(
         &self,
-        order: &ValidOrder,
-        request_id: &str,
-        now: DateTime<Utc>,
-        day: NaiveDate,
+        new: NewOrder<'_>,
         key: &IdempotencyKey,
     ) -> Result<KeyedOutcome, StoreError> {
-        let order = order.clone();
-        let request_id = request_id.to_string();
-        let owner = self.owner.clone();
-        let key = key.clone();
+        let (order, request_id) = (new.order.clone(), new.request_id.to_string());
+        let (owner, at, key) = (self.owner.clone(), (new.now, new.day), key.clone());
         self.write(move |c| {
-            orders::keyed_tx(c, &key, now, || {
-                orders::create_order_tx(c, &owner, &order, &request_id, (now, day))
+            orders::keyed_tx(c, &key, at.0, || {
+                orders::create_order_tx(c, &owner, &order, &request_id, at)
             })
         })
         .await
@@ -277,11 +279,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn ticket(&self, order_number: &str) -> Result<Option<Ticket>, StoreError> {
-        let n = order_number.to_string();
-        self.read(move |c| stations::ticket(c, &n)).await
-    }
-
     /// On the writer thread, in its transaction, synced before the answer.
     async fn persist_ticket(
         &self,
@@ -299,6 +296,11 @@ impl Store for SqliteStore {
         let station = station.map(str::to_string);
         self.read(move |c| stations::tickets(c, station.as_deref()))
             .await
+    }
+
+    async fn ticket(&self, order_number: &str) -> Result<Option<Ticket>, StoreError> {
+        let n = order_number.to_string();
+        self.read(move |c| stations::ticket(c, &n)).await
     }
 
     async fn station_times(

@@ -269,24 +269,17 @@ pub(super) fn persist_transition(
          where number = ?7 and status = ?8 and version = ?9
          returning {ORDER_COLUMNS}"
     );
+    let mut values = state_values(s);
+    values.extend([
+        cur.order_number.clone().into(),
+        cur.status.as_str().to_string().into(),
+        cur.version.into(),
+    ]);
     let updated = conn
         .prepare_cached(&sql)
         .and_then(|mut st| {
-            st.query_row(
-                params![
-                    s.status.as_str(),
-                    s.version,
-                    ts(s.updated_at),
-                    s.processed_by,
-                    s.estimated_completion.map(ts),
-                    s.completed_at.map(ts),
-                    cur.order_number,
-                    cur.status.as_str(),
-                    cur.version,
-                ],
-                order_row,
-            )
-            .optional()
+            st.query_row(rusqlite::params_from_iter(values), order_row)
+                .optional()
         })
         .map_err(sql_err)?;
     let Some((id, order)) = updated else {

@@ -4,7 +4,7 @@
 
 use super::orders::{items_of, load_order, order_row, ORDER_COLUMNS};
 use super::outbox::insert_outbox;
-use super::{opt_ts, parse_col, parse_ts, sql_err, ts};
+use super::{opt_ts, parse_col, parse_ts, sql_err, state_values, ts};
 use crate::domain::error::Class;
 use crate::domain::stations::{Part, StationUpdate, Ticket, TicketDecision};
 use crate::storage::{
@@ -86,22 +86,15 @@ pub(super) fn persist_ticket(
              where number = ?9 and version = ?10 returning id",
         )
         .and_then(|mut st| {
-            st.query_row(
-                params![
-                    s.status.as_str(),
-                    s.version,
-                    ts(s.updated_at),
-                    s.processed_by,
-                    s.estimated_completion.map(ts),
-                    s.completed_at.map(ts),
-                    d.ticket.rush,
-                    d.ticket.stations_done_at.map(ts),
-                    cur.state.order_number,
-                    cur.state.version,
-                ],
-                |r| r.get(0),
-            )
-            .optional()
+            let mut values = state_values(s);
+            values.extend([
+                d.ticket.rush.into(),
+                d.ticket.stations_done_at.map(ts).into(),
+                cur.state.order_number.clone().into(),
+                cur.state.version.into(),
+            ]);
+            st.query_row(rusqlite::params_from_iter(values), |r| r.get(0))
+                .optional()
         })
         .map_err(sql_err)?;
     let Some(id) = id else { return Ok(false) };

@@ -8,7 +8,6 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
-pub mod postgres;
 pub mod servers;
 
 use restaurant_system::modes::{self, Mode, Options, Running};

@@ -377,6 +377,53 @@ impl PrivatePostgres {
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log(), lines)
     }
+
+    /// Runs `sql` as `postgres` in database `db`; its output, unaligned.
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        let port = self.port.to_string();
+        self.pg(
+            "psql",
+            &[
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("psql on the private PostgreSQL: {e}"))
+        .trim()
+        .to_string()
+    }
+
+    /// Makes the server refuse writes (`default_transaction_read_only`, as a
+    /// demoted primary does) or take them again (issue 25); `kick` ends every
+    /// client session, as a failover does.
+    pub fn read_only(&self, on: bool, kick: bool) {
+        let v = if on { "on" } else { "off" };
+        self.sql(
+            "postgres",
+            &format!("alter system set default_transaction_read_only = {v}"),
+        );
+        self.sql("postgres", "select pg_reload_conf()");
+        if kick {
+            self.sql(
+                "postgres",
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
+            );
+        }
+    }
 }
 
 impl Drop for PrivatePostgres {
