@@ -67,6 +67,12 @@ EXPECTED_FILES=(
     /usr/share/doc/restaurant-system/examples/small-box/rabbitmq-env.conf
     /usr/share/doc/restaurant-system/examples/small-box/rabbitmq.conf
     /usr/share/doc/restaurant-system/examples/small-box/postgresql.conf
+    /usr/share/restaurant-system/multi-box/cluster.conf.example
+    /usr/share/restaurant-system/multi-box/common.sh
+    /usr/share/restaurant-system/multi-box/make-secrets
+    /usr/share/restaurant-system/multi-box/join-rabbitmq
+    /usr/share/restaurant-system/multi-box/join-postgres
+    /usr/share/restaurant-system/multi-box/configure-restaurant
 )
 
 passed=0
