@@ -237,3 +237,36 @@ box_power_cut() {
     wait_gone "$1" 30
     wait "$1" 2>/dev/null || true
 }
+
+# The check lines of the box tests (test-systemd.sh, test-multibox.sh). The caller sets
+# passed=0 failed=0, work (a scratch folder) and SCENARIOS=().
+pass() {
+    printf 'PASS: %s\n' "$*"
+    passed=$((passed + 1))
+}
+fail() {
+    printf 'FAIL: %s\n' "$*"
+    failed=$((failed + 1))
+}
+# check DESCRIPTION CMD...: one check line; the command's output is shown when it fails.
+check() {
+    local desc=$1
+    shift
+    if "$@" >"$work/check.out" 2>&1; then
+        pass "$desc"
+    else
+        fail "$desc"
+        tail -n 25 "$work/check.out" | sed 's/^/    /'
+    fi
+}
+fatal() {
+    fail "$*"
+    exit 1
+}
+# scenario NAME TEXT: the one summary line of a scenario (printed now and again at the end).
+scenario() {
+    local line
+    line=$(printf 'SCENARIO %-22s %s' "$1" "$2")
+    echo "$line"
+    SCENARIOS+=("$line")
+}

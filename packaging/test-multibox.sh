@@ -51,35 +51,7 @@ bridge=""
 declare -A NSP P1 ROOTS MOUNTED BOOTS INSTALLER
 SCENARIOS=()
 
-pass() {
-    printf 'PASS: %s\n' "$*"
-    passed=$((passed + 1))
-}
-fail() {
-    printf 'FAIL: %s\n' "$*"
-    failed=$((failed + 1))
-}
-# check DESCRIPTION CMD...: one check line; the command's output is shown when it fails.
-check() {
-    local desc=$1
-    shift
-    if "$@" >"$work/check.out" 2>&1; then
-        pass "$desc"
-    else
-        fail "$desc"
-        tail -n 25 "$work/check.out" | sed 's/^/    /'
-    fi
-}
-fatal() {
-    fail "$*"
-    exit 1
-}
-scenario() {
-    local line
-    line=$(printf 'SCENARIO %-22s %s' "$1" "$2")
-    echo "$line"
-    SCENARIOS+=("$line")
-}
+# pass, fail, check, fatal, scenario: packaging/box-lib.sh.
 secs_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # ---------------------------------------------------------------------------------------------
