@@ -8,7 +8,9 @@ use super::money::Cents;
 use super::order::{Item, OrderType, ValidOrder};
 use super::status::OrderStatus;
 use chrono::{DateTime, Utc};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Where new orders go (a topic exchange; see `routing_key`).
 pub const ORDERS_EXCHANGE: &str = "orders_topic";
@@ -18,10 +20,11 @@ pub const NOTIFICATIONS_EXCHANGE: &str = "notifications_fanout";
 /// `station.{station}` or `order.rush`; see `stations::StationUpdate`).
 pub const STATIONS_EXCHANGE: &str = "stations_topic";
 
-/// Published to `orders_topic` with routing key `kitchen.{order_type}.{priority}`.
+/// An order as placed and numbered: who ordered what, how, and for how much.
+/// The fields the Order Message and the tracking API's order share, under
+/// their wire names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrderMessage {
+pub struct PlacedOrder {
     pub order_number: String,
     pub customer_name: String,
     pub order_type: OrderType,
@@ -30,20 +33,11 @@ pub struct OrderMessage {
     pub items: Vec<Item>,
     pub total_amount: Cents,
     pub priority: i32,
-    /// When the order was stored (additive: lets the display bridge show the
-    /// order without reading it back from the database).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<DateTime<Utc>>,
-    /// The order's note for the kitchen (additive, issue 13; items carry
-    /// their own notes, modifiers and allergens). Absent when there is none,
-    /// so an order without kitchen details has the same message as before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notes: Option<String>,
 }
 
-impl OrderMessage {
-    pub fn new(order_number: String, order: &ValidOrder, created_at: DateTime<Utc>) -> Self {
-        OrderMessage {
+impl PlacedOrder {
+    pub fn new(order_number: String, order: &ValidOrder) -> Self {
+        PlacedOrder {
             order_number,
             customer_name: order.customer_name.clone(),
             order_type: order.order_type,
@@ -52,23 +46,79 @@ impl OrderMessage {
             items: order.items.clone(),
             total_amount: order.total,
             priority: order.priority,
+        }
+    }
+}
+
+/// Published to `orders_topic` with routing key `kitchen.{order_type}.{priority}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "OrderMessageIn")]
+pub struct OrderMessage {
+    #[serde(flatten)]
+    pub placed: PlacedOrder,
+    /// When the order was stored (additive: lets the display bridge show the
+    /// order without reading it back from the database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    /// The order's note for the kitchen (additive, issue 13; items carry
+    /// their own notes, modifiers and allergens). Absent when there is none,
+    /// so an order without kitchen details has the same message as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+}
+
+/// What an `OrderMessage` is read from. serde refuses `deny_unknown_fields`
+/// beside `flatten`, so the fields nobody knows are collected here and
+/// refused in `try_from`: a message with a field we do not know stays an error.
+#[derive(Deserialize)]
+struct OrderMessageIn {
+    #[serde(flatten)]
+    placed: PlacedOrder,
+    #[serde(default)]
+    created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    notes: Option<String>,
+    /// Declared after `placed`, so it sees only what `placed` left.
+    #[serde(flatten)]
+    unknown: BTreeMap<String, IgnoredAny>,
+}
+
+impl TryFrom<OrderMessageIn> for OrderMessage {
+    type Error = String;
+
+    fn try_from(m: OrderMessageIn) -> Result<Self, String> {
+        if let Some(field) = m.unknown.keys().next() {
+            return Err(format!("unknown field `{field}`"));
+        }
+        Ok(OrderMessage {
+            placed: m.placed,
+            created_at: m.created_at,
+            notes: m.notes,
+        })
+    }
+}
+
+impl OrderMessage {
+    pub fn new(order_number: String, order: &ValidOrder, created_at: DateTime<Utc>) -> Self {
+        OrderMessage {
+            placed: PlacedOrder::new(order_number, order),
             created_at: Some(created_at),
             notes: order.notes.clone(),
         }
     }
 
     pub fn routing_key(&self) -> String {
-        routing_key(self.order_type, self.priority)
+        routing_key(self.placed.order_type, self.placed.priority)
     }
 
     /// Decodes a message body; never panics on garbage.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let msg: OrderMessage =
             serde_json::from_slice(bytes).map_err(|e| format!("invalid order message: {e}"))?;
-        if !super::order::is_order_number(&msg.order_number) {
+        if !super::order::is_order_number(&msg.placed.order_number) {
             return Err(format!(
                 "invalid order message: bad order_number '{}'",
-                msg.order_number
+                msg.placed.order_number
             ));
         }
         Ok(msg)
@@ -131,7 +181,7 @@ mod tests {
             "total_amount": 111.93, "priority": 10
         });
         let msg = OrderMessage::decode(v.to_string().as_bytes()).unwrap();
-        assert_eq!(msg.total_amount, Cents(11193));
+        assert_eq!(msg.placed.total_amount, Cents(11193));
         assert_eq!(msg.routing_key(), "kitchen.delivery.10");
         assert_eq!(serde_json::to_value(&msg).unwrap(), v);
     }
@@ -147,8 +197,22 @@ mod tests {
         });
         let msg = OrderMessage::decode(v.to_string().as_bytes()).unwrap();
         assert_eq!(msg.notes.as_deref(), Some("at the bar"));
-        assert_eq!(msg.items[0].modifiers, ["no onions"]);
+        assert_eq!(msg.placed.items[0].modifiers, ["no onions"]);
         assert_eq!(serde_json::to_value(&msg).unwrap(), v);
+    }
+
+    #[test]
+    fn order_message_refuses_unknown_fields() {
+        let mut v = json!({
+            "order_number": "ORD_20241216_003", "customer_name": "Bo",
+            "order_type": "takeout", "table_number": null, "delivery_address": null,
+            "items": [{"name": "Soup", "quantity": 1, "price": 5.0}],
+            "total_amount": 5.0, "priority": 1, "notes": "hot"
+        });
+        assert!(OrderMessage::decode(v.to_string().as_bytes()).is_ok());
+        v["coupon"] = json!("FREE");
+        let e = OrderMessage::decode(v.to_string().as_bytes()).unwrap_err();
+        assert!(e.contains("unknown field `coupon`"), "{e}");
     }
 
     #[test]

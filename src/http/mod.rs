@@ -320,6 +320,7 @@ pub fn bad_order_number(number: &str) -> ApiError {
 /// `[expo] confirm`, for `expo.waiting`.
 pub fn whole_order(o: &crate::storage::OrderView, confirm: bool) -> Value {
     let items: Vec<_> = o
+        .placed
         .items
         .iter()
         .enumerate()
@@ -356,15 +357,15 @@ pub fn whole_order(o: &crate::storage::OrderView, confirm: bool) -> Value {
             .iter()
             .all(|p| p.state == crate::domain::stations::PartState::Done);
     json!({
-        "order_number": o.order_number,
-        "customer_name": o.customer_name,
-        "order_type": o.order_type,
-        "table_number": o.table_number,
-        "delivery_address": o.delivery_address,
+        "order_number": o.placed.order_number,
+        "customer_name": o.placed.customer_name,
+        "order_type": o.placed.order_type,
+        "table_number": o.placed.table_number,
+        "delivery_address": o.placed.delivery_address,
         "notes": o.notes,
         "items": items,
-        "total_amount": o.total_amount,
-        "priority": o.priority,
+        "total_amount": o.placed.total_amount,
+        "priority": o.placed.priority,
         "status": o.status,
         "processed_by": o.processed_by,
         "created_at": o.created_at,

@@ -82,7 +82,7 @@ impl Closer {
                 continue;
             };
             let t = Transition {
-                order_number: o.order_number.clone(),
+                order_number: o.placed.order_number.clone(),
                 to,
                 changed_by: CHANGED_BY.to_string(),
                 request_id: crate::http::new_request_id(),
@@ -93,7 +93,7 @@ impl Closer {
             };
             if let TransitionOutcome::Applied { .. } = store.transition(&t).await? {
                 closed += 1;
-                tracing::info!(action = "order_auto_closed", order_number = %o.order_number, status = %to, "Order closed automatically");
+                tracing::info!(action = "order_auto_closed", order_number = %o.placed.order_number, status = %to, "Order closed automatically");
             }
         }
         Ok(closed)

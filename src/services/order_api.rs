@@ -350,7 +350,7 @@ impl OrderApi {
                 Ok(json_response(
                     StatusCode::OK,
                     &json!({
-                        "order_number": order.order_number,
+                        "order_number": order.placed.order_number,
                         "old_status": old,
                         "status": order.status,
                         "updated_at": order.updated_at,

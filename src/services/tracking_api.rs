@@ -171,7 +171,7 @@ impl TrackingApi {
         Ok(json_response(
             StatusCode::OK,
             &json!({
-                "order_number": order.order_number,
+                "order_number": order.placed.order_number,
                 "current_status": order.status,
                 "updated_at": order.updated_at,
                 "estimated_completion": order.estimated_completion,

@@ -16,12 +16,12 @@ pub mod sqlite;
 mod tokens;
 
 use crate::domain::error::Class;
-use crate::domain::events::{OrderMessage, StatusUpdate, ORDERS_EXCHANGE};
+use crate::domain::events::{OrderMessage, PlacedOrder, StatusUpdate, ORDERS_EXCHANGE};
 use crate::domain::kitchen_notes::Allergen;
 use crate::domain::speed::TicketTimes;
 use crate::domain::stations::{Action, Part, PartState, Refusal, Routing, Ticket, TicketDecision};
 use crate::domain::transition::{Change, Decision, OrderState};
-use crate::domain::{Cents, Item, OrderStatus, OrderType, TransitionError, ValidOrder};
+use crate::domain::{Cents, Item, OrderStatus, TransitionError, ValidOrder};
 use crate::process::config::{DatabaseConfig, StorageBackend};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -242,14 +242,9 @@ pub enum TransitionOutcome {
 /// An order as the tracking API and the displays see it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OrderView {
-    pub order_number: String,
-    pub customer_name: String,
-    pub order_type: OrderType,
-    pub table_number: Option<i64>,
-    pub delivery_address: Option<String>,
-    pub items: Vec<Item>,
-    pub total_amount: Cents,
-    pub priority: i32,
+    /// First, so the fields keep their order in the JSON.
+    #[serde(flatten)]
+    pub placed: PlacedOrder,
     pub status: OrderStatus,
     pub processed_by: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -273,14 +268,7 @@ impl OrderView {
     /// without `created_at` (from an older version).
     pub fn from_message(m: &OrderMessage) -> Option<OrderView> {
         Some(OrderView {
-            order_number: m.order_number.clone(),
-            customer_name: m.customer_name.clone(),
-            order_type: m.order_type,
-            table_number: m.table_number,
-            delivery_address: m.delivery_address.clone(),
-            items: m.items.clone(),
-            total_amount: m.total_amount,
-            priority: m.priority,
+            placed: m.placed.clone(),
             status: OrderStatus::Received,
             processed_by: None,
             created_at: m.created_at?,
@@ -292,6 +280,7 @@ impl OrderView {
             rush: false,
             stations_done_at: None,
             parts: m
+                .placed
                 .items
                 .iter()
                 .enumerate()
@@ -321,8 +310,8 @@ impl OrderView {
     /// The part of the order a status change reads.
     pub fn state(&self) -> OrderState {
         OrderState {
-            order_number: self.order_number.clone(),
-            order_type: self.order_type,
+            order_number: self.placed.order_number.clone(),
+            order_type: self.placed.order_type,
             status: self.status,
             version: self.version,
             processed_by: self.processed_by.clone(),
@@ -479,6 +468,30 @@ pub struct NewOrder<'a> {
     pub day: NaiveDate,
 }
 
+/// A change the domain decided, as a backend persists it (the argument of
+/// `persist_transition` and `persist_ticket`): what was asked, the state it
+/// was decided on (what the compare-and-set expects), and the decision.
+#[derive(Debug)]
+pub struct Step<'a, Asked, State, Decided> {
+    pub asked: &'a Asked,
+    pub cur: &'a State,
+    pub decided: &'a Decided,
+}
+
+/// A status change as `domain::transition::decide` decided it.
+pub type TransitionStep<'a> = Step<'a, Transition, OrderState, Decision>;
+/// A station change as `domain::stations::decide` decided it.
+pub type TicketStep<'a> = Step<'a, StationChange, Ticket, TicketDecision>;
+
+/// What `heartbeat` and `worker_offline` write: worker `name` seen at `now`,
+/// as `status` (see `Store::set_worker`).
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSeen<'a> {
+    pub name: &'a str,
+    pub now: DateTime<Utc>,
+    pub status: &'static str,
+}
+
 /// One step of the outbox relay (see `Store::claim_outbox`): delete the rows
 /// `published`, then lease up to `limit` rows until `until`: this process's
 /// own, and other processes' created before `orphaned_before`.
@@ -580,7 +593,12 @@ pub trait Store: TokenStore + Send + Sync + 'static {
                 Err(e) if fresh => return Ok(TransitionOutcome::Rejected(e)),
                 Err(_) => continue,
             };
-            if let Some(order) = self.persist_transition(t, &cur, &d).await? {
+            let step = Step {
+                asked: t,
+                cur: &cur,
+                decided: &d,
+            };
+            if let Some(order) = self.persist_transition(step).await? {
                 return Ok(TransitionOutcome::Applied {
                     old: cur.status,
                     order: Box::new(order),
@@ -612,7 +630,12 @@ pub trait Store: TokenStore + Send + Sync + 'static {
                 Ok(d) => d,
                 Err(r) => return Ok(StationOutcome::Refused(r)),
             };
-            if d.changed() && !self.persist_ticket(c, &cur, &d).await? {
+            let step = Step {
+                asked: c,
+                cur: &cur,
+                decided: &d,
+            };
+            if d.changed() && !self.persist_ticket(step).await? {
                 continue;
             }
             return match self.order(&c.order_number).await? {
@@ -641,12 +664,7 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// parts, a status-log row per Status Update, a history row per Station
     /// Update and an outbox row per message, in the decision's order; durable
     /// before it answers. False when the compare-and-set missed (nothing written).
-    async fn persist_ticket(
-        &self,
-        c: &StationChange,
-        cur: &Ticket,
-        d: &TicketDecision,
-    ) -> Result<bool, StoreError>;
+    async fn persist_ticket(&self, step: TicketStep<'_>) -> Result<bool, StoreError>;
 
     /// The open orders that have parts, for the screens: with `station`, the
     /// received or cooking ones with a part there not done yet; without, every
@@ -671,9 +689,7 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// None when the compare-and-set missed and nothing was written.
     async fn persist_transition(
         &self,
-        t: &Transition,
-        cur: &OrderState,
-        d: &Decision,
+        step: TransitionStep<'_>,
     ) -> Result<Option<OrderView>, StoreError>;
 
     async fn order(&self, order_number: &str) -> Result<Option<OrderView>, StoreError>;
@@ -698,18 +714,15 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// Registers per `domain::worker::decide`; a refusal writes nothing.
     async fn register_worker(&self, reg: &WorkerRegistration) -> Result<Registered, StoreError>;
     async fn heartbeat(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.set_worker(name, now, "online").await
+        let status = "online";
+        self.set_worker(WorkerSeen { name, now, status }).await
     }
     async fn worker_offline(&self, name: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.set_worker(name, now, "offline").await
+        let status = "offline";
+        self.set_worker(WorkerSeen { name, now, status }).await
     }
-    /// Marks worker `name` as `status` (online: a heartbeat), seen at `now`.
-    async fn set_worker(
-        &self,
-        name: &str,
-        now: DateTime<Utc>,
-        status: &'static str,
-    ) -> Result<(), StoreError>;
+    /// Marks the worker as `seen.status` (online: a heartbeat), seen at `seen.now`.
+    async fn set_worker(&self, seen: WorkerSeen<'_>) -> Result<(), StoreError>;
 
     /// Deletes `published` (rows whose publish the broker confirmed), then
     /// leases up to `limit` unsent outbox rows, oldest first, for `lease`:
@@ -810,7 +823,7 @@ fn order_outbox(msg: &OrderMessage) -> (String, String, u8) {
     (
         ORDERS_EXCHANGE.to_string(),
         msg.routing_key(),
-        msg.priority.clamp(0, 10) as u8,
+        msg.placed.priority.clamp(0, 10) as u8,
     )
 }
 
@@ -867,7 +880,7 @@ fn attach_parts<I: std::hash::Hash + Eq + Copy>(
     parts: Vec<(I, Part)>,
 ) {
     by_order(ids, parts, |i, part| {
-        if let Some(item) = orders[i].items.get_mut(part.item_index as usize) {
+        if let Some(item) = orders[i].placed.items.get_mut(part.item_index as usize) {
             item.stations.push(part.station.clone());
         }
         orders[i].parts.push(part);
@@ -893,8 +906,8 @@ fn by_order<I: std::hash::Hash + Eq + Copy, T>(
 fn sort_for_screens(orders: &mut [OrderView]) {
     orders.sort_by(|a, b| {
         crate::domain::stations::screen_order(
-            (a.rush, a.created_at, &a.order_number),
-            (b.rush, b.created_at, &b.order_number),
+            (a.rush, a.created_at, &a.placed.order_number),
+            (b.rush, b.created_at, &b.placed.order_number),
         )
     });
 }
@@ -906,6 +919,7 @@ fn ticket_of(o: &OrderView) -> Ticket {
         rush: o.rush,
         stations_done_at: o.stations_done_at,
         items: o
+            .placed
             .items
             .iter()
             .map(|i| (i.name.clone(), i.quantity))
@@ -921,7 +935,7 @@ fn attach_items<I: std::hash::Hash + Eq + Copy>(
     ids: &[I],
     items: Vec<(I, Item)>,
 ) {
-    by_order(ids, items, |i, item| orders[i].items.push(item));
+    by_order(ids, items, |i, item| orders[i].placed.items.push(item));
 }
 
 /// The speed-of-service query's row, the same on both backends.

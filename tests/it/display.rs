@@ -538,7 +538,12 @@ async fn broker_restart_restores_the_board(b: Backend) {
             .collect();
         let want: BTreeMap<&str, (i64, &str)> = open
             .iter()
-            .map(|o| (o.order_number.as_str(), (o.version, o.status.as_str())))
+            .map(|o| {
+                (
+                    o.placed.order_number.as_str(),
+                    (o.version, o.status.as_str()),
+                )
+            })
             .collect();
         let got: BTreeMap<&str, (i64, &str)> = retained
             .iter()

@@ -108,8 +108,8 @@ async fn orders_are_stored_and_published(b: Backend) {
 
         let o = store.order(n).await.unwrap().expect("stored order");
         assert_eq!(o.status, OrderStatus::Received);
-        assert_eq!(i64::from(o.priority), *prio, "priority of {req}");
-        assert_eq!(o.items.len(), req["items"].as_array().unwrap().len());
+        assert_eq!(i64::from(o.placed.priority), *prio, "priority of {req}");
+        assert_eq!(o.placed.items.len(), req["items"].as_array().unwrap().len());
         let h = store.history(n).await.unwrap().expect("history");
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].status, OrderStatus::Received);
@@ -796,13 +796,13 @@ async fn concurrent_orders(b: Backend) {
     for (n, body) in &bodies {
         let o = store.order(n).await.unwrap().expect("stored");
         assert_eq!(
-            o.customer_name,
+            o.placed.customer_name,
             body["customer_name"].as_str().unwrap(),
             "{n}"
         );
         let items = body["items"].as_array().unwrap();
-        assert_eq!(o.items.len(), items.len(), "{n}");
-        for (got, want) in o.items.iter().zip(items) {
+        assert_eq!(o.placed.items.len(), items.len(), "{n}");
+        for (got, want) in o.placed.items.iter().zip(items) {
             assert_eq!(got.name, want["name"].as_str().unwrap(), "{n}");
             assert_eq!(got.quantity, want["quantity"].as_i64().unwrap(), "{n}");
         }

@@ -564,7 +564,7 @@ proptest! {
     fn decoders_never_panic_on_json(v in arb_json()) {
         let bytes = serde_json::to_vec(&v).unwrap();
         if let Ok(msg) = OrderMessage::decode(&bytes) {
-            prop_assert!(is_order_number(&msg.order_number));
+            prop_assert!(is_order_number(&msg.placed.order_number));
         }
         let _ = StatusUpdate::decode(&bytes);
     }

@@ -119,8 +119,8 @@ async fn store_scenario(b: Backend) -> Value {
             (3, "drinks".into(), Waiting),
         ]
     );
-    assert_eq!(o.items[0].category.as_deref(), Some("Burgers"));
-    assert_eq!(o.items[2].stations, ["grill", "fry"]);
+    assert_eq!(o.placed.items[0].category.as_deref(), Some("Burgers"));
+    assert_eq!(o.placed.items[2].stations, ["grill", "fry"]);
     assert_eq!(o.status, OrderStatus::Received);
 
     // Starting an item moves the order to cooking; a double tap changes nothing.
@@ -295,7 +295,11 @@ async fn expo_and_rush(b: Backend) {
     let c = create(&store, &r, &one, at(2_000)).await;
 
     // Oldest first; rush jumps the queue on every station's screen and on expo's.
-    let numbers = |v: Vec<OrderView>| v.into_iter().map(|o| o.order_number).collect::<Vec<_>>();
+    let numbers = |v: Vec<OrderView>| {
+        v.into_iter()
+            .map(|o| o.placed.order_number)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
         numbers(store.tickets(Some("grill")).await.unwrap()),
         [a.clone(), b2.clone(), c.clone()]

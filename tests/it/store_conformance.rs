@@ -90,8 +90,8 @@ async fn create_and_read_back(b: Backend) {
     assert_eq!(second.order_number, "ORD_20260115_002");
     let v = store.order(&created.order_number).await.unwrap().unwrap();
     assert_eq!((v.status, v.version, v.created_at), (Received, 1, at(0)));
-    assert_eq!(v.customer_name, "Ann");
-    assert_eq!(v.items.len(), 1);
+    assert_eq!(v.placed.customer_name, "Ann");
+    assert_eq!(v.placed.items.len(), 1);
     assert_eq!(
         store.status(&created.order_number).await.unwrap(),
         Some(Received)
@@ -300,19 +300,22 @@ async fn open_orders_carry_their_kitchen_details(b: Backend) {
     applied(&store, &change(&gone, Cancelled, "order-service", at(3))).await;
     applied(&store, &change(&c, Cooking, "chef_a", at(4))).await;
     let open = store.open_orders().await.unwrap();
-    let numbers: Vec<_> = open.iter().map(|o| o.order_number.as_str()).collect();
+    let numbers: Vec<_> = open
+        .iter()
+        .map(|o| o.placed.order_number.as_str())
+        .collect();
     assert_eq!(
         numbers,
         [a.as_str(), c.as_str()],
         "open orders, oldest first"
     );
     assert_eq!(
-        open[0].items, detailed.items,
+        open[0].placed.items, detailed.items,
         "items with notes, modifiers, allergens"
     );
     assert_eq!(open[0].notes.as_deref(), Some("Birthday"));
-    assert_eq!(open[0].table_number, Some(3));
-    assert_eq!(open[1].items, takeout("Cy").items);
+    assert_eq!(open[0].placed.table_number, Some(3));
+    assert_eq!(open[1].placed.items, takeout("Cy").items);
     assert_eq!(open[1].status, Cooking);
     assert_eq!(open[0], store.order(&a).await.unwrap().unwrap());
 }

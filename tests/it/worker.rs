@@ -181,7 +181,7 @@ pub(crate) async fn priority_order(env: &TestEnv) {
         };
         let n = place_order(&http, &ou, &takeout("Queue Order", 1, price)).await;
         assert_eq!(
-            store.order(&n).await.unwrap().unwrap().priority,
+            store.order(&n).await.unwrap().unwrap().placed.priority,
             *p,
             "order {i}"
         );
@@ -296,10 +296,10 @@ async fn poison_messages(b: Backend) {
 }
 
 fn order_message(o: &restaurant_system::storage::OrderView) -> Vec<u8> {
-    json!({"order_number": o.order_number, "customer_name": o.customer_name,
-        "order_type": o.order_type, "table_number": o.table_number,
-        "delivery_address": o.delivery_address, "items": o.items,
-        "total_amount": o.total_amount, "priority": o.priority})
+    json!({"order_number": o.placed.order_number, "customer_name": o.placed.customer_name,
+        "order_type": o.placed.order_type, "table_number": o.placed.table_number,
+        "delivery_address": o.placed.delivery_address, "items": o.placed.items,
+        "total_amount": o.placed.total_amount, "priority": o.placed.priority})
     .to_string()
     .into_bytes()
 }

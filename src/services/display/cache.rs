@@ -35,7 +35,7 @@ impl OrderCache {
     /// The order's state after message `m` (or a newer one), or None when it is
     /// not known here: then read the order from the database and `remember` it.
     pub fn created(&mut self, m: &OrderMessage) -> Option<OrderView> {
-        if let Some(v) = self.views.get(&m.order_number) {
+        if let Some(v) = self.views.get(&m.placed.order_number) {
             // A redelivery: what we hold is at least as new.
             return Some(v.clone());
         }
@@ -74,7 +74,7 @@ impl OrderCache {
     /// Keeps an order read from the database (open orders only).
     pub fn remember(&mut self, v: OrderView) {
         if !v.status.is_open() {
-            self.views.remove(&v.order_number);
+            self.views.remove(&v.placed.order_number);
             return;
         }
         while self.views.len() >= self.capacity {
@@ -90,27 +90,30 @@ impl OrderCache {
             let views = &self.views;
             self.age.retain(|n| views.contains_key(n));
         }
-        self.age.push_back(v.order_number.clone());
-        self.views.insert(v.order_number.clone(), v);
+        self.age.push_back(v.placed.order_number.clone());
+        self.views.insert(v.placed.order_number.clone(), v);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::events::PlacedOrder;
     use crate::domain::{Cents, Item, OrderStatus, OrderType};
     use chrono::{TimeZone, Utc};
 
     fn msg(n: &str) -> OrderMessage {
         OrderMessage {
-            order_number: n.into(),
-            customer_name: "Jane".into(),
-            order_type: OrderType::Takeout,
-            table_number: None,
-            delivery_address: None,
-            items: vec![Item::new("Soup", 1, Cents(500))],
-            total_amount: Cents(500),
-            priority: 1,
+            placed: PlacedOrder {
+                order_number: n.into(),
+                customer_name: "Jane".into(),
+                order_type: OrderType::Takeout,
+                table_number: None,
+                delivery_address: None,
+                items: vec![Item::new("Soup", 1, Cents(500))],
+                total_amount: Cents(500),
+                priority: 1,
+            },
             created_at: Some(Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()),
             notes: None,
         }

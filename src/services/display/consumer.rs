@@ -181,7 +181,7 @@ impl Consumer {
             }
         };
         let n = match &msg {
-            Msg::Created(m) => m.order_number.clone(),
+            Msg::Created(m) => m.placed.order_number.clone(),
             Msg::Changed(u) => u.order_number.clone(),
             Msg::Station(u) => u.order_number.clone(),
         };

@@ -689,7 +689,10 @@ impl State {
     }
 
     fn state(&mut self, view: &OrderView, snapshot: bool, done: Option<Done>) {
-        let m = self.marks.entry(view.order_number.clone()).or_default();
+        let m = self
+            .marks
+            .entry(view.placed.order_number.clone())
+            .or_default();
         let fresh = if snapshot {
             view.version >= m.state
         } else {
@@ -708,7 +711,7 @@ impl State {
         let closed = m.closed;
         published(
             "orders",
-            &view.order_number,
+            &view.placed.order_number,
             view.status,
             view.version,
             snapshot,
@@ -722,7 +725,7 @@ impl State {
             None
         };
         self.publish(
-            self.topics.order(&view.order_number),
+            self.topics.order(&view.placed.order_number),
             true,
             payload.clone(),
             order_done,
@@ -732,7 +735,8 @@ impl State {
             let body = if open { payload.clone() } else { Vec::new() };
             let d = if i == last { done.take() } else { None };
             self.publish(
-                self.topics.station_order(station, &view.order_number),
+                self.topics
+                    .station_order(station, &view.placed.order_number),
                 true,
                 body,
                 d,
@@ -751,7 +755,7 @@ impl State {
         self.clears.push(Reverse((
             at,
             self.clear_seq,
-            view.order_number.clone(),
+            view.placed.order_number.clone(),
             view.version,
             force,
         )));

@@ -94,14 +94,14 @@ struct OrderState<'a> {
 /// without, the seed's payload. `confirm` is `[expo] confirm`.
 pub fn order_state(o: &OrderView, confirm: bool, now: DateTime<Utc>) -> Vec<u8> {
     let s = OrderState {
-        order_number: &o.order_number,
-        order_type: o.order_type,
-        customer_name: &o.customer_name,
-        table_number: o.table_number,
-        delivery_address: o.delivery_address.as_deref(),
-        items: &o.items,
-        total_amount: o.total_amount,
-        priority: o.priority,
+        order_number: &o.placed.order_number,
+        order_type: o.placed.order_type,
+        customer_name: &o.placed.customer_name,
+        table_number: o.placed.table_number,
+        delivery_address: o.placed.delivery_address.as_deref(),
+        items: &o.placed.items,
+        total_amount: o.placed.total_amount,
+        priority: o.placed.priority,
         status: o.status,
         processed_by: o.processed_by.as_deref(),
         created_at: timestamp(o.created_at),
@@ -180,8 +180,8 @@ impl Event {
     pub fn created(msg: &OrderMessage, view: Option<&OrderView>, now: DateTime<Utc>) -> Event {
         Event {
             kind: "order_created",
-            order_number: msg.order_number.clone(),
-            order_type: Some(msg.order_type),
+            order_number: msg.placed.order_number.clone(),
+            order_type: Some(msg.placed.order_type),
             old_status: None,
             new_status: OrderStatus::Received,
             changed_by: CREATED_BY.to_string(),
@@ -196,7 +196,7 @@ impl Event {
         Event {
             kind: "station_update",
             order_number: u.order_number.clone(),
-            order_type: view.map(|v| v.order_type),
+            order_type: view.map(|v| v.placed.order_type),
             old_status: None,
             new_status: u.order_status,
             changed_by: u.changed_by.clone(),
@@ -210,7 +210,7 @@ impl Event {
         Event {
             kind: "status_changed",
             order_number: u.order_number.clone(),
-            order_type: u.order_type.or(view.map(|v| v.order_type)),
+            order_type: u.order_type.or(view.map(|v| v.placed.order_type)),
             old_status: Some(u.old_status),
             new_status: u.new_status,
             changed_by: u.changed_by.clone(),
@@ -262,6 +262,7 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::events::PlacedOrder;
     use chrono::TimeZone;
     use serde_json::{json, Value};
 
@@ -272,14 +273,16 @@ mod tests {
 
     fn view() -> OrderView {
         OrderView {
-            order_number: "ORD_20261125_001".into(),
-            customer_name: "Jane Smith".into(),
-            order_type: OrderType::DineIn,
-            table_number: Some(12),
-            delivery_address: None,
-            items: vec![Item::new("Steak", 1, Cents(2999))],
-            total_amount: Cents(2999),
-            priority: 1,
+            placed: PlacedOrder {
+                order_number: "ORD_20261125_001".into(),
+                customer_name: "Jane Smith".into(),
+                order_type: OrderType::DineIn,
+                table_number: Some(12),
+                delivery_address: None,
+                items: vec![Item::new("Steak", 1, Cents(2999))],
+                total_amount: Cents(2999),
+                priority: 1,
+            },
             status: OrderStatus::Cooking,
             processed_by: Some("chef_mario".into()),
             created_at: at(0, 0),
@@ -301,9 +304,9 @@ mod tests {
         assert!(plain.get("notes").is_none() && plain["items"][0].get("allergens").is_none());
         let mut v = view();
         v.notes = Some("at the bar".into());
-        v.items[0].modifiers = vec!["no onions".into()];
-        v.items[0].allergens = vec![crate::domain::kitchen_notes::Allergen::Nuts];
-        v.items[0].notes = Some("rare".into());
+        v.placed.items[0].modifiers = vec!["no onions".into()];
+        v.placed.items[0].allergens = vec![crate::domain::kitchen_notes::Allergen::Nuts];
+        v.placed.items[0].notes = Some("rare".into());
         let p: serde_json::Value =
             serde_json::from_slice(&order_state(&v, false, at(21, 0))).unwrap();
         assert_eq!(p["notes"], "at the bar");
@@ -318,7 +321,7 @@ mod tests {
     fn with_stations_items_carry_their_parts_and_each_station_its_copy() {
         use crate::domain::stations::{Part, PartState};
         let mut v = view();
-        v.items.push(Item::new("Fries", 1, Cents(350)));
+        v.placed.items.push(Item::new("Fries", 1, Cents(350)));
         let mut grill = Part::waiting(0, "grill");
         grill.state = PartState::Done;
         grill.bumped_by = Some("anna".into());
@@ -414,14 +417,7 @@ mod tests {
     #[test]
     fn events_match_the_contract() {
         let msg = OrderMessage {
-            order_number: "ORD_20261125_001".into(),
-            customer_name: "Jane Smith".into(),
-            order_type: OrderType::DineIn,
-            table_number: Some(12),
-            delivery_address: None,
-            items: view().items,
-            total_amount: Cents(2999),
-            priority: 1,
+            placed: view().placed,
             created_at: None,
             notes: None,
         };

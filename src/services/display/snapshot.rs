@@ -76,7 +76,10 @@ impl Snapshots {
             Ok(w) => w,
             Err(e) => return db_failed(&e),
         };
-        seen.open = orders.iter().map(|o| o.order_number.clone()).collect();
+        seen.open = orders
+            .iter()
+            .map(|o| o.placed.order_number.clone())
+            .collect();
         let count = orders.len();
         for view in orders {
             let cmd = Cmd::State {

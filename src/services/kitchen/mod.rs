@@ -372,21 +372,21 @@ impl Kitchen {
             Ok(m) => m,
             Err(e) => return Outcome::DeadLetter(e),
         };
-        if !self.cfg.handled_types().contains(&msg.order_type) {
+        if !self.cfg.handled_types().contains(&msg.placed.order_type) {
             return Outcome::DeadLetter(format!(
                 "order type {} arrived on a queue of another type",
-                msg.order_type
+                msg.placed.order_type
             ));
         }
-        let cook_time = self.cfg.cooking.for_type(msg.order_type);
-        let n = &msg.order_number;
+        let cook_time = self.cfg.cooking.for_type(msg.placed.order_type);
+        let n = &msg.placed.order_number;
         // The common case costs one statement: the message says the order was
         // received (version 1), so try received -> cooking from there at once.
         // Only when the order is no longer there (a redelivery) does the store
         // read where it is, and `kitchen_step` says what that means.
         let fresh = OrderState::received(
             n.clone(),
-            msg.order_type,
+            msg.placed.order_type,
             msg.created_at.unwrap_or_else(Utc::now),
         );
         let eta = Utc::now() + chrono::Duration::from_std(cook_time).unwrap_or_default();
@@ -428,7 +428,7 @@ impl Kitchen {
                     .increment(1);
                 if let Some(received) = msg.created_at {
                     let secs = (Utc::now() - received).num_milliseconds().max(0) as f64 / 1e3;
-                    ::metrics::histogram!(metrics::TICKET_TIME, "order_type" => msg.order_type.as_str())
+                    ::metrics::histogram!(metrics::TICKET_TIME, "order_type" => msg.placed.order_type.as_str())
                         .record(secs);
                 }
                 Outcome::Ack

@@ -427,21 +427,23 @@ fn order_row(r: &Row) -> Result<(i32, OrderView), StoreError> {
     Ok((
         r.try_get(0).map_err(pg_err)?,
         OrderView {
-            order_number: r.try_get(1).map_err(pg_err)?,
-            customer_name: r.try_get(2).map_err(pg_err)?,
-            order_type: r
-                .try_get::<_, String>(3)
-                .map_err(pg_err)?
-                .parse()
-                .map_err(parse)?,
-            table_number: r
-                .try_get::<_, Option<i32>>(4)
-                .map_err(pg_err)?
-                .map(i64::from),
-            delivery_address: r.try_get(5).map_err(pg_err)?,
-            items: Vec::new(),
-            total_amount: Cents(r.try_get(6).map_err(pg_err)?),
-            priority: r.try_get::<_, Option<i32>>(7).map_err(pg_err)?.unwrap_or(1),
+            placed: PlacedOrder {
+                order_number: r.try_get(1).map_err(pg_err)?,
+                customer_name: r.try_get(2).map_err(pg_err)?,
+                order_type: r
+                    .try_get::<_, String>(3)
+                    .map_err(pg_err)?
+                    .parse()
+                    .map_err(parse)?,
+                table_number: r
+                    .try_get::<_, Option<i32>>(4)
+                    .map_err(pg_err)?
+                    .map(i64::from),
+                delivery_address: r.try_get(5).map_err(pg_err)?,
+                items: Vec::new(),
+                total_amount: Cents(r.try_get(6).map_err(pg_err)?),
+                priority: r.try_get::<_, Option<i32>>(7).map_err(pg_err)?.unwrap_or(1),
+            },
             status: r
                 .try_get::<_, String>(8)
                 .map_err(pg_err)?
@@ -508,7 +510,7 @@ async fn load_order(c: &Object, number: &str) -> Result<Option<OrderView>, Store
         return Ok(None);
     };
     let (id, mut view) = order_row(&row)?;
-    view.items = items_of(c, &[id])
+    view.placed.items = items_of(c, &[id])
         .await?
         .into_iter()
         .map(|(_, i)| i)
@@ -655,10 +657,9 @@ impl Store for PgStore {
     /// One statement, one commit: see TRANSITION_SQL.
     async fn persist_transition(
         &self,
-        t: &Transition,
-        cur: &OrderState,
-        d: &Decision,
+        step: TransitionStep<'_>,
     ) -> Result<Option<OrderView>, StoreError> {
+        let (t, cur, d) = (step.asked, step.cur, step.decided);
         let deferred = t.durability == Durability::Deferred;
         // A synchronous commit flushes the WAL up to itself, so every deferred
         // commit done before it began: the relay need not flush those again.
@@ -723,13 +724,9 @@ impl Store for PgStore {
         Ok(load_order(&c, order_number).await?.as_ref().map(ticket_of))
     }
 
-    async fn persist_ticket(
-        &self,
-        c: &StationChange,
-        cur: &Ticket,
-        d: &TicketDecision,
-    ) -> Result<bool, StoreError> {
+    async fn persist_ticket(&self, step: TicketStep<'_>) -> Result<bool, StoreError> {
         let mut conn = self.client().await?;
+        let (c, cur, d) = (step.asked, step.cur, step.decided);
         stations::persist_ticket(&mut conn, &self.owner, c, cur, d).await
     }
 
@@ -889,16 +886,11 @@ impl Store for PgStore {
         Ok(outcome)
     }
 
-    async fn set_worker(
-        &self,
-        name: &str,
-        now: DateTime<Utc>,
-        status: &'static str,
-    ) -> Result<(), StoreError> {
+    async fn set_worker(&self, seen: WorkerSeen<'_>) -> Result<(), StoreError> {
         let c = self.client().await?;
         c.execute(
             "update workers set last_seen = $1, status = $3 where name = $2",
-            &[&now, &name, &status],
+            &[&seen.now, &seen.name, &seen.status],
         )
         .await
         .map_err(pg_err)?;

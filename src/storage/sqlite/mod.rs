@@ -263,15 +263,13 @@ impl Store for SqliteStore {
     /// On the writer thread, in its transaction: see `orders::persist_transition`.
     async fn persist_transition(
         &self,
-        t: &Transition,
-        cur: &OrderState,
-        d: &Decision,
+        step: TransitionStep<'_>,
     ) -> Result<Option<OrderView>, StoreError> {
-        let on_disk: fn(&Option<OrderView>) -> OnDisk = match t.durability {
+        let on_disk: fn(&Option<OrderView>) -> OnDisk = match step.asked.durability {
             Durability::Now => |_| OnDisk::Own,
             Durability::Deferred => |_| OnDisk::BeforePublishing,
         };
-        let (t, cur, d) = (t.clone(), cur.clone(), d.clone());
+        let (t, cur, d) = (step.asked.clone(), step.cur.clone(), step.decided.clone());
         let owner = self.owner.clone();
         self.write_then(on_disk, move |c| {
             orders::persist_transition(c, &owner, &t, &cur, &d)
@@ -280,13 +278,8 @@ impl Store for SqliteStore {
     }
 
     /// On the writer thread, in its transaction, synced before the answer.
-    async fn persist_ticket(
-        &self,
-        c: &StationChange,
-        cur: &Ticket,
-        d: &TicketDecision,
-    ) -> Result<bool, StoreError> {
-        let (c, cur, d) = (c.clone(), cur.clone(), d.clone());
+    async fn persist_ticket(&self, step: TicketStep<'_>) -> Result<bool, StoreError> {
+        let (c, cur, d) = (step.asked.clone(), step.cur.clone(), step.decided.clone());
         let owner = self.owner.clone();
         self.write(move |conn| stations::persist_ticket(conn, &owner, &c, &cur, &d))
             .await
@@ -356,13 +349,8 @@ impl Store for SqliteStore {
         self.write(move |c| workers::register(c, &reg)).await
     }
 
-    async fn set_worker(
-        &self,
-        name: &str,
-        now: DateTime<Utc>,
-        status: &'static str,
-    ) -> Result<(), StoreError> {
-        let name = name.to_string();
+    async fn set_worker(&self, seen: WorkerSeen<'_>) -> Result<(), StoreError> {
+        let (name, now, status) = (seen.name.to_string(), seen.now, seen.status);
         self.write(move |c| workers::set(c, &name, now, status))
             .await
     }

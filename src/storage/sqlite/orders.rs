@@ -12,14 +12,16 @@ pub(super) fn order_row(r: &Row) -> rusqlite::Result<(i64, OrderView)> {
     Ok((
         r.get(0)?,
         OrderView {
-            order_number: r.get(1)?,
-            customer_name: r.get(2)?,
-            order_type: parse_col(r.get(3)?)?,
-            table_number: r.get(4)?,
-            delivery_address: r.get(5)?,
-            items: Vec::new(),
-            total_amount: Cents(r.get(6)?),
-            priority: r.get(7)?,
+            placed: PlacedOrder {
+                order_number: r.get(1)?,
+                customer_name: r.get(2)?,
+                order_type: parse_col(r.get(3)?)?,
+                table_number: r.get(4)?,
+                delivery_address: r.get(5)?,
+                items: Vec::new(),
+                total_amount: Cents(r.get(6)?),
+                priority: r.get(7)?,
+            },
             status: parse_col(r.get(8)?)?,
             processed_by: r.get(9)?,
             created_at: parse_ts(&r.get::<_, String>(10)?)?,
@@ -89,7 +91,7 @@ pub(super) fn load_order(
         .map_err(sql_err)?;
     match found {
         Some((id, mut view)) => {
-            view.items = items_of(conn, &[id])?.into_iter().map(|(_, i)| i).collect();
+            view.placed.items = items_of(conn, &[id])?.into_iter().map(|(_, i)| i).collect();
             let mut one = [view];
             attach_parts(&mut one, &[id], stations::parts_of(conn, &[id])?);
             let [view] = one;
