@@ -148,7 +148,7 @@ fn sqlite_is_refused_when_several_boxes_serve_the_kitchen() {
 }
 
 /// Customer names may not hold digits: request 120 is "Guest bca".
-fn guest(i: usize) -> String {
+pub(crate) fn guest(i: usize) -> String {
     let letters: String = i
         .to_string()
         .bytes()
@@ -158,7 +158,7 @@ fn guest(i: usize) -> String {
 }
 
 /// One POST with an Idempotency-Key: the status and the order number (on 200).
-async fn post_keyed(
+pub(crate) async fn post_keyed(
     http: &reqwest::Client,
     url: &str,
     key: &str,

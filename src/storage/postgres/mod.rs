@@ -3,12 +3,13 @@
 
 pub(crate) mod backup;
 mod intake;
+mod monitor;
 mod stations;
 mod tls;
 
 use crate::domain::error::Class;
 use crate::domain::events::NOTIFICATIONS_EXCHANGE;
-use crate::process::config::{DatabaseConfig, PgSslMode};
+use crate::process::config::{ClusterConfig, DatabaseConfig, PgSslMode};
 use crate::storage::migrations::POSTGRES;
 use crate::storage::*;
 use deadpool_postgres::GenericClient;
@@ -17,11 +18,13 @@ use deadpool_postgres::{
     RecyclingMethod, Runtime, Timeouts,
 };
 use intake::Intake;
+use monitor::Monitor;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tls::MakeRustls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 mod tokens;
 
@@ -95,11 +98,14 @@ fn pg_config(cfg: &DatabaseConfig) -> tokio_postgres::Config {
     pg
 }
 
-/// What one session outside the pools needs: where, and the TLS if any.
+/// Where our sessions go, and the TLS if any: the pools' connections and the
+/// sessions outside them. With pg_auto_failover's monitor, to the node it
+/// names the primary.
 #[derive(Clone)]
 pub(crate) struct Connector {
     pg: tokio_postgres::Config,
     tls: Option<MakeRustls>,
+    monitor: Option<Arc<Monitor>>,
 }
 
 impl Connector {
@@ -113,13 +119,30 @@ impl Connector {
         Ok(Connector {
             pg: pg_config(cfg),
             tls,
+            monitor: None,
         })
     }
 
     pub(crate) async fn connect(
         &self,
     ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
-        tls::connect_one(&self.pg, self.tls.as_ref()).await
+        match &self.monitor {
+            Some(m) => m.connect(&self.pg, self.tls.as_ref()).await,
+            None => tls::connect_one(&self.pg, self.tls.as_ref()).await,
+        }
+    }
+}
+
+/// The pools connect through the `Connector` (the monitor's choice).
+impl deadpool_postgres::Connect for Connector {
+    fn connect(
+        &self,
+        _: &tokio_postgres::Config,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        Box::pin(Connector::connect(self))
     }
 }
 
@@ -141,8 +164,16 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    pub async fn connect(cfg: &DatabaseConfig, owner: String) -> Result<Self, StoreError> {
-        let lease = Connector::new(cfg)?;
+    pub async fn connect(
+        cfg: &DatabaseConfig,
+        cluster: &ClusterConfig,
+        owner: String,
+    ) -> Result<Self, StoreError> {
+        let mut lease = Connector::new(cfg)?;
+        lease.monitor = Monitor::from_config(cluster)?;
+        if let Some(m) = &lease.monitor {
+            Monitor::watch(Arc::downgrade(m));
+        }
         let pool = build_pool(&lease, cfg.pool_size)?;
         let mut lazy = lease.clone();
         lazy.pg.options("-c synchronous_commit=off");
@@ -309,20 +340,29 @@ fn build_pool(at: &Connector, size: usize) -> Result<Pool, StoreError> {
     let config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
-    let mgr = match &at.tls {
-        None => Manager::from_config(at.pg.clone(), NoTls, config),
-        Some(tls) => Manager::from_config(at.pg.clone(), tls.clone(), config),
-    };
+    let mgr = Manager::from_connect(at.pg.clone(), at.clone(), config);
     let timeouts = Timeouts {
         wait: Some(Duration::from_secs(5)),
-        create: Some(Duration::from_secs(5)),
+        create: Some(monitor::CREATE_TIMEOUT),
         recycle: Some(Duration::from_secs(5)),
     };
     let mut builder = Pool::builder(mgr)
         .max_size(size)
         .timeouts(timeouts)
         .runtime(Runtime::Tokio1);
-    if several_hosts {
+    if let Some(m) = at.monitor.clone() {
+        builder = builder.pre_recycle(Hook::async_fn(move |client, metrics| {
+            let current = m.still_current(metrics.created);
+            Box::pin(async move {
+                if !current {
+                    return Err(HookError::message(
+                        "connection made before pg_auto_failover's monitor last changed the primary",
+                    ));
+                }
+                writable(client).await
+            })
+        }));
+    } else if several_hosts {
         builder = builder.pre_recycle(Hook::async_fn(|client, _| {
             Box::pin(async move { writable(client).await })
         }));
