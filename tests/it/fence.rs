@@ -226,3 +226,26 @@ async fn without_the_monitor_a_returning_primary_takes_orders() {
     println!("{lost} orders answered 200 only on the old primary");
     assert!(lost > 0, "the hole did not show: {}", summary(&o));
 }
+
+/// A monitor that does not answer (nothing listens on its port) is not a
+/// single point of failure: connections go to the first writable host of the
+/// URL, as without one, and orders are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_monitor_falls_back_to_the_url() {
+    let mut env = TestEnv::new(Backend::Postgres);
+    env.cfg.cluster.monitor = Some(format!(
+        "postgres://restaurant_monitor@127.0.0.1:{}/pg_auto_failover",
+        crate::common::servers::free_port()
+    ));
+    let orders = env.start(Mode::OrderService, None).await;
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        crate::common::place_order(
+            &http,
+            &orders.order_url(),
+            &crate::common::takeout(&format!("Silent monitor {}", guest(i)), 1, 9.5),
+        )
+        .await;
+    }
+    orders.stop().await;
+}

@@ -36,10 +36,25 @@ const WRITABLE_GOALS: [&str; 5] = [
     "apply_settings",
 ];
 
-/// The formation and group `pg_autoctl create` makes by default, and
-/// packaging/multi-box's join-postgres uses.
-const PRIMARY_SQL: &str = "select nodehost, nodeport from pgautofailover.node \
-     where formationid = 'default' and groupid = 0 and goalstate::text = any($1)";
+/// Goal states of a failover under way (a primary drained or demoted, a
+/// standby promoted or reporting its position): no node is named the primary
+/// meanwhile, whatever another node's goal, so that a node back from the dead
+/// in the middle is never written to.
+const FAILOVER_GOALS: [&str; 6] = [
+    "draining",
+    "demote_timeout",
+    "prepare_promotion",
+    "stop_replication",
+    "report_lsn",
+    "fast_forward",
+];
+
+/// In the formation and group `pg_autoctl create` makes by default (and
+/// packaging/multi-box's join-postgres uses).
+const PRIMARY_SQL: &str = "select nodehost, nodeport from pgautofailover.node n \
+     where formationid = 'default' and groupid = 0 and goalstate::text = any($1) \
+     and not exists (select from pgautofailover.node o where o.formationid = n.formationid \
+     and o.groupid = n.groupid and o.goalstate::text = any($2))";
 
 /// The pool wants a driver error when it may not connect, and the driver makes
 /// those only from a server's answer: the monitor raises it, with the SQLSTATE
@@ -142,8 +157,8 @@ impl Monitor {
     async fn ask(&self) -> Lookup {
         let asked = tokio::time::timeout(ASK_TIMEOUT, async {
             let (client, conn) = connect_one(&self.at, self.tls.as_ref()).await?;
-            let goals: &[&str] = &WRITABLE_GOALS;
-            let rows = client.query(PRIMARY_SQL, &[&goals]).await;
+            let (writable, failover): (&[&str], &[&str]) = (&WRITABLE_GOALS, &FAILOVER_GOALS);
+            let rows = client.query(PRIMARY_SQL, &[&writable, &failover]).await;
             let lookup = match rows {
                 Ok(rows) => match rows.as_slice() {
                     [one] => {
