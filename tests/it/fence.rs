@@ -5,7 +5,7 @@
 //! nodes run by pg_autoctl on this host.
 use crate::common::servers::PrivateFormation;
 use crate::common::{Backend, TestEnv};
-use crate::multibox::{guest, post_keyed};
+use crate::multibox::{guest, pos_load, Answer};
 use restaurant_system::modes::Mode;
 use restaurant_system::process::config::StorageBackend;
 use std::collections::BTreeSet;
@@ -24,8 +24,7 @@ fn a_demoted(states: &str) -> bool {
 }
 
 struct Outcome {
-    /// (status, order number) of every POS request, and when it was answered.
-    answers: Vec<(u16, Option<String>, Instant)>,
+    answers: Vec<Answer>,
     /// When the monitor had b promoted.
     promoted: Instant,
     /// Order numbers on the old primary `a` and not on the new one: taken
@@ -66,20 +65,7 @@ async fn returning_primary(with_monitor: bool) -> Outcome {
     let url = orders.order_url();
     let http = reqwest::Client::new();
     let stop = tokio_util::sync::CancellationToken::new();
-    let load = {
-        let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut answers = Vec::new();
-            let mut i = 0;
-            while !stop.is_cancelled() {
-                i += 1;
-                let (s, n) = post_keyed(&http, &url, &format!("pos-{i}"), &guest(i)).await;
-                answers.push((s, n, Instant::now()));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            answers
-        })
-    };
+    let load = pos_load(&http, &url, &stop);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let g = f.clone();
@@ -148,21 +134,21 @@ async fn returning_primary(with_monitor: bool) -> Outcome {
 }
 
 fn summary(o: &Outcome) -> String {
-    let count = |s: u16| o.answers.iter().filter(|a| a.0 == s).count();
-    let after = o.answers.iter().filter(|a| a.2 > o.promoted);
+    let count = |s: u16| o.answers.iter().filter(|a| a.2 == s).count();
+    let after = o.answers.iter().filter(|a| a.0 > o.promoted);
     let first_200 = after
         .clone()
-        .find(|a| a.0 == 200)
-        .map(|a| a.2.duration_since(o.promoted));
+        .find(|a| a.2 == 200)
+        .map(|a| a.0.duration_since(o.promoted));
     format!(
         "{} requests: {} answered 200, {} 503, {} no answer, {} other; after b's promotion: first 200 after {:?}, {} answered 503; {} orders only on the old primary; get_primary() midway: {}",
         o.answers.len(),
         count(200),
         count(503),
         count(0),
-        o.answers.iter().filter(|a| ![200, 503, 0].contains(&a.0)).count(),
+        o.answers.iter().filter(|a| ![200, 503, 0].contains(&a.2)).count(),
         first_200,
-        after.filter(|a| a.0 == 503).count(),
+        after.filter(|a| a.2 == 503).count(),
         o.only_on_a.len(),
         o.get_primary_midway,
     )
@@ -177,7 +163,7 @@ async fn with_the_monitor_a_returning_primary_gets_no_order() {
     let other: Vec<_> = o
         .answers
         .iter()
-        .filter(|a| ![200, 503, 0].contains(&a.0))
+        .filter(|a| ![200, 503, 0].contains(&a.2))
         .collect();
     assert!(
         other.is_empty(),
@@ -192,8 +178,8 @@ async fn with_the_monitor_a_returning_primary_gets_no_order() {
     let accepted: Vec<&String> = o
         .answers
         .iter()
-        .filter(|a| a.0 == 200)
-        .filter_map(|a| a.1.as_ref())
+        .filter(|a| a.2 == 200)
+        .filter_map(|a| a.3.as_ref())
         .collect();
     let missing: Vec<_> = accepted.iter().filter(|n| !o.on_b.contains(**n)).collect();
     assert!(
@@ -203,7 +189,7 @@ async fn with_the_monitor_a_returning_primary_gets_no_order() {
         &missing[..missing.len().min(5)]
     );
     assert!(
-        o.answers.iter().any(|a| a.0 == 200 && a.2 > o.promoted),
+        o.answers.iter().any(|a| a.2 == 200 && a.0 > o.promoted),
         "no order accepted after b's promotion: {}",
         summary(&o)
     );
@@ -219,8 +205,8 @@ async fn without_the_monitor_a_returning_primary_takes_orders() {
     let lost = o
         .answers
         .iter()
-        .filter(|a| a.0 == 200)
-        .filter_map(|a| a.1.as_ref())
+        .filter(|a| a.2 == 200)
+        .filter_map(|a| a.3.as_ref())
         .filter(|n| o.only_on_a.contains(*n))
         .count();
     println!("{lost} orders answered 200 only on the old primary");

@@ -204,6 +204,33 @@ fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
 // ---------------------------------------------------------------------------
 // PostgreSQL
 
+/// `sql` by `bin`'s psql as `postgres` in database `db` on 127.0.0.1:`port`,
+/// its output unaligned and trimmed; run in `dir` (where it leaves its output).
+fn psql_as_postgres(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    db: &str,
+    sql: &str,
+) -> Result<String, String> {
+    let mut cmd = as_user("postgres", &bin.join("psql"));
+    cmd.args([
+        "-X",
+        "-q",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+    ])
+    .arg(port.to_string())
+    .args(["-U", "postgres", "-d", db, "-c", sql])
+    .current_dir(dir);
+    let out = dir.join(format!("psql-{port}.out"));
+    run_limited(&mut cmd, &out, Duration::from_secs(30)).map(|s| s.trim().to_string())
+}
+
 /// A throwaway PostgreSQL cluster on 127.0.0.1:`port`, trust authentication,
 /// user `postgres`, database `postgres`. With TLS (`start_tls`): only
 /// `hostssl` connections from 127.0.0.1, by `password` (SCRAM).
@@ -380,31 +407,8 @@ impl PrivatePostgres {
 
     /// Runs `sql` as `postgres` in database `db`; its output, unaligned.
     pub fn sql(&self, db: &str, sql: &str) -> String {
-        let port = self.port.to_string();
-        self.pg(
-            "psql",
-            &[
-                "-X",
-                "-q",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ],
-            Duration::from_secs(30),
-        )
-        .unwrap_or_else(|e| panic!("psql on the private PostgreSQL: {e}"))
-        .trim()
-        .to_string()
+        psql_as_postgres(&self.bin, self.dir.path(), self.port, db, sql)
+            .unwrap_or_else(|e| panic!("psql on the private PostgreSQL: {e}"))
     }
 
     /// Makes the server refuse writes (`default_transaction_read_only`, as a
@@ -935,22 +939,7 @@ impl PrivateFormation {
 
     /// `psql` as postgres on 127.0.0.1:`port`.
     pub fn psql(&self, port: u16, db: &str, sql: &str) -> Result<String, String> {
-        let mut cmd = as_user("postgres", &self.bin.join("psql"));
-        cmd.args([
-            "-X",
-            "-q",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-        ])
-        .arg(port.to_string())
-        .args(["-U", "postgres", "-d", db, "-c", sql])
-        .current_dir(self.dir.path());
-        let out = self.dir.path().join(format!("psql-{port}.out"));
-        run_limited(&mut cmd, &out, Duration::from_secs(30)).map(|s| s.trim().to_string())
+        psql_as_postgres(&self.bin, self.dir.path(), port, db, sql)
     }
 
     /// Node `i`'s SQL, or a panic saying why.
