@@ -145,43 +145,71 @@ impl Monitor {
     /// Asks the monitor in the background every `POLL` while the pools live.
     pub(crate) fn watch(monitor: Weak<Self>) {
         tokio::spawn(async move {
+            // One session kept open between questions: a new one every second
+            // from every service of every box would load the small monitor box.
+            let mut session: Option<tokio_postgres::Client> = None;
             loop {
                 tokio::time::sleep(POLL).await;
                 let Some(m) = monitor.upgrade() else { return };
-                let lookup = m.ask().await;
+                if session.as_ref().is_none_or(|c| c.is_closed()) {
+                    session = match m.open().await {
+                        Ok(c) => Some(c),
+                        Err(why) => {
+                            m.record(&Lookup::Unreachable(why));
+                            continue;
+                        }
+                    };
+                }
+                let Some(client) = &session else { continue };
+                let lookup = m.lookup(client).await;
+                if matches!(lookup, Lookup::Unreachable(_)) {
+                    session = None;
+                }
                 m.record(&lookup);
             }
         });
     }
 
+    /// A session with the monitor, within `ASK_TIMEOUT`.
+    async fn open(&self) -> Result<tokio_postgres::Client, String> {
+        match tokio::time::timeout(ASK_TIMEOUT, connect_one(&self.at, self.tls.as_ref())).await {
+            // The connection's task ends when the client is dropped.
+            Ok(Ok((client, _connection))) => Ok(client),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {ASK_TIMEOUT:?}")),
+        }
+    }
+
+    /// Asks once, on a session of its own.
     async fn ask(&self) -> Lookup {
+        match self.open().await {
+            Ok(client) => self.lookup(&client).await,
+            Err(why) => Lookup::Unreachable(why),
+        }
+    }
+
+    /// The monitor's answer on `client`, within `ASK_TIMEOUT`.
+    async fn lookup(&self, client: &tokio_postgres::Client) -> Lookup {
         let asked = tokio::time::timeout(ASK_TIMEOUT, async {
-            let (client, conn) = connect_one(&self.at, self.tls.as_ref()).await?;
             let (writable, failover): (&[&str], &[&str]) = (&WRITABLE_GOALS, &FAILOVER_GOALS);
-            let rows = client.query(PRIMARY_SQL, &[&writable, &failover]).await;
-            let lookup = match rows {
-                Ok(rows) => match rows.as_slice() {
-                    [one] => {
-                        let host: String = one.try_get(0)?;
-                        let port: i32 = one.try_get(1)?;
-                        match u16::try_from(port) {
-                            Ok(port) => Lookup::Primary(host, port),
-                            Err(_) => Lookup::Unreachable(format!("node port {port}")),
-                        }
+            let rows = client.query(PRIMARY_SQL, &[&writable, &failover]).await?;
+            Ok::<_, tokio_postgres::Error>(match rows.as_slice() {
+                [one] => {
+                    let host: String = one.try_get(0)?;
+                    let port: i32 = one.try_get(1)?;
+                    match u16::try_from(port) {
+                        Ok(port) => Lookup::Primary(host, port),
+                        Err(_) => Lookup::Unreachable(format!("node port {port}")),
                     }
-                    // None, or two (never, by the monitor's rules): no node
-                    // to send writes to.
-                    _ => match client.batch_execute(NO_PRIMARY_SQL).await {
-                        Err(e) if e.code().is_some() => Lookup::NoPrimary(e),
-                        Err(e) => return Err(e),
-                        Ok(()) => Lookup::Unreachable("the monitor raised nothing".into()),
-                    },
+                }
+                // None, or two (never, by the monitor's rules): no node to
+                // send writes to.
+                _ => match client.batch_execute(NO_PRIMARY_SQL).await {
+                    Err(e) if e.code().is_some() => Lookup::NoPrimary(e),
+                    Err(e) => return Err(e),
+                    Ok(()) => Lookup::Unreachable("the monitor raised nothing".into()),
                 },
-                Err(e) => return Err(e),
-            };
-            drop(client);
-            conn.abort();
-            Ok::<_, tokio_postgres::Error>(lookup)
+            })
         })
         .await;
         match asked {
