@@ -457,7 +457,7 @@ fn token(cfg: &Config, action: TokenCommand) -> ExitCode {
                 return usage_error(&msg);
             }
         }
-        let store = match storage::open(&cfg.database).await {
+        let store = match storage::open_in(&cfg.database, &cfg.cluster).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("restaurant-system: cannot open the database: {e}");
@@ -593,7 +593,7 @@ fn migrate(cfg: &Config) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    match runtime.block_on(storage::open(&cfg.database)) {
+    match runtime.block_on(storage::open_in(&cfg.database, &cfg.cluster)) {
         Ok(store) => {
             println!("schema is up to date ({} backend)", store.backend());
             if cfg.database.resolved_backend() == StorageBackend::Sqlite {

@@ -154,7 +154,7 @@ pub async fn open_store(
     let mut backoff = Backoff::default();
     let started = Instant::now();
     loop {
-        match storage::open(&cfg.database).await {
+        match storage::open_in(&cfg.database, &cfg.cluster).await {
             Ok(store) => {
                 tracing::info!(
                     action = "db_connected",

@@ -22,7 +22,7 @@ use crate::domain::speed::TicketTimes;
 use crate::domain::stations::{Action, Part, PartState, Refusal, Routing, Ticket, TicketDecision};
 use crate::domain::transition::{Change, Decision, OrderState};
 use crate::domain::{Cents, Item, OrderStatus, TransitionError, ValidOrder};
-use crate::process::config::{DatabaseConfig, StorageBackend};
+use crate::process::config::{ClusterConfig, DatabaseConfig, StorageBackend};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
@@ -792,9 +792,20 @@ const NEWEST_CHANGE_SQL: &str = "select max(t) from (\
 
 /// Opens the configured backend and applies migrations.
 pub async fn open(cfg: &DatabaseConfig) -> Result<SharedStore, StoreError> {
+    open_in(cfg, &ClusterConfig::default()).await
+}
+
+/// As `open`, on a cluster: with `[cluster] monitor`, PostgreSQL connections
+/// go to the primary pg_auto_failover's monitor names.
+pub async fn open_in(
+    cfg: &DatabaseConfig,
+    cluster: &ClusterConfig,
+) -> Result<SharedStore, StoreError> {
     let owner = outbox_owner();
     match cfg.resolved_backend() {
-        StorageBackend::Postgres => Ok(Arc::new(postgres::PgStore::connect(cfg, owner).await?)),
+        StorageBackend::Postgres => Ok(Arc::new(
+            postgres::PgStore::connect(cfg, cluster, owner).await?,
+        )),
         _ => Ok(Arc::new(
             sqlite::SqliteStore::open(&cfg.sqlite_path, owner).await?,
         )),

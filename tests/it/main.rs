@@ -14,6 +14,7 @@ mod cli;
 mod clock;
 mod display;
 mod fault;
+mod fence;
 mod idempotency;
 mod kitchen_screens;
 mod lifecycle;

@@ -148,13 +148,37 @@ fn sqlite_is_refused_when_several_boxes_serve_the_kitchen() {
 }
 
 /// Customer names may not hold digits: request 120 is "Guest bca".
-fn guest(i: usize) -> String {
+pub(crate) fn guest(i: usize) -> String {
     let letters: String = i
         .to_string()
         .bytes()
         .map(|d| char::from(b'a' + (d - b'0')))
         .collect();
     format!("Guest {letters}")
+}
+
+/// What a POS terminal got: when, its key, the status and the order number.
+pub(crate) type Answer = (std::time::Instant, String, u16, Option<String>);
+
+/// The POS: an order every 20 ms to `url`, each with its own key, until `stop`.
+pub(crate) fn pos_load(
+    http: &reqwest::Client,
+    url: &str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Vec<Answer>> {
+    let (http, url, stop) = (http.clone(), url.to_string(), stop.clone());
+    tokio::spawn(async move {
+        let mut answers = Vec::new();
+        let mut i = 0;
+        while !stop.is_cancelled() {
+            i += 1;
+            let key = format!("pos-{i}");
+            let (s, n) = post_keyed(&http, &url, &key, &guest(i)).await;
+            answers.push((std::time::Instant::now(), key, s, n));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        answers
+    })
 }
 
 /// One POST with an Idempotency-Key: the status and the order number (on 200).
@@ -230,23 +254,8 @@ async fn the_pool_finds_the_new_primary_after_a_failover() {
     let url = orders.order_url();
     let http = reqwest::Client::new();
 
-    // The POS: an order every 20 ms, each with its own key.
     let stop = tokio_util::sync::CancellationToken::new();
-    let load = {
-        let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut answers = Vec::new();
-            let mut i = 0;
-            while !stop.is_cancelled() {
-                i += 1;
-                let key = format!("pos-{i}");
-                let (s, n) = post_keyed(&http, &url, &key, &guest(i)).await;
-                answers.push((Instant::now(), key, s, n));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            answers
-        })
-    };
+    let load = pos_load(&http, &url, &stop);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Swap 1, as a failover: a demoted (read-only, sessions ended), b promoted.
     let swap1 = Instant::now();

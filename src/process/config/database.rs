@@ -55,7 +55,10 @@ pub enum PgSslMode {
 /// ourselves (`storage::postgres::tls`). The modes it knows stay in the URL
 /// for it, as before: `disable`, and `prefer`, which without a TLS connector
 /// is plain (what packaging/multi-box writes); `require` fails without one.
-fn split_url_tls(url: &str) -> Result<(String, Option<PgSslMode>, Option<PathBuf>), ConfigError> {
+fn split_url_tls(
+    url: &str,
+    key: &str,
+) -> Result<(String, Option<PgSslMode>, Option<PathBuf>), ConfigError> {
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_string(), None, None));
     };
@@ -65,11 +68,10 @@ fn split_url_tls(url: &str) -> Result<(String, Option<PgSslMode>, Option<PathBuf
             Some(("sslmode", "verify-ca")) => mode = Some(PgSslMode::VerifyCa),
             Some(("sslmode", "verify-full")) => mode = Some(PgSslMode::VerifyFull),
             Some(("sslmode", "require")) => {
-                return Err(ConfigError::Invalid(
-                    "database.url: sslmode=require checks no certificate: use verify-full \
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: sslmode=require checks no certificate: use verify-full \
                      (with sslrootcert=CA file) to a server on another host"
-                        .into(),
-                ))
+                )))
             }
             Some(("sslrootcert", v)) => ca = Some(PathBuf::from(v)),
             _ => kept.push(pair),
@@ -119,17 +121,27 @@ impl DatabaseConfig {
 
     /// The URL parsed, when one is set.
     pub fn parsed_url(&self) -> Result<Option<tokio_postgres::Config>, ConfigError> {
+        self.parsed_url_as("database.url", "database.password")
+    }
+
+    /// The URL parsed, errors naming the keys it came from (`[cluster] monitor`
+    /// is read as a database too).
+    pub(super) fn parsed_url_as(
+        &self,
+        key: &str,
+        password_key: &str,
+    ) -> Result<Option<tokio_postgres::Config>, ConfigError> {
         let Some(url) = self.url.as_deref().filter(|u| !u.trim().is_empty()) else {
             return Ok(None);
         };
-        let (url, _, _) = split_url_tls(url)?;
-        let pg: tokio_postgres::Config = url.parse().map_err(|e| {
-            ConfigError::Invalid(format!("database.url is not a PostgreSQL URL: {e}"))
-        })?;
+        let (url, _, _) = split_url_tls(url, key)?;
+        let pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("{key} is not a PostgreSQL URL: {e}")))?;
         if pg.get_password().is_some() {
-            return Err(ConfigError::Invalid(
-                "database.url must not carry the password: put it in database.password".into(),
-            ));
+            return Err(ConfigError::Invalid(format!(
+                "{key} must not carry the password: put it in {password_key}"
+            )));
         }
         Ok(Some(pg))
     }
@@ -141,7 +153,7 @@ impl DatabaseConfig {
         let from_url = self
             .url
             .as_deref()
-            .and_then(|u| split_url_tls(u).ok())
+            .and_then(|u| split_url_tls(u, "database.url").ok())
             .map(|(_, mode, ca)| (mode, ca))
             .unwrap_or_default();
         (

@@ -242,6 +242,14 @@ impl Config {
                     .into(),
             );
         }
+        self.cluster.check()?;
+        if self.cluster.monitor_database().is_some()
+            && self.database.resolved_backend() != StorageBackend::Postgres
+        {
+            return bad(
+                "cluster.monitor needs PostgreSQL (database.backend = \"postgres\")".into(),
+            );
+        }
         for b in &self.cluster.boxes {
             if b.trim().is_empty() || b.contains(|c: char| c.is_whitespace() || "/@?#".contains(c))
             {

@@ -1,7 +1,7 @@
 //! The sections of the config file other than `[database]`, each with its defaults.
 
 use super::secret::lenient_string;
-use super::{describe, ConfigError, Secret};
+use super::{describe, ConfigError, DatabaseConfig, Secret, StorageBackend};
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,50 @@ use std::time::Duration;
 pub struct ClusterConfig {
     /// Host names or addresses of every box, this one included; empty: one box.
     pub boxes: Vec<String>,
+    /// pg_auto_failover's monitor (`postgres://USER@HOST:PORT/pg_auto_failover`):
+    /// each new database connection goes to the node it names as the primary,
+    /// never to a former primary that came back writable (docs/multi-box.md).
+    pub monitor: Option<String>,
+    /// The monitor user's password; never in the URL.
+    pub monitor_password: Option<Secret>,
+}
+
+impl ClusterConfig {
+    /// The monitor as a database to connect to, when one is set: its URL
+    /// parsed by the same rules as `[database] url` (TLS included).
+    pub fn monitor_database(&self) -> Option<DatabaseConfig> {
+        let url = self.monitor.as_deref().filter(|u| !u.trim().is_empty())?;
+        Some(DatabaseConfig {
+            backend: StorageBackend::Postgres,
+            url: Some(url.to_string()),
+            password: self.monitor_password.clone(),
+            user: "autoctl_node".into(),
+            database: "pg_auto_failover".into(),
+            ..DatabaseConfig::default()
+        })
+    }
+
+    /// The monitor's URL names one host and carries no password.
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        let Some(m) = self.monitor_database() else {
+            if self.monitor_password.is_some() {
+                return Err(ConfigError::Invalid(
+                    "cluster.monitor_password needs cluster.monitor".into(),
+                ));
+            }
+            return Ok(());
+        };
+        let pg = m
+            .parsed_url_as("cluster.monitor", "cluster.monitor_password")?
+            .ok_or_else(|| ConfigError::Invalid("cluster.monitor is empty".into()))?;
+        if pg.get_hosts().len() != 1 {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.monitor must name one host (pg_auto_failover's monitor), not {}",
+                pg.get_hosts().len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Prometheus metrics (issue 14, docs/metrics.md). Every HTTP service answers

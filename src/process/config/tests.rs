@@ -251,3 +251,49 @@ fn missing_explicit_file_is_an_error() {
         Err(ConfigError::Missing(_))
     ));
 }
+
+#[test]
+fn the_monitor_is_optional_and_checked() {
+    let pg = "[database]\nbackend = \"postgres\"\nurl = \"postgres://u@a:5432,b:5432/db?target_session_attrs=read-write\"\n";
+    let c = load_str(pg).unwrap();
+    assert!(c.cluster.monitor_database().is_none());
+    let c = load_str(&format!(
+        "{pg}[cluster]\nmonitor = \"postgres://restaurant_monitor@m:5432/pg_auto_failover\"\nmonitor_password = \"hunter2\"\n"
+    ))
+    .unwrap();
+    assert!(!format!("{c:?}").contains("hunter2"));
+    let m = c.cluster.monitor_database().unwrap();
+    let at = m.parsed_url().unwrap().unwrap();
+    assert_eq!(at.get_user(), Some("restaurant_monitor"));
+    assert_eq!(at.get_dbname(), Some("pg_auto_failover"));
+    assert_eq!(m.password.as_ref().map(Secret::expose), Some("hunter2"));
+    for (bad, key) in [
+        (
+            "monitor = \"postgres://u:pw@m/pg_auto_failover\"",
+            "cluster.monitor_password",
+        ),
+        (
+            "monitor = \"postgres://u@m1,m2/pg_auto_failover\"",
+            "one host",
+        ),
+        (
+            "monitor = \"http://m\"",
+            "cluster.monitor is not a PostgreSQL URL",
+        ),
+        (
+            "monitor = \"postgres://u@m/pg_auto_failover?sslmode=require\"",
+            "cluster.monitor: sslmode=require",
+        ),
+        (
+            "monitor_password = \"x\"",
+            "cluster.monitor_password needs cluster.monitor",
+        ),
+    ] {
+        assert_refused(&format!("{pg}[cluster]\n{bad}\n"), key);
+    }
+    // A monitor without PostgreSQL makes no sense.
+    assert_refused(
+        "[cluster]\nmonitor = \"postgres://u@m/pg_auto_failover\"\n",
+        "cluster.monitor needs PostgreSQL",
+    );
+}

@@ -2,15 +2,17 @@
 //! dead connections, so a restarted server is picked up again on its own).
 //!
 //! The files, by concern: `pool` (the connection settings, the pools and
-//! migrations), `error` (a PostgreSQL error's class), `intake` (order intake,
-//! batched), the SQL of `orders`, `stations` and `workers` (with the worker
-//! name's lock session), `tokens`, `tls` and `backup`. This file holds the
-//! store, its count of deferred commits, and the `Store` implementation with
-//! the outbox's statements.
+//! migrations), `monitor` (the fence: which node is the primary), `error` (a
+//! PostgreSQL error's class), `intake` (order intake, batched), the SQL of
+//! `orders`, `stations` and `workers` (with the worker name's lock session),
+//! `tokens`, `tls` and `backup`. This file holds the store, its count of
+//! deferred commits, and the `Store` implementation with the outbox's
+//! statements.
 
 pub(crate) mod backup;
 mod error;
 mod intake;
+mod monitor;
 mod orders;
 mod pool;
 mod stations;
@@ -20,16 +22,18 @@ mod workers;
 
 use crate::domain::error::Class;
 use crate::domain::events::NOTIFICATIONS_EXCHANGE;
-use crate::process::config::DatabaseConfig;
+use crate::process::config::{ClusterConfig, DatabaseConfig};
 use crate::storage::*;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Object, Pool};
 use error::{pg_err, pool_err};
 use intake::Intake;
+use monitor::Monitor;
 use orders::{items_of, load_order, order_row, state_params, ORDER_COLUMNS, TRANSITION_SQL};
 use pool::build_pool;
 pub(crate) use pool::Connector;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use workers::{hold_lease, worker_row, LeaseSession, WORKER_COLUMNS};
@@ -86,8 +90,16 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    pub async fn connect(cfg: &DatabaseConfig, owner: String) -> Result<Self, StoreError> {
-        let lease = Connector::new(cfg)?;
+    pub async fn connect(
+        cfg: &DatabaseConfig,
+        cluster: &ClusterConfig,
+        owner: String,
+    ) -> Result<Self, StoreError> {
+        let mut lease = Connector::new(cfg)?;
+        lease.monitor = Monitor::from_config(cluster)?;
+        if let Some(m) = &lease.monitor {
+            Monitor::watch(Arc::downgrade(m));
+        }
         let pool = build_pool(&lease, cfg.pool_size)?;
         let mut lazy = lease.clone();
         lazy.pg.options("-c synchronous_commit=off");

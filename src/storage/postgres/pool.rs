@@ -8,7 +8,6 @@ use crate::storage::migrations::POSTGRES;
 use deadpool_postgres::{
     ClientWrapper, Hook, HookError, Manager, ManagerConfig, RecyclingMethod, Runtime, Timeouts,
 };
-use tokio_postgres::NoTls;
 
 /// Serialises concurrent migrations from several processes starting at once.
 const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
@@ -16,7 +15,7 @@ const MIGRATION_LOCK: i64 = 0x7265_7374_6175;
 /// How every connection of ours reaches the configured database.
 /// A `url` (checked when the config was loaded) names the hosts, the
 /// database and the user itself; else `host`, `port`, `user` and `database`.
-fn pg_config(cfg: &DatabaseConfig) -> tokio_postgres::Config {
+pub(super) fn pg_config(cfg: &DatabaseConfig) -> tokio_postgres::Config {
     let mut pg = match cfg.parsed_url() {
         Ok(Some(pg)) => pg,
         _ => {
@@ -46,11 +45,14 @@ fn pg_config(cfg: &DatabaseConfig) -> tokio_postgres::Config {
     pg
 }
 
-/// What one session outside the pools needs: where, and the TLS if any.
+/// Where our sessions go, and the TLS if any: the pools' connections and the
+/// sessions outside them. With pg_auto_failover's monitor, to the node it
+/// names the primary.
 #[derive(Clone)]
 pub(crate) struct Connector {
     pub(super) pg: tokio_postgres::Config,
     tls: Option<MakeRustls>,
+    pub(super) monitor: Option<Arc<Monitor>>,
 }
 
 impl Connector {
@@ -64,13 +66,30 @@ impl Connector {
         Ok(Connector {
             pg: pg_config(cfg),
             tls,
+            monitor: None,
         })
     }
 
     pub(crate) async fn connect(
         &self,
     ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
-        tls::connect_one(&self.pg, self.tls.as_ref()).await
+        match &self.monitor {
+            Some(m) => m.connect(&self.pg, self.tls.as_ref()).await,
+            None => tls::connect_one(&self.pg, self.tls.as_ref()).await,
+        }
+    }
+}
+
+/// The pools connect through the `Connector` (the monitor's choice).
+impl deadpool_postgres::Connect for Connector {
+    fn connect(
+        &self,
+        _: &tokio_postgres::Config,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        Box::pin(Connector::connect(self))
     }
 }
 
@@ -81,20 +100,29 @@ pub(super) fn build_pool(at: &Connector, size: usize) -> Result<Pool, StoreError
     let config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
-    let mgr = match &at.tls {
-        None => Manager::from_config(at.pg.clone(), NoTls, config),
-        Some(tls) => Manager::from_config(at.pg.clone(), tls.clone(), config),
-    };
+    let mgr = Manager::from_connect(at.pg.clone(), at.clone(), config);
     let timeouts = Timeouts {
         wait: Some(Duration::from_secs(5)),
-        create: Some(Duration::from_secs(5)),
+        create: Some(monitor::CREATE_TIMEOUT),
         recycle: Some(Duration::from_secs(5)),
     };
     let mut builder = Pool::builder(mgr)
         .max_size(size)
         .timeouts(timeouts)
         .runtime(Runtime::Tokio1);
-    if several_hosts {
+    if let Some(m) = at.monitor.clone() {
+        builder = builder.pre_recycle(Hook::async_fn(move |client, metrics| {
+            let current = m.still_current(metrics.created);
+            Box::pin(async move {
+                if !current {
+                    return Err(HookError::message(
+                        "connection made before pg_auto_failover's monitor last changed the primary",
+                    ));
+                }
+                writable(client).await
+            })
+        }));
+    } else if several_hosts {
         builder = builder.pre_recycle(Hook::async_fn(|client, _| {
             Box::pin(async move { writable(client).await })
         }));

@@ -204,6 +204,33 @@ fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
 // ---------------------------------------------------------------------------
 // PostgreSQL
 
+/// `sql` by `bin`'s psql as `postgres` in database `db` on 127.0.0.1:`port`,
+/// its output unaligned and trimmed; run in `dir` (where it leaves its output).
+fn psql_as_postgres(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    db: &str,
+    sql: &str,
+) -> Result<String, String> {
+    let mut cmd = as_user("postgres", &bin.join("psql"));
+    cmd.args([
+        "-X",
+        "-q",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+    ])
+    .arg(port.to_string())
+    .args(["-U", "postgres", "-d", db, "-c", sql])
+    .current_dir(dir);
+    let out = dir.join(format!("psql-{port}.out"));
+    run_limited(&mut cmd, &out, Duration::from_secs(30)).map(|s| s.trim().to_string())
+}
+
 /// A throwaway PostgreSQL cluster on 127.0.0.1:`port`, trust authentication,
 /// user `postgres`, database `postgres`. With TLS (`start_tls`): only
 /// `hostssl` connections from 127.0.0.1, by `password` (SCRAM).
@@ -380,31 +407,8 @@ impl PrivatePostgres {
 
     /// Runs `sql` as `postgres` in database `db`; its output, unaligned.
     pub fn sql(&self, db: &str, sql: &str) -> String {
-        let port = self.port.to_string();
-        self.pg(
-            "psql",
-            &[
-                "-X",
-                "-q",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ],
-            Duration::from_secs(30),
-        )
-        .unwrap_or_else(|e| panic!("psql on the private PostgreSQL: {e}"))
-        .trim()
-        .to_string()
+        psql_as_postgres(&self.bin, self.dir.path(), self.port, db, sql)
+            .unwrap_or_else(|e| panic!("psql on the private PostgreSQL: {e}"))
     }
 
     /// Makes the server refuse writes (`default_transaction_read_only`, as a
@@ -723,4 +727,328 @@ pub fn test_cert(dir: &Path, tag: &str, names: &[&str], days: i64) -> TestCert {
     std::fs::write(&files.chain, format!("{}{}", cert.pem(), ca.pem())).expect("write chain");
     std::fs::write(&files.key, key.serialize_pem()).expect("write key");
     files
+}
+
+// ---------------------------------------------------------------------------
+// pg_auto_failover
+
+/// A real pg_auto_failover formation on this host (Debian's
+/// postgresql-15-auto-failover): a monitor and two nodes, `a` (the first
+/// primary) and `b` (its synchronous secondary), each `pg_autoctl` run as the
+/// `postgres` user in a process group of its own, on free ports, trust
+/// authentication, no TLS. The monitor is tuned to fail over within seconds.
+/// `Drop` stops every process it started and removes its files.
+pub struct PrivateFormation {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub monitor_port: u16,
+    /// Nodes `a` and `b`.
+    pub ports: [u16; 2],
+    /// pg_autoctl processes (monitor, a, b): each leads its process group.
+    keepers: std::sync::Mutex<Vec<Child>>,
+}
+
+const NODES: [&str; 2] = ["a", "b"];
+
+impl PrivateFormation {
+    pub fn start() -> PrivateFormation {
+        let autoctl = Path::new("/usr/bin/pg_autoctl");
+        assert!(
+            autoctl.exists(),
+            "pg_auto_failover is not installed: apt-get install postgresql-15-auto-failover pg-auto-failover-cli"
+        );
+        let dir = owned_dir("rs_fault_run");
+        give_to(dir.path(), "postgres");
+        let f = PrivateFormation {
+            dir,
+            bin: pg_bindir(),
+            monitor_port: free_port(),
+            ports: [free_port(), free_port()],
+            keepers: std::sync::Mutex::new(Vec::new()),
+        };
+        let port = f.monitor_port.to_string();
+        f.autoctl_once(&[
+            "create",
+            "monitor",
+            "--pgdata",
+            &f.data("monitor"),
+            "--pgport",
+            &port,
+            "--hostname",
+            "127.0.0.1",
+            "--auth",
+            "trust",
+            "--no-ssl",
+        ]);
+        f.keep(&["run", "--pgdata", &f.data("monitor")], "monitor");
+        f.wait_for("the monitor to answer", Duration::from_secs(60), || {
+            f.psql(f.monitor_port, "pg_auto_failover", "select 1")
+                .is_ok()
+        });
+        // Failover within seconds instead of the default ~50 s; and the role
+        // our services read the monitor with (as packaging/multi-box makes it).
+        for sql in [
+            "alter system set pgautofailover.health_check_period = 1000",
+            "alter system set pgautofailover.health_check_timeout = 1000",
+            "alter system set pgautofailover.health_check_retry_delay = 500",
+            "alter system set pgautofailover.health_check_max_retries = 1",
+            "alter system set pgautofailover.node_considered_unhealthy_timeout = 2000",
+            "alter system set pgautofailover.primary_demote_timeout = 3000",
+            "select pg_reload_conf()",
+            "create role restaurant_monitor login",
+            "grant usage on schema pgautofailover to restaurant_monitor",
+            "grant select on pgautofailover.node to restaurant_monitor",
+        ] {
+            f.psql(f.monitor_port, "pg_auto_failover", sql)
+                .unwrap_or_else(|e| panic!("tuning the monitor: {e}"));
+        }
+        let monitor = format!(
+            "postgres://autoctl_node@127.0.0.1:{}/pg_auto_failover?sslmode=disable",
+            f.monitor_port
+        );
+        for (i, name) in NODES.iter().enumerate() {
+            let port = f.ports[i].to_string();
+            f.keep(
+                &[
+                    "create",
+                    "postgres",
+                    "--pgdata",
+                    &f.data(name),
+                    "--pgport",
+                    &port,
+                    "--hostname",
+                    "127.0.0.1",
+                    "--name",
+                    name,
+                    "--auth",
+                    "trust",
+                    "--no-ssl",
+                    "--monitor",
+                    &monitor,
+                    "--run",
+                ],
+                name,
+            );
+            let want = if i == 0 {
+                "a:single/single"
+            } else {
+                "a:primary/primary b:secondary/secondary"
+            };
+            f.wait_for(
+                &format!("node {name} to join ({want})"),
+                Duration::from_secs(180),
+                || f.states() == want,
+            );
+        }
+        f
+    }
+
+    fn data(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// pg_autoctl as `postgres`, its files (config, state) in our dir.
+    fn autoctl(&self, args: &[&str]) -> Command {
+        let d = self.dir.path();
+        let mut cmd = as_user("postgres", Path::new("/usr/bin/env"));
+        cmd.arg(format!("HOME={}", d.display()))
+            .arg(format!("XDG_CONFIG_HOME={}/xdg/config", d.display()))
+            .arg(format!("XDG_DATA_HOME={}/xdg/data", d.display()))
+            .arg(format!("XDG_RUNTIME_DIR={}/xdg/run", d.display()))
+            .arg(format!("PG_CONFIG={}/pg_config", self.bin.display()))
+            .arg("pg_autoctl")
+            .args(args)
+            .current_dir(d);
+        if args.first() == Some(&"create") {
+            cmd.arg("--pgctl").arg(self.bin.join("pg_ctl"));
+        }
+        cmd
+    }
+
+    fn autoctl_once(&self, args: &[&str]) {
+        let out = self.dir.path().join("create-monitor.out");
+        run_limited(&mut self.autoctl(args), &out, Duration::from_secs(180))
+            .unwrap_or_else(|e| panic!("pg_autoctl {}: {e}", args.join(" ")));
+    }
+
+    /// Starts a long-running pg_autoctl in a process group of its own.
+    fn keep(&self, args: &[&str], name: &str) {
+        use std::os::unix::process::CommandExt;
+        let log = File::create(self.dir.path().join(format!("{name}.log"))).expect("keeper log");
+        let err = log.try_clone().expect("keeper log");
+        let child = self
+            .autoctl(args)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting pg_autoctl {name}: {e}"));
+        self.keepers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
+        self.note_pids();
+    }
+
+    /// Every process of our groups and every postmaster of ours, in `pids`,
+    /// for `reap_orphans` should this test process die without `Drop`.
+    fn note_pids(&self) {
+        let groups: Vec<u32> = self
+            .keepers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| c.id())
+            .collect();
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid pgrp ...: comm may hold spaces, so after ')'.
+            let pgrp = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+                .and_then(|p| p.parse::<u32>().ok());
+            if pgrp.is_some_and(|g| groups.contains(&g)) {
+                pids.push(pid);
+            }
+        }
+        for name in ["monitor", "a", "b"] {
+            if let Some(p) = read_pid(&self.dir.path().join(name).join("postmaster.pid")) {
+                pids.push(p as u32);
+            }
+        }
+        let text: String = pids.iter().map(|p| format!("{p}\n")).collect();
+        let _ = std::fs::write(self.dir.path().join("pids"), text);
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, ok: impl FnMut() -> bool) {
+        if !wait_until(limit, ok) {
+            panic!(
+                "pg_auto_failover: no {what} within {limit:?}; states: {}\nmonitor: {}\na: {}\nb: {}",
+                self.states(),
+                tail(&self.dir.path().join("monitor.log"), 15),
+                tail(&self.dir.path().join("a.log"), 15),
+                tail(&self.dir.path().join("b.log"), 15),
+            );
+        }
+    }
+
+    /// `psql` as postgres on 127.0.0.1:`port`.
+    pub fn psql(&self, port: u16, db: &str, sql: &str) -> Result<String, String> {
+        psql_as_postgres(&self.bin, self.dir.path(), port, db, sql)
+    }
+
+    /// Node `i`'s SQL, or a panic saying why.
+    pub fn node_sql(&self, i: usize, db: &str, sql: &str) -> String {
+        self.psql(self.ports[i], db, sql)
+            .unwrap_or_else(|e| panic!("psql on node {}: {e}", NODES[i]))
+    }
+
+    /// `a:REPORTED/GOAL b:REPORTED/GOAL` as the monitor has them ("" when it
+    /// does not answer).
+    pub fn states(&self) -> String {
+        self.psql(
+            self.monitor_port,
+            "pg_auto_failover",
+            "select string_agg(nodename || ':' || reportedstate || '/' || goalstate, ' ' order by nodeid) from pgautofailover.node",
+        )
+        .unwrap_or_default()
+    }
+
+    /// Waits until `ok(states)`; the states then.
+    pub fn wait_states(&self, what: &str, limit: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        self.wait_for(what, limit, || {
+            last = self.states();
+            ok(&last)
+        });
+        last
+    }
+
+    /// A power cut of node `i`: its pg_autoctl and PostgreSQL, SIGKILLed.
+    pub fn cut(&self, i: usize) {
+        let keepers = self.keepers.lock().unwrap_or_else(|e| e.into_inner());
+        let group = keepers[i + 1].id() as i32;
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(group),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap_or_else(|e| panic!("SIGKILL to node {}: {e}", NODES[i]));
+        let postmaster = self.dir.path().join(NODES[i]).join("postmaster.pid");
+        assert!(
+            wait_until(Duration::from_secs(10), || read_pid(&postmaster)
+                .is_none_or(|p| !alive(p))),
+            "node {}'s PostgreSQL survived SIGKILL",
+            NODES[i]
+        );
+    }
+
+    /// Node `i`'s PostgreSQL started without its keeper, as pg_autoctl does
+    /// before it asks the monitor: a primary comes back writable. Its
+    /// synchronous standby is cleared, as a primary alone has it
+    /// (`wait_primary`): else every commit would wait for a standby that
+    /// has gone.
+    pub fn start_alone(&self, i: usize) {
+        let data = self.data(NODES[i]);
+        let log = self.dir.path().join(format!("{}-alone.log", NODES[i]));
+        // HOME names our dir in its environment, for `reap_orphans`.
+        let mut cmd = as_user("postgres", Path::new("/usr/bin/env"));
+        cmd.arg(format!("HOME={}", self.dir.path().display()))
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &data, "-l"])
+            .arg(&log)
+            .args([
+                "-o",
+                "-c synchronous_standby_names=",
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ])
+            .current_dir(self.dir.path());
+        let out = self.dir.path().join("pg_ctl-alone.out");
+        run_limited(&mut cmd, &out, Duration::from_secs(90)).unwrap_or_else(|e| {
+            panic!(
+                "starting node {}'s PostgreSQL alone: {e}\n{}",
+                NODES[i],
+                tail(&log, 20)
+            )
+        });
+        self.note_pids();
+    }
+}
+
+impl Drop for PrivateFormation {
+    fn drop(&mut self) {
+        let mut keepers = self.keepers.lock().unwrap_or_else(|e| e.into_inner());
+        // Nodes first, then the monitor: each pg_autoctl stops its PostgreSQL.
+        for child in keepers.iter_mut().rev() {
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        // What runs without a keeper (a node started alone), or survived it.
+        for name in ["monitor", "a", "b"] {
+            if self.dir.path().join(name).join("postmaster.pid").exists() {
+                let data = self.data(name);
+                let mut cmd = as_user("postgres", &self.bin.join("pg_ctl"));
+                cmd.args(["-D", &data, "-m", "immediate", "-w", "-t", "30", "stop"])
+                    .current_dir(self.dir.path());
+                let _ = run_limited(
+                    &mut cmd,
+                    &self.dir.path().join("stop.out"),
+                    Duration::from_secs(40),
+                );
+            }
+        }
+    }
 }
