@@ -14,8 +14,12 @@ forwarded ports on 127.0.0.1 only. Standard library only.
                                                   accepted, present, ready, missing, duplicated,
                                                   seconds; exit 0 only when all are ready and
                                                   none duplicated
+  amqp-up AMQP_PORT SINCE LIMIT                   waits until RabbitMQ answers an AMQP 0-9-1
+                                                  protocol header (connection.start); prints
+                                                  the seconds since SINCE, or "timeout"
 """
 import json
+import socket
 import ssl
 import sys
 import threading
@@ -168,8 +172,33 @@ def wait_ready(port, token, numbers_file, limit):
     return 0 if ok else 1
 
 
+def amqp_up(port, since, limit):
+    # The broker's own answer, not just an open port: qemu's forwarder accepts a connection
+    # before anything in the guest listens.
+    end = time.time() + float(limit)
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", int(port)), timeout=3) as s:
+                s.settimeout(5)
+                s.sendall(b"AMQP\x00\x00\x09\x01")
+                frame = s.recv(8)
+                if frame[:1] == b"\x01":  # a METHOD frame: connection.start
+                    print(f"{time.time() - float(since):.1f}")
+                    return 0
+        except OSError:
+            pass
+        time.sleep(1)
+    print("timeout")
+    return 1
+
+
 def main(argv):
-    cmds = {"first-accept": (first_accept, 5), "load": (load, 5), "wait-ready": (wait_ready, 4)}
+    cmds = {
+        "first-accept": (first_accept, 5),
+        "load": (load, 5),
+        "wait-ready": (wait_ready, 4),
+        "amqp-up": (amqp_up, 3),
+    }
     if len(argv) < 2 or argv[1] not in cmds or len(argv) - 2 != cmds[argv[1]][1]:
         print(__doc__, file=sys.stderr)
         return 2

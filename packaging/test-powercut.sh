@@ -15,7 +15,11 @@
 # (2) cuts under load; then the same box on PostgreSQL (kernel command line systemd.setenv=),
 # RS_POWERCUT_PG_CUTS (1) cuts under load. After every boot: the seconds from power-on to the
 # first order answered 200 (at most the clean boot's + 30 s), and every order ever answered 200
-# is present and ready within 120 s of that, none cooked twice. At the end, on the disk image:
+# is present and ready within 120 s of that, none cooked twice. Under TCG (no usable KVM) the
+# guest runs several times slower than the box it stands for, and RabbitMQ's own start (Erlang
+# loading and compiling its code) takes minutes, not seconds: there the 120 s are counted from
+# the moment RabbitMQ answers again (probed through a third forwarded port), and the time from
+# the API's return is reported beside it. At the end, on the disk image:
 # e2fsck, SQLite PRAGMA integrity_check, PostgreSQL amcheck (heap and B-tree indexes) in a
 # private server on a copy of the cluster, no order number twice, and RabbitMQ's log searched
 # for the recovery crash of issue 21.
@@ -51,7 +55,9 @@ API_LIMIT=${RS_POWERCUT_API_LIMIT:-600}
 READY_LIMIT=120
 # How long to keep polling for a report of when the backlog was cooked (a slow host: the check
 # still fails past READY_LIMIT).
-READY_WAIT=${RS_POWERCUT_READY_WAIT:-$READY_LIMIT}
+READY_WAIT=${RS_POWERCUT_READY_WAIT:-}
+# How long to wait for RabbitMQ to answer after power-on (reported; "timeout" past it).
+BROKER_LIMIT=600
 SLACK=30
 PG_PASSWORD=powercut-test
 CLIENT="/usr/bin/python3 $REPO/packaging/powercut_load.py"
@@ -62,6 +68,7 @@ work=""
 overlay=""
 qemu_pid=""
 load_pid=""
+broker_pid=""
 boots=0
 LINES=()
 
@@ -98,6 +105,7 @@ cleanup() {
     local rc=$?
     set +e
     [[ -n "$load_pid" ]] && kill "$load_pid" 2>/dev/null
+    [[ -n "$broker_pid" ]] && kill "$broker_pid" 2>/dev/null
     [[ -n "$qemu_pid" ]] && kill -KILL "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
     if [[ -n "$overlay" ]]; then umount "$work/root" || umount -l "$work/root"; fi
     if [[ -n "$work" && -d "$work" ]]; then
@@ -211,6 +219,7 @@ log "disk image made in $(($(date +%s) - t0)) s"
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 OPORT=$(free_port)
 TPORT=$(free_port)
+BPORT=$(free_port)
 
 # KVM only where it boots a stock kernel (a nested PVM here does not: the probe prints nothing
 # and hangs): a kernel with no root file system panics within a second or two under a working
@@ -231,6 +240,10 @@ case "${RS_VM_ACCEL:-auto}" in
         ;;
 esac
 report "accelerator ${accel%% -cpu*}"
+tcg=""
+[[ "$accel" == *tcg* ]] && tcg=1
+# Under TCG the backlog waits for RabbitMQ's slow start (see the top of this file).
+[[ -n "$READY_WAIT" ]] || READY_WAIT=$([[ -n "$tcg" ]] && echo 600 || echo "$READY_LIMIT")
 
 # power_on KERNEL_ARGS...: boots the disk image; sets qemu_pid and t_on.
 power_on() {
@@ -241,10 +254,25 @@ power_on() {
         -kernel "$kernel" -initrd "$initrd" \
         -append "root=/dev/vda rw console=ttyS0 quiet $*" \
         -drive "file=$work/disk.img,format=raw,if=virtio" \
-        -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$OPORT-:3000,hostfwd=tcp:127.0.0.1:$TPORT-:3002" \
+        -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$OPORT-:3000,hostfwd=tcp:127.0.0.1:$TPORT-:3002,hostfwd=tcp:127.0.0.1:$BPORT-:5672" \
         -device virtio-net-pci,netdev=n0 </dev/null >"$work/qemu-$boots.log" 2>&1 &
     qemu_pid=$!
     t_on=$(date +%s.%N)
+    # When RabbitMQ answers again, in the background (read by after_boot).
+    $CLIENT amqp-up "$BPORT" "$t_on" "$BROKER_LIMIT" >"$work/broker-$boots.txt" 2>/dev/null &
+    broker_pid=$!
+}
+
+# broker_back: seconds from power-on to RabbitMQ answering in this boot ("" when it has not).
+broker_back() {
+    if [[ -n "$broker_pid" ]] && ! kill -0 "$broker_pid" 2>/dev/null; then
+        wait "$broker_pid" 2>/dev/null || true
+        broker_pid=""
+    fi
+    local b
+    b=$(cat "$work/broker-$boots.txt" 2>/dev/null || true)
+    [[ "$b" =~ ^[0-9.]+$ ]] && echo "$b"
+    return 0
 }
 
 # power_cut: SIGKILL to qemu; the guest gets no chance to write anything more.
@@ -252,6 +280,11 @@ power_cut() {
     kill -KILL "$qemu_pid"
     wait "$qemu_pid" 2>/dev/null || true
     qemu_pid=""
+    if [[ -n "$broker_pid" ]]; then
+        kill "$broker_pid" 2>/dev/null || true
+        wait "$broker_pid" 2>/dev/null || true
+        broker_pid=""
+    fi
 }
 
 # accepted_after_power_on TOKEN: seconds from power-on to the first order answered 200.
@@ -292,14 +325,25 @@ after_boot() {
         check "$label: power-on to orders accepted $SECS s <= clean boot $clean s + $SLACK s" \
             awk -v a="$SECS" -v b="$clean" -v s="$SLACK" 'BEGIN { exit !(a <= b + s) }'
     fi
-    if out=$($CLIENT wait-ready "$TPORT" "$token" "$accepted" "$READY_WAIT") &&
-        awk -v s="$(jq -r .seconds <<<"$out")" -v l="$READY_LIMIT" 'BEGIN { exit !(s <= l) }'; then
-        pass "$label: every order answered 200 is there and ready within $READY_LIMIT s, none cooked twice: $out"
-    else
-        fail "$label: every order answered 200 is there and ready within $READY_LIMIT s, none cooked twice: $out"
-    fi
+    local ok="" since since_label ready_at broker
+    out=$($CLIENT wait-ready "$TPORT" "$token" "$accepted" "$READY_WAIT") && ok=1
     echo "$out" >"$work/ready.json"
-    report "$label power_on_to_orders_accepted_s $SECS (host load $(cut -d' ' -f1-3 /proc/loadavg)) $(jq -r '"accepted \(.accepted) present \(.present) ready \(.ready) duplicated \(.duplicated | length) seconds_to_ready \(.seconds)"' "$work/ready.json" 2>/dev/null || echo "$out")"
+    # Seconds from power-on until the last order was ready.
+    ready_at=$(awk -v a="$SECS" -v s="$(jq -r .seconds <<<"$out" 2>/dev/null)" 'BEGIN { printf "%.1f", a + s }')
+    broker=$(broker_back)
+    if [[ -n "$tcg" ]]; then
+        # A broker that never answered fails the check (ok is cleared).
+        since=${broker:-0} since_label="RabbitMQ answered (${broker:-never} s after power-on; TCG)"
+        [[ -n "$broker" ]] || ok=""
+    else
+        since=$SECS since_label="the API's return"
+    fi
+    if [[ -n "$ok" ]] && awk -v r="$ready_at" -v s="$since" -v l="$READY_LIMIT" 'BEGIN { exit !(r - s <= l) }'; then
+        pass "$label: every order answered 200 is there, ready within $READY_LIMIT s of $since_label, none cooked twice: $out"
+    else
+        fail "$label: every order answered 200 is there, ready within $READY_LIMIT s of $since_label, none cooked twice: $out"
+    fi
+    report "$label power_on_to_orders_accepted_s $SECS power_on_to_rabbitmq_s ${broker:-never} power_on_to_all_ready_s $ready_at (host load $(cut -d' ' -f1-3 /proc/loadavg)) $(jq -r '"accepted \(.accepted) present \(.present) ready \(.ready) duplicated \(.duplicated | length) api_return_to_ready_s \(.seconds)"' "$work/ready.json" 2>/dev/null || echo "$out")"
 }
 
 # ---------------------------------------------------------------------------------------------
