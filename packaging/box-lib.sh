@@ -238,7 +238,7 @@ box_power_cut() {
     wait "$1" 2>/dev/null || true
 }
 
-# The check lines of the box tests (test-systemd.sh, test-multibox.sh). The caller sets
+# The check lines of the box tests (test-systemd.sh, test-multibox.sh, test-powercut.sh). The caller sets
 # passed=0 failed=0, work (a scratch folder) and SCENARIOS=().
 pass() {
     printf 'PASS: %s\n' "$*"

@@ -71,28 +71,6 @@ broker_pid=""
 boots=0
 LINES=()
 
-pass() {
-    printf 'PASS: %s\n' "$*"
-    passed=$((passed + 1))
-}
-fail() {
-    printf 'FAIL: %s\n' "$*"
-    failed=$((failed + 1))
-}
-check() { # DESCRIPTION CMD...
-    local desc=$1
-    shift
-    if "$@" >"$work/check.out" 2>&1; then
-        pass "$desc"
-    else
-        fail "$desc"
-        tail -n 25 "$work/check.out" | sed 's/^/    /'
-    fi
-}
-fatal() {
-    fail "$*"
-    exit 1
-}
 report() {
     local line
     line="POWERCUT $*"
